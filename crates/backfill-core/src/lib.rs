@@ -1,0 +1,14 @@
+//! The light core of `backfill`: the job file, the planner, the state store
+//! and the retry policy. No Arrow, no DataFusion: its tests link in seconds.
+
+pub mod interval;
+pub mod plan;
+pub mod retry;
+pub mod spec;
+pub mod state;
+
+pub use interval::{ChunkSize, RangeValue, ValueKind};
+pub use plan::{Chunk, PlanError, fingerprint, plan};
+pub use retry::{ErrorClass, RetryPolicy};
+pub use spec::{JobSpec, SpecError};
+pub use state::{ChunkMetrics, ChunkRecord, ChunkStatus, SqliteStateStore, StateError, StateStore};

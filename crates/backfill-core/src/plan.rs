@@ -1,0 +1,308 @@
+//! Splits a range into ordered, half-open chunks `[lo, hi)` with stable ids.
+
+use std::fmt;
+
+use serde::Serialize;
+use twox_hash::XxHash3_64;
+
+use crate::interval::{ChunkSize, RangeValue};
+use crate::spec::RangeSpec;
+
+/// Refuse plans that would take longer to record than to run.
+pub const MAX_CHUNKS: usize = 5_000_000;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Chunk {
+    /// Position in the plan, from 0.
+    pub index: usize,
+    /// Stable id: a hash of the range column, chunk width and bounds, so the
+    /// same chunk keeps its id when the plan is extended or re-made.
+    pub id: String,
+    /// Inclusive lower bound; `None` for the single chunk of a full load.
+    pub lo: Option<RangeValue>,
+    /// Exclusive upper bound.
+    pub hi: Option<RangeValue>,
+}
+
+impl Chunk {
+    /// Whether this chunk's range overlaps `[from, to)` (open ends when `None`).
+    pub fn overlaps(&self, from: Option<RangeValue>, to: Option<RangeValue>) -> bool {
+        let after_from = match (self.hi, from) {
+            (Some(hi), Some(from)) => hi > from,
+            _ => true,
+        };
+        let before_to = match (self.lo, to) {
+            (Some(lo), Some(to)) => lo < to,
+            _ => true,
+        };
+        after_from && before_to
+    }
+
+    pub fn bounds(&self) -> String {
+        match (self.lo, self.hi) {
+            (Some(lo), Some(hi)) => format!("[{lo}, {hi})"),
+            _ => "all rows".to_string(),
+        }
+    }
+}
+
+impl fmt::Display for Chunk {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "#{} {} {}", self.index, self.id, self.bounds())
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PlanError {
+    #[error("range.chunk {chunk} does not fit a range of {kind}")]
+    KindMismatch { chunk: String, kind: String },
+    #[error("the range would have more than {MAX_CHUNKS} chunks; use a wider range.chunk")]
+    TooManyChunks,
+    #[error("chunk bounds overflow the representable range")]
+    Overflow,
+}
+
+/// The fingerprint of a range definition: when it changes, existing chunks no
+/// longer describe the same slices of the target.
+pub fn fingerprint(range: Option<&RangeSpec>) -> String {
+    match range {
+        None => "all".to_string(),
+        Some(r) => {
+            let text = format!(
+                "column={}|start={}|end={}|chunk={}",
+                r.column,
+                opt(r.start),
+                opt(r.end),
+                r.chunk
+            );
+            format!("{text}|{:016x}", XxHash3_64::oneshot(text.as_bytes()))
+        }
+    }
+}
+
+fn opt(v: Option<RangeValue>) -> String {
+    v.map(|v| format!("{v:?}")).unwrap_or_else(|| "-".into())
+}
+
+fn chunk_id(column: &str, chunk: ChunkSize, lo: Option<RangeValue>, hi: Option<RangeValue>) -> String {
+    let text = format!("v1|{column}|{chunk}|{}|{}", opt(lo), opt(hi));
+    let h = XxHash3_64::oneshot(text.as_bytes());
+    // 12 hex digits: short enough to type, collision odds ~1e-8 at a million chunks.
+    format!("{:012x}", h >> 16)
+}
+
+/// Plans the chunks of a range. No range means one chunk over all rows.
+pub fn plan(range: Option<&RangeSpec>) -> Result<Vec<Chunk>, PlanError> {
+    let Some(r) = range else {
+        return Ok(vec![Chunk {
+            index: 0,
+            id: chunk_id("", ChunkSize::All, None, None),
+            lo: None,
+            hi: None,
+        }]);
+    };
+    match (r.start, r.end) {
+        (Some(start), Some(end)) => plan_bounds(&r.column, start, end, r.chunk),
+        _ => Ok(vec![Chunk {
+            index: 0,
+            id: chunk_id(&r.column, ChunkSize::All, None, None),
+            lo: None,
+            hi: None,
+        }]),
+    }
+}
+
+/// Chunks of `[start, end)`; empty when `end <= start`.
+pub fn plan_bounds(
+    column: &str,
+    start: RangeValue,
+    end: RangeValue,
+    chunk: ChunkSize,
+) -> Result<Vec<Chunk>, PlanError> {
+    if end <= start {
+        return Ok(Vec::new());
+    }
+    if chunk == ChunkSize::All {
+        return Ok(vec![Chunk {
+            index: 0,
+            id: chunk_id(column, chunk, Some(start), Some(end)),
+            lo: Some(start),
+            hi: Some(end),
+        }]);
+    }
+    if chunk.kind() != Some(start.kind()) || start.kind() != end.kind() {
+        return Err(PlanError::KindMismatch {
+            chunk: chunk.to_string(),
+            kind: start.kind().to_string(),
+        });
+    }
+    let mut out = Vec::new();
+    let mut lo = start;
+    let mut k: u64 = 0;
+    while lo < end {
+        if out.len() >= MAX_CHUNKS {
+            return Err(PlanError::TooManyChunks);
+        }
+        k += 1;
+        let step = chunk.step(start, k).ok_or(PlanError::Overflow)?;
+        let hi = step.min(end);
+        if hi <= lo {
+            return Err(PlanError::Overflow);
+        }
+        out.push(Chunk {
+            index: out.len(),
+            id: chunk_id(column, chunk, Some(lo), Some(hi)),
+            lo: Some(lo),
+            hi: Some(hi),
+        });
+        lo = hi;
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::interval::{MICROS_PER_DAY, parse_time};
+    use proptest::prelude::*;
+
+    fn t(s: &str) -> RangeValue {
+        RangeValue::Time(parse_time(s).unwrap())
+    }
+
+    fn assert_tiles(chunks: &[Chunk], start: RangeValue, end: RangeValue) {
+        assert_eq!(chunks.first().and_then(|c| c.lo), Some(start));
+        assert_eq!(chunks.last().and_then(|c| c.hi), Some(end));
+        for pair in chunks.windows(2) {
+            assert_eq!(pair[0].hi, pair[1].lo, "gap or overlap between {} and {}", pair[0], pair[1]);
+        }
+        for (i, c) in chunks.iter().enumerate() {
+            assert_eq!(c.index, i);
+            assert!(c.lo < c.hi, "empty chunk {c}");
+        }
+        let mut ids: Vec<_> = chunks.iter().map(|c| &c.id).collect();
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), chunks.len(), "chunk ids must be unique");
+    }
+
+    #[test]
+    fn weekly_chunks_over_2023() {
+        let chunks = plan_bounds("created_at", t("2023-01-01"), t("2024-01-01"), ChunkSize::Fixed(7 * MICROS_PER_DAY)).unwrap();
+        assert_eq!(chunks.len(), 53);
+        assert_tiles(&chunks, t("2023-01-01"), t("2024-01-01"));
+        assert_eq!(chunks[52].bounds(), "[2023-12-31, 2024-01-01)");
+    }
+
+    #[test]
+    fn months_follow_the_calendar_with_leap_day() {
+        let chunks = plan_bounds("d", t("2024-01-01"), t("2025-01-01"), ChunkSize::Months(1)).unwrap();
+        assert_eq!(chunks.len(), 12);
+        assert_eq!(chunks[1].bounds(), "[2024-02-01, 2024-03-01)");
+        let feb = chunks[1].hi.unwrap().raw() - chunks[1].lo.unwrap().raw();
+        assert_eq!(feb, 29 * MICROS_PER_DAY);
+        assert_tiles(&chunks, t("2024-01-01"), t("2025-01-01"));
+    }
+
+    #[test]
+    fn daily_chunks_include_the_leap_day() {
+        let chunks = plan_bounds("d", t("2024-02-28"), t("2024-03-01"), ChunkSize::Fixed(MICROS_PER_DAY)).unwrap();
+        let bounds: Vec<_> = chunks.iter().map(Chunk::bounds).collect();
+        assert_eq!(bounds, ["[2024-02-28, 2024-02-29)", "[2024-02-29, 2024-03-01)"]);
+    }
+
+    #[test]
+    fn years_and_a_clipped_last_chunk() {
+        let chunks = plan_bounds("d", t("2020-03-15"), t("2023-01-01"), ChunkSize::Months(12)).unwrap();
+        let bounds: Vec<_> = chunks.iter().map(Chunk::bounds).collect();
+        assert_eq!(
+            bounds,
+            [
+                "[2020-03-15, 2021-03-15)",
+                "[2021-03-15, 2022-03-15)",
+                "[2022-03-15, 2023-01-01)"
+            ]
+        );
+    }
+
+    #[test]
+    fn single_and_empty_ranges() {
+        let one = plan_bounds("id", RangeValue::Int(1), RangeValue::Int(5), ChunkSize::Count(100)).unwrap();
+        assert_eq!(one.len(), 1);
+        assert_eq!(one[0].bounds(), "[1, 5)");
+        let empty = plan_bounds("id", RangeValue::Int(5), RangeValue::Int(5), ChunkSize::Count(1)).unwrap();
+        assert!(empty.is_empty());
+        let all = plan(None).unwrap();
+        assert_eq!(all.len(), 1);
+        assert_eq!(all[0].lo, None);
+    }
+
+    #[test]
+    fn sequence_batches() {
+        let chunks = plan_bounds("event_id", RangeValue::Int(1), RangeValue::Int(10_000_001), ChunkSize::Count(100_000)).unwrap();
+        assert_eq!(chunks.len(), 100);
+        assert_tiles(&chunks, RangeValue::Int(1), RangeValue::Int(10_000_001));
+    }
+
+    #[test]
+    fn ids_are_stable_when_the_range_grows() {
+        let a = plan_bounds("c", t("2023-01-01"), t("2023-03-01"), ChunkSize::Months(1)).unwrap();
+        let b = plan_bounds("c", t("2023-01-01"), t("2023-06-01"), ChunkSize::Months(1)).unwrap();
+        assert_eq!(a[0].id, b[0].id);
+        assert_eq!(a[1].id, b[1].id);
+        let other_column = plan_bounds("d", t("2023-01-01"), t("2023-03-01"), ChunkSize::Months(1)).unwrap();
+        assert_ne!(a[0].id, other_column[0].id);
+    }
+
+    #[test]
+    fn mismatched_kinds_are_refused() {
+        let err = plan_bounds("c", t("2023-01-01"), t("2023-03-01"), ChunkSize::Count(5)).unwrap_err();
+        assert!(matches!(err, PlanError::KindMismatch { .. }));
+    }
+
+    #[test]
+    fn overlap_selection() {
+        let chunks = plan_bounds("c", t("2023-01-01"), t("2023-01-29"), ChunkSize::Fixed(7 * MICROS_PER_DAY)).unwrap();
+        let picked: Vec<_> = chunks
+            .iter()
+            .filter(|c| c.overlaps(Some(t("2023-01-08")), Some(t("2023-01-09"))))
+            .map(|c| c.index)
+            .collect();
+        assert_eq!(picked, [1]);
+        let picked: Vec<_> = chunks.iter().filter(|c| c.overlaps(Some(t("2023-01-14")), None)).map(|c| c.index).collect();
+        assert_eq!(picked, [1, 2, 3]);
+    }
+
+    fn chunk_size() -> impl Strategy<Value = ChunkSize> {
+        prop_oneof![
+            (1i64..=400).prop_map(|h| ChunkSize::Fixed(h * 3600 * 1_000_000)),
+            (1i64..=90).prop_map(|m| ChunkSize::Fixed(m * 60 * 1_000_000 + 17)),
+            (1u32..=30).prop_map(ChunkSize::Months),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        #[test]
+        fn time_chunks_tile_the_range(
+            start in -2_000_000_000i64..4_000_000_000i64,
+            len in 1i64..40_000_000i64,
+            chunk in chunk_size(),
+        ) {
+            let s = RangeValue::Time(start * 1_000_000);
+            let e = RangeValue::Time((start + len) * 1_000_000);
+            let chunks = plan_bounds("t", s, e, chunk).unwrap();
+            assert_tiles(&chunks, s, e);
+        }
+
+        #[test]
+        fn integer_chunks_tile_the_range(start in -1_000_000i64..1_000_000, len in 1i64..100_000, width in 1i64..5_000) {
+            let s = RangeValue::Int(start);
+            let e = RangeValue::Int(start + len);
+            let chunks = plan_bounds("id", s, e, ChunkSize::Count(width)).unwrap();
+            assert_tiles(&chunks, s, e);
+            prop_assert_eq!(chunks.len() as i64, (len + width - 1) / width);
+        }
+    }
+}

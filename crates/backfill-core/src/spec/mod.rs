@@ -1,0 +1,751 @@
+//! The job file: TOML with `${ENV}` interpolation, checked purely (no
+//! filesystem, no network) and with every problem reported at once, each
+//! naming the file, line, column and key.
+
+mod reader;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use toml::de::{DeTable, DeValue};
+
+use crate::interval::{ChunkSize, RangeValue, ValueKind, parse_duration, parse_time};
+pub use reader::{Located, line_col};
+use reader::{Diags, Env, TableReader};
+
+/// One problem in a job file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    pub line: usize,
+    pub column: usize,
+    /// Dotted key, such as `range.chunk`; empty for syntax errors.
+    pub key: String,
+    pub message: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    #[error("cannot read job file {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}", render(path, diagnostics))]
+    Invalid {
+        path: PathBuf,
+        diagnostics: Vec<Diagnostic>,
+    },
+}
+
+fn render(path: &Path, diagnostics: &[Diagnostic]) -> String {
+    let mut out = String::new();
+    let n = diagnostics.len();
+    if n > 1 {
+        out.push_str(&format!("{n} problems in {}:\n", path.display()));
+    }
+    for (i, d) in diagnostics.iter().enumerate() {
+        if i > 0 {
+            out.push('\n');
+        }
+        out.push_str(&format!("{}:{}:{}: ", path.display(), d.line, d.column));
+        if !d.key.is_empty() {
+            out.push_str(&d.key);
+            out.push_str(": ");
+        }
+        out.push_str(&d.message);
+    }
+    out
+}
+
+/// A position in the job file, kept for checks that happen later (against the
+/// source schema) so their errors can still point at the right line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Loc {
+    pub line: usize,
+    pub column: usize,
+}
+
+impl fmt::Display for Loc {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.line, self.column)
+    }
+}
+
+/// A checked job file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobSpec {
+    /// The job file itself (paths in it are relative to its directory).
+    pub file: PathBuf,
+    pub name: String,
+    pub source: SourceSpec,
+    pub range: Option<RangeSpec>,
+    pub transform: Option<TransformSpec>,
+    pub target: TargetSpec,
+    pub run: RunSpec,
+    pub state: StateSpec,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceFormat {
+    Parquet,
+    Csv,
+    Json,
+}
+
+impl SourceFormat {
+    pub fn name(&self) -> &'static str {
+        match self {
+            SourceFormat::Parquet => "parquet",
+            SourceFormat::Csv => "csv",
+            SourceFormat::Json => "json",
+        }
+    }
+}
+
+/// Type overrides for text formats (`[source.columns] created_at = "timestamp"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ColumnType {
+    Timestamp,
+    Date,
+    Int64,
+    Float64,
+    Utf8,
+    Boolean,
+}
+
+impl ColumnType {
+    fn parse(s: &str) -> Option<ColumnType> {
+        Some(match s.to_ascii_lowercase().as_str() {
+            "timestamp" | "datetime" => ColumnType::Timestamp,
+            "date" => ColumnType::Date,
+            "int" | "integer" | "int64" | "bigint" | "long" => ColumnType::Int64,
+            "float" | "double" | "float64" | "real" => ColumnType::Float64,
+            "string" | "text" | "utf8" | "varchar" => ColumnType::Utf8,
+            "bool" | "boolean" => ColumnType::Boolean,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SourceSpec {
+    pub format: SourceFormat,
+    /// Absolute (resolved against the job file's directory).
+    pub path: PathBuf,
+    /// As written in the job file, for messages.
+    pub path_shown: String,
+    pub path_loc: Loc,
+    pub has_header: bool,
+    pub delimiter: u8,
+    pub columns: Vec<(String, ColumnType)>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RangeSpec {
+    pub column: String,
+    pub column_loc: Loc,
+    /// `None` only with `chunk = "all"` and no bounds: the whole source.
+    pub start: Option<RangeValue>,
+    pub end: Option<RangeValue>,
+    pub chunk: ChunkSize,
+    pub ordered: bool,
+}
+
+impl RangeSpec {
+    pub fn kind(&self) -> Option<ValueKind> {
+        self.start.map(|s| s.kind()).or(self.chunk.kind())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TransformSpec {
+    pub sql: String,
+    pub loc: Loc,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TargetFormat {
+    Parquet,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    Zstd(i32),
+    Snappy,
+    Lz4,
+    Gzip,
+    None,
+}
+
+impl Compression {
+    fn parse(s: &str) -> Option<Compression> {
+        let lower = s.to_ascii_lowercase();
+        if let Some(level) = lower
+            .strip_prefix("zstd(")
+            .and_then(|r| r.strip_suffix(')'))
+        {
+            return level
+                .parse()
+                .ok()
+                .filter(|l| (1..=22).contains(l))
+                .map(Compression::Zstd);
+        }
+        Some(match lower.as_str() {
+            "zstd" => Compression::Zstd(3),
+            "snappy" => Compression::Snappy,
+            "lz4" => Compression::Lz4,
+            "gzip" => Compression::Gzip,
+            "none" | "uncompressed" => Compression::None,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TargetSpec {
+    pub format: TargetFormat,
+    pub path: PathBuf,
+    pub path_shown: String,
+    pub partition_by: Vec<String>,
+    pub partition_loc: Loc,
+    pub compression: Compression,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunSpec {
+    pub parallelism: usize,
+    pub retries: u32,
+    pub retry_backoff: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct StateSpec {
+    pub path: PathBuf,
+}
+
+const TOP_KEYS: &[&str] = &["job", "source", "range", "transform", "target", "run", "state"];
+/// Sections that arrive with data quality (issue: rules, dedup, quarantine,
+/// validate). Named here so the message says "not supported yet" rather than
+/// "unknown".
+const LATER_KEYS: &[&str] = &["rules", "dedup", "quarantine", "validate"];
+
+impl JobSpec {
+    /// Reads and checks a job file, interpolating `${VAR}` from the process
+    /// environment.
+    pub fn from_file(path: impl AsRef<Path>) -> Result<JobSpec, SpecError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|source| SpecError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        JobSpec::parse(path, &text, &|name| std::env::var(name).ok())
+    }
+
+    /// Checks job file text. `path` names the file in messages and anchors
+    /// relative paths; `env` resolves `${VAR}`.
+    pub fn parse(
+        path: &Path,
+        text: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<JobSpec, SpecError> {
+        let mut d = Diags::new(text);
+        let (doc, syntax) = DeTable::parse_recoverable(text);
+        if !syntax.is_empty() {
+            for e in syntax {
+                let span = e.span().unwrap_or(0..0);
+                d.push(span, "", e.message().trim().to_string());
+            }
+            return Err(SpecError::Invalid {
+                path: path.to_path_buf(),
+                diagnostics: d.list,
+            });
+        }
+        let base = path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        let mut top = TableReader::new("", doc.get_ref(), doc.span());
+        let spec = read_job(&mut d, env, &mut top, path, &base, text);
+        for later in LATER_KEYS {
+            if let Some(v) = top.raw(later) {
+                d.push(
+                    v.span(),
+                    later,
+                    format!("[{later}] is not supported by this version of backfill yet"),
+                );
+            }
+        }
+        top.finish(&mut d, TOP_KEYS);
+        match spec {
+            Some(spec) if d.list.is_empty() => Ok(spec),
+            _ => {
+                d.list.sort_by_key(|x| (x.line, x.column));
+                Err(SpecError::Invalid {
+                    path: path.to_path_buf(),
+                    diagnostics: d.list,
+                })
+            }
+        }
+    }
+
+    /// Directory that relative paths in the job file are resolved against.
+    pub fn base_dir(&self) -> PathBuf {
+        self.file
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."))
+    }
+}
+
+fn loc(text: &str, span: &std::ops::Range<usize>) -> Loc {
+    let (line, column) = line_col(text, span.start);
+    Loc { line, column }
+}
+
+fn section<'a, 'i>(
+    d: &mut Diags,
+    top: &mut TableReader<'a, 'i>,
+    name: &str,
+    required: bool,
+) -> Option<TableReader<'a, 'i>> {
+    if !top.has(name) {
+        if required {
+            d.push(0..0, name, format!("missing section [{name}]"));
+        }
+        return None;
+    }
+    top.table(d, name)
+}
+
+fn read_job(
+    d: &mut Diags,
+    env: Env,
+    top: &mut TableReader,
+    file: &Path,
+    base: &Path,
+    text: &str,
+) -> Option<JobSpec> {
+    let name = match section(d, top, "job", false) {
+        Some(mut job) => {
+            let name = job.string(d, env, "name").map(|l| l.value);
+            job.finish(d, &["name"]);
+            name
+        }
+        None => None,
+    }
+    .or_else(|| {
+        file.file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+    })
+    .unwrap_or_else(|| "backfill".to_string());
+
+    let source = section(d, top, "source", true).and_then(|mut t| read_source(d, env, &mut t, base, text));
+    let range = match section(d, top, "range", false) {
+        Some(mut t) => read_range(d, env, &mut t, text).map(Some),
+        None => Some(None),
+    };
+    let transform = match section(d, top, "transform", false) {
+        Some(mut t) => {
+            let sql = t.string(d, env, "sql");
+            t.finish(d, &["sql"]);
+            match sql {
+                Some(sql) if sql.value.trim().is_empty() => {
+                    d.push(sql.span, &t_key("transform", "sql"), "must not be empty");
+                    None
+                }
+                Some(sql) => Some(Some(TransformSpec {
+                    loc: loc(text, &sql.span),
+                    sql: sql.value,
+                })),
+                None => Some(None),
+            }
+        }
+        None => Some(None),
+    };
+    let target = section(d, top, "target", true).and_then(|mut t| read_target(d, env, &mut t, base, text));
+    let run = match section(d, top, "run", false) {
+        Some(mut t) => read_run(d, env, &mut t),
+        None => Some(RunSpec::default()),
+    };
+    let state = match section(d, top, "state", false) {
+        Some(mut t) => {
+            let path = t.string(d, env, "path");
+            t.finish(d, &["path"]);
+            path.map(|p| StateSpec {
+                path: base.join(p.value),
+            })
+        }
+        None => Some(StateSpec {
+            path: base.join(".backfill/state.db"),
+        }),
+    };
+    Some(JobSpec {
+        file: file.to_path_buf(),
+        name,
+        source: source?,
+        range: range?,
+        transform: transform?,
+        target: target?,
+        run: run?,
+        state: state?,
+    })
+}
+
+fn t_key(section: &str, key: &str) -> String {
+    format!("{section}.{key}")
+}
+
+fn read_source(
+    d: &mut Diags,
+    env: Env,
+    t: &mut TableReader,
+    base: &Path,
+    text: &str,
+) -> Option<SourceSpec> {
+    let format = t.string(d, env, "format");
+    let path = t.string(d, env, "path");
+    let has_header = t.bool(d, "has_header");
+    let delimiter = t.string(d, env, "delimiter");
+    let columns = t.table(d, "columns");
+    let known = ["format", "path", "has_header", "delimiter", "columns"];
+    let format = match format {
+        Some(f) => match f.value.to_ascii_lowercase().as_str() {
+            "parquet" => Some(SourceFormat::Parquet),
+            "csv" => Some(SourceFormat::Csv),
+            "json" | "ndjson" | "jsonl" => Some(SourceFormat::Json),
+            _ => {
+                d.push(
+                    f.span,
+                    "source.format",
+                    format!("\"{}\" is not a source format (expected parquet, csv or json)", f.shown),
+                );
+                None
+            }
+        },
+        None => {
+            if !t.has("format") {
+                d.push(t.span(), "source.format", "missing (expected parquet, csv or json)");
+            }
+            None
+        }
+    };
+    if format.is_some_and(|f| f != SourceFormat::Csv) && (has_header.is_some() || delimiter.is_some()) {
+        d.push(
+            t.span(),
+            "source",
+            "has_header and delimiter only apply to format = \"csv\"",
+        );
+    }
+    let delimiter = match delimiter {
+        Some(dl) if dl.value.len() == 1 => Some(dl.value.as_bytes()[0]),
+        Some(dl) if dl.value == "\\t" => Some(b'\t'),
+        Some(dl) => {
+            d.push(
+                dl.span,
+                "source.delimiter",
+                format!("must be a single ASCII character, got \"{}\"", dl.shown),
+            );
+            None
+        }
+        None => Some(b','),
+    };
+    let mut column_types = Vec::new();
+    if let Some(mut cols) = columns {
+        let keys = cols.entry_names();
+        for key in &keys {
+            if let Some(ty) = cols.string(d, env, key) {
+                match ColumnType::parse(&ty.value) {
+                    Some(c) => column_types.push((key.clone(), c)),
+                    None => d.push(
+                        ty.span,
+                        &format!("source.columns.{key}"),
+                        format!(
+                            "\"{}\" is not a column type (expected timestamp, date, int, float, string or bool)",
+                            ty.shown
+                        ),
+                    ),
+                }
+            }
+        }
+        cols.finish(d, &[]);
+    }
+    t.finish(d, &known);
+    let path = match path {
+        Some(p) if p.value.trim().is_empty() => {
+            d.push(p.span, "source.path", "must not be empty");
+            None
+        }
+        Some(p) => Some(p),
+        None => {
+            if !t.has("path") {
+                d.push(t.span(), "source.path", "missing (a file, directory or glob)");
+            }
+            None
+        }
+    }?;
+    Some(SourceSpec {
+        format: format?,
+        path_loc: loc(text, &path.span),
+        path: base.join(&path.value),
+        path_shown: path.shown,
+        has_header: has_header.unwrap_or(true),
+        delimiter: delimiter?,
+        columns: column_types,
+    })
+}
+
+/// A range bound: an integer, a TOML date/datetime, or a string holding either.
+fn range_value(d: &mut Diags, env: Env, t: &mut TableReader, name: &str) -> Option<Located<RangeValue>> {
+    let key = t.key(name);
+    let raw = t.raw(name)?;
+    let span = raw.span();
+    let parsed = match raw.get_ref() {
+        DeValue::Integer(_) => match reader::int_value(raw.get_ref()) {
+            Some(Ok(i)) => Ok(RangeValue::Int(i)),
+            _ => Err("does not fit in a 64-bit integer".to_string()),
+        },
+        DeValue::Datetime(dt) => parse_time(&dt.to_string()).map(RangeValue::Time),
+        DeValue::String(_) => {
+            let s = reader::string_of(d, env, &key, raw)?;
+            RangeValue::parse(&s.value).map_err(|e| e.replace(&s.value, &s.shown))
+        }
+        other => Err(format!(
+            "expected a date, timestamp or integer, found {}",
+            other.type_str()
+        )),
+    };
+    match parsed {
+        Ok(v) => Some(Located {
+            value: v,
+            shown: v.to_string(),
+            span,
+        }),
+        Err(e) => {
+            d.push(span, &key, e);
+            None
+        }
+    }
+}
+
+fn read_range(d: &mut Diags, env: Env, t: &mut TableReader, text: &str) -> Option<RangeSpec> {
+    let column = t.string(d, env, "column");
+    let start = range_value(d, env, t, "start");
+    let end = range_value(d, env, t, "end");
+    let chunk_raw = t.raw("chunk");
+    let ordered = t.bool(d, "ordered");
+    t.finish(d, &["column", "start", "end", "chunk", "ordered"]);
+
+    let chunk = match chunk_raw {
+        None => {
+            if !t.has("chunk") {
+                d.push(t.span(), "range.chunk", "missing (e.g. \"7d\", \"1 month\", 100000 or \"all\")");
+            }
+            None
+        }
+        Some(raw) => {
+            let parsed = match raw.get_ref() {
+                DeValue::Integer(_) => match reader::int_value(raw.get_ref()) {
+                    Some(Ok(n)) if n > 0 => Ok(ChunkSize::Count(n)),
+                    Some(Ok(n)) => Err(format!("chunk size must be positive, got {n}")),
+                    _ => Err("does not fit in a 64-bit integer".to_string()),
+                },
+                DeValue::String(_) => match reader::string_of(d, env, "range.chunk", raw) {
+                    Some(s) => ChunkSize::parse(&s.value).map_err(|e| e.replace(&s.value, &s.shown)),
+                    None => return None,
+                },
+                other => Err(format!(
+                    "expected a duration string or an integer, found {}",
+                    other.type_str()
+                )),
+            };
+            match parsed {
+                Ok(c) => Some((c, raw.span())),
+                Err(e) => {
+                    d.push(raw.span(), "range.chunk", e);
+                    None
+                }
+            }
+        }
+    };
+    let column = match column {
+        Some(c) if c.value.trim().is_empty() => {
+            d.push(c.span, "range.column", "must not be empty");
+            None
+        }
+        Some(c) => Some(c),
+        None => {
+            if !t.has("column") {
+                d.push(t.span(), "range.column", "missing (the timestamp, date or integer column to split on)");
+            }
+            None
+        }
+    };
+    if let (Some(s), Some(e)) = (&start, &end) {
+        if s.value.kind() != e.value.kind() {
+            d.push(
+                e.span.clone(),
+                "range.end",
+                format!("is {} but range.start is {}", e.value.kind(), s.value.kind()),
+            );
+        } else if e.value <= s.value {
+            d.push(
+                e.span.clone(),
+                "range.end",
+                format!("{} must be after range.start ({}); the range is [start, end)", e.shown, s.shown),
+            );
+        }
+    }
+    let (chunk, chunk_span) = chunk?;
+    let all = chunk == ChunkSize::All;
+    if !all {
+        if start.is_none() && !t.has("start") {
+            d.push(t.span(), "range.start", "missing (inclusive lower bound)");
+        }
+        if end.is_none() && !t.has("end") {
+            d.push(t.span(), "range.end", "missing (exclusive upper bound)");
+        }
+    }
+    if start.is_some() != end.is_some() && all {
+        d.push(t.span(), "range", "give both start and end, or neither with chunk = \"all\"");
+    }
+    if let (Some(s), Some(ck)) = (&start, chunk.kind()) {
+        if ck != s.value.kind() {
+            let msg = match ck {
+                ValueKind::Int => "an integer chunk needs integer bounds, but the range is in time; use a duration such as \"7d\"",
+                ValueKind::Time => "a duration chunk needs date or timestamp bounds, but the range is integers; use an integer chunk size",
+            };
+            d.push(chunk_span.clone(), "range.chunk", msg);
+        }
+    }
+    Some(RangeSpec {
+        column_loc: loc(text, &column.as_ref()?.span),
+        column: column?.value,
+        start: start.map(|s| s.value),
+        end: end.map(|e| e.value),
+        chunk,
+        ordered: ordered.unwrap_or(false),
+    })
+}
+
+fn read_target(
+    d: &mut Diags,
+    env: Env,
+    t: &mut TableReader,
+    base: &Path,
+    text: &str,
+) -> Option<TargetSpec> {
+    let format = t.string(d, env, "format");
+    let path = t.string(d, env, "path");
+    let partition_by = t.strings(d, env, "partition_by");
+    let compression = t.string(d, env, "compression");
+    let partition_span = t.raw_span("partition_by");
+    t.finish(d, &["format", "path", "partition_by", "compression"]);
+    let format = match format {
+        Some(f) if f.value.eq_ignore_ascii_case("parquet") => Some(TargetFormat::Parquet),
+        Some(f) => {
+            d.push(
+                f.span,
+                "target.format",
+                format!("\"{}\" is not a target format this version writes (expected parquet)", f.shown),
+            );
+            None
+        }
+        None => Some(TargetFormat::Parquet),
+    };
+    let compression = match compression {
+        Some(c) => match Compression::parse(&c.value) {
+            Some(c) => Some(c),
+            None => {
+                d.push(
+                    c.span,
+                    "target.compression",
+                    format!("\"{}\" is not a codec (expected zstd, zstd(N), snappy, lz4, gzip or none)", c.shown),
+                );
+                None
+            }
+        },
+        None => Some(Compression::Zstd(3)),
+    };
+    let mut parts = Vec::new();
+    for p in partition_by.unwrap_or_default() {
+        if p.value.trim().is_empty() {
+            d.push(p.span, "target.partition_by", "a partition column name must not be empty");
+        } else if parts.contains(&p.value) {
+            d.push(p.span, "target.partition_by", format!("\"{}\" is listed twice", p.value));
+        } else {
+            parts.push(p.value);
+        }
+    }
+    let path = match path {
+        Some(p) if p.value.trim().is_empty() => {
+            d.push(p.span, "target.path", "must not be empty");
+            None
+        }
+        Some(p) => Some(p),
+        None => {
+            if !t.has("path") {
+                d.push(t.span(), "target.path", "missing (the directory to write into)");
+            }
+            None
+        }
+    }?;
+    Some(TargetSpec {
+        format: format?,
+        path: base.join(&path.value),
+        path_shown: path.shown,
+        partition_by: parts,
+        partition_loc: loc(text, &partition_span.unwrap_or(0..0)),
+        compression: compression?,
+    })
+}
+
+impl Default for RunSpec {
+    fn default() -> Self {
+        RunSpec {
+            parallelism: 1,
+            retries: 3,
+            retry_backoff: Duration::from_secs(1),
+        }
+    }
+}
+
+fn read_run(d: &mut Diags, env: Env, t: &mut TableReader) -> Option<RunSpec> {
+    let mut run = RunSpec::default();
+    let mut ok = true;
+    if let Some(p) = t.int(d, "parallelism") {
+        if (1..=1024).contains(&p.value) {
+            run.parallelism = p.value as usize;
+        } else {
+            d.push(p.span, "run.parallelism", format!("must be between 1 and 1024, got {}", p.value));
+            ok = false;
+        }
+    }
+    if let Some(r) = t.int(d, "retries") {
+        match u32::try_from(r.value) {
+            Ok(v) if v <= 100 => run.retries = v,
+            _ => {
+                d.push(r.span, "run.retries", format!("must be between 0 and 100, got {}", r.value));
+                ok = false;
+            }
+        }
+    }
+    if let Some(b) = t.string(d, env, "retry_backoff") {
+        match parse_duration(&b.value) {
+            Ok(v) => run.retry_backoff = v,
+            Err(e) => {
+                d.push(b.span, "run.retry_backoff", e);
+                ok = false;
+            }
+        }
+    }
+    t.finish(d, &["parallelism", "retries", "retry_backoff"]);
+    ok.then_some(run)
+}
+
+/// The commented example job that `backfill init` and `backfill demo` write.
+pub const EXAMPLE_JOB: &str = include_str!("example.toml");
+
+#[cfg(test)]
+mod tests;

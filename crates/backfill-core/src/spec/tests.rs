@@ -1,0 +1,152 @@
+use super::*;
+use crate::interval::{MICROS_PER_DAY, parse_time};
+
+const EXAMPLE: &str = EXAMPLE_JOB;
+
+fn env(name: &str) -> Option<String> {
+    match name {
+        "DATA_DIR" => Some("/data".to_string()),
+        "SECRET" => Some("hunter2".to_string()),
+        _ => None,
+    }
+}
+
+fn parse(text: &str) -> Result<JobSpec, SpecError> {
+    JobSpec::parse(Path::new("jobs/job.toml"), text, &env)
+}
+
+fn errors(text: &str) -> String {
+    match parse(text) {
+        Ok(_) => panic!("expected errors"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn the_example_job_parses() {
+    let spec = parse(EXAMPLE).unwrap();
+    assert_eq!(spec.name, "transactions");
+    assert_eq!(spec.source.format, SourceFormat::Parquet);
+    assert_eq!(spec.source.path, Path::new("jobs/source/"));
+    let range = spec.range.unwrap();
+    assert_eq!(range.column, "created_at");
+    assert_eq!(range.start, Some(RangeValue::Time(parse_time("2023-01-01").unwrap())));
+    assert_eq!(range.chunk, ChunkSize::Fixed(7 * MICROS_PER_DAY));
+    assert_eq!(range.column_loc.line, 15);
+    assert_eq!(spec.target.partition_by, ["year", "month"]);
+    assert_eq!(spec.target.compression, Compression::Zstd(3));
+    assert_eq!(spec.run.parallelism, 2);
+    assert_eq!(spec.state.path, Path::new("jobs/.backfill/state.db"));
+}
+
+#[test]
+fn minimal_job_uses_defaults() {
+    let spec = parse(
+        "[source]\nformat = \"csv\"\npath = \"${DATA_DIR}/in.csv\"\n[target]\npath = \"out\"\n",
+    )
+    .unwrap();
+    assert_eq!(spec.name, "job");
+    assert_eq!(spec.range, None);
+    assert_eq!(spec.source.path, Path::new("/data/in.csv"));
+    assert_eq!(spec.source.path_shown, "${DATA_DIR}/in.csv");
+    assert!(spec.source.has_header);
+    assert_eq!(spec.run, RunSpec::default());
+}
+
+#[test]
+fn toml_dates_and_integers_are_bounds() {
+    let spec = parse(
+        "[source]\nformat = \"parquet\"\npath = \"s\"\n[target]\npath = \"t\"\n\
+         [range]\ncolumn = \"d\"\nstart = 2023-01-01\nend = 2023-02-01T00:00:00Z\nchunk = \"1 month\"\n",
+    )
+    .unwrap();
+    let r = spec.range.unwrap();
+    assert_eq!(r.end, Some(RangeValue::Time(parse_time("2023-02-01").unwrap())));
+    let spec = parse(
+        "[source]\nformat = \"parquet\"\npath = \"s\"\n[target]\npath = \"t\"\n\
+         [range]\ncolumn = \"event_id\"\nstart = 1\nend = 10_000_001\nchunk = 100_000\nordered = true\n",
+    )
+    .unwrap();
+    let r = spec.range.unwrap();
+    assert_eq!(r.chunk, ChunkSize::Count(100_000));
+    assert!(r.ordered);
+}
+
+#[test]
+fn chunk_all_needs_no_bounds() {
+    let spec = parse(
+        "[source]\nformat = \"parquet\"\npath = \"s\"\n[target]\npath = \"t\"\n[range]\ncolumn = \"d\"\nchunk = \"all\"\n",
+    )
+    .unwrap();
+    assert_eq!(spec.range.unwrap().chunk, ChunkSize::All);
+}
+
+#[test]
+fn every_error_is_reported_at_once() {
+    insta::assert_snapshot!(errors(
+        r#"[job]
+name = "t"
+colour = "red"
+
+[source]
+format = "parquet"
+path = "s/"
+
+[range]
+column = "created_at"
+start = "2023-01-01"
+end = "2022-01-01"
+chunk = "7 dayz"
+
+[target]
+path = "w"
+compression = "brotli9"
+
+[run]
+parallelism = "two"
+"#
+    ));
+}
+
+#[test]
+fn syntax_error_has_line_and_column() {
+    insta::assert_snapshot!(errors("[source]\nformat = \"parquet\npath = 3\n"));
+}
+
+#[test]
+fn unknown_keys_suggest_the_right_one() {
+    insta::assert_snapshot!(errors(
+        "[source]\nformat = \"parquet\"\npaht = \"s\"\n[target]\npath = \"t\"\n[range]\ncolumn = \"d\"\nstart = 1\nend = 9\nchunck = 2\n"
+    ));
+}
+
+#[test]
+fn zero_chunk_and_kind_mismatch() {
+    insta::assert_snapshot!(errors(
+        "[source]\nformat = \"parquet\"\npath = \"s\"\n[target]\npath = \"t\"\n[range]\ncolumn = \"d\"\nstart = \"2023-01-01\"\nend = \"2023-02-01\"\nchunk = \"0d\"\n"
+    ));
+    insta::assert_snapshot!(errors(
+        "[source]\nformat = \"parquet\"\npath = \"s\"\n[target]\npath = \"t\"\n[range]\ncolumn = \"d\"\nstart = \"2023-01-01\"\nend = \"2023-02-01\"\nchunk = 1000\n"
+    ));
+}
+
+#[test]
+fn unset_variables_are_named_and_secrets_never_shown() {
+    let msg = errors(
+        "[source]\nformat = \"${SECRET}x\"\npath = \"${NOT_SET}\"\n[target]\npath = \"t\"\n",
+    );
+    assert!(!msg.contains("hunter2"), "{msg}");
+    insta::assert_snapshot!(msg);
+}
+
+#[test]
+fn missing_sections_and_later_features() {
+    insta::assert_snapshot!(errors("[rules]\nname = \"x\"\n"));
+}
+
+#[test]
+fn wrong_types() {
+    insta::assert_snapshot!(errors(
+        "[source]\nformat = 1\npath = [\"a\"]\n[target]\npath = \"t\"\npartition_by = [\"y\", 3, \"y\"]\n[run]\nretries = -1\nretry_backoff = \"soon\"\n[range]\ncolumn = \"d\"\nstart = true\nend = 5\nchunk = 1\n"
+    ));
+}

@@ -1,0 +1,271 @@
+//! Where a backfill remembers what it did: runs, chunks, attempts, metrics,
+//! the files each chunk owns, and who holds the job.
+//!
+//! The commit protocol the runner follows (see `backfill::runner`):
+//! 1. the sink writes a chunk's files under names readers skip;
+//! 2. [`StateStore::commit_chunk`] records, in one transaction, the chunk as
+//!    committed with its new files (unpublished) and moves the files of its
+//!    previous commit to the garbage list: this is the commit point;
+//! 3. the sink publishes the files (renames), then
+//!    [`StateStore::mark_published`];
+//! 4. superseded files are deleted and [`StateStore::forget_garbage`].
+//!
+//! After a crash, unpublished files of committed chunks are published again
+//! (redo) and garbage is deleted, so every step after 2 can be repeated.
+
+mod sqlite;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use crate::interval::RangeValue;
+use crate::plan::Chunk;
+pub use sqlite::SqliteStateStore;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("state store {}: {source}", path.display())]
+    Sqlite {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("cannot create the state directory {}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "state store {} was written by a newer backfill (schema version {found}, this binary knows {known}); upgrade backfill",
+        path.display()
+    )]
+    NewerSchema {
+        path: PathBuf,
+        found: i64,
+        known: i64,
+    },
+    #[error(
+        "the range definition changed since chunks were committed ({committed} committed)\n  was: {old}\n  now: {new}\nchunk ids depend on the range, so the committed slices no longer line up with the new plan; \
+         run with --replan to retire the old chunks (their files are removed) and plan anew, or restore the old [range]"
+    )]
+    RangeChanged {
+        old: String,
+        new: String,
+        committed: usize,
+    },
+    #[error(
+        "job is being run by another process (pid {pid} on {host}, since {since}); wait for it to finish or stop it. \
+         If that process is gone, remove the lock with `backfill unlock`"
+    )]
+    Locked { pid: u32, host: String, since: String },
+    #[error("unknown chunk {0}")]
+    UnknownChunk(String),
+    #[error("corrupt state record: {0}")]
+    Corrupt(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChunkStatus {
+    Pending,
+    Running,
+    Committed,
+    Failed,
+}
+
+impl ChunkStatus {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ChunkStatus::Pending => "pending",
+            ChunkStatus::Running => "running",
+            ChunkStatus::Committed => "committed",
+            ChunkStatus::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<ChunkStatus> {
+        Some(match s {
+            "pending" => ChunkStatus::Pending,
+            "running" => ChunkStatus::Running,
+            "committed" => ChunkStatus::Committed,
+            "failed" => ChunkStatus::Failed,
+            _ => return None,
+        })
+    }
+}
+
+impl fmt::Display for ChunkStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What one committed chunk did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ChunkMetrics {
+    pub rows_read: u64,
+    pub rows_written: u64,
+    pub bytes_read: u64,
+    pub bytes_written: u64,
+    pub files: u64,
+    pub duration_ms: u64,
+}
+
+/// A file a chunk owns, relative to the target root: where it was staged and
+/// where it is published.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct OwnedFile {
+    pub path: String,
+    pub staged: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ChunkRecord {
+    pub id: String,
+    pub index: usize,
+    pub lo: Option<RangeValue>,
+    pub hi: Option<RangeValue>,
+    pub status: ChunkStatus,
+    pub attempts: u32,
+    pub metrics: Option<ChunkMetrics>,
+    pub last_error: Option<String>,
+    pub updated_at: Option<String>,
+}
+
+impl ChunkRecord {
+    pub fn chunk(&self) -> Chunk {
+        Chunk {
+            index: self.index,
+            id: self.id.clone(),
+            lo: self.lo,
+            hi: self.hi,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LockHolder {
+    pub pid: u32,
+    pub host: String,
+    pub since: String,
+}
+
+impl LockHolder {
+    pub fn current() -> LockHolder {
+        LockHolder {
+            pid: std::process::id(),
+            host: hostname(),
+            since: now(),
+        }
+    }
+
+    /// Whether the holder is surely gone: a process on this host that no
+    /// longer exists. Holders on other hosts cannot be checked from here.
+    pub fn is_stale(&self) -> bool {
+        self.host == hostname() && !process_alive(self.pid)
+    }
+}
+
+fn process_alive(pid: u32) -> bool {
+    if cfg!(target_os = "linux") {
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            // A zombie has exited; it only waits for its parent to reap it.
+            Ok(stat) => !stat
+                .rsplit_once(')')
+                .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+            Err(_) => false,
+        }
+    } else {
+        true
+    }
+}
+
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".to_string())
+}
+
+pub fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// What [`StateStore::sync_plan`] changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PlanSync {
+    pub inserted: usize,
+    /// Chunks of an earlier plan that a `--replan` retired.
+    pub retired: Vec<String>,
+}
+
+/// The state behind a backfill. Implementations must make each method atomic:
+/// a crash in the middle leaves either the old or the new state.
+pub trait StateStore: Send + Sync {
+    /// Where the state lives, for messages (never with a password).
+    fn describe(&self) -> String;
+
+    /// Takes the job for this process; fails with [`StateError::Locked`] while a
+    /// live process holds it. Returns a stale holder it replaced, if any.
+    fn lock(&self, holder: &LockHolder) -> Result<Option<LockHolder>, StateError>;
+    fn unlock(&self, holder: &LockHolder) -> Result<(), StateError>;
+    /// Removes any lock, whoever holds it (`backfill unlock`).
+    fn force_unlock(&self) -> Result<Option<LockHolder>, StateError>;
+
+    /// Makes the stored chunks match `chunks`. Refuses with
+    /// [`StateError::RangeChanged`] when the fingerprint differs and chunks were
+    /// committed, unless `replan`; then retired chunks' files become garbage.
+    fn sync_plan(
+        &self,
+        job: &str,
+        fingerprint: &str,
+        chunks: &[Chunk],
+        replan: bool,
+    ) -> Result<PlanSync, StateError>;
+
+    fn begin_run(&self, args: &str) -> Result<i64, StateError>;
+    fn finish_run(&self, run_id: i64, status: &str) -> Result<(), StateError>;
+
+    fn chunks(&self) -> Result<Vec<ChunkRecord>, StateError>;
+
+    /// Marks the chunk running and returns the attempt number (1-based, over
+    /// the chunk's whole life).
+    fn start_attempt(&self, run_id: i64, chunk_id: &str) -> Result<u32, StateError>;
+    /// Records a failed attempt; the chunk becomes `failed` unless `will_retry`.
+    fn fail_attempt(
+        &self,
+        run_id: i64,
+        chunk_id: &str,
+        attempt: u32,
+        error: &str,
+        will_retry: bool,
+    ) -> Result<(), StateError>;
+    /// The commit point: the chunk is committed with `files` (unpublished) and
+    /// the files of its previous commit move to the garbage list.
+    fn commit_chunk(
+        &self,
+        run_id: i64,
+        chunk_id: &str,
+        attempt: u32,
+        metrics: &ChunkMetrics,
+        files: &[OwnedFile],
+    ) -> Result<(), StateError>;
+    fn mark_published(&self, chunk_id: &str) -> Result<(), StateError>;
+    /// Committed chunks whose files are not all published yet.
+    fn unpublished(&self) -> Result<BTreeMap<String, Vec<OwnedFile>>, StateError>;
+    /// Published files of committed chunks, per chunk.
+    fn committed_files(&self) -> Result<BTreeMap<String, Vec<String>>, StateError>;
+    fn garbage(&self) -> Result<Vec<String>, StateError>;
+    fn add_garbage(&self, paths: &[String]) -> Result<(), StateError>;
+    fn forget_garbage(&self, paths: &[String]) -> Result<(), StateError>;
+    /// Chunks left `running` by a process that died go back to `pending`.
+    fn release_interrupted(&self) -> Result<usize, StateError>;
+    /// Forgets chunks so they run again (their files stay until they do).
+    fn reset(&self, chunk_ids: &[String]) -> Result<usize, StateError>;
+}

@@ -1,0 +1,676 @@
+//! The default state store: one SQLite file beside the job, in WAL mode with
+//! `synchronous = FULL` so a commit survives a power cut.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+
+use super::{
+    ChunkMetrics, ChunkRecord, ChunkStatus, LockHolder, OwnedFile, PlanSync, StateError,
+    StateStore, now,
+};
+use crate::interval::RangeValue;
+use crate::plan::Chunk;
+
+pub const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id INTEGER PRIMARY KEY AUTOINCREMENT,
+    started_at TEXT NOT NULL,
+    finished_at TEXT,
+    pid INTEGER NOT NULL,
+    host TEXT NOT NULL,
+    status TEXT NOT NULL,
+    args TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS chunks (
+    chunk_id TEXT PRIMARY KEY,
+    idx INTEGER NOT NULL,
+    lo TEXT,
+    hi TEXT,
+    status TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    rows_read INTEGER,
+    rows_written INTEGER,
+    bytes_read INTEGER,
+    bytes_written INTEGER,
+    files INTEGER,
+    duration_ms INTEGER,
+    last_error TEXT,
+    updated_at TEXT,
+    run_id INTEGER
+);
+CREATE INDEX IF NOT EXISTS chunks_idx ON chunks (idx);
+CREATE TABLE IF NOT EXISTS chunk_files (
+    chunk_id TEXT NOT NULL,
+    path TEXT NOT NULL,
+    staged TEXT NOT NULL,
+    published INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (chunk_id, path)
+);
+CREATE TABLE IF NOT EXISTS garbage (path TEXT PRIMARY KEY, since TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS attempts (
+    run_id INTEGER NOT NULL,
+    chunk_id TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    started_at TEXT NOT NULL,
+    finished_at TEXT,
+    outcome TEXT NOT NULL,
+    error TEXT,
+    PRIMARY KEY (chunk_id, attempt)
+);
+CREATE TABLE IF NOT EXISTS lock (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    pid INTEGER NOT NULL,
+    host TEXT NOT NULL,
+    since TEXT NOT NULL
+);
+"#;
+
+pub struct SqliteStateStore {
+    path: PathBuf,
+    conn: Mutex<Connection>,
+}
+
+impl SqliteStateStore {
+    /// Opens (creating if needed) the state file and its directory.
+    pub fn open(path: impl AsRef<Path>) -> Result<SqliteStateStore, StateError> {
+        let path = path.as_ref().to_path_buf();
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|source| StateError::Io {
+                path: dir.to_path_buf(),
+                source,
+            })?;
+        }
+        let conn = Connection::open(&path).map_err(|source| StateError::Sqlite {
+            path: path.clone(),
+            source,
+        })?;
+        let store = SqliteStateStore {
+            path,
+            conn: Mutex::new(conn),
+        };
+        store.init()?;
+        Ok(store)
+    }
+
+    /// Opens an existing state file without creating anything; `None` when
+    /// there is none yet (a job that never ran).
+    pub fn open_existing(path: impl AsRef<Path>) -> Result<Option<SqliteStateStore>, StateError> {
+        if !path.as_ref().exists() {
+            return Ok(None);
+        }
+        SqliteStateStore::open(path).map(Some)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn err(&self) -> impl Fn(rusqlite::Error) -> StateError + '_ {
+        |source| StateError::Sqlite {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        // A panic while holding the lock cannot leave SQLite half-written
+        // (transactions roll back on drop), so the poison flag carries no risk.
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn init(&self) -> Result<(), StateError> {
+        let conn = self.conn();
+        conn.busy_timeout(Duration::from_secs(10)).map_err(self.err())?;
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(self.err())?;
+        conn.pragma_update(None, "synchronous", "FULL").map_err(self.err())?;
+        let version: Option<String> = conn
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'schema_version'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()
+            .or_else(|e| match e {
+                // A brand-new file has no meta table yet.
+                rusqlite::Error::SqliteFailure(_, Some(ref m)) if m.contains("no such table") => {
+                    Ok(None)
+                }
+                e => Err(e),
+            })
+            .map_err(self.err())?;
+        if let Some(v) = version {
+            let found: i64 = v
+                .parse()
+                .map_err(|_| StateError::Corrupt(format!("schema_version = {v:?}")))?;
+            if found > SCHEMA_VERSION {
+                return Err(StateError::NewerSchema {
+                    path: self.path.clone(),
+                    found,
+                    known: SCHEMA_VERSION,
+                });
+            }
+        }
+        conn.execute_batch(SCHEMA).map_err(self.err())?;
+        conn.execute(
+            "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?1)",
+            params![SCHEMA_VERSION.to_string()],
+        )
+        .map_err(self.err())?;
+        Ok(())
+    }
+
+    /// `PRAGMA integrity_check`, for tests and `status --check`.
+    pub fn integrity_check(&self) -> Result<String, StateError> {
+        self.conn()
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .map_err(self.err())
+    }
+
+    /// How many times each chunk was committed (one row per commit), for tests
+    /// that prove exactly-once.
+    pub fn commit_counts(&self) -> Result<BTreeMap<String, u64>, StateError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare("SELECT chunk_id, count(*) FROM attempts WHERE outcome = 'committed' GROUP BY chunk_id")
+            .map_err(self.err())?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64)))
+            .map_err(self.err())?;
+        rows.collect::<Result<_, _>>().map_err(self.err())
+    }
+}
+
+fn encode(v: Option<RangeValue>) -> Option<String> {
+    v.map(|v| match v {
+        RangeValue::Time(t) => format!("t:{t}"),
+        RangeValue::Int(i) => format!("i:{i}"),
+    })
+}
+
+fn decode(s: Option<String>) -> Result<Option<RangeValue>, StateError> {
+    let Some(s) = s else { return Ok(None) };
+    let bad = || StateError::Corrupt(format!("range bound {s:?}"));
+    let (kind, num) = s.split_once(':').ok_or_else(bad)?;
+    let n: i64 = num.parse().map_err(|_| bad())?;
+    match kind {
+        "t" => Ok(Some(RangeValue::Time(n))),
+        "i" => Ok(Some(RangeValue::Int(n))),
+        _ => Err(bad()),
+    }
+}
+
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+impl StateStore for SqliteStateStore {
+    fn describe(&self) -> String {
+        format!("sqlite:{}", self.path.display())
+    }
+
+    fn lock(&self, holder: &LockHolder) -> Result<Option<LockHolder>, StateError> {
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(self.err())?;
+        let existing = tx
+            .query_row("SELECT pid, host, since FROM lock WHERE id = 1", [], |r| {
+                Ok(LockHolder {
+                    pid: r.get(0)?,
+                    host: r.get(1)?,
+                    since: r.get(2)?,
+                })
+            })
+            .optional()
+            .map_err(self.err())?;
+        let mut replaced = None;
+        if let Some(old) = existing {
+            let ours = old.pid == holder.pid && old.host == holder.host;
+            if !ours {
+                if !old.is_stale() {
+                    return Err(StateError::Locked {
+                        pid: old.pid,
+                        host: old.host,
+                        since: old.since,
+                    });
+                }
+                replaced = Some(old);
+            }
+        }
+        tx.execute(
+            "INSERT OR REPLACE INTO lock (id, pid, host, since) VALUES (1, ?1, ?2, ?3)",
+            params![holder.pid, holder.host, holder.since],
+        )
+        .map_err(self.err())?;
+        tx.commit().map_err(self.err())?;
+        Ok(replaced)
+    }
+
+    fn unlock(&self, holder: &LockHolder) -> Result<(), StateError> {
+        self.conn()
+            .execute(
+                "DELETE FROM lock WHERE pid = ?1 AND host = ?2",
+                params![holder.pid, holder.host],
+            )
+            .map_err(self.err())?;
+        Ok(())
+    }
+
+    fn force_unlock(&self) -> Result<Option<LockHolder>, StateError> {
+        let conn = self.conn();
+        let old = conn
+            .query_row("SELECT pid, host, since FROM lock WHERE id = 1", [], |r| {
+                Ok(LockHolder {
+                    pid: r.get(0)?,
+                    host: r.get(1)?,
+                    since: r.get(2)?,
+                })
+            })
+            .optional()
+            .map_err(self.err())?;
+        conn.execute("DELETE FROM lock", []).map_err(self.err())?;
+        Ok(old)
+    }
+
+    fn sync_plan(
+        &self,
+        job: &str,
+        fingerprint: &str,
+        chunks: &[Chunk],
+        replan: bool,
+    ) -> Result<PlanSync, StateError> {
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(self.err())?;
+        let old: Option<String> = tx
+            .query_row("SELECT value FROM meta WHERE key = 'fingerprint'", [], |r| r.get(0))
+            .optional()
+            .map_err(self.err())?;
+        let mut sync = PlanSync::default();
+        let changed = old.as_deref().is_some_and(|o| o != fingerprint);
+        if changed {
+            let committed: i64 = tx
+                .query_row("SELECT count(*) FROM chunks WHERE status = 'committed'", [], |r| r.get(0))
+                .map_err(self.err())?;
+            if committed > 0 && !replan {
+                return Err(StateError::RangeChanged {
+                    old: old.unwrap_or_default(),
+                    new: fingerprint.to_string(),
+                    committed: committed as usize,
+                });
+            }
+        }
+        // Chunks that are not in the new plan: with an unchanged fingerprint
+        // there are none; after a replan their files go to garbage.
+        let wanted: std::collections::HashSet<&str> = chunks.iter().map(|c| c.id.as_str()).collect();
+        let existing: Vec<String> = {
+            let mut stmt = tx.prepare("SELECT chunk_id FROM chunks").map_err(self.err())?;
+            let rows = stmt.query_map([], |r| r.get(0)).map_err(self.err())?;
+            rows.collect::<Result<_, _>>().map_err(self.err())?
+        };
+        for id in existing.iter().filter(|id| !wanted.contains(id.as_str())) {
+            let ts = now();
+            tx.execute(
+                "INSERT OR IGNORE INTO garbage (path, since) SELECT path, ?2 FROM chunk_files WHERE chunk_id = ?1",
+                params![id, ts],
+            )
+            .map_err(self.err())?;
+            tx.execute(
+                "INSERT OR IGNORE INTO garbage (path, since) SELECT staged, ?2 FROM chunk_files WHERE chunk_id = ?1 AND published = 0",
+                params![id, ts],
+            )
+            .map_err(self.err())?;
+            tx.execute("DELETE FROM chunk_files WHERE chunk_id = ?1", params![id])
+                .map_err(self.err())?;
+            tx.execute("DELETE FROM chunks WHERE chunk_id = ?1", params![id])
+                .map_err(self.err())?;
+            sync.retired.push(id.clone());
+        }
+        {
+            let mut insert = tx
+                .prepare(
+                    "INSERT INTO chunks (chunk_id, idx, lo, hi, status) VALUES (?1, ?2, ?3, ?4, 'pending')
+                     ON CONFLICT (chunk_id) DO UPDATE SET idx = excluded.idx",
+                )
+                .map_err(self.err())?;
+            let before = existing.len() - sync.retired.len();
+            for c in chunks {
+                insert
+                    .execute(params![c.id, c.index as i64, encode(c.lo), encode(c.hi)])
+                    .map_err(self.err())?;
+            }
+            sync.inserted = chunks.len().saturating_sub(before);
+        }
+        for (k, v) in [("fingerprint", fingerprint), ("job", job)] {
+            tx.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)",
+                params![k, v],
+            )
+            .map_err(self.err())?;
+        }
+        tx.commit().map_err(self.err())?;
+        Ok(sync)
+    }
+
+    fn begin_run(&self, args: &str) -> Result<i64, StateError> {
+        let conn = self.conn();
+        conn.execute(
+            "INSERT INTO runs (started_at, pid, host, status, args) VALUES (?1, ?2, ?3, 'running', ?4)",
+            params![now(), std::process::id(), super::hostname(), args],
+        )
+        .map_err(self.err())?;
+        Ok(conn.last_insert_rowid())
+    }
+
+    fn finish_run(&self, run_id: i64, status: &str) -> Result<(), StateError> {
+        self.conn()
+            .execute(
+                "UPDATE runs SET finished_at = ?2, status = ?3 WHERE run_id = ?1",
+                params![run_id, now(), status],
+            )
+            .map_err(self.err())?;
+        Ok(())
+    }
+
+    fn chunks(&self) -> Result<Vec<ChunkRecord>, StateError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare(
+                "SELECT chunk_id, idx, lo, hi, status, attempts, rows_read, rows_written, bytes_read,
+                        bytes_written, files, duration_ms, last_error, updated_at
+                 FROM chunks ORDER BY idx",
+            )
+            .map_err(self.err())?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, Option<String>>(2)?,
+                    r.get::<_, Option<String>>(3)?,
+                    r.get::<_, String>(4)?,
+                    r.get::<_, i64>(5)?,
+                    [
+                        r.get::<_, Option<i64>>(6)?,
+                        r.get::<_, Option<i64>>(7)?,
+                        r.get::<_, Option<i64>>(8)?,
+                        r.get::<_, Option<i64>>(9)?,
+                        r.get::<_, Option<i64>>(10)?,
+                        r.get::<_, Option<i64>>(11)?,
+                    ],
+                    r.get::<_, Option<String>>(12)?,
+                    r.get::<_, Option<String>>(13)?,
+                ))
+            })
+            .map_err(self.err())?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, idx, lo, hi, status, attempts, m, last_error, updated_at) =
+                row.map_err(self.err())?;
+            let status = ChunkStatus::parse(&status)
+                .ok_or_else(|| StateError::Corrupt(format!("chunk {id} has status {status:?}")))?;
+            let metrics = m[0].map(|_| {
+                let g = |i: usize| m[i].unwrap_or(0).max(0) as u64;
+                ChunkMetrics {
+                    rows_read: g(0),
+                    rows_written: g(1),
+                    bytes_read: g(2),
+                    bytes_written: g(3),
+                    files: g(4),
+                    duration_ms: g(5),
+                }
+            });
+            out.push(ChunkRecord {
+                id,
+                index: idx.max(0) as usize,
+                lo: decode(lo)?,
+                hi: decode(hi)?,
+                status,
+                attempts: attempts.max(0) as u32,
+                metrics,
+                last_error,
+                updated_at,
+            });
+        }
+        Ok(out)
+    }
+
+    fn start_attempt(&self, run_id: i64, chunk_id: &str) -> Result<u32, StateError> {
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(self.err())?;
+        let attempts: Option<i64> = tx
+            .query_row(
+                "SELECT attempts FROM chunks WHERE chunk_id = ?1",
+                params![chunk_id],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(self.err())?;
+        let attempt = attempts.ok_or_else(|| StateError::UnknownChunk(chunk_id.to_string()))? + 1;
+        let ts = now();
+        // A committed chunk that runs again stays committed (its old files are
+        // what readers see) until the new attempt commits.
+        tx.execute(
+            "UPDATE chunks SET attempts = ?2, updated_at = ?3, run_id = ?4,
+                    status = CASE WHEN status = 'committed' THEN status ELSE 'running' END
+             WHERE chunk_id = ?1",
+            params![chunk_id, attempt, ts, run_id],
+        )
+        .map_err(self.err())?;
+        tx.execute(
+            "INSERT OR REPLACE INTO attempts (run_id, chunk_id, attempt, started_at, outcome) VALUES (?1, ?2, ?3, ?4, 'running')",
+            params![run_id, chunk_id, attempt, ts],
+        )
+        .map_err(self.err())?;
+        tx.commit().map_err(self.err())?;
+        Ok(attempt as u32)
+    }
+
+    fn fail_attempt(
+        &self,
+        run_id: i64,
+        chunk_id: &str,
+        attempt: u32,
+        error: &str,
+        will_retry: bool,
+    ) -> Result<(), StateError> {
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(self.err())?;
+        let ts = now();
+        tx.execute(
+            "UPDATE attempts SET finished_at = ?3, outcome = ?4, error = ?5 WHERE chunk_id = ?1 AND attempt = ?2",
+            params![chunk_id, attempt, ts, if will_retry { "retried" } else { "failed" }, error],
+        )
+        .map_err(self.err())?;
+        // A chunk committed by an earlier run keeps serving its old files.
+        tx.execute(
+            "UPDATE chunks SET last_error = ?2, updated_at = ?3, run_id = ?4,
+                    status = CASE WHEN status = 'committed' THEN status WHEN ?5 THEN 'running' ELSE 'failed' END
+             WHERE chunk_id = ?1",
+            params![chunk_id, error, ts, run_id, will_retry],
+        )
+        .map_err(self.err())?;
+        tx.commit().map_err(self.err())?;
+        Ok(())
+    }
+
+    fn commit_chunk(
+        &self,
+        run_id: i64,
+        chunk_id: &str,
+        attempt: u32,
+        m: &ChunkMetrics,
+        files: &[OwnedFile],
+    ) -> Result<(), StateError> {
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(self.err())?;
+        let ts = now();
+        tx.execute(
+            "INSERT OR IGNORE INTO garbage (path, since) SELECT path, ?2 FROM chunk_files WHERE chunk_id = ?1",
+            params![chunk_id, ts],
+        )
+        .map_err(self.err())?;
+        tx.execute("DELETE FROM chunk_files WHERE chunk_id = ?1", params![chunk_id])
+            .map_err(self.err())?;
+        for f in files {
+            // A path this commit writes again is not garbage.
+            tx.execute("DELETE FROM garbage WHERE path = ?1", params![f.path])
+                .map_err(self.err())?;
+            tx.execute(
+                "INSERT INTO chunk_files (chunk_id, path, staged, published) VALUES (?1, ?2, ?3, 0)",
+                params![chunk_id, f.path, f.staged],
+            )
+            .map_err(self.err())?;
+        }
+        let updated = tx
+            .execute(
+                "UPDATE chunks SET status = 'committed', rows_read = ?2, rows_written = ?3, bytes_read = ?4,
+                        bytes_written = ?5, files = ?6, duration_ms = ?7, last_error = NULL,
+                        updated_at = ?8, run_id = ?9
+                 WHERE chunk_id = ?1",
+                params![
+                    chunk_id,
+                    to_i64(m.rows_read),
+                    to_i64(m.rows_written),
+                    to_i64(m.bytes_read),
+                    to_i64(m.bytes_written),
+                    to_i64(m.files),
+                    to_i64(m.duration_ms),
+                    ts,
+                    run_id
+                ],
+            )
+            .map_err(self.err())?;
+        if updated == 0 {
+            return Err(StateError::UnknownChunk(chunk_id.to_string()));
+        }
+        tx.execute(
+            "UPDATE attempts SET finished_at = ?3, outcome = 'committed' WHERE chunk_id = ?1 AND attempt = ?2",
+            params![chunk_id, attempt, ts],
+        )
+        .map_err(self.err())?;
+        tx.commit().map_err(self.err())?;
+        Ok(())
+    }
+
+    fn mark_published(&self, chunk_id: &str) -> Result<(), StateError> {
+        self.conn()
+            .execute(
+                "UPDATE chunk_files SET published = 1 WHERE chunk_id = ?1",
+                params![chunk_id],
+            )
+            .map_err(self.err())?;
+        Ok(())
+    }
+
+    fn unpublished(&self) -> Result<BTreeMap<String, Vec<OwnedFile>>, StateError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare("SELECT chunk_id, path, staged FROM chunk_files WHERE published = 0 ORDER BY chunk_id, path")
+            .map_err(self.err())?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((r.get::<_, String>(0)?, OwnedFile { path: r.get(1)?, staged: r.get(2)? }))
+            })
+            .map_err(self.err())?;
+        let mut out: BTreeMap<String, Vec<OwnedFile>> = BTreeMap::new();
+        for row in rows {
+            let (chunk, file) = row.map_err(self.err())?;
+            out.entry(chunk).or_default().push(file);
+        }
+        Ok(out)
+    }
+
+    fn committed_files(&self) -> Result<BTreeMap<String, Vec<String>>, StateError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare("SELECT chunk_id, path FROM chunk_files ORDER BY chunk_id, path")
+            .map_err(self.err())?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+            .map_err(self.err())?;
+        let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for row in rows {
+            let (chunk, path) = row.map_err(self.err())?;
+            out.entry(chunk).or_default().push(path);
+        }
+        Ok(out)
+    }
+
+    fn garbage(&self) -> Result<Vec<String>, StateError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare("SELECT path FROM garbage ORDER BY path")
+            .map_err(self.err())?;
+        let rows = stmt.query_map([], |r| r.get(0)).map_err(self.err())?;
+        rows.collect::<Result<_, _>>().map_err(self.err())
+    }
+
+    fn add_garbage(&self, paths: &[String]) -> Result<(), StateError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(self.err())?;
+        let ts = now();
+        for p in paths {
+            tx.execute(
+                "INSERT OR IGNORE INTO garbage (path, since) VALUES (?1, ?2)",
+                params![p, ts],
+            )
+            .map_err(self.err())?;
+        }
+        tx.commit().map_err(self.err())
+    }
+
+    fn forget_garbage(&self, paths: &[String]) -> Result<(), StateError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(self.err())?;
+        for p in paths {
+            tx.execute("DELETE FROM garbage WHERE path = ?1", params![p])
+                .map_err(self.err())?;
+        }
+        tx.commit().map_err(self.err())
+    }
+
+    fn release_interrupted(&self) -> Result<usize, StateError> {
+        let conn = self.conn();
+        conn.execute(
+            "UPDATE attempts SET outcome = 'interrupted', finished_at = ?1 WHERE outcome = 'running'",
+            params![now()],
+        )
+        .map_err(self.err())?;
+        conn.execute("UPDATE chunks SET status = 'pending' WHERE status = 'running'", [])
+            .map_err(self.err())
+    }
+
+    fn reset(&self, chunk_ids: &[String]) -> Result<usize, StateError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(self.err())?;
+        let mut n = 0;
+        for id in chunk_ids {
+            n += tx
+                .execute(
+                    "UPDATE chunks SET status = 'pending', last_error = NULL, updated_at = ?2 WHERE chunk_id = ?1",
+                    params![id, now()],
+                )
+                .map_err(self.err())?;
+        }
+        tx.commit().map_err(self.err())?;
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests;
