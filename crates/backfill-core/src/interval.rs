@@ -258,24 +258,43 @@ mod tests {
 
     #[test]
     fn parses_chunk_sizes() {
-        assert_eq!(ChunkSize::parse("7d"), Ok(ChunkSize::Fixed(7 * MICROS_PER_DAY)));
-        assert_eq!(ChunkSize::parse("30m"), Ok(ChunkSize::Fixed(1800 * MICROS_PER_SECOND)));
-        assert_eq!(ChunkSize::parse("12h"), Ok(ChunkSize::Fixed(12 * 3600 * MICROS_PER_SECOND)));
+        assert_eq!(
+            ChunkSize::parse("7d"),
+            Ok(ChunkSize::Fixed(7 * MICROS_PER_DAY))
+        );
+        assert_eq!(
+            ChunkSize::parse("30m"),
+            Ok(ChunkSize::Fixed(1800 * MICROS_PER_SECOND))
+        );
+        assert_eq!(
+            ChunkSize::parse("12h"),
+            Ok(ChunkSize::Fixed(12 * 3600 * MICROS_PER_SECOND))
+        );
         assert_eq!(ChunkSize::parse("1 month"), Ok(ChunkSize::Months(1)));
         assert_eq!(ChunkSize::parse("1 year"), Ok(ChunkSize::Months(12)));
         assert_eq!(ChunkSize::parse("100000"), Ok(ChunkSize::Count(100_000)));
         assert_eq!(ChunkSize::parse("ALL"), Ok(ChunkSize::All));
         assert!(ChunkSize::parse("0d").unwrap_err().contains("zero"));
-        assert!(ChunkSize::parse("7 dayz").unwrap_err().contains("not a duration"));
+        assert!(
+            ChunkSize::parse("7 dayz")
+                .unwrap_err()
+                .contains("not a duration")
+        );
         assert!(ChunkSize::parse("-3").is_err());
         assert!(ChunkSize::parse("").is_err());
     }
 
     #[test]
     fn displays_round_trip() {
-        for text in ["7d", "2w", "12h", "30m", "1 month", "3 months", "1 year", "all", "500"] {
+        for text in [
+            "7d", "2w", "12h", "30m", "1 month", "3 months", "1 year", "all", "500",
+        ] {
             let parsed = ChunkSize::parse(text).unwrap();
-            assert_eq!(ChunkSize::parse(&parsed.to_string()).unwrap(), parsed, "{text}");
+            assert_eq!(
+                ChunkSize::parse(&parsed.to_string()).unwrap(),
+                parsed,
+                "{text}"
+            );
         }
     }
 

@@ -84,7 +84,12 @@ fn opt(v: Option<RangeValue>) -> String {
     v.map(|v| format!("{v:?}")).unwrap_or_else(|| "-".into())
 }
 
-fn chunk_id(column: &str, chunk: ChunkSize, lo: Option<RangeValue>, hi: Option<RangeValue>) -> String {
+fn chunk_id(
+    column: &str,
+    chunk: ChunkSize,
+    lo: Option<RangeValue>,
+    hi: Option<RangeValue>,
+) -> String {
     let text = format!("v1|{column}|{chunk}|{}|{}", opt(lo), opt(hi));
     let h = XxHash3_64::oneshot(text.as_bytes());
     // 12 hex digits: short enough to type, collision odds ~1e-8 at a million chunks.
@@ -174,7 +179,11 @@ mod tests {
         assert_eq!(chunks.first().and_then(|c| c.lo), Some(start));
         assert_eq!(chunks.last().and_then(|c| c.hi), Some(end));
         for pair in chunks.windows(2) {
-            assert_eq!(pair[0].hi, pair[1].lo, "gap or overlap between {} and {}", pair[0], pair[1]);
+            assert_eq!(
+                pair[0].hi, pair[1].lo,
+                "gap or overlap between {} and {}",
+                pair[0], pair[1]
+            );
         }
         for (i, c) in chunks.iter().enumerate() {
             assert_eq!(c.index, i);
@@ -188,7 +197,13 @@ mod tests {
 
     #[test]
     fn weekly_chunks_over_2023() {
-        let chunks = plan_bounds("created_at", t("2023-01-01"), t("2024-01-01"), ChunkSize::Fixed(7 * MICROS_PER_DAY)).unwrap();
+        let chunks = plan_bounds(
+            "created_at",
+            t("2023-01-01"),
+            t("2024-01-01"),
+            ChunkSize::Fixed(7 * MICROS_PER_DAY),
+        )
+        .unwrap();
         assert_eq!(chunks.len(), 53);
         assert_tiles(&chunks, t("2023-01-01"), t("2024-01-01"));
         assert_eq!(chunks[52].bounds(), "[2023-12-31, 2024-01-01)");
@@ -196,7 +211,8 @@ mod tests {
 
     #[test]
     fn months_follow_the_calendar_with_leap_day() {
-        let chunks = plan_bounds("d", t("2024-01-01"), t("2025-01-01"), ChunkSize::Months(1)).unwrap();
+        let chunks =
+            plan_bounds("d", t("2024-01-01"), t("2025-01-01"), ChunkSize::Months(1)).unwrap();
         assert_eq!(chunks.len(), 12);
         assert_eq!(chunks[1].bounds(), "[2024-02-01, 2024-03-01)");
         let feb = chunks[1].hi.unwrap().raw() - chunks[1].lo.unwrap().raw();
@@ -206,14 +222,24 @@ mod tests {
 
     #[test]
     fn daily_chunks_include_the_leap_day() {
-        let chunks = plan_bounds("d", t("2024-02-28"), t("2024-03-01"), ChunkSize::Fixed(MICROS_PER_DAY)).unwrap();
+        let chunks = plan_bounds(
+            "d",
+            t("2024-02-28"),
+            t("2024-03-01"),
+            ChunkSize::Fixed(MICROS_PER_DAY),
+        )
+        .unwrap();
         let bounds: Vec<_> = chunks.iter().map(Chunk::bounds).collect();
-        assert_eq!(bounds, ["[2024-02-28, 2024-02-29)", "[2024-02-29, 2024-03-01)"]);
+        assert_eq!(
+            bounds,
+            ["[2024-02-28, 2024-02-29)", "[2024-02-29, 2024-03-01)"]
+        );
     }
 
     #[test]
     fn years_and_a_clipped_last_chunk() {
-        let chunks = plan_bounds("d", t("2020-03-15"), t("2023-01-01"), ChunkSize::Months(12)).unwrap();
+        let chunks =
+            plan_bounds("d", t("2020-03-15"), t("2023-01-01"), ChunkSize::Months(12)).unwrap();
         let bounds: Vec<_> = chunks.iter().map(Chunk::bounds).collect();
         assert_eq!(
             bounds,
@@ -227,10 +253,22 @@ mod tests {
 
     #[test]
     fn single_and_empty_ranges() {
-        let one = plan_bounds("id", RangeValue::Int(1), RangeValue::Int(5), ChunkSize::Count(100)).unwrap();
+        let one = plan_bounds(
+            "id",
+            RangeValue::Int(1),
+            RangeValue::Int(5),
+            ChunkSize::Count(100),
+        )
+        .unwrap();
         assert_eq!(one.len(), 1);
         assert_eq!(one[0].bounds(), "[1, 5)");
-        let empty = plan_bounds("id", RangeValue::Int(5), RangeValue::Int(5), ChunkSize::Count(1)).unwrap();
+        let empty = plan_bounds(
+            "id",
+            RangeValue::Int(5),
+            RangeValue::Int(5),
+            ChunkSize::Count(1),
+        )
+        .unwrap();
         assert!(empty.is_empty());
         let all = plan(None).unwrap();
         assert_eq!(all.len(), 1);
@@ -239,7 +277,13 @@ mod tests {
 
     #[test]
     fn sequence_batches() {
-        let chunks = plan_bounds("event_id", RangeValue::Int(1), RangeValue::Int(10_000_001), ChunkSize::Count(100_000)).unwrap();
+        let chunks = plan_bounds(
+            "event_id",
+            RangeValue::Int(1),
+            RangeValue::Int(10_000_001),
+            ChunkSize::Count(100_000),
+        )
+        .unwrap();
         assert_eq!(chunks.len(), 100);
         assert_tiles(&chunks, RangeValue::Int(1), RangeValue::Int(10_000_001));
     }
@@ -250,26 +294,38 @@ mod tests {
         let b = plan_bounds("c", t("2023-01-01"), t("2023-06-01"), ChunkSize::Months(1)).unwrap();
         assert_eq!(a[0].id, b[0].id);
         assert_eq!(a[1].id, b[1].id);
-        let other_column = plan_bounds("d", t("2023-01-01"), t("2023-03-01"), ChunkSize::Months(1)).unwrap();
+        let other_column =
+            plan_bounds("d", t("2023-01-01"), t("2023-03-01"), ChunkSize::Months(1)).unwrap();
         assert_ne!(a[0].id, other_column[0].id);
     }
 
     #[test]
     fn mismatched_kinds_are_refused() {
-        let err = plan_bounds("c", t("2023-01-01"), t("2023-03-01"), ChunkSize::Count(5)).unwrap_err();
+        let err =
+            plan_bounds("c", t("2023-01-01"), t("2023-03-01"), ChunkSize::Count(5)).unwrap_err();
         assert!(matches!(err, PlanError::KindMismatch { .. }));
     }
 
     #[test]
     fn overlap_selection() {
-        let chunks = plan_bounds("c", t("2023-01-01"), t("2023-01-29"), ChunkSize::Fixed(7 * MICROS_PER_DAY)).unwrap();
+        let chunks = plan_bounds(
+            "c",
+            t("2023-01-01"),
+            t("2023-01-29"),
+            ChunkSize::Fixed(7 * MICROS_PER_DAY),
+        )
+        .unwrap();
         let picked: Vec<_> = chunks
             .iter()
             .filter(|c| c.overlaps(Some(t("2023-01-08")), Some(t("2023-01-09"))))
             .map(|c| c.index)
             .collect();
         assert_eq!(picked, [1]);
-        let picked: Vec<_> = chunks.iter().filter(|c| c.overlaps(Some(t("2023-01-14")), None)).map(|c| c.index).collect();
+        let picked: Vec<_> = chunks
+            .iter()
+            .filter(|c| c.overlaps(Some(t("2023-01-14")), None))
+            .map(|c| c.index)
+            .collect();
         assert_eq!(picked, [1, 2, 3]);
     }
 

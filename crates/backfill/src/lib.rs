@@ -1,1 +1,35 @@
-pub fn x(){}
+//! `backfill`: checkpointed, parallel, exactly-once historical data backfills.
+//!
+//! A job file describes a source, a range split into chunks, a transform and
+//! a target. Each chunk is read with its range predicate pushed into the
+//! scan, transformed with DataFusion SQL, written under names readers skip,
+//! committed in the state store, then published; a crash at any point is
+//! repaired by the next run.
+//!
+//! ```no_run
+//! use backfill::{Backfill, RunOptions};
+//!
+//! # async fn demo() -> Result<(), backfill::Error> {
+//! let job = Backfill::from_file("backfill.toml")?;
+//! for c in job.plan().await? {
+//!     println!("{} {} {}", c.chunk.id, c.chunk.bounds(), c.status);
+//! }
+//! let summary = job.run_with(RunOptions { parallelism: Some(4), ..Default::default() }).await?;
+//! assert!(summary.failed.is_empty());
+//! # Ok(()) }
+//! ```
+
+pub mod demo;
+pub mod engine;
+pub mod error;
+pub mod failpoint;
+pub mod progress;
+pub mod report;
+pub mod runner;
+pub mod sink;
+pub mod source;
+
+pub use backfill_core as core;
+pub use error::{ChunkError, Error};
+pub use progress::ProgressMode;
+pub use runner::{Backfill, FailedChunk, PlannedChunk, Recovery, RunOptions, RunSummary};

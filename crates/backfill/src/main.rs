@@ -1,1 +1,417 @@
-fn main(){}
+//! The `backfill` command line: clap definitions, then one function per
+//! command returning an exit code. Exit codes: 0 ok, 1 chunks failed (or
+//! another runtime error), 2 bad usage or job file, 130 interrupted.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::Context;
+use backfill::core::interval::{RangeValue, ValueKind, parse_time};
+use backfill::core::spec::EXAMPLE_JOB;
+use backfill::demo::{self, DemoManifest};
+use backfill::progress::BarAwareStderr;
+use backfill::{Backfill, Error, ProgressMode, RunOptions, report};
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "backfill",
+    version,
+    about = "Checkpointed, parallel, exactly-once historical data backfills"
+)]
+struct Cli {
+    /// Only warnings and errors.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    quiet: bool,
+    /// Debug logs (-vv for DataFusion's too).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate the demo dataset and job, then run it.
+    Demo(DemoArgs),
+    /// Write a commented example job file.
+    Init {
+        /// Where to write it.
+        #[arg(default_value = "backfill.toml")]
+        path: PathBuf,
+        /// Overwrite an existing file.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Show the chunks a job splits into, with their status.
+    Plan {
+        /// The job file (TOML).
+        job: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the chunks not yet committed (or those in --from/--to).
+    Run(RunArgs),
+    /// Per-chunk state, attempts, rows, bytes, durations and errors.
+    Status {
+        /// The job file (TOML).
+        job: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Mark chunks to run again (files stay visible until they do).
+    Reset {
+        /// The job file (TOML).
+        job: PathBuf,
+        #[command(flatten)]
+        window: Window,
+        /// Every chunk.
+        #[arg(long, conflicts_with_all = ["from", "to"])]
+        all: bool,
+    },
+    /// Remove the job's lock after its holder died on another machine.
+    Unlock {
+        /// The job file (TOML).
+        job: PathBuf,
+    },
+}
+
+#[derive(Args)]
+struct Window {
+    /// Only chunks overlapping [FROM, TO): a date, timestamp or integer.
+    #[arg(long)]
+    from: Option<String>,
+    /// End of the window (exclusive).
+    #[arg(long)]
+    to: Option<String>,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// The job file (TOML).
+    job: PathBuf,
+    #[command(flatten)]
+    window: Window,
+    /// Chunks in flight at once (overrides [run] parallelism).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    parallel: Option<u16>,
+    /// Accept a changed [range]: retire the old chunks and plan anew.
+    #[arg(long)]
+    replan: bool,
+    /// Show what would run and stop.
+    #[arg(long)]
+    dry_run: bool,
+    /// Only chunks whose last attempt failed.
+    #[arg(long)]
+    only_failed: bool,
+    /// Print the summary as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct DemoArgs {
+    /// Directory for the data, the job file, the warehouse and the state.
+    #[arg(long)]
+    dir: PathBuf,
+    #[arg(long, default_value_t = demo::DEFAULT_ROWS)]
+    rows: u64,
+    #[arg(long, default_value_t = demo::DEFAULT_SEED)]
+    seed: u64,
+    /// Only generate the data and the job file.
+    #[arg(long)]
+    no_run: bool,
+    /// Replace a demo of another size in --dir.
+    #[arg(long)]
+    force: bool,
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    parallel: Option<u16>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.quiet, cli.verbose);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let progress = if cli.quiet {
+        ProgressMode::Quiet
+    } else {
+        ProgressMode::Auto
+    };
+    let code = runtime.block_on(dispatch(cli.command, progress));
+    ExitCode::from(code)
+}
+
+fn init_logging(quiet: bool, verbose: u8) {
+    let default = match (quiet, verbose) {
+        (true, _) => "warn",
+        (false, 0) => "warn,backfill=info",
+        (false, 1) => "warn,backfill=debug,backfill_core=debug",
+        _ => "info,backfill=debug,backfill_core=debug,datafusion=debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("BACKFILL_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(|| BarAwareStderr)
+        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
+        .with_target(false)
+        .try_init();
+}
+
+async fn dispatch(command: Command, progress: ProgressMode) -> u8 {
+    let result = match command {
+        Command::Demo(a) => cmd_demo(a, progress).await,
+        Command::Init { path, force } => cmd_init(&path, force),
+        Command::Plan { job, json } => cmd_plan(&job, json).await,
+        Command::Run(a) => cmd_run(a, progress).await,
+        Command::Status { job, json } => cmd_status(&job, json),
+        Command::Reset { job, window, all } => cmd_reset(&job, &window, all),
+        Command::Unlock { job } => cmd_unlock(&job),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            let code = e.downcast_ref::<Error>().map_or(1, |e| e.exit_code() as u8);
+            eprintln!("error: {e:#}");
+            code
+        }
+    }
+}
+
+fn load(job: &Path) -> anyhow::Result<Backfill> {
+    Ok(Backfill::from_file(job)?)
+}
+
+fn parse_bound(flag: &str, text: &str, kind: Option<ValueKind>) -> Result<RangeValue, Error> {
+    let parsed = match kind {
+        Some(ValueKind::Time) => parse_time(text).map(RangeValue::Time),
+        Some(ValueKind::Int) => text
+            .replace('_', "")
+            .parse::<i64>()
+            .map(RangeValue::Int)
+            .map_err(|_| format!("\"{text}\" is not an integer")),
+        None => RangeValue::parse(text),
+    };
+    parsed.map_err(|e| Error::Usage(format!("{flag}: {e}")))
+}
+
+fn window(job: &Backfill, w: &Window) -> Result<(Option<RangeValue>, Option<RangeValue>), Error> {
+    let kind = job.spec().range.as_ref().and_then(|r| r.kind());
+    if (w.from.is_some() || w.to.is_some()) && job.spec().range.is_none() {
+        return Err(Error::Usage(
+            "--from/--to need a [range] in the job file; this job is one full-load chunk".into(),
+        ));
+    }
+    let from = w
+        .from
+        .as_deref()
+        .map(|t| parse_bound("--from", t, kind))
+        .transpose()?;
+    let to =
+        w.to.as_deref()
+            .map(|t| parse_bound("--to", t, kind))
+            .transpose()?;
+    Ok((from, to))
+}
+
+fn cmd_init(path: &Path, force: bool) -> anyhow::Result<u8> {
+    if path.exists() && !force {
+        return Err(Error::Usage(format!(
+            "{} exists; use --force to overwrite it",
+            path.display()
+        ))
+        .into());
+    }
+    std::fs::write(path, EXAMPLE_JOB).with_context(|| format!("writing {}", path.display()))?;
+    println!(
+        "wrote {}; edit [source] and [target], then `backfill plan {}`",
+        path.display(),
+        path.display()
+    );
+    Ok(0)
+}
+
+async fn cmd_plan(job: &Path, json: bool) -> anyhow::Result<u8> {
+    let bf = load(job)?;
+    let chunks = bf.plan().await?;
+    if json {
+        let out = report::PlanJson {
+            job: &bf.spec().name,
+            chunks: &chunks,
+            total: chunks.len(),
+        };
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        print!("{}", report::plan_text(&bf.spec().name, &chunks));
+    }
+    Ok(0)
+}
+
+async fn cmd_run(a: RunArgs, progress: ProgressMode) -> anyhow::Result<u8> {
+    let bf = load(&a.job)?;
+    let (from, to) = window(&bf, &a.window)?;
+    let opts = RunOptions {
+        from,
+        to,
+        parallelism: a.parallel.map(usize::from),
+        replan: a.replan,
+        dry_run: a.dry_run,
+        only_failed: a.only_failed,
+        progress,
+        handle_signals: true,
+    };
+    let summary = bf.run_with(opts).await?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        print!("{}", report::run_text(&summary));
+    }
+    Ok(if summary.interrupted {
+        130
+    } else if summary.failed.is_empty() {
+        0
+    } else {
+        1
+    })
+}
+
+fn cmd_status(job: &Path, json: bool) -> anyhow::Result<u8> {
+    let bf = load(job)?;
+    let records = bf.status()?;
+    let ordered = bf.spec().range.as_ref().is_some_and(|r| r.ordered);
+    if json {
+        let out = report::StatusJson {
+            job: &bf.spec().name,
+            state: bf.spec().state.path.display().to_string(),
+            chunks: &records,
+            totals: report::totals(&records),
+            watermark: report::watermark(&records),
+        };
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        print!(
+            "{}",
+            report::status_text(&bf.spec().name, &records, ordered)
+        );
+    }
+    Ok(0)
+}
+
+fn cmd_reset(job: &Path, w: &Window, all: bool) -> anyhow::Result<u8> {
+    let bf = load(job)?;
+    let (from, to) = window(&bf, w)?;
+    if !all && from.is_none() && to.is_none() {
+        return Err(Error::Usage("say which chunks: --from/--to, or --all".into()).into());
+    }
+    let n = bf.reset(from, to)?;
+    println!("{n} chunk(s) will run again on the next `backfill run`");
+    Ok(0)
+}
+
+fn cmd_unlock(job: &Path) -> anyhow::Result<u8> {
+    let bf = load(job)?;
+    match bf.unlock()? {
+        Some(h) => println!(
+            "removed the lock of pid {} on {} (since {})",
+            h.pid, h.host, h.since
+        ),
+        None => println!("the job was not locked"),
+    }
+    Ok(0)
+}
+
+async fn cmd_demo(a: DemoArgs, progress: ProgressMode) -> anyhow::Result<u8> {
+    let source = a.dir.join("source");
+    let manifest_path = source.join("_demo.json");
+    let wanted = DemoManifest {
+        rows: a.rows,
+        seed: a.seed,
+        duplicates: a.rows / 100,
+    };
+    let existing: Option<DemoManifest> = std::fs::read(&manifest_path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    let reuse = match existing {
+        Some(m) if m == wanted => true,
+        Some(m) if !a.force => {
+            return Err(demo::DemoError::Different {
+                dir: a.dir.clone(),
+                found: format!("{} rows (seed {})", m.rows, m.seed),
+            }
+            .into());
+        }
+        _ => false,
+    };
+    if !reuse {
+        for sub in ["source", "warehouse", ".backfill"] {
+            let p = a.dir.join(sub);
+            if p.exists() {
+                std::fs::remove_dir_all(&p).with_context(|| format!("removing {}", p.display()))?;
+            }
+        }
+        let t = Instant::now();
+        eprintln!(
+            "generating {} rows of demo transactions into {} ...",
+            a.rows,
+            source.display()
+        );
+        let m = demo::generate(&source, a.rows, a.seed)?;
+        std::fs::write(&manifest_path, serde_json::to_vec_pretty(&m)?)
+            .with_context(|| format!("writing {}", manifest_path.display()))?;
+        eprintln!(
+            "generated 12 monthly Parquet files ({} rows, {} re-emitted ids) in {:.1}s",
+            m.rows,
+            m.duplicates,
+            t.elapsed().as_secs_f64()
+        );
+    } else {
+        eprintln!("reusing the demo data in {}", source.display());
+    }
+    let job_path = a.dir.join("backfill.toml");
+    if !job_path.exists() || !reuse {
+        std::fs::write(&job_path, EXAMPLE_JOB)
+            .with_context(|| format!("writing {}", job_path.display()))?;
+    }
+    if a.no_run {
+        println!(
+            "wrote {}; run it with `backfill run {}`",
+            job_path.display(),
+            job_path.display()
+        );
+        return Ok(0);
+    }
+    let bf = load(&job_path)?;
+    let summary = bf
+        .run_with(RunOptions {
+            parallelism: a.parallel.map(usize::from),
+            progress,
+            handle_signals: true,
+            ..Default::default()
+        })
+        .await?;
+    print!("{}", report::run_text(&summary));
+    if !summary.nothing_to_do() {
+        println!(
+            "quarantined: 0, duplicates removed: 0 (rules and dedup are not in this job yet)\nwarehouse: {}",
+            bf.spec().target.path.display()
+        );
+    }
+    Ok(if summary.interrupted {
+        130
+    } else if summary.failed.is_empty() {
+        0
+    } else {
+        1
+    })
+}

@@ -11,8 +11,8 @@ use std::time::Duration;
 use toml::de::{DeTable, DeValue};
 
 use crate::interval::{ChunkSize, RangeValue, ValueKind, parse_duration, parse_time};
-pub use reader::{Located, line_col};
 use reader::{Diags, Env, TableReader};
+pub use reader::{Located, line_col};
 
 /// One problem in a job file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -225,7 +225,15 @@ pub struct StateSpec {
     pub path: PathBuf,
 }
 
-const TOP_KEYS: &[&str] = &["job", "source", "range", "transform", "target", "run", "state"];
+const TOP_KEYS: &[&str] = &[
+    "job",
+    "source",
+    "range",
+    "transform",
+    "target",
+    "run",
+    "state",
+];
 /// Sections that arrive with data quality (issue: rules, dedup, quarantine,
 /// validate). Named here so the message says "not supported yet" rather than
 /// "unknown".
@@ -335,13 +343,11 @@ fn read_job(
         }
         None => None,
     }
-    .or_else(|| {
-        file.file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-    })
+    .or_else(|| file.file_stem().map(|s| s.to_string_lossy().into_owned()))
     .unwrap_or_else(|| "backfill".to_string());
 
-    let source = section(d, top, "source", true).and_then(|mut t| read_source(d, env, &mut t, base, text));
+    let source =
+        section(d, top, "source", true).and_then(|mut t| read_source(d, env, &mut t, base, text));
     let range = match section(d, top, "range", false) {
         Some(mut t) => read_range(d, env, &mut t, text).map(Some),
         None => Some(None),
@@ -364,7 +370,8 @@ fn read_job(
         }
         None => Some(None),
     };
-    let target = section(d, top, "target", true).and_then(|mut t| read_target(d, env, &mut t, base, text));
+    let target =
+        section(d, top, "target", true).and_then(|mut t| read_target(d, env, &mut t, base, text));
     let run = match section(d, top, "run", false) {
         Some(mut t) => read_run(d, env, &mut t),
         None => Some(RunSpec::default()),
@@ -419,19 +426,28 @@ fn read_source(
                 d.push(
                     f.span,
                     "source.format",
-                    format!("\"{}\" is not a source format (expected parquet, csv or json)", f.shown),
+                    format!(
+                        "\"{}\" is not a source format (expected parquet, csv or json)",
+                        f.shown
+                    ),
                 );
                 None
             }
         },
         None => {
             if !t.has("format") {
-                d.push(t.span(), "source.format", "missing (expected parquet, csv or json)");
+                d.push(
+                    t.span(),
+                    "source.format",
+                    "missing (expected parquet, csv or json)",
+                );
             }
             None
         }
     };
-    if format.is_some_and(|f| f != SourceFormat::Csv) && (has_header.is_some() || delimiter.is_some()) {
+    if format.is_some_and(|f| f != SourceFormat::Csv)
+        && (has_header.is_some() || delimiter.is_some())
+    {
         d.push(
             t.span(),
             "source",
@@ -480,7 +496,11 @@ fn read_source(
         Some(p) => Some(p),
         None => {
             if !t.has("path") {
-                d.push(t.span(), "source.path", "missing (a file, directory or glob)");
+                d.push(
+                    t.span(),
+                    "source.path",
+                    "missing (a file, directory or glob)",
+                );
             }
             None
         }
@@ -497,7 +517,12 @@ fn read_source(
 }
 
 /// A range bound: an integer, a TOML date/datetime, or a string holding either.
-fn range_value(d: &mut Diags, env: Env, t: &mut TableReader, name: &str) -> Option<Located<RangeValue>> {
+fn range_value(
+    d: &mut Diags,
+    env: Env,
+    t: &mut TableReader,
+    name: &str,
+) -> Option<Located<RangeValue>> {
     let key = t.key(name);
     let raw = t.raw(name)?;
     let span = raw.span();
@@ -540,7 +565,11 @@ fn read_range(d: &mut Diags, env: Env, t: &mut TableReader, text: &str) -> Optio
     let chunk = match chunk_raw {
         None => {
             if !t.has("chunk") {
-                d.push(t.span(), "range.chunk", "missing (e.g. \"7d\", \"1 month\", 100000 or \"all\")");
+                d.push(
+                    t.span(),
+                    "range.chunk",
+                    "missing (e.g. \"7d\", \"1 month\", 100000 or \"all\")",
+                );
             }
             None
         }
@@ -552,7 +581,9 @@ fn read_range(d: &mut Diags, env: Env, t: &mut TableReader, text: &str) -> Optio
                     _ => Err("does not fit in a 64-bit integer".to_string()),
                 },
                 DeValue::String(_) => match reader::string_of(d, env, "range.chunk", raw) {
-                    Some(s) => ChunkSize::parse(&s.value).map_err(|e| e.replace(&s.value, &s.shown)),
+                    Some(s) => {
+                        ChunkSize::parse(&s.value).map_err(|e| e.replace(&s.value, &s.shown))
+                    }
                     None => return None,
                 },
                 other => Err(format!(
@@ -577,7 +608,11 @@ fn read_range(d: &mut Diags, env: Env, t: &mut TableReader, text: &str) -> Optio
         Some(c) => Some(c),
         None => {
             if !t.has("column") {
-                d.push(t.span(), "range.column", "missing (the timestamp, date or integer column to split on)");
+                d.push(
+                    t.span(),
+                    "range.column",
+                    "missing (the timestamp, date or integer column to split on)",
+                );
             }
             None
         }
@@ -587,13 +622,20 @@ fn read_range(d: &mut Diags, env: Env, t: &mut TableReader, text: &str) -> Optio
             d.push(
                 e.span.clone(),
                 "range.end",
-                format!("is {} but range.start is {}", e.value.kind(), s.value.kind()),
+                format!(
+                    "is {} but range.start is {}",
+                    e.value.kind(),
+                    s.value.kind()
+                ),
             );
         } else if e.value <= s.value {
             d.push(
                 e.span.clone(),
                 "range.end",
-                format!("{} must be after range.start ({}); the range is [start, end)", e.shown, s.shown),
+                format!(
+                    "{} must be after range.start ({}); the range is [start, end)",
+                    e.shown, s.shown
+                ),
             );
         }
     }
@@ -608,16 +650,24 @@ fn read_range(d: &mut Diags, env: Env, t: &mut TableReader, text: &str) -> Optio
         }
     }
     if start.is_some() != end.is_some() && all {
-        d.push(t.span(), "range", "give both start and end, or neither with chunk = \"all\"");
+        d.push(
+            t.span(),
+            "range",
+            "give both start and end, or neither with chunk = \"all\"",
+        );
     }
-    if let (Some(s), Some(ck)) = (&start, chunk.kind()) {
-        if ck != s.value.kind() {
-            let msg = match ck {
-                ValueKind::Int => "an integer chunk needs integer bounds, but the range is in time; use a duration such as \"7d\"",
-                ValueKind::Time => "a duration chunk needs date or timestamp bounds, but the range is integers; use an integer chunk size",
-            };
-            d.push(chunk_span.clone(), "range.chunk", msg);
-        }
+    if let (Some(s), Some(ck)) = (&start, chunk.kind())
+        && ck != s.value.kind()
+    {
+        let msg = match ck {
+            ValueKind::Int => {
+                "an integer chunk needs integer bounds, but the range is in time; use a duration such as \"7d\""
+            }
+            ValueKind::Time => {
+                "a duration chunk needs date or timestamp bounds, but the range is integers; use an integer chunk size"
+            }
+        };
+        d.push(chunk_span.clone(), "range.chunk", msg);
     }
     Some(RangeSpec {
         column_loc: loc(text, &column.as_ref()?.span),
@@ -648,32 +698,45 @@ fn read_target(
             d.push(
                 f.span,
                 "target.format",
-                format!("\"{}\" is not a target format this version writes (expected parquet)", f.shown),
+                format!(
+                    "\"{}\" is not a target format this version writes (expected parquet)",
+                    f.shown
+                ),
             );
             None
         }
         None => Some(TargetFormat::Parquet),
     };
     let compression = match compression {
-        Some(c) => match Compression::parse(&c.value) {
-            Some(c) => Some(c),
-            None => {
-                d.push(
+        Some(c) => {
+            match Compression::parse(&c.value) {
+                Some(c) => Some(c),
+                None => {
+                    d.push(
                     c.span,
                     "target.compression",
                     format!("\"{}\" is not a codec (expected zstd, zstd(N), snappy, lz4, gzip or none)", c.shown),
                 );
-                None
+                    None
+                }
             }
-        },
+        }
         None => Some(Compression::Zstd(3)),
     };
     let mut parts = Vec::new();
     for p in partition_by.unwrap_or_default() {
         if p.value.trim().is_empty() {
-            d.push(p.span, "target.partition_by", "a partition column name must not be empty");
+            d.push(
+                p.span,
+                "target.partition_by",
+                "a partition column name must not be empty",
+            );
         } else if parts.contains(&p.value) {
-            d.push(p.span, "target.partition_by", format!("\"{}\" is listed twice", p.value));
+            d.push(
+                p.span,
+                "target.partition_by",
+                format!("\"{}\" is listed twice", p.value),
+            );
         } else {
             parts.push(p.value);
         }
@@ -686,7 +749,11 @@ fn read_target(
         Some(p) => Some(p),
         None => {
             if !t.has("path") {
-                d.push(t.span(), "target.path", "missing (the directory to write into)");
+                d.push(
+                    t.span(),
+                    "target.path",
+                    "missing (the directory to write into)",
+                );
             }
             None
         }
@@ -718,7 +785,11 @@ fn read_run(d: &mut Diags, env: Env, t: &mut TableReader) -> Option<RunSpec> {
         if (1..=1024).contains(&p.value) {
             run.parallelism = p.value as usize;
         } else {
-            d.push(p.span, "run.parallelism", format!("must be between 1 and 1024, got {}", p.value));
+            d.push(
+                p.span,
+                "run.parallelism",
+                format!("must be between 1 and 1024, got {}", p.value),
+            );
             ok = false;
         }
     }
@@ -726,7 +797,11 @@ fn read_run(d: &mut Diags, env: Env, t: &mut TableReader) -> Option<RunSpec> {
         match u32::try_from(r.value) {
             Ok(v) if v <= 100 => run.retries = v,
             _ => {
-                d.push(r.span, "run.retries", format!("must be between 0 and 100, got {}", r.value));
+                d.push(
+                    r.span,
+                    "run.retries",
+                    format!("must be between 0 and 100, got {}", r.value),
+                );
                 ok = false;
             }
         }

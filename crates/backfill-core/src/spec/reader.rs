@@ -2,7 +2,6 @@
 //! meets instead of stopping at the first, so a user fixes a job file in one
 //! pass. Each diagnostic carries the dotted key and the byte span it refers to.
 
-use std::borrow::Cow;
 use std::ops::Range;
 
 use toml::Spanned;
@@ -27,7 +26,10 @@ pub(crate) struct Diags<'s> {
 
 impl<'s> Diags<'s> {
     pub(crate) fn new(src: &'s str) -> Self {
-        Diags { src, list: Vec::new() }
+        Diags {
+            src,
+            list: Vec::new(),
+        }
     }
 
     pub(crate) fn push(&mut self, span: Range<usize>, key: &str, message: impl Into<String>) {
@@ -120,7 +122,10 @@ impl<'a, 'i> TableReader<'a, 'i> {
 
     /// Where a key's value was written, without marking it as read.
     pub(crate) fn raw_span(&self, name: &str) -> Option<Range<usize>> {
-        self.entries.iter().find(|e| e.0 == name).map(|e| e.2.span())
+        self.entries
+            .iter()
+            .find(|e| e.0 == name)
+            .map(|e| e.2.span())
     }
 
     pub(crate) fn bool(&mut self, d: &mut Diags, name: &str) -> Option<bool> {
@@ -149,7 +154,11 @@ impl<'a, 'i> TableReader<'a, 'i> {
                 shown: i.to_string(),
             }),
             Some(Err(text)) => {
-                d.push(v.span(), &key, format!("{text} does not fit in a 64-bit integer"));
+                d.push(
+                    v.span(),
+                    &key,
+                    format!("{text} does not fit in a 64-bit integer"),
+                );
                 None
             }
             None => {
@@ -173,7 +182,9 @@ impl<'a, 'i> TableReader<'a, 'i> {
         let key = self.key(name);
         let v = self.raw(name)?;
         match v.get_ref() {
-            DeValue::String(s) => Some(interpolate(d, env, &key, s, v.span()).into_iter().collect()),
+            DeValue::String(s) => {
+                Some(interpolate(d, env, &key, s, v.span()).into_iter().collect())
+            }
             DeValue::Array(items) => {
                 let mut out = Vec::new();
                 for (i, item) in items.iter().enumerate() {
@@ -284,7 +295,7 @@ fn interpolate(
     d: &mut Diags,
     env: Env,
     key: &str,
-    raw: &Cow<str>,
+    raw: &str,
     span: Range<usize>,
 ) -> Option<Located<String>> {
     if !raw.contains('$') {
@@ -295,7 +306,7 @@ fn interpolate(
         });
     }
     let mut out = String::with_capacity(raw.len());
-    let mut rest: &str = raw;
+    let mut rest = raw;
     let mut ok = true;
     while let Some(pos) = rest.find('$') {
         out.push_str(&rest[..pos]);

@@ -30,7 +30,10 @@ fn the_example_job_parses() {
     assert_eq!(spec.source.path, Path::new("jobs/source/"));
     let range = spec.range.unwrap();
     assert_eq!(range.column, "created_at");
-    assert_eq!(range.start, Some(RangeValue::Time(parse_time("2023-01-01").unwrap())));
+    assert_eq!(
+        range.start,
+        Some(RangeValue::Time(parse_time("2023-01-01").unwrap()))
+    );
     assert_eq!(range.chunk, ChunkSize::Fixed(7 * MICROS_PER_DAY));
     assert_eq!(range.column_loc.line, 15);
     assert_eq!(spec.target.partition_by, ["year", "month"]);
@@ -61,7 +64,10 @@ fn toml_dates_and_integers_are_bounds() {
     )
     .unwrap();
     let r = spec.range.unwrap();
-    assert_eq!(r.end, Some(RangeValue::Time(parse_time("2023-02-01").unwrap())));
+    assert_eq!(
+        r.end,
+        Some(RangeValue::Time(parse_time("2023-02-01").unwrap()))
+    );
     let spec = parse(
         "[source]\nformat = \"parquet\"\npath = \"s\"\n[target]\npath = \"t\"\n\
          [range]\ncolumn = \"event_id\"\nstart = 1\nend = 10_000_001\nchunk = 100_000\nordered = true\n",

@@ -61,7 +61,11 @@ pub enum StateError {
         "job is being run by another process (pid {pid} on {host}, since {since}); wait for it to finish or stop it. \
          If that process is gone, remove the lock with `backfill unlock`"
     )]
-    Locked { pid: u32, host: String, since: String },
+    Locked {
+        pid: u32,
+        host: String,
+        since: String,
+    },
     #[error("unknown chunk {0}")]
     UnknownChunk(String),
     #[error("corrupt state record: {0}")]
@@ -247,7 +251,7 @@ pub trait StateStore: Send + Sync {
         will_retry: bool,
     ) -> Result<(), StateError>;
     /// The commit point: the chunk is committed with `files` (unpublished) and
-    /// the files of its previous commit move to the garbage list.
+    /// the files of its previous commit move to the garbage list; returns them.
     fn commit_chunk(
         &self,
         run_id: i64,
@@ -255,7 +259,7 @@ pub trait StateStore: Send + Sync {
         attempt: u32,
         metrics: &ChunkMetrics,
         files: &[OwnedFile],
-    ) -> Result<(), StateError>;
+    ) -> Result<Vec<String>, StateError>;
     fn mark_published(&self, chunk_id: &str) -> Result<(), StateError>;
     /// Committed chunks whose files are not all published yet.
     fn unpublished(&self) -> Result<BTreeMap<String, Vec<OwnedFile>>, StateError>;

@@ -127,9 +127,12 @@ impl SqliteStateStore {
 
     fn init(&self) -> Result<(), StateError> {
         let conn = self.conn();
-        conn.busy_timeout(Duration::from_secs(10)).map_err(self.err())?;
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(self.err())?;
-        conn.pragma_update(None, "synchronous", "FULL").map_err(self.err())?;
+        conn.busy_timeout(Duration::from_secs(10))
+            .map_err(self.err())?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(self.err())?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(self.err())?;
         let version: Option<String> = conn
             .query_row(
                 "SELECT value FROM meta WHERE key = 'schema_version'",
@@ -181,7 +184,9 @@ impl SqliteStateStore {
             .prepare("SELECT chunk_id, count(*) FROM attempts WHERE outcome = 'committed' GROUP BY chunk_id")
             .map_err(self.err())?;
         let rows = stmt
-            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64)))
+            .query_map([], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+            })
             .map_err(self.err())?;
         rows.collect::<Result<_, _>>().map_err(self.err())
     }
@@ -291,14 +296,22 @@ impl StateStore for SqliteStateStore {
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(self.err())?;
         let old: Option<String> = tx
-            .query_row("SELECT value FROM meta WHERE key = 'fingerprint'", [], |r| r.get(0))
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'fingerprint'",
+                [],
+                |r| r.get(0),
+            )
             .optional()
             .map_err(self.err())?;
         let mut sync = PlanSync::default();
         let changed = old.as_deref().is_some_and(|o| o != fingerprint);
         if changed {
             let committed: i64 = tx
-                .query_row("SELECT count(*) FROM chunks WHERE status = 'committed'", [], |r| r.get(0))
+                .query_row(
+                    "SELECT count(*) FROM chunks WHERE status = 'committed'",
+                    [],
+                    |r| r.get(0),
+                )
                 .map_err(self.err())?;
             if committed > 0 && !replan {
                 return Err(StateError::RangeChanged {
@@ -310,9 +323,12 @@ impl StateStore for SqliteStateStore {
         }
         // Chunks that are not in the new plan: with an unchanged fingerprint
         // there are none; after a replan their files go to garbage.
-        let wanted: std::collections::HashSet<&str> = chunks.iter().map(|c| c.id.as_str()).collect();
+        let wanted: std::collections::HashSet<&str> =
+            chunks.iter().map(|c| c.id.as_str()).collect();
         let existing: Vec<String> = {
-            let mut stmt = tx.prepare("SELECT chunk_id FROM chunks").map_err(self.err())?;
+            let mut stmt = tx
+                .prepare("SELECT chunk_id FROM chunks")
+                .map_err(self.err())?;
             let rows = stmt.query_map([], |r| r.get(0)).map_err(self.err())?;
             rows.collect::<Result<_, _>>().map_err(self.err())?
         };
@@ -513,19 +529,31 @@ impl StateStore for SqliteStateStore {
         attempt: u32,
         m: &ChunkMetrics,
         files: &[OwnedFile],
-    ) -> Result<(), StateError> {
+    ) -> Result<Vec<String>, StateError> {
         let mut conn = self.conn();
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(self.err())?;
         let ts = now();
+        let superseded: Vec<String> = {
+            let mut stmt = tx
+                .prepare("SELECT path FROM chunk_files WHERE chunk_id = ?1 ORDER BY path")
+                .map_err(self.err())?;
+            let rows = stmt
+                .query_map(params![chunk_id], |r| r.get(0))
+                .map_err(self.err())?;
+            rows.collect::<Result<_, _>>().map_err(self.err())?
+        };
         tx.execute(
             "INSERT OR IGNORE INTO garbage (path, since) SELECT path, ?2 FROM chunk_files WHERE chunk_id = ?1",
             params![chunk_id, ts],
         )
         .map_err(self.err())?;
-        tx.execute("DELETE FROM chunk_files WHERE chunk_id = ?1", params![chunk_id])
-            .map_err(self.err())?;
+        tx.execute(
+            "DELETE FROM chunk_files WHERE chunk_id = ?1",
+            params![chunk_id],
+        )
+        .map_err(self.err())?;
         for f in files {
             // A path this commit writes again is not garbage.
             tx.execute("DELETE FROM garbage WHERE path = ?1", params![f.path])
@@ -564,7 +592,11 @@ impl StateStore for SqliteStateStore {
         )
         .map_err(self.err())?;
         tx.commit().map_err(self.err())?;
-        Ok(())
+        let new: std::collections::HashSet<&str> = files.iter().map(|f| f.path.as_str()).collect();
+        Ok(superseded
+            .into_iter()
+            .filter(|p| !new.contains(p.as_str()))
+            .collect())
     }
 
     fn mark_published(&self, chunk_id: &str) -> Result<(), StateError> {
@@ -584,7 +616,13 @@ impl StateStore for SqliteStateStore {
             .map_err(self.err())?;
         let rows = stmt
             .query_map([], |r| {
-                Ok((r.get::<_, String>(0)?, OwnedFile { path: r.get(1)?, staged: r.get(2)? }))
+                Ok((
+                    r.get::<_, String>(0)?,
+                    OwnedFile {
+                        path: r.get(1)?,
+                        staged: r.get(2)?,
+                    },
+                ))
             })
             .map_err(self.err())?;
         let mut out: BTreeMap<String, Vec<OwnedFile>> = BTreeMap::new();
@@ -651,8 +689,11 @@ impl StateStore for SqliteStateStore {
             params![now()],
         )
         .map_err(self.err())?;
-        conn.execute("UPDATE chunks SET status = 'pending' WHERE status = 'running'", [])
-            .map_err(self.err())
+        conn.execute(
+            "UPDATE chunks SET status = 'pending' WHERE status = 'running'",
+            [],
+        )
+        .map_err(self.err())
     }
 
     fn reset(&self, chunk_ids: &[String]) -> Result<usize, StateError> {

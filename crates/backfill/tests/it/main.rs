@@ -1,1 +1,9 @@
+//! The one integration test binary: topic modules over real files, the real
+//! CLI and DuckDB/pyarrow as oracles.
 
+mod api;
+mod cli;
+mod crash;
+mod end_to_end;
+mod harness;
+mod sequence;

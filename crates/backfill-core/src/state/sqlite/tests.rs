@@ -3,7 +3,13 @@ use crate::interval::ChunkSize;
 use crate::plan::plan_bounds;
 
 fn chunks(n: i64) -> Vec<Chunk> {
-    plan_bounds("id", RangeValue::Int(0), RangeValue::Int(n), ChunkSize::Count(1)).unwrap()
+    plan_bounds(
+        "id",
+        RangeValue::Int(0),
+        RangeValue::Int(n),
+        ChunkSize::Count(1),
+    )
+    .unwrap()
 }
 
 fn file(p: &str) -> OwnedFile {
@@ -27,8 +33,13 @@ fn commit_moves_old_files_to_garbage() {
     let run = s.begin_run("run").unwrap();
     let a = s.start_attempt(run, &plan[0].id).unwrap();
     assert_eq!(a, 1);
-    let m = ChunkMetrics { rows_read: 10, rows_written: 9, ..Default::default() };
-    s.commit_chunk(run, &plan[0].id, a, &m, &[file("x/a1.parquet")]).unwrap();
+    let m = ChunkMetrics {
+        rows_read: 10,
+        rows_written: 9,
+        ..Default::default()
+    };
+    s.commit_chunk(run, &plan[0].id, a, &m, &[file("x/a1.parquet")])
+        .unwrap();
     assert_eq!(s.unpublished().unwrap().len(), 1);
     s.mark_published(&plan[0].id).unwrap();
     assert!(s.unpublished().unwrap().is_empty());
@@ -38,7 +49,10 @@ fn commit_moves_old_files_to_garbage() {
     assert_eq!(a, 2);
     // Still committed while the new attempt runs: readers keep the old files.
     assert_eq!(s.chunks().unwrap()[0].status, ChunkStatus::Committed);
-    s.commit_chunk(run, &plan[0].id, a, &m, &[file("x/a2.parquet")]).unwrap();
+    let old = s
+        .commit_chunk(run, &plan[0].id, a, &m, &[file("x/a2.parquet")])
+        .unwrap();
+    assert_eq!(old, ["x/a1.parquet"]);
     assert_eq!(s.garbage().unwrap(), ["x/a1.parquet"]);
     assert_eq!(s.committed_files().unwrap()[&plan[0].id], ["x/a2.parquet"]);
     s.forget_garbage(&["x/a1.parquet".to_string()]).unwrap();
@@ -73,15 +87,31 @@ fn changed_range_is_refused_without_replan() {
     let plan = chunks(2);
     s.sync_plan("job", "fp1", &plan, false).unwrap();
     // Nothing committed yet: a new plan simply replaces the old one.
-    let other = plan_bounds("id", RangeValue::Int(0), RangeValue::Int(4), ChunkSize::Count(2)).unwrap();
+    let other = plan_bounds(
+        "id",
+        RangeValue::Int(0),
+        RangeValue::Int(4),
+        ChunkSize::Count(2),
+    )
+    .unwrap();
     let sync = s.sync_plan("job", "fp2", &other, false).unwrap();
     assert_eq!(sync.retired.len(), 2);
     let run = s.begin_run("run").unwrap();
     let a = s.start_attempt(run, &other[0].id).unwrap();
-    s.commit_chunk(run, &other[0].id, a, &ChunkMetrics::default(), &[file("f1")]).unwrap();
+    s.commit_chunk(
+        run,
+        &other[0].id,
+        a,
+        &ChunkMetrics::default(),
+        &[file("f1")],
+    )
+    .unwrap();
     s.mark_published(&other[0].id).unwrap();
     let err = s.sync_plan("job", "fp3", &plan, false).unwrap_err();
-    assert!(matches!(err, StateError::RangeChanged { committed: 1, .. }), "{err}");
+    assert!(
+        matches!(err, StateError::RangeChanged { committed: 1, .. }),
+        "{err}"
+    );
     let sync = s.sync_plan("job", "fp3", &plan, true).unwrap();
     assert_eq!(sync.retired.len(), 2);
     assert_eq!(s.garbage().unwrap(), ["f1"]);
@@ -95,13 +125,21 @@ fn lock_refuses_a_live_holder_and_takes_over_a_dead_one() {
     assert_eq!(s.lock(&me).unwrap(), None);
     // The same process may take its own lock again.
     assert_eq!(s.lock(&me).unwrap(), None);
-    let other_live = LockHolder { pid: 1, host: me.host.clone(), since: "t".into() };
+    let other_live = LockHolder {
+        pid: 1,
+        host: me.host.clone(),
+        since: "t".into(),
+    };
     s.unlock(&me).unwrap();
     s.lock(&other_live).unwrap();
     let err = s.lock(&me).unwrap_err();
     assert!(err.to_string().contains("pid 1"), "{err}");
     s.force_unlock().unwrap();
-    let dead = LockHolder { pid: u32::MAX - 7, host: me.host.clone(), since: "t".into() };
+    let dead = LockHolder {
+        pid: u32::MAX - 7,
+        host: me.host.clone(),
+        since: "t".into(),
+    };
     s.lock(&dead).unwrap();
     assert_eq!(s.lock(&me).unwrap(), Some(dead));
 }
@@ -112,7 +150,11 @@ fn newer_schema_is_refused() {
     drop(s);
     let path = d.path().join("sub/state.db");
     let conn = Connection::open(&path).unwrap();
-    conn.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'", []).unwrap();
+    conn.execute(
+        "UPDATE meta SET value = '99' WHERE key = 'schema_version'",
+        [],
+    )
+    .unwrap();
     drop(conn);
     let err = SqliteStateStore::open(&path).err().unwrap();
     assert!(err.to_string().contains("newer backfill"), "{err}");
@@ -122,7 +164,11 @@ fn newer_schema_is_refused() {
 fn corrupt_file_is_an_error_not_a_panic() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("state.db");
-    std::fs::write(&path, b"this is not a database, just some text that is long enough to look like a header").unwrap();
+    std::fs::write(
+        &path,
+        b"this is not a database, just some text that is long enough to look like a header",
+    )
+    .unwrap();
     let err = SqliteStateStore::open(&path).err().unwrap();
     assert!(err.to_string().contains("state.db"), "{err}");
 }

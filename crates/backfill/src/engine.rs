@@ -1,0 +1,248 @@
+//! Executes one chunk as a DataFusion plan: the source scan with the chunk's
+//! range predicate pushed down, counted, exposed to the transform SQL as the
+//! table `source`, and streamed batch by batch into the sink.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use arrow::datatypes::{DataType, SchemaRef, TimeUnit};
+use backfill_core::interval::{MICROS_PER_DAY, RangeValue};
+use backfill_core::plan::Chunk;
+use datafusion::catalog::streaming::StreamingTable;
+use datafusion::common::{Column, ScalarValue};
+use datafusion::error::DataFusionError;
+use datafusion::execution::TaskContext;
+use datafusion::execution::runtime_env::RuntimeEnv;
+use datafusion::logical_expr::{Expr, lit};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::streaming::PartitionStream;
+use datafusion::physical_plan::{ExecutionPlan, SendableRecordBatchStream, execute_stream};
+use datafusion::prelude::{SessionConfig, SessionContext};
+use futures::StreamExt;
+
+use crate::error::ChunkError;
+use crate::failpoint;
+use crate::sink::ChunkWriter;
+use crate::source::Source;
+
+/// The DataFusion settings every chunk runs with.
+pub fn session_config() -> SessionConfig {
+    SessionConfig::new()
+        .with_batch_size(8192)
+        // Plans stay small and per chunk; two cores are shared between
+        // concurrent chunks, so more partitions only add overhead.
+        .with_target_partitions(std::thread::available_parallelism().map_or(2, |n| n.get()))
+        .with_information_schema(false)
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ExecStats {
+    pub rows_read: u64,
+    pub bytes_read: u64,
+}
+
+/// The range column's Arrow type decides how chunk bounds become literals.
+#[derive(Debug, Clone)]
+pub struct RangeColumn {
+    pub name: String,
+    pub data_type: DataType,
+}
+
+fn ceil_div(a: i64, b: i64) -> i64 {
+    let q = a.div_euclid(b);
+    if a.rem_euclid(b) == 0 { q } else { q + 1 }
+}
+
+/// A literal of the column's own type, so the predicate prunes on statistics.
+/// For coarser types the bound is rounded up: a value `v` is in `[lo, hi)`
+/// exactly when `v >= ceil(lo)` and `v < ceil(hi)`, so no row lands in two
+/// chunks or in none.
+fn bound_literal(col: &RangeColumn, v: RangeValue) -> Result<ScalarValue, DataFusionError> {
+    Ok(match (v, &col.data_type) {
+        (RangeValue::Time(us), DataType::Timestamp(unit, tz)) => {
+            let tz = tz.clone();
+            match unit {
+                TimeUnit::Second => ScalarValue::TimestampSecond(Some(ceil_div(us, 1_000_000)), tz),
+                TimeUnit::Millisecond => {
+                    ScalarValue::TimestampMillisecond(Some(ceil_div(us, 1_000)), tz)
+                }
+                TimeUnit::Microsecond => ScalarValue::TimestampMicrosecond(Some(us), tz),
+                TimeUnit::Nanosecond => ScalarValue::TimestampNanosecond(
+                    Some(us.checked_mul(1000).ok_or_else(|| {
+                        DataFusionError::Plan(format!(
+                            "bound {v} does not fit a nanosecond timestamp"
+                        ))
+                    })?),
+                    tz,
+                ),
+            }
+        }
+        (RangeValue::Time(us), DataType::Date32) => {
+            let days = i32::try_from(ceil_div(us, MICROS_PER_DAY))
+                .map_err(|_| DataFusionError::Plan(format!("bound {v} does not fit a date")))?;
+            ScalarValue::Date32(Some(days))
+        }
+        (RangeValue::Time(us), DataType::Date64) => ScalarValue::Date64(Some(ceil_div(us, 1_000))),
+        (RangeValue::Int(i), dt) if dt.is_integer() => ScalarValue::Int64(Some(i)).cast_to(dt)?,
+        (v, dt) => {
+            return Err(DataFusionError::Plan(format!(
+                "range bound {v} does not fit column {} of type {dt}",
+                col.name
+            )));
+        }
+    })
+}
+
+/// `column >= lo AND column < hi` for a chunk; `None` for a full load.
+pub fn chunk_predicate(col: &RangeColumn, chunk: &Chunk) -> Result<Option<Expr>, DataFusionError> {
+    let column = || Expr::Column(Column::new_unqualified(col.name.clone()));
+    let mut pred: Option<Expr> = None;
+    if let Some(lo) = chunk.lo {
+        pred = Some(column().gt_eq(lit(bound_literal(col, lo)?)));
+    }
+    if let Some(hi) = chunk.hi {
+        // An integer bound past the column type's maximum means "no upper bound".
+        match bound_literal(col, hi) {
+            Ok(v) => {
+                let e = column().lt(lit(v));
+                pred = Some(match pred {
+                    Some(p) => p.and(e),
+                    None => e,
+                });
+            }
+            Err(_) if matches!(hi, RangeValue::Int(_)) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(pred)
+}
+
+/// The chunk's scan, presented to the transform as a one-partition stream.
+/// Rows are counted as they leave the scan, after the range filter and before
+/// the transform, which is what "rows read" means in the state store.
+#[derive(Debug)]
+struct CountedScan {
+    plan: Arc<dyn ExecutionPlan>,
+    schema: SchemaRef,
+    rows: Arc<AtomicU64>,
+    counted: AtomicBool,
+}
+
+impl PartitionStream for CountedScan {
+    fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    fn execute(&self, ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
+        let schema = self.schema.clone();
+        let stream = match execute_stream(self.plan.clone(), ctx) {
+            Ok(s) => s,
+            Err(e) => {
+                return Box::pin(RecordBatchStreamAdapter::new(
+                    schema,
+                    futures::stream::once(async move { Err(e) }),
+                ));
+            }
+        };
+        // A transform that reads `source` twice (a self-join) scans twice;
+        // count the first scan only.
+        if self.counted.swap(true, Ordering::SeqCst) {
+            return stream;
+        }
+        let rows = self.rows.clone();
+        Box::pin(RecordBatchStreamAdapter::new(
+            schema,
+            stream.inspect(move |b| {
+                if let Ok(b) = b {
+                    rows.fetch_add(b.num_rows() as u64, Ordering::Relaxed);
+                }
+            }),
+        ))
+    }
+}
+
+fn bytes_scanned(plan: &Arc<dyn ExecutionPlan>) -> u64 {
+    let own = plan
+        .metrics()
+        .and_then(|m| m.sum_by_name("bytes_scanned"))
+        .map_or(0, |v| v.as_usize() as u64);
+    own + plan.children().into_iter().map(bytes_scanned).sum::<u64>()
+}
+
+/// Everything a chunk needs that is shared across chunks.
+pub struct ChunkQuery<'a> {
+    pub source: &'a Arc<dyn Source>,
+    pub range: Option<&'a RangeColumn>,
+    pub transform_sql: Option<&'a str>,
+    pub config: &'a SessionConfig,
+    pub runtime: &'a Arc<RuntimeEnv>,
+}
+
+/// Reads, transforms and writes one chunk into `writer`.
+pub async fn execute_chunk(
+    q: &ChunkQuery<'_>,
+    chunk: &Chunk,
+    writer: &mut dyn ChunkWriter,
+) -> Result<ExecStats, ChunkError> {
+    failpoint::hit("read", chunk.index)?;
+    let ctx = SessionContext::new_with_config_rt(q.config.clone(), q.runtime.clone());
+    let mut raw = ctx.read_table(q.source.table())?;
+    if let Some(col) = q.range
+        && let Some(pred) = chunk_predicate(col, chunk)?
+    {
+        raw = raw.filter(pred)?;
+    }
+    let scan = raw.create_physical_plan().await?;
+    let rows = Arc::new(AtomicU64::new(0));
+    let counted = CountedScan {
+        schema: scan.schema(),
+        plan: scan.clone(),
+        rows: rows.clone(),
+        counted: AtomicBool::new(false),
+    };
+    let table = StreamingTable::try_new(counted.schema.clone(), vec![Arc::new(counted)])?;
+    ctx.register_table("source", Arc::new(table))?;
+    let df = ctx
+        .sql(q.transform_sql.unwrap_or("SELECT * FROM source"))
+        .await?;
+    let mut stream = df.execute_stream().await?;
+    while let Some(batch) = stream.next().await {
+        let batch = batch?;
+        if batch.num_rows() > 0 {
+            writer.write(batch).await?;
+        }
+    }
+    Ok(ExecStats {
+        rows_read: rows.load(Ordering::Relaxed),
+        bytes_read: bytes_scanned(&scan),
+    })
+}
+
+/// Plans the transform once against the source schema, so a bad SQL or a
+/// missing column fails before any chunk runs. Returns the output schema.
+pub async fn check_transform(
+    source_schema: SchemaRef,
+    transform_sql: Option<&str>,
+    config: &SessionConfig,
+    runtime: &Arc<RuntimeEnv>,
+) -> Result<SchemaRef, DataFusionError> {
+    let ctx = SessionContext::new_with_config_rt(config.clone(), runtime.clone());
+    let empty = datafusion::datasource::empty::EmptyTable::new(source_schema);
+    ctx.register_table("source", Arc::new(empty))?;
+    let df = ctx
+        .sql(transform_sql.unwrap_or("SELECT * FROM source"))
+        .await?;
+    Ok(Arc::new(df.schema().as_arrow().clone()))
+}
+
+pub fn check_range_type(dt: &DataType, kind: backfill_core::ValueKind) -> bool {
+    match kind {
+        backfill_core::ValueKind::Time => {
+            matches!(
+                dt,
+                DataType::Timestamp(..) | DataType::Date32 | DataType::Date64
+            )
+        }
+        backfill_core::ValueKind::Int => dt.is_integer(),
+    }
+}

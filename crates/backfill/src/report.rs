@@ -1,0 +1,326 @@
+//! Text and JSON renderings of `plan`, `status` and `run` results.
+
+use std::fmt::Write as _;
+
+use backfill_core::interval::RangeValue;
+use backfill_core::state::{ChunkRecord, ChunkStatus};
+use serde::Serialize;
+
+use crate::progress::{human_bytes, human_count};
+use crate::runner::{PlannedChunk, RunSummary};
+
+fn bound(v: Option<RangeValue>) -> String {
+    v.map(|v| v.to_string()).unwrap_or_else(|| "-".to_string())
+}
+
+/// Lays out rows under a header with columns padded to their widest cell.
+fn table(header: &[&str], rows: &[Vec<String>], right: &[bool]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            widths[i] = widths[i].max(c.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let line = |cells: Vec<String>, out: &mut String| {
+        let mut l = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            let pad = widths[i] - c.chars().count();
+            if i > 0 {
+                l.push_str("  ");
+            }
+            if right.get(i).copied().unwrap_or(false) {
+                l.push_str(&" ".repeat(pad));
+                l.push_str(c);
+            } else {
+                l.push_str(c);
+                if i + 1 < cells.len() {
+                    l.push_str(&" ".repeat(pad));
+                }
+            }
+        }
+        out.push_str(l.trim_end());
+        out.push('\n');
+    };
+    line(header.iter().map(|s| s.to_string()).collect(), &mut out);
+    for r in rows {
+        line(r.clone(), &mut out);
+    }
+    out
+}
+
+pub fn plan_text(job: &str, chunks: &[PlannedChunk]) -> String {
+    let rows: Vec<Vec<String>> = chunks
+        .iter()
+        .map(|c| {
+            vec![
+                c.chunk.index.to_string(),
+                c.chunk.id.clone(),
+                bound(c.chunk.lo),
+                bound(c.chunk.hi),
+                c.status.to_string(),
+            ]
+        })
+        .collect();
+    let mut out = table(
+        &["#", "chunk", "from (incl.)", "to (excl.)", "status"],
+        &rows,
+        &[true],
+    );
+    let count = |s| chunks.iter().filter(|c| c.status == s).count();
+    let _ = writeln!(
+        out,
+        "{job}: {} chunks ({} committed, {} pending, {} failed)",
+        chunks.len(),
+        count(ChunkStatus::Committed),
+        count(ChunkStatus::Pending) + count(ChunkStatus::Running),
+        count(ChunkStatus::Failed)
+    );
+    out
+}
+
+#[derive(Debug, Serialize)]
+pub struct PlanJson<'a> {
+    pub job: &'a str,
+    pub chunks: &'a [PlannedChunk],
+    pub total: usize,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct Totals {
+    pub chunks: usize,
+    pub committed: usize,
+    pub pending: usize,
+    pub running: usize,
+    pub failed: usize,
+    pub attempts: u64,
+    pub rows_read: u64,
+    pub rows_written: u64,
+    pub bytes_read: u64,
+    pub bytes_written: u64,
+}
+
+pub fn totals(records: &[ChunkRecord]) -> Totals {
+    let mut t = Totals {
+        chunks: records.len(),
+        ..Default::default()
+    };
+    for r in records {
+        match r.status {
+            ChunkStatus::Committed => t.committed += 1,
+            ChunkStatus::Pending => t.pending += 1,
+            ChunkStatus::Running => t.running += 1,
+            ChunkStatus::Failed => t.failed += 1,
+        }
+        t.attempts += u64::from(r.attempts);
+        if let (Some(m), ChunkStatus::Committed) = (&r.metrics, r.status) {
+            t.rows_read += m.rows_read;
+            t.rows_written += m.rows_written;
+            t.bytes_read += m.bytes_read;
+            t.bytes_written += m.bytes_written;
+        }
+    }
+    t
+}
+
+/// The upper bound of the longest run of committed chunks from the start:
+/// every row below it is in the target.
+pub fn watermark(records: &[ChunkRecord]) -> Option<RangeValue> {
+    let mut sorted: Vec<&ChunkRecord> = records.iter().collect();
+    sorted.sort_by_key(|r| r.index);
+    let mut mark = None;
+    for r in sorted {
+        if r.status != ChunkStatus::Committed {
+            break;
+        }
+        mark = r.hi;
+    }
+    mark
+}
+
+#[derive(Debug, Serialize)]
+pub struct StatusJson<'a> {
+    pub job: &'a str,
+    pub state: String,
+    pub chunks: &'a [ChunkRecord],
+    pub totals: Totals,
+    pub watermark: Option<RangeValue>,
+}
+
+pub fn status_text(job: &str, records: &[ChunkRecord], ordered: bool) -> String {
+    let rows: Vec<Vec<String>> = records
+        .iter()
+        .map(|r| {
+            let m = r.metrics.clone().unwrap_or_default();
+            let has = r.metrics.is_some();
+            let mut err = r.last_error.clone().unwrap_or_default().replace('\n', " ");
+            if err.chars().count() > 60 {
+                err = format!("{}…", err.chars().take(59).collect::<String>());
+            }
+            vec![
+                r.index.to_string(),
+                r.id.clone(),
+                bound(r.lo),
+                bound(r.hi),
+                r.status.to_string(),
+                r.attempts.to_string(),
+                if has {
+                    m.rows_read.to_string()
+                } else {
+                    "-".into()
+                },
+                if has {
+                    m.rows_written.to_string()
+                } else {
+                    "-".into()
+                },
+                if has {
+                    human_bytes(m.bytes_read)
+                } else {
+                    "-".into()
+                },
+                if has {
+                    format!("{:.2}s", m.duration_ms as f64 / 1000.0)
+                } else {
+                    "-".into()
+                },
+                err,
+            ]
+        })
+        .collect();
+    let mut out = table(
+        &[
+            "#",
+            "chunk",
+            "from (incl.)",
+            "to (excl.)",
+            "status",
+            "attempts",
+            "rows read",
+            "written",
+            "bytes read",
+            "time",
+            "last error",
+        ],
+        &rows,
+        &[
+            true, false, false, false, false, true, true, true, true, true, false,
+        ],
+    );
+    let t = totals(records);
+    let _ = writeln!(
+        out,
+        "{job}: {} chunks: {} committed, {} pending, {} running, {} failed; {} rows read, {} written ({} read, {} written)",
+        t.chunks,
+        t.committed,
+        t.pending,
+        t.running,
+        t.failed,
+        t.rows_read,
+        t.rows_written,
+        human_bytes(t.bytes_read),
+        human_bytes(t.bytes_written)
+    );
+    if ordered || t.committed > 0 {
+        match watermark(records) {
+            Some(w) => {
+                let _ = writeln!(out, "watermark: {w} (every chunk below it is committed)");
+            }
+            None if ordered => {
+                let _ = writeln!(out, "watermark: none yet");
+            }
+            None => {}
+        }
+    }
+    out
+}
+
+pub fn run_text(s: &RunSummary) -> String {
+    let mut out = String::new();
+    let r = &s.recovered;
+    if r.republished_chunks
+        + r.garbage_removed
+        + r.orphans_removed
+        + r.lost_chunks
+        + r.interrupted_chunks
+        > 0
+    {
+        let _ = writeln!(
+            out,
+            "recovered from an interrupted run: {} chunk(s) published, {} superseded and {} orphaned file(s) removed, {} interrupted chunk(s) requeued{}",
+            r.republished_chunks,
+            r.garbage_removed,
+            r.orphans_removed,
+            r.interrupted_chunks,
+            if r.lost_chunks > 0 {
+                format!(", {} chunk(s) with lost files requeued", r.lost_chunks)
+            } else {
+                String::new()
+            }
+        );
+    }
+    if s.dry_run {
+        let _ = writeln!(
+            out,
+            "dry run: {} of {} chunks would run",
+            s.would_run.len(),
+            s.planned
+        );
+        for c in &s.would_run {
+            let _ = writeln!(out, "  {c}");
+        }
+        return out;
+    }
+    if s.nothing_to_do() {
+        let _ = writeln!(
+            out,
+            "nothing to do: all {} chunks of {} are committed",
+            s.planned, s.job
+        );
+        return out;
+    }
+    let _ = writeln!(
+        out,
+        "{}: {} of {} selected chunks committed{}{} in {:.1}s",
+        s.job,
+        s.committed,
+        s.selected,
+        if s.failed.is_empty() {
+            String::new()
+        } else {
+            format!(", {} failed", s.failed.len())
+        },
+        if s.left > 0 {
+            format!(", {} left for the next run", s.left)
+        } else {
+            String::new()
+        },
+        s.elapsed_secs
+    );
+    let _ = writeln!(
+        out,
+        "rows: {} read, {} written ({} rows/s); bytes: {} read, {} written",
+        s.rows_read,
+        s.rows_written,
+        human_count(s.rows_per_second() as u64),
+        human_bytes(s.bytes_read),
+        human_bytes(s.bytes_written)
+    );
+    if s.interrupted {
+        let _ = writeln!(out, "interrupted: run the same command again to resume");
+    }
+    for f in &s.failed {
+        let _ = writeln!(
+            out,
+            "failed: chunk #{} {} {}: {}",
+            f.index, f.id, f.bounds, f.error
+        );
+    }
+    if !s.failed.is_empty() {
+        let _ = writeln!(
+            out,
+            "run again to retry the failed chunks (committed ones are kept)"
+        );
+    }
+    out
+}

@@ -1,0 +1,853 @@
+//! The scheduler: open the job, recover from any crash, then run the selected
+//! chunks with bounded concurrency, each through
+//! claim → execute → stage → commit (state) → publish → clean up,
+//! retrying transient failures with backoff.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use backfill_core::interval::RangeValue;
+use backfill_core::plan::{self, Chunk};
+use backfill_core::retry::RetryPolicy;
+use backfill_core::spec::JobSpec;
+use backfill_core::state::{
+    ChunkMetrics, ChunkRecord, ChunkStatus, LockHolder, SqliteStateStore, StateStore,
+};
+use backfill_core::{ErrorClass, fingerprint};
+use datafusion::execution::runtime_env::RuntimeEnv;
+use datafusion::prelude::{SessionConfig, SessionContext};
+use serde::Serialize;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::engine::{self, ChunkQuery, RangeColumn};
+use crate::error::{ChunkError, Error};
+use crate::failpoint;
+use crate::progress::{Progress, ProgressMode};
+use crate::sink::{self, Sink, SinkError};
+use crate::source::{self, Source};
+
+/// A backfill job, ready to plan, run or inspect.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), backfill::Error> {
+/// let job = backfill::Backfill::from_file("backfill.toml")?;
+/// let summary = job.run().await?;
+/// println!("{} chunks committed, {} rows written", summary.committed, summary.rows_written);
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Backfill {
+    spec: JobSpec,
+}
+
+/// How `run` behaves; the defaults run every chunk not yet committed.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Only chunks overlapping `[from, to)`; committed ones among them run again.
+    pub from: Option<RangeValue>,
+    pub to: Option<RangeValue>,
+    /// Overrides `[run] parallelism`.
+    pub parallelism: Option<usize>,
+    /// Accept a changed `[range]`: retire old chunks and plan anew.
+    pub replan: bool,
+    /// Show what would run, run nothing.
+    pub dry_run: bool,
+    /// Only chunks whose last attempt failed.
+    pub only_failed: bool,
+    pub progress: ProgressMode,
+    /// Stop cleanly on Ctrl-C / SIGTERM (the CLI sets this).
+    pub handle_signals: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FailedChunk {
+    pub index: usize,
+    pub id: String,
+    pub bounds: String,
+    pub error: String,
+}
+
+/// What a run did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RunSummary {
+    pub job: String,
+    pub planned: usize,
+    pub selected: usize,
+    pub committed: usize,
+    pub failed: Vec<FailedChunk>,
+    /// Chunks left for the next run (interrupted, or after an ordered failure).
+    pub left: usize,
+    pub rows_read: u64,
+    pub rows_written: u64,
+    pub bytes_read: u64,
+    pub bytes_written: u64,
+    pub elapsed_secs: f64,
+    pub interrupted: bool,
+    pub dry_run: bool,
+    /// Chunks a dry run would run.
+    pub would_run: Vec<Chunk>,
+    /// Crash leftovers the run repaired before starting.
+    pub recovered: Recovery,
+}
+
+impl RunSummary {
+    pub fn rows_per_second(&self) -> f64 {
+        self.rows_read as f64 / self.elapsed_secs.max(1e-6)
+    }
+
+    pub fn nothing_to_do(&self) -> bool {
+        self.selected == 0
+    }
+}
+
+/// What recovery found and fixed.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Recovery {
+    pub republished_chunks: usize,
+    pub lost_chunks: usize,
+    pub garbage_removed: usize,
+    pub orphans_removed: usize,
+    pub interrupted_chunks: usize,
+}
+
+/// One row of `plan`.
+#[derive(Debug, Clone, Serialize)]
+pub struct PlannedChunk {
+    #[serde(flatten)]
+    pub chunk: Chunk,
+    pub status: ChunkStatus,
+}
+
+/// A job opened against its source: the schema is checked, the plan made.
+pub(crate) struct OpenJob {
+    pub spec: JobSpec,
+    pub source: Arc<dyn Source>,
+    pub sink: Arc<dyn Sink>,
+    pub range: Option<RangeColumn>,
+    pub chunks: Vec<Chunk>,
+    pub config: SessionConfig,
+    pub runtime: Arc<RuntimeEnv>,
+}
+
+impl Backfill {
+    /// Reads and checks a job file (no I/O beyond reading it).
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Backfill, Error> {
+        Ok(Backfill {
+            spec: JobSpec::from_file(path)?,
+        })
+    }
+
+    pub fn from_spec(spec: JobSpec) -> Backfill {
+        Backfill { spec }
+    }
+
+    pub fn spec(&self) -> &JobSpec {
+        &self.spec
+    }
+
+    fn job_error(&self, loc: backfill_core::spec::Loc, key: &str, message: String) -> Error {
+        Error::Job {
+            file: self.spec.file.clone(),
+            loc,
+            key: key.to_string(),
+            message,
+        }
+    }
+
+    /// Opens the source and checks the job against its schema: the range
+    /// column exists and has the right type, the transform plans, the
+    /// partition columns exist. Errors point at the job file's lines.
+    pub(crate) async fn open(&self) -> Result<OpenJob, Error> {
+        let config = engine::session_config();
+        let runtime = Arc::new(RuntimeEnv::default());
+        let ctx = SessionContext::new_with_config_rt(config.clone(), runtime.clone());
+        let source = source::open(&self.spec.source, &ctx).await.map_err(|e| {
+            if e.is_configuration() {
+                self.job_error(self.spec.source.path_loc, "source.path", e.to_string())
+            } else {
+                e.into()
+            }
+        })?;
+        let schema = source.schema();
+        let range = match &self.spec.range {
+            None => None,
+            Some(r) => {
+                let names = || {
+                    schema
+                        .fields()
+                        .iter()
+                        .map(|f| f.name().as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                };
+                let field = schema.field_with_name(&r.column).map_err(|_| {
+                    self.job_error(
+                        r.column_loc,
+                        "range.column",
+                        format!(
+                            "column \"{}\" is not in source {} (columns: {})",
+                            r.column,
+                            source.describe(),
+                            names()
+                        ),
+                    )
+                })?;
+                if let Some(kind) = r.kind()
+                    && !engine::check_range_type(field.data_type(), kind)
+                {
+                    let want = match kind {
+                        backfill_core::ValueKind::Time => "a timestamp or date column",
+                        backfill_core::ValueKind::Int => "an integer column",
+                    };
+                    let text_source =
+                        self.spec.source.format != backfill_core::spec::SourceFormat::Parquet;
+                    let stringly = matches!(
+                        field.data_type(),
+                        arrow::datatypes::DataType::Utf8
+                            | arrow::datatypes::DataType::LargeUtf8
+                            | arrow::datatypes::DataType::Utf8View
+                    );
+                    let hint = if text_source && stringly {
+                        format!(
+                            "; for text sources declare its type, e.g. [source.columns] {} = \"timestamp\"",
+                            r.column
+                        )
+                    } else {
+                        String::new()
+                    };
+                    return Err(self.job_error(
+                            r.column_loc,
+                            "range.column",
+                            format!(
+                                "column \"{}\" has type {}, but the range is {kind}, which needs {want}{hint}",
+                                r.column,
+                                field.data_type()
+                            ),
+                        ));
+                }
+                Some(RangeColumn {
+                    name: r.column.clone(),
+                    data_type: field.data_type().clone(),
+                })
+            }
+        };
+        let sql = self.spec.transform.as_ref().map(|t| t.sql.as_str());
+        let out = engine::check_transform(schema.clone(), sql, &config, &runtime)
+            .await
+            .map_err(|e| {
+                let loc = self
+                    .spec
+                    .transform
+                    .as_ref()
+                    .map(|t| t.loc)
+                    .unwrap_or_default();
+                self.job_error(loc, "transform.sql", e.to_string())
+            })?;
+        for p in &self.spec.target.partition_by {
+            if out.field_with_name(p).is_err() {
+                let cols: Vec<_> = out.fields().iter().map(|f| f.name().as_str()).collect();
+                return Err(self.job_error(
+                    self.spec.target.partition_loc,
+                    "target.partition_by",
+                    format!(
+                        "column \"{p}\" is not produced by the transform (columns: {})",
+                        cols.join(", ")
+                    ),
+                ));
+            }
+        }
+        let chunks = plan::plan(self.spec.range.as_ref())?;
+        Ok(OpenJob {
+            spec: self.spec.clone(),
+            source,
+            sink: sink::open(&self.spec.target),
+            range,
+            chunks,
+            config,
+            runtime,
+        })
+    }
+
+    fn open_state(&self) -> Result<Arc<dyn StateStore>, Error> {
+        Ok(Arc::new(SqliteStateStore::open(&self.spec.state.path)?))
+    }
+
+    /// The chunks with their current status (pending where the state store
+    /// has no record yet). Checks the job against the source.
+    pub async fn plan(&self) -> Result<Vec<PlannedChunk>, Error> {
+        let job = self.open().await?;
+        let known: BTreeMap<String, ChunkStatus> =
+            match SqliteStateStore::open_existing(&self.spec.state.path)? {
+                Some(s) => s.chunks()?.into_iter().map(|c| (c.id, c.status)).collect(),
+                None => BTreeMap::new(),
+            };
+        Ok(job
+            .chunks
+            .into_iter()
+            .map(|c| PlannedChunk {
+                status: known.get(&c.id).copied().unwrap_or(ChunkStatus::Pending),
+                chunk: c,
+            })
+            .collect())
+    }
+
+    /// Per-chunk state from the state store; chunks of a job that never ran
+    /// are listed as pending. Reads no data.
+    pub fn status(&self) -> Result<Vec<ChunkRecord>, Error> {
+        let recorded = match SqliteStateStore::open_existing(&self.spec.state.path)? {
+            Some(s) => s.chunks()?,
+            None => Vec::new(),
+        };
+        if !recorded.is_empty() {
+            return Ok(recorded);
+        }
+        Ok(plan::plan(self.spec.range.as_ref())?
+            .into_iter()
+            .map(|c| ChunkRecord {
+                id: c.id,
+                index: c.index,
+                lo: c.lo,
+                hi: c.hi,
+                status: ChunkStatus::Pending,
+                attempts: 0,
+                metrics: None,
+                last_error: None,
+                updated_at: None,
+            })
+            .collect())
+    }
+
+    /// Marks chunks overlapping `[from, to)` (all when both are `None`) to run
+    /// again; their files stay visible until the new attempt commits.
+    pub fn reset(&self, from: Option<RangeValue>, to: Option<RangeValue>) -> Result<usize, Error> {
+        let Some(state) = SqliteStateStore::open_existing(&self.spec.state.path)? else {
+            return Ok(0);
+        };
+        let ids: Vec<String> = state
+            .chunks()?
+            .into_iter()
+            .filter(|c| c.chunk().overlaps(from, to))
+            .map(|c| c.id)
+            .collect();
+        Ok(state.reset(&ids)?)
+    }
+
+    /// Removes the job's lock, whoever holds it.
+    pub fn unlock(&self) -> Result<Option<LockHolder>, Error> {
+        match SqliteStateStore::open_existing(&self.spec.state.path)? {
+            Some(s) => Ok(s.force_unlock()?),
+            None => Ok(None),
+        }
+    }
+
+    /// Runs every chunk not yet committed.
+    pub async fn run(&self) -> Result<RunSummary, Error> {
+        self.run_with(RunOptions::default()).await
+    }
+
+    pub async fn run_with(&self, opts: RunOptions) -> Result<RunSummary, Error> {
+        let started = Instant::now();
+        let job = Arc::new(self.open().await?);
+        let mut summary = RunSummary {
+            job: job.spec.name.clone(),
+            planned: job.chunks.len(),
+            dry_run: opts.dry_run,
+            ..Default::default()
+        };
+        if let (Some(from), Some(to)) = (opts.from, opts.to)
+            && to <= from
+        {
+            return Err(Error::Usage(format!(
+                "--to {to} must be after --from {from}"
+            )));
+        }
+        if let Some(r) = &self.spec.range {
+            for (flag, v) in [("--from", opts.from), ("--to", opts.to)] {
+                if let (Some(v), Some(kind)) = (v, r.kind())
+                    && v.kind() != kind
+                {
+                    return Err(Error::Usage(format!(
+                        "{flag} {v} is not {kind}, like the job's range"
+                    )));
+                }
+            }
+        }
+
+        let state = self.open_state()?;
+        let holder = LockHolder::current();
+        if let Some(stale) = state.lock(&holder)? {
+            tracing::warn!(
+                "took over the lock of pid {} on {} (since {}), which is no longer running",
+                stale.pid,
+                stale.host,
+                stale.since
+            );
+        }
+        let result = self
+            .run_locked(job, state.clone(), &opts, &mut summary)
+            .await;
+        if let Err(e) = state.unlock(&holder) {
+            tracing::warn!("could not release the job lock: {e}");
+        }
+        summary.elapsed_secs = started.elapsed().as_secs_f64();
+        result.map(|()| summary)
+    }
+
+    async fn run_locked(
+        &self,
+        job: Arc<OpenJob>,
+        state: Arc<dyn StateStore>,
+        opts: &RunOptions,
+        summary: &mut RunSummary,
+    ) -> Result<(), Error> {
+        let fp = fingerprint(job.spec.range.as_ref());
+        let sync = state.sync_plan(&job.spec.name, &fp, &job.chunks, opts.replan)?;
+        if !sync.retired.is_empty() {
+            tracing::warn!(
+                "--replan retired {} chunk(s) of the previous plan; their files are removed",
+                sync.retired.len()
+            );
+        }
+        let pending_orphans = recover(&job, state.as_ref(), &mut summary.recovered).await?;
+
+        let records: BTreeMap<String, ChunkRecord> = state
+            .chunks()?
+            .into_iter()
+            .map(|c| (c.id.clone(), c))
+            .collect();
+        let narrowed = opts.from.is_some() || opts.to.is_some();
+        let selected: Vec<Chunk> = job
+            .chunks
+            .iter()
+            .filter(|c| {
+                let status = records
+                    .get(&c.id)
+                    .map(|r| r.status)
+                    .unwrap_or(ChunkStatus::Pending);
+                if opts.only_failed {
+                    status == ChunkStatus::Failed && c.overlaps(opts.from, opts.to)
+                } else if narrowed {
+                    c.overlaps(opts.from, opts.to)
+                } else {
+                    status != ChunkStatus::Committed
+                }
+            })
+            .cloned()
+            .collect();
+        summary.selected = selected.len();
+        if opts.dry_run {
+            summary.would_run = selected;
+            return Ok(());
+        }
+        if selected.is_empty() {
+            return Ok(());
+        }
+
+        let ordered = job.spec.range.as_ref().is_some_and(|r| r.ordered);
+        let parallelism = if ordered {
+            1
+        } else {
+            opts.parallelism.unwrap_or(job.spec.run.parallelism).max(1)
+        };
+        let run_id = state.begin_run(&std::env::args().collect::<Vec<_>>().join(" "))?;
+        let (cancel_tx, cancel_rx) = watch::channel(false);
+        let signals = opts
+            .handle_signals
+            .then(|| spawn_signal_listener(cancel_tx.clone()));
+        let progress = Arc::new(Progress::new(opts.progress, selected.len()));
+        let shared = Arc::new(Shared {
+            job: job.clone(),
+            state: state.clone(),
+            run_id,
+            policy: RetryPolicy::new(job.spec.run.retries, job.spec.run.retry_backoff),
+            cancel: cancel_rx.clone(),
+            orphans: Mutex::new(pending_orphans),
+        });
+
+        let mut queue = selected.into_iter();
+        let mut tasks: JoinSet<(Chunk, Outcome)> = JoinSet::new();
+        let mut stop_scheduling = false;
+        loop {
+            while !stop_scheduling && !*cancel_rx.borrow() && tasks.len() < parallelism {
+                let Some(chunk) = queue.next() else { break };
+                let shared = shared.clone();
+                tasks.spawn(async move {
+                    let outcome = run_chunk(&shared, &chunk).await;
+                    (chunk, outcome)
+                });
+            }
+            let Some(joined) = tasks.join_next().await else {
+                break;
+            };
+            let (chunk, outcome) = match joined {
+                Ok(x) => x,
+                Err(e) => {
+                    // A panic in a chunk task is a bug; keep the others going.
+                    tracing::error!("a chunk task panicked: {e}");
+                    summary.left += 1;
+                    continue;
+                }
+            };
+            match outcome {
+                Outcome::Committed(m) => {
+                    summary.committed += 1;
+                    summary.rows_read += m.rows_read;
+                    summary.rows_written += m.rows_written;
+                    summary.bytes_read += m.bytes_read;
+                    summary.bytes_written += m.bytes_written;
+                    progress.committed(&chunk, &m);
+                }
+                Outcome::Failed(error) => {
+                    progress.failed(&chunk, &error);
+                    summary.failed.push(FailedChunk {
+                        index: chunk.index,
+                        id: chunk.id.clone(),
+                        bounds: chunk.bounds(),
+                        error,
+                    });
+                    if ordered {
+                        // Later chunks must not commit past a gap.
+                        stop_scheduling = true;
+                    }
+                }
+                Outcome::Interrupted => summary.left += 1,
+            }
+        }
+        progress.finish();
+        summary.left += queue.len();
+        summary.interrupted = *cancel_rx.borrow();
+        summary.failed.sort_by_key(|f| f.index);
+        if let Some(handle) = signals {
+            handle.abort();
+        }
+        let status = if summary.interrupted {
+            "interrupted"
+        } else if summary.failed.is_empty() {
+            "ok"
+        } else {
+            "failed"
+        };
+        state.release_interrupted()?;
+        state.finish_run(run_id, status)?;
+        Ok(())
+    }
+}
+
+fn spawn_signal_listener(cancel: watch::Sender<bool>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        next_signal(&mut term).await;
+        tracing::warn!(
+            "stopping: in-flight chunks are rolled back or finish committing; the next run resumes (press Ctrl-C again to exit at once)"
+        );
+        let _ = cancel.send(true);
+        next_signal(&mut term).await;
+        std::process::exit(130);
+    })
+}
+
+async fn next_signal(term: &mut Option<tokio::signal::unix::Signal>) {
+    let term_fut = async {
+        match term.as_mut() {
+            Some(t) => {
+                t.recv().await;
+            }
+            None => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term_fut => {},
+    }
+}
+
+/// Repairs what a crash left: publishes committed-but-unpublished files,
+/// deletes superseded files and staged leftovers. Returns published files of
+/// chunks the state does not record (left by a lost or reset state), to be
+/// deleted when their chunk commits.
+async fn recover(
+    job: &OpenJob,
+    state: &dyn StateStore,
+    rec: &mut Recovery,
+) -> Result<BTreeMap<String, Vec<String>>, Error> {
+    rec.interrupted_chunks = state.release_interrupted()?;
+    let by_id: BTreeMap<&str, &Chunk> = job.chunks.iter().map(|c| (c.id.as_str(), c)).collect();
+    for (chunk_id, files) in state.unpublished()? {
+        let chunk = by_id
+            .get(chunk_id.as_str())
+            .map(|c| (*c).clone())
+            .unwrap_or(Chunk {
+                index: usize::MAX,
+                id: chunk_id.clone(),
+                lo: None,
+                hi: None,
+            });
+        match job.sink.publish(&chunk, &files).await {
+            Ok(()) => {
+                state.mark_published(&chunk_id)?;
+                rec.republished_chunks += 1;
+                tracing::info!(
+                    "recovered chunk {chunk_id}: published its {} committed file(s)",
+                    files.len()
+                );
+            }
+            Err(SinkError::Lost { path, .. }) => {
+                tracing::error!(
+                    "chunk {chunk_id} was committed but its file {path} is gone; it will run again"
+                );
+                state.mark_published(&chunk_id)?;
+                state.reset(std::slice::from_ref(&chunk_id))?;
+                rec.lost_chunks += 1;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let garbage = state.garbage()?;
+    if !garbage.is_empty() {
+        job.sink.remove(&garbage).await?;
+        state.forget_garbage(&garbage)?;
+        rec.garbage_removed += garbage.len();
+    }
+    let on_disk = job.sink.scan().await?;
+    if !on_disk.staged.is_empty() {
+        tracing::info!(
+            "removing {} staged file(s) left by an interrupted attempt",
+            on_disk.staged.len()
+        );
+        job.sink.remove(&on_disk.staged).await?;
+        rec.orphans_removed += on_disk.staged.len();
+    }
+    let recorded = state.committed_files()?;
+    let statuses: BTreeMap<String, ChunkStatus> = state
+        .chunks()?
+        .into_iter()
+        .map(|c| (c.id, c.status))
+        .collect();
+    let mut pending_orphans = BTreeMap::new();
+    let mut foreign = 0usize;
+    for (chunk_id, files) in on_disk.published {
+        let known: HashSet<&str> = recorded
+            .get(&chunk_id)
+            .map(|v| v.iter().map(String::as_str).collect())
+            .unwrap_or_default();
+        let unknown: Vec<String> = files
+            .into_iter()
+            .filter(|f| !known.contains(f.as_str()))
+            .collect();
+        if unknown.is_empty() {
+            continue;
+        }
+        match statuses.get(&chunk_id) {
+            Some(ChunkStatus::Committed) => {
+                tracing::info!(
+                    "removing {} file(s) of committed chunk {chunk_id} that its commit does not own",
+                    unknown.len()
+                );
+                job.sink.remove(&unknown).await?;
+                rec.orphans_removed += unknown.len();
+            }
+            Some(_) => {
+                pending_orphans.insert(chunk_id, unknown);
+            }
+            None => foreign += unknown.len(),
+        }
+    }
+    if foreign > 0 {
+        tracing::warn!(
+            "{foreign} file(s) in the target belong to chunks that are not in this job's plan; they are left alone"
+        );
+    }
+    Ok(pending_orphans)
+}
+
+enum Outcome {
+    Committed(ChunkMetrics),
+    Failed(String),
+    Interrupted,
+}
+
+struct Shared {
+    job: Arc<OpenJob>,
+    state: Arc<dyn StateStore>,
+    run_id: i64,
+    policy: RetryPolicy,
+    cancel: watch::Receiver<bool>,
+    /// Files of chunks the state did not record, removed when the chunk commits.
+    orphans: Mutex<BTreeMap<String, Vec<String>>>,
+}
+
+async fn cancelled(mut rx: watch::Receiver<bool>) {
+    while !*rx.borrow() {
+        if rx.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+async fn run_chunk(shared: &Shared, chunk: &Chunk) -> Outcome {
+    let mut tries = 0u32;
+    loop {
+        tries += 1;
+        let attempt = match shared.state.start_attempt(shared.run_id, &chunk.id) {
+            Ok(a) => a,
+            Err(e) => return Outcome::Failed(format!("state store: {e}")),
+        };
+        match attempt_chunk(shared, chunk, attempt).await {
+            Ok(m) => return Outcome::Committed(m),
+            Err(ChunkError::Interrupted) => {
+                let _ = shared.state.fail_attempt(
+                    shared.run_id,
+                    &chunk.id,
+                    attempt,
+                    "interrupted",
+                    true,
+                );
+                return Outcome::Interrupted;
+            }
+            Err(e) => {
+                let message = error_chain(&e);
+                let retry =
+                    shared.policy.should_retry(tries, e.class()) && !*shared.cancel.borrow();
+                if let Err(se) =
+                    shared
+                        .state
+                        .fail_attempt(shared.run_id, &chunk.id, attempt, &message, retry)
+                {
+                    return Outcome::Failed(format!("{message}; and recording it failed: {se}"));
+                }
+                if !retry {
+                    let kind = match e.class() {
+                        ErrorClass::Transient => format!("after {tries} attempt(s)"),
+                        ErrorClass::Permanent => "(not retried: permanent error)".to_string(),
+                    };
+                    return Outcome::Failed(format!("{message} {kind}"));
+                }
+                let delay = shared.policy.delay(tries, &mut rand::rng());
+                tracing::warn!(
+                    "chunk {} attempt {attempt} failed: {message}; retrying in {:.1}s",
+                    chunk.id,
+                    delay.as_secs_f64()
+                );
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = cancelled(shared.cancel.clone()) => return Outcome::Interrupted,
+                }
+            }
+        }
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cur = s.source();
+    }
+    out
+}
+
+/// One attempt: everything up to the commit point can be abandoned; after it
+/// the chunk is committed and the rest only makes it visible and tidy.
+async fn attempt_chunk(
+    shared: &Shared,
+    chunk: &Chunk,
+    attempt: u32,
+) -> Result<ChunkMetrics, ChunkError> {
+    let job = &shared.job;
+    let started = Instant::now();
+    let mut writer = job.sink.begin(chunk, attempt).await?;
+    let query = ChunkQuery {
+        source: &job.source,
+        range: job.range.as_ref(),
+        transform_sql: job.spec.transform.as_ref().map(|t| t.sql.as_str()),
+        config: &job.config,
+        runtime: &job.runtime,
+    };
+    let executed = tokio::select! {
+        r = engine::execute_chunk(&query, chunk, writer.as_mut()) => r,
+        _ = cancelled(shared.cancel.clone()) => Err(ChunkError::Interrupted),
+    };
+    let stats = match executed {
+        Ok(s) => s,
+        Err(e) => {
+            writer.abort().await;
+            return Err(e);
+        }
+    };
+    let staged = writer.finish().await?;
+    let staged_paths: Vec<String> = staged.files.iter().map(|f| f.staged.clone()).collect();
+    if let Err(e) = failpoint::hit("after_write", chunk.index) {
+        let _ = job.sink.remove(&staged_paths).await;
+        return Err(e.into());
+    }
+    let metrics = ChunkMetrics {
+        rows_read: stats.rows_read,
+        rows_written: staged.rows,
+        bytes_read: stats.bytes_read,
+        bytes_written: staged.bytes,
+        files: staged.files.len() as u64,
+        duration_ms: started.elapsed().as_millis() as u64,
+    };
+    let superseded =
+        match shared
+            .state
+            .commit_chunk(shared.run_id, &chunk.id, attempt, &metrics, &staged.files)
+        {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = job.sink.remove(&staged_paths).await;
+                return Err(e.into());
+            }
+        };
+    // Committed. Failures from here on are repaired by the next run's recovery.
+    post_commit_point("after_commit", chunk);
+    publish_with_retries(job.sink.as_ref(), chunk, &staged.files).await?;
+    shared.state.mark_published(&chunk.id)?;
+    post_commit_point("after_publish", chunk);
+    let mut doomed = superseded.clone();
+    if let Ok(mut orphans) = shared.orphans.lock() {
+        doomed.extend(orphans.remove(&chunk.id).unwrap_or_default());
+    }
+    if !doomed.is_empty() {
+        job.sink.remove(&doomed).await?;
+        shared.state.forget_garbage(&superseded)?;
+    }
+    post_commit_point("after_cleanup", chunk);
+    Ok(metrics)
+}
+
+/// Only aborts make sense past the commit point: an injected error there
+/// would report a committed chunk as failed.
+fn post_commit_point(point: &'static str, chunk: &Chunk) {
+    if let Err(e) = failpoint::hit(point, chunk.index) {
+        tracing::debug!("ignoring {e} past the commit point");
+    }
+}
+
+async fn publish_with_retries(
+    sink: &dyn Sink,
+    chunk: &Chunk,
+    files: &[backfill_core::state::OwnedFile],
+) -> Result<(), SinkError> {
+    let mut delay = Duration::from_millis(100);
+    for _ in 0..4 {
+        match sink.publish(chunk, files).await {
+            Err(e) if e.class() == ErrorClass::Transient => {
+                tracing::warn!("publishing chunk {} failed: {e}; retrying", chunk.id);
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+            }
+            other => return other,
+        }
+    }
+    sink.publish(chunk, files).await
+}

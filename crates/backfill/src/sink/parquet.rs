@@ -1,0 +1,609 @@
+//! Hive-partitioned Parquet: `root/year=2023/month=1/part-<chunk>-a<attempt>-<n>.parquet`.
+//!
+//! A chunk owns the files named after its id. Files are written as
+//! `.part-….parquet.inprogress` (hidden from DuckDB's `*.parquet` globs and
+//! from pyarrow, which skips `.` and `_` prefixes), fsynced, and published by
+//! rename once the commit is recorded. Re-running a chunk publishes its new
+//! files, then deletes the old ones: on a plain filesystem there is a short
+//! window in which a reader listing the directory may see both.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use arrow::array::{Array, RecordBatch, UInt32Array};
+use arrow::compute::take_record_batch;
+use arrow::datatypes::{DataType, Schema, SchemaRef};
+use arrow::row::{RowConverter, SortField};
+use arrow::util::display::array_value_to_string;
+use async_trait::async_trait;
+use backfill_core::plan::Chunk;
+use backfill_core::spec::{Compression, TargetSpec};
+use backfill_core::state::OwnedFile;
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression as PqCompression, GzipLevel, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use super::{ChunkWriter, Sink, SinkError, Staged, TargetFiles};
+use crate::failpoint;
+
+/// What Hive, Spark, DuckDB and pyarrow call a NULL partition value.
+pub const HIVE_DEFAULT_PARTITION: &str = "__HIVE_DEFAULT_PARTITION__";
+const STAGED_SUFFIX: &str = ".inprogress";
+const ROW_GROUP_ROWS: usize = 512 * 1024;
+/// Caps the memory one open file holds before it flushes a row group.
+const ROW_GROUP_BYTES: usize = 64 * 1024 * 1024;
+
+#[derive(Debug)]
+pub struct ParquetSink {
+    root: PathBuf,
+    shown: String,
+    partition_by: Vec<String>,
+    props: WriterProperties,
+}
+
+impl ParquetSink {
+    pub fn new(spec: &TargetSpec) -> ParquetSink {
+        let compression = match spec.compression {
+            Compression::Zstd(level) => {
+                PqCompression::ZSTD(ZstdLevel::try_new(level).unwrap_or_default())
+            }
+            Compression::Snappy => PqCompression::SNAPPY,
+            Compression::Lz4 => PqCompression::LZ4_RAW,
+            Compression::Gzip => PqCompression::GZIP(GzipLevel::default()),
+            Compression::None => PqCompression::UNCOMPRESSED,
+        };
+        let props = WriterProperties::builder()
+            .set_compression(compression)
+            .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
+            .set_max_row_group_bytes(Some(ROW_GROUP_BYTES))
+            .build();
+        ParquetSink {
+            root: spec.path.clone(),
+            shown: spec.path_shown.clone(),
+            partition_by: spec.partition_by.clone(),
+            props,
+        }
+    }
+
+    fn abs(&self, rel: &str) -> PathBuf {
+        self.root.join(rel)
+    }
+}
+
+fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> SinkError + 'a {
+    move |source| SinkError::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn file_name(chunk_id: &str, attempt: u32, n: usize) -> String {
+    format!("part-{chunk_id}-a{attempt}-{n:04}.parquet")
+}
+
+/// The chunk id in a published file name, if it is one of ours.
+fn chunk_of(name: &str) -> Option<&str> {
+    let rest = name.strip_prefix("part-")?;
+    let (id, tail) = rest.split_once('-')?;
+    let ours = id.len() == 12
+        && id.bytes().all(|b| b.is_ascii_hexdigit())
+        && tail.starts_with('a')
+        && name.ends_with(".parquet");
+    ours.then_some(id)
+}
+
+fn staged_name(published: &str) -> String {
+    match published.rsplit_once('/') {
+        Some((dir, file)) => format!("{dir}/.{file}{STAGED_SUFFIX}"),
+        None => format!(".{published}{STAGED_SUFFIX}"),
+    }
+}
+
+/// Hive-style escaping of a partition value so it names exactly one directory
+/// level inside the target: `/`, `\`, `=`, `%`, `:`, control characters and
+/// the other characters Hive escapes become `%XX`; a leading `.` or `_`
+/// (hidden from readers, or `..`) is escaped too; empty becomes the NULL name.
+pub fn escape_partition_value(value: &str) -> String {
+    if value.is_empty() {
+        return HIVE_DEFAULT_PARTITION.to_string();
+    }
+    let mut out = String::with_capacity(value.len());
+    for (i, c) in value.chars().enumerate() {
+        let escape = c.is_control()
+            || matches!(
+                c,
+                '"' | '#' | '%' | '\'' | '*' | '/' | ':' | '=' | '?' | '\\' | '{' | '[' | ']' | '^'
+            )
+            || (i == 0 && matches!(c, '.' | '_'));
+        if escape {
+            let mut buf = [0u8; 4];
+            for b in c.encode_utf8(&mut buf).bytes() {
+                out.push_str(&format!("%{b:02X}"));
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn partition_value(array: &dyn Array, row: usize) -> Result<String, SinkError> {
+    if array.is_null(row) {
+        return Ok(HIVE_DEFAULT_PARTITION.to_string());
+    }
+    let s = array_value_to_string(array, row)?;
+    // date_part() and friends may yield floats: 2023.0 names the same
+    // partition as 2023.
+    let s = match array.data_type() {
+        DataType::Float16 | DataType::Float32 | DataType::Float64 => {
+            s.strip_suffix(".0").map(str::to_string).unwrap_or(s)
+        }
+        _ => s,
+    };
+    Ok(escape_partition_value(&s))
+}
+
+fn partitionable(dt: &DataType) -> bool {
+    dt.is_integer()
+        || dt.is_floating()
+        || matches!(
+            dt,
+            DataType::Utf8
+                | DataType::LargeUtf8
+                | DataType::Utf8View
+                | DataType::Boolean
+                | DataType::Date32
+                | DataType::Date64
+                | DataType::Decimal128(..)
+        )
+        || matches!(dt, DataType::Dictionary(_, v) if partitionable(v))
+}
+
+struct OpenFile {
+    writer: ArrowWriter<File>,
+    owned: OwnedFile,
+}
+
+/// Splits batches by partition values into one open file per partition.
+struct PartitionedWriter {
+    root: PathBuf,
+    chunk_id: String,
+    attempt: u32,
+    props: WriterProperties,
+    partition_by: Vec<String>,
+    layout: Option<Layout>,
+    files: Vec<OpenFile>,
+    by_key: HashMap<Box<[u8]>, usize>,
+    rows: u64,
+    /// Every path created, so an abort can remove them all.
+    created: Vec<PathBuf>,
+}
+
+struct Layout {
+    part_cols: Vec<usize>,
+    data_cols: Vec<usize>,
+    data_schema: SchemaRef,
+    converter: Option<RowConverter>,
+}
+
+impl PartitionedWriter {
+    fn layout(&mut self, schema: &Schema) -> Result<&Layout, SinkError> {
+        if self.layout.is_none() {
+            let mut part_cols = Vec::new();
+            for name in &self.partition_by {
+                let idx = schema
+                    .index_of(name)
+                    .map_err(|_| SinkError::MissingPartitionColumn {
+                        column: name.clone(),
+                        available: schema
+                            .fields()
+                            .iter()
+                            .map(|f| f.name().as_str())
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                    })?;
+                let dt = schema.field(idx).data_type();
+                if !partitionable(dt) {
+                    return Err(SinkError::BadPartitionType {
+                        column: name.clone(),
+                        data_type: dt.to_string(),
+                    });
+                }
+                part_cols.push(idx);
+            }
+            let data_cols: Vec<usize> = (0..schema.fields().len())
+                .filter(|i| !part_cols.contains(i))
+                .collect();
+            let data_schema = Arc::new(schema.project(&data_cols)?);
+            let converter = if part_cols.is_empty() {
+                None
+            } else {
+                Some(RowConverter::new(
+                    part_cols
+                        .iter()
+                        .map(|&i| SortField::new(schema.field(i).data_type().clone()))
+                        .collect(),
+                )?)
+            };
+            self.layout = Some(Layout {
+                part_cols,
+                data_cols,
+                data_schema,
+                converter,
+            });
+        }
+        self.layout.as_ref().ok_or(SinkError::WriterGone)
+    }
+
+    fn write(&mut self, batch: &RecordBatch) -> Result<(), SinkError> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        self.layout(&batch.schema())?;
+        let Some(layout) = self.layout.as_ref() else {
+            return Err(SinkError::WriterGone);
+        };
+        let data = batch.project(&layout.data_cols)?;
+        let Some(converter) = layout.converter.as_ref() else {
+            let f = self.file_for(&[], batch, 0)?;
+            return self.write_to(f, &data);
+        };
+        let part_arrays: Vec<_> = layout
+            .part_cols
+            .iter()
+            .map(|&i| batch.column(i).clone())
+            .collect();
+        let rows = converter.convert_columns(&part_arrays)?;
+        // Input is usually sorted by time, so most batches hold one or two
+        // partitions: group contiguous runs, then merge runs per key.
+        let mut groups: Vec<(Box<[u8]>, Vec<u32>)> = Vec::new();
+        let mut index: HashMap<Box<[u8]>, usize> = HashMap::new();
+        let mut current: Option<usize> = None;
+        for i in 0..batch.num_rows() {
+            let key = rows.row(i);
+            let same = current.is_some_and(|g| groups[g].0.as_ref() == key.as_ref());
+            if !same {
+                let g = match index.get(key.as_ref()) {
+                    Some(&g) => g,
+                    None => {
+                        let boxed: Box<[u8]> = key.as_ref().into();
+                        groups.push((boxed.clone(), Vec::new()));
+                        index.insert(boxed, groups.len() - 1);
+                        groups.len() - 1
+                    }
+                };
+                current = Some(g);
+            }
+            if let Some(g) = current {
+                groups[g].1.push(i as u32);
+            }
+        }
+        for (key, idx) in groups {
+            let first = idx[0] as usize;
+            let part = if idx.len() == batch.num_rows() {
+                data.clone()
+            } else {
+                take_record_batch(&data, &UInt32Array::from(idx))?
+            };
+            let f = self.file_for(&key, batch, first)?;
+            self.write_to(f, &part)?;
+        }
+        Ok(())
+    }
+
+    fn write_to(&mut self, f: usize, batch: &RecordBatch) -> Result<(), SinkError> {
+        let file = &mut self.files[f];
+        let path = self.root.join(&file.owned.staged);
+        file.writer
+            .write(batch)
+            .map_err(|source| SinkError::Parquet { path, source })?;
+        self.rows += batch.num_rows() as u64;
+        Ok(())
+    }
+
+    fn file_for(
+        &mut self,
+        key: &[u8],
+        batch: &RecordBatch,
+        row: usize,
+    ) -> Result<usize, SinkError> {
+        if let Some(&f) = self.by_key.get(key) {
+            return Ok(f);
+        }
+        let Some(layout) = self.layout.as_ref() else {
+            return Err(SinkError::WriterGone);
+        };
+        let mut dir = String::new();
+        for (&col, name) in layout.part_cols.iter().zip(&self.partition_by) {
+            let value = partition_value(batch.column(col).as_ref(), row)?;
+            dir.push_str(&escape_partition_value(name));
+            dir.push('=');
+            dir.push_str(&value);
+            dir.push('/');
+        }
+        let published = format!(
+            "{dir}{}",
+            file_name(&self.chunk_id, self.attempt, self.files.len())
+        );
+        let staged = staged_name(&published);
+        let abs_dir = self.root.join(&dir);
+        std::fs::create_dir_all(&abs_dir).map_err(io("creating directory", &abs_dir))?;
+        let abs = self.root.join(&staged);
+        let file = File::create(&abs).map_err(io("creating", &abs))?;
+        self.created.push(abs.clone());
+        let writer =
+            ArrowWriter::try_new(file, layout.data_schema.clone(), Some(self.props.clone()))
+                .map_err(|source| SinkError::Parquet { path: abs, source })?;
+        self.files.push(OpenFile {
+            writer,
+            owned: OwnedFile {
+                path: published,
+                staged,
+            },
+        });
+        self.by_key.insert(key.into(), self.files.len() - 1);
+        Ok(self.files.len() - 1)
+    }
+
+    fn finish(self) -> Result<Staged, SinkError> {
+        let mut staged = Staged {
+            rows: self.rows,
+            ..Default::default()
+        };
+        for f in self.files {
+            let abs = self.root.join(&f.owned.staged);
+            let file = f.writer.into_inner().map_err(|source| SinkError::Parquet {
+                path: abs.clone(),
+                source,
+            })?;
+            // Durable before the commit point: a power cut after the state
+            // says "committed" must not leave a torn file.
+            file.sync_all().map_err(io("syncing", &abs))?;
+            staged.bytes += file.metadata().map_err(io("reading size of", &abs))?.len();
+            staged.files.push(f.owned);
+        }
+        Ok(staged)
+    }
+
+    fn cleanup(&self) {
+        for path in &self.created {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+struct ParquetChunkWriter {
+    tx: Option<mpsc::Sender<RecordBatch>>,
+    worker: Option<JoinHandle<Result<Staged, SinkError>>>,
+    aborted: Arc<AtomicBool>,
+    chunk_index: usize,
+}
+
+impl ParquetChunkWriter {
+    async fn join(&mut self) -> Result<Staged, SinkError> {
+        drop(self.tx.take());
+        match self.worker.take() {
+            Some(handle) => handle.await.map_err(|_| SinkError::WriterGone)?,
+            None => Err(SinkError::WriterGone),
+        }
+    }
+}
+
+#[async_trait]
+impl ChunkWriter for ParquetChunkWriter {
+    async fn write(&mut self, batch: RecordBatch) -> Result<(), SinkError> {
+        failpoint::hit("write", self.chunk_index)?;
+        let Some(tx) = self.tx.as_ref() else {
+            return Err(SinkError::WriterGone);
+        };
+        if tx.send(batch).await.is_err() {
+            // The worker stopped early: its error says why.
+            return match self.join().await {
+                Err(e) => Err(e),
+                Ok(_) => Err(SinkError::WriterGone),
+            };
+        }
+        Ok(())
+    }
+
+    async fn finish(mut self: Box<Self>) -> Result<Staged, SinkError> {
+        self.join().await
+    }
+
+    async fn abort(mut self: Box<Self>) {
+        self.aborted.store(true, Ordering::SeqCst);
+        let _ = self.join().await;
+    }
+}
+
+#[async_trait]
+impl Sink for ParquetSink {
+    async fn begin(&self, chunk: &Chunk, attempt: u32) -> Result<Box<dyn ChunkWriter>, SinkError> {
+        std::fs::create_dir_all(&self.root).map_err(io("creating target directory", &self.root))?;
+        // Two batches in flight: the query keeps decoding while the worker
+        // encodes, and memory stays bounded.
+        let (tx, mut rx) = mpsc::channel::<RecordBatch>(2);
+        let aborted = Arc::new(AtomicBool::new(false));
+        let flag = aborted.clone();
+        let mut w = PartitionedWriter {
+            root: self.root.clone(),
+            chunk_id: chunk.id.clone(),
+            attempt,
+            props: self.props.clone(),
+            partition_by: self.partition_by.clone(),
+            layout: None,
+            files: Vec::new(),
+            by_key: HashMap::new(),
+            rows: 0,
+            created: Vec::new(),
+        };
+        let worker = tokio::task::spawn_blocking(move || {
+            while let Some(batch) = rx.blocking_recv() {
+                if let Err(e) = w.write(&batch) {
+                    w.cleanup();
+                    return Err(e);
+                }
+            }
+            if flag.load(Ordering::SeqCst) {
+                w.cleanup();
+                return Ok(Staged::default());
+            }
+            let created = w.created.clone();
+            w.finish().inspect_err(|_| {
+                for p in &created {
+                    let _ = std::fs::remove_file(p);
+                }
+            })
+        });
+        Ok(Box::new(ParquetChunkWriter {
+            tx: Some(tx),
+            worker: Some(worker),
+            aborted,
+            chunk_index: chunk.index,
+        }))
+    }
+
+    async fn publish(&self, chunk: &Chunk, files: &[OwnedFile]) -> Result<(), SinkError> {
+        let mut dirs = Vec::new();
+        for (i, f) in files.iter().enumerate() {
+            let staged = self.abs(&f.staged);
+            let published = self.abs(&f.path);
+            match std::fs::rename(&staged, &published) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    if !published.exists() {
+                        return Err(SinkError::Lost {
+                            path: f.path.clone(),
+                            staged: f.staged.clone(),
+                        });
+                    }
+                }
+                Err(e) => return Err(io("publishing", &published)(e)),
+            }
+            if let Some(d) = published
+                .parent()
+                .filter(|d| !dirs.iter().any(|x: &PathBuf| x == d))
+            {
+                dirs.push(d.to_path_buf());
+            }
+            if i == 0 && files.len() > 1 {
+                failpoint::hit("mid_publish", chunk.index)?;
+            }
+        }
+        // Renames are durable once their directories are synced.
+        for d in dirs {
+            if let Ok(dir) = File::open(&d) {
+                dir.sync_all().map_err(io("syncing directory", &d))?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn remove(&self, paths: &[String]) -> Result<(), SinkError> {
+        for p in paths {
+            let abs = self.abs(p);
+            match std::fs::remove_file(&abs) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io("removing", &abs)(e)),
+            }
+        }
+        Ok(())
+    }
+
+    async fn scan(&self) -> Result<TargetFiles, SinkError> {
+        let mut found = TargetFiles::default();
+        if !self.root.exists() {
+            return Ok(found);
+        }
+        let mut stack = vec![(self.root.clone(), String::new())];
+        while let Some((dir, rel)) = stack.pop() {
+            let entries = std::fs::read_dir(&dir).map_err(io("listing", &dir))?;
+            for entry in entries {
+                let entry = entry.map_err(io("listing", &dir))?;
+                let name = entry.file_name().to_string_lossy().into_owned();
+                // Never follow links: the walk stays inside the target.
+                let ft = entry.file_type().map_err(io("inspecting", &entry.path()))?;
+                let rel_path = format!("{rel}{name}");
+                if ft.is_dir() {
+                    stack.push((entry.path(), format!("{rel_path}/")));
+                } else if ft.is_file() {
+                    if let Some(published) = name
+                        .strip_prefix('.')
+                        .and_then(|n| n.strip_suffix(STAGED_SUFFIX))
+                    {
+                        if chunk_of(published).is_some() {
+                            found.staged.push(rel_path);
+                        }
+                    } else if let Some(id) = chunk_of(&name) {
+                        found
+                            .published
+                            .entry(id.to_string())
+                            .or_default()
+                            .push(rel_path);
+                    }
+                }
+            }
+        }
+        for files in found.published.values_mut() {
+            files.sort();
+        }
+        found.staged.sort();
+        Ok(found)
+    }
+
+    fn describe(&self) -> String {
+        self.shown.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hostile_partition_values_stay_one_level_deep() {
+        for v in [
+            "..",
+            "../../etc",
+            "a/b",
+            "a=b",
+            "50%",
+            "x\0y",
+            ".hidden",
+            "_tmp",
+            "",
+        ] {
+            let e = escape_partition_value(v);
+            assert!(!e.contains('/'), "{v:?} -> {e}");
+            assert!(!e.contains('\0'), "{v:?} -> {e}");
+            assert!(
+                !e.starts_with('.') && !e.starts_with('_') || e == HIVE_DEFAULT_PARTITION,
+                "{v:?} -> {e}"
+            );
+            assert_ne!(e, "..");
+        }
+        assert_eq!(escape_partition_value("2023"), "2023");
+        assert_eq!(escape_partition_value("a/b"), "a%2Fb");
+        assert_eq!(escape_partition_value(".."), "%2E.");
+        assert_eq!(escape_partition_value("é"), "é");
+    }
+
+    #[test]
+    fn recognises_its_own_file_names() {
+        let name = file_name("0123456789ab", 2, 7);
+        assert_eq!(chunk_of(&name), Some("0123456789ab"));
+        assert_eq!(chunk_of("part-0.parquet"), None);
+        assert_eq!(chunk_of("data.parquet"), None);
+        assert_eq!(
+            staged_name("y=1/part-x.parquet"),
+            "y=1/.part-x.parquet.inprogress"
+        );
+    }
+}

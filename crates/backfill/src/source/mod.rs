@@ -1,0 +1,66 @@
+//! Where rows come from. A source hands DataFusion a table provider for the
+//! raw data; the engine adds each chunk's range predicate on top, which
+//! providers push down into their scans.
+
+mod files;
+
+use std::sync::Arc;
+
+use arrow::datatypes::SchemaRef;
+use backfill_core::spec::{SourceFormat, SourceSpec};
+use datafusion::catalog::TableProvider;
+use datafusion::error::DataFusionError;
+use datafusion::prelude::SessionContext;
+
+pub use files::FileSource;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("source path {shown} does not exist")]
+    NotFound { shown: String },
+    #[error("no {format} files found under source path {shown}")]
+    Empty { shown: String, format: &'static str },
+    #[error("cannot read source {shown}: {source}")]
+    Read {
+        shown: String,
+        #[source]
+        source: DataFusionError,
+    },
+    #[error("source.columns.{column}: no such column in source {shown} (columns: {available})")]
+    UnknownColumn {
+        shown: String,
+        column: String,
+        available: String,
+    },
+}
+
+impl SourceError {
+    /// Errors the user fixes in the job file or the filesystem layout.
+    pub fn is_configuration(&self) -> bool {
+        matches!(
+            self,
+            SourceError::NotFound { .. }
+                | SourceError::Empty { .. }
+                | SourceError::UnknownColumn { .. }
+        )
+    }
+}
+
+/// A source of rows for a backfill.
+pub trait Source: Send + Sync + std::fmt::Debug {
+    /// The raw rows' schema (before the transform).
+    fn schema(&self) -> SchemaRef;
+    /// The raw rows, as a DataFusion table that accepts pushed-down filters.
+    fn table(&self) -> Arc<dyn TableProvider>;
+    /// For messages: the path or URL as written in the job file.
+    fn describe(&self) -> String;
+}
+
+/// Opens the source a job file describes.
+pub async fn open(spec: &SourceSpec, ctx: &SessionContext) -> Result<Arc<dyn Source>, SourceError> {
+    match spec.format {
+        SourceFormat::Parquet | SourceFormat::Csv | SourceFormat::Json => {
+            Ok(Arc::new(FileSource::open(spec, ctx).await?))
+        }
+    }
+}

@@ -1,0 +1,230 @@
+//! Crashes at every step of the commit protocol, kill -9 at random moments,
+//! and failing chunks: the next `run` must leave exactly the rows of a clean run.
+
+use std::process::Command;
+use std::sync::OnceLock;
+
+use backfill::core::state::SqliteStateStore;
+
+use crate::harness::*;
+
+const ROWS: u64 = 3_000;
+const CHUNK: &str = "\"14d\"";
+
+/// Fingerprint of a clean run over the same data, computed once.
+fn reference() -> &'static (i64, String) {
+    static REF: OnceLock<(i64, String)> = OnceLock::new();
+    REF.get_or_init(|| {
+        let demo = Demo::new(ROWS, CHUNK);
+        demo.run_ok(&[]);
+        target_fingerprint(&demo)
+    })
+}
+
+/// Rows of the source below `hi`, which is what readers must see once the
+/// chunks before it are published.
+fn source_rows_before(demo: &Demo, hi: &str) -> i64 {
+    int(&duckdb(&format!(
+        "SELECT count(*) FROM read_parquet('{}') WHERE created_at >= TIMESTAMP '2023-01-01' AND created_at < TIMESTAMP '{hi}'",
+        demo.source_glob()
+    ))[0][0])
+}
+
+fn visible_rows(demo: &Demo) -> i64 {
+    if demo
+        .warehouse_files()
+        .iter()
+        .all(|f| !f.ends_with(".parquet"))
+    {
+        return 0;
+    }
+    int(&duckdb(&format!(
+        "SELECT count(*) FROM read_parquet('{}', hive_partitioning = true)",
+        demo.target_glob()
+    ))[0][0])
+}
+
+/// Resumes until a run succeeds, then checks the target against the reference.
+fn resume_and_check(demo: &Demo) {
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let out = demo.run(&["run", demo.job().to_str().unwrap_or_default()]);
+        if code(&out) == 0 {
+            break;
+        }
+        assert!(tries < 3, "resume keeps failing:\n{}", text(&out));
+    }
+    assert_eq!(
+        &target_fingerprint(demo),
+        reference(),
+        "target differs from a clean run"
+    );
+    assert_eq!(duplicate_rows(demo), 0);
+    let stray: Vec<_> = demo
+        .warehouse_files()
+        .into_iter()
+        .filter(|f| {
+            !f.rsplit('/')
+                .next()
+                .unwrap_or_default()
+                .starts_with("part-")
+        })
+        .collect();
+    assert!(
+        stray.is_empty(),
+        "files left that are not published data: {stray:?}"
+    );
+    let state = SqliteStateStore::open(demo.path().join(".backfill/state.db")).unwrap();
+    assert_eq!(state.integrity_check().unwrap(), "ok");
+    let commits = state.commit_counts().unwrap();
+    assert_eq!(commits.len(), 27, "every chunk committed");
+    assert!(
+        commits.values().all(|&n| n == 1),
+        "a chunk committed twice: {commits:?}"
+    );
+}
+
+#[test]
+fn abort_at_each_step_of_the_commit_protocol() {
+    // (failpoint, chunks whose rows readers must see right after the crash)
+    let cases = [
+        ("after_write:3", Some("2023-01-29")),
+        ("after_commit:3", Some("2023-01-29")),
+        ("after_publish:3", Some("2023-02-12")),
+        ("after_cleanup:3", Some("2023-02-12")),
+        ("mid_publish:1", None),
+    ];
+    for (fp, visible_until) in cases {
+        let demo = Demo::new(ROWS, CHUNK);
+        demo.write_job(CHUNK, "");
+        std::fs::write(
+            demo.job(),
+            std::fs::read_to_string(demo.job())
+                .unwrap()
+                .replace("parallelism = 2", "parallelism = 1"),
+        )
+        .unwrap();
+        let out = demo.run_env(
+            &["run", demo.job().to_str().unwrap_or_default()],
+            &[("BACKFILL_FAILPOINTS", fp)],
+        );
+        assert_eq!(
+            out.status.code(),
+            None,
+            "{fp}: the process should have aborted:\n{}",
+            text(&out)
+        );
+        if let Some(hi) = visible_until {
+            assert_eq!(
+                visible_rows(&demo),
+                source_rows_before(&demo, hi),
+                "{fp}: readers see uncommitted or missing rows"
+            );
+        }
+        resume_and_check(&demo);
+    }
+}
+
+#[test]
+fn kill_9_at_random_moments() {
+    // Large enough that a run lasts long enough to be killed in the middle.
+    const BIG: u64 = 120_000;
+    let clean = Demo::new(BIG, "\"7d\"");
+    let t = std::time::Instant::now();
+    clean.run_ok(&[]);
+    let duration = t.elapsed();
+    let expected = target_fingerprint(&clean);
+    let mut killed_mid_run = 0;
+    for (trial, fraction) in [0.15f64, 0.35, 0.55, 0.8].into_iter().enumerate() {
+        let demo = Demo::new(BIG, "\"7d\"");
+        let mut child = Command::new(BIN)
+            .args(["-q", "run", demo.job().to_str().unwrap_or_default()])
+            .env_remove("BACKFILL_FAILPOINTS")
+            .spawn()
+            .expect("spawn");
+        std::thread::sleep(duration.mul_f64(fraction));
+        let _ = child.kill();
+        let status = child.wait().expect("wait");
+        if status.code().is_none() {
+            killed_mid_run += 1;
+        }
+        eprintln!(
+            "trial {trial}: SIGKILL at {:.0}% of a clean run ({status:?})",
+            fraction * 100.0
+        );
+        let out = demo.run_ok(&[]);
+        assert_eq!(
+            target_fingerprint(&demo),
+            expected,
+            "trial {trial}: {}",
+            text(&out)
+        );
+        assert_eq!(duplicate_rows(&demo), 0);
+        assert!(demo.warehouse_files().iter().all(|f| {
+            f.rsplit('/')
+                .next()
+                .unwrap_or_default()
+                .starts_with("part-")
+        }));
+    }
+    assert!(
+        killed_mid_run >= 2,
+        "only {killed_mid_run} trials were killed before finishing; the runs are too short"
+    );
+}
+
+#[test]
+fn a_failing_chunk_is_retried_then_failed_and_the_next_run_finishes() {
+    let demo = Demo::new(ROWS, CHUNK);
+    demo.write_job(CHUNK, "");
+    let job = demo.job().display().to_string();
+    std::fs::write(
+        &job,
+        std::fs::read_to_string(&job)
+            .unwrap()
+            .replace("retries = 3", "retries = 2"),
+    )
+    .unwrap();
+
+    let out = demo.run_env(&["run", &job], &[("BACKFILL_FAILPOINTS", "read:error@4")]);
+    assert_eq!(code(&out), 1, "{}", text(&out));
+    let s = stdout(&out);
+    assert!(
+        s.contains("26 of 27 selected chunks committed, 1 failed"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        s.contains("failed: chunk #4") && s.contains("injected failure at failpoint read"),
+        "{}",
+        text(&out)
+    );
+    let status: serde_json::Value =
+        serde_json::from_slice(&demo.run(&["status", &job, "--json"]).stdout).unwrap();
+    let c4 = &status["chunks"][4];
+    assert_eq!(c4["status"], "failed");
+    assert_eq!(c4["attempts"], 3, "one attempt and two retries");
+    assert_eq!(status["totals"]["committed"], 26);
+
+    // A transient fault that passes: retried and committed.
+    let out = demo.run_env(
+        &["run", &job, "--only-failed"],
+        &[("BACKFILL_FAILPOINTS", "read:error*1")],
+    );
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    let status: serde_json::Value =
+        serde_json::from_slice(&demo.run(&["status", &job, "--json"]).stdout).unwrap();
+    assert_eq!(status["chunks"][4]["attempts"], 5);
+    assert_eq!(&target_fingerprint(&demo), reference());
+
+    // A permanent error is not retried.
+    let out = demo.run_env(
+        &["run", &job, "--from", "2023-01-01", "--to", "2023-01-02"],
+        &[("BACKFILL_FAILPOINTS", "read:permanent")],
+    );
+    assert_eq!(code(&out), 1, "{}", text(&out));
+    assert!(stdout(&out).contains("not retried"), "{}", text(&out));
+    // The committed files of the failed re-run are still what readers see.
+    assert_eq!(&target_fingerprint(&demo), reference());
+}

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Runs the whole test suite on a fresh machine: creates the Python virtual
+# environment with the oracle (DuckDB, pyarrow) if needed, then cargo test.
+# Extra arguments go to `cargo test` (e.g. `scripts/test.sh crash`).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+VENV="${BACKFILL_VENV:-$HOME/.cache/backfill-venv}"
+if ! "$VENV/bin/python" -c "import duckdb, pyarrow" 2>/dev/null; then
+  echo "creating the oracle virtualenv in $VENV" >&2
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check -r tests/requirements.txt
+fi
+export BACKFILL_TEST_PYTHON="$VENV/bin/python"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/backfill-target}"
+# Snapshots are compared, never rewritten, when CI=true.
+cargo test --workspace --locked "$@"
