@@ -3,6 +3,7 @@
 
 use std::process::Command;
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use backfill::core::state::SqliteStateStore;
 
@@ -227,4 +228,67 @@ fn a_failing_chunk_is_retried_then_failed_and_the_next_run_finishes() {
     assert!(stdout(&out).contains("not retried"), "{}", text(&out));
     // The committed files of the failed re-run are still what readers see.
     assert_eq!(&target_fingerprint(&demo), reference());
+}
+
+#[test]
+fn ctrl_c_stops_cleanly_and_the_next_run_resumes() {
+    const BIG: u64 = 120_000;
+    let clean = Demo::new(BIG, "\"7d\"");
+    let t = std::time::Instant::now();
+    clean.run_ok(&[]);
+    let duration = t.elapsed();
+    let expected = target_fingerprint(&clean);
+
+    let demo = Demo::new(BIG, "\"7d\"");
+    let job = demo.job().display().to_string();
+    let child = Command::new(BIN)
+        .args(["run", &job])
+        .env_remove("BACKFILL_FAILPOINTS")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    std::thread::sleep(duration.mul_f64(0.4));
+    let sent = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill -INT");
+    assert!(sent.success());
+    let stopping = std::time::Instant::now();
+    let out = child.wait_with_output().expect("wait");
+    assert!(
+        stopping.elapsed() < Duration::from_secs(10),
+        "took {:?} to stop",
+        stopping.elapsed()
+    );
+    assert_eq!(code(&out), 130, "{}", text(&out));
+    assert!(
+        stdout(&out).contains("interrupted: run the same command again to resume"),
+        "{}",
+        text(&out)
+    );
+
+    let status: serde_json::Value =
+        serde_json::from_slice(&demo.run(&["status", &job, "--json"]).stdout).unwrap();
+    assert_eq!(
+        status["totals"]["running"], 0,
+        "no chunk may stay 'running' after a clean stop"
+    );
+    let committed = status["totals"]["committed"].as_u64().unwrap();
+    assert!(
+        committed > 0 && committed < 53,
+        "{committed} chunks committed before the stop"
+    );
+    assert!(
+        demo.warehouse_files().iter().all(|f| f
+            .rsplit('/')
+            .next()
+            .unwrap_or_default()
+            .starts_with("part-")),
+        "a clean stop leaves no staged files"
+    );
+
+    demo.run_ok(&[]);
+    assert_eq!(target_fingerprint(&demo), expected);
+    assert_eq!(duplicate_rows(&demo), 0);
 }
