@@ -11,4 +11,6 @@ pub use interval::{ChunkSize, RangeValue, ValueKind};
 pub use plan::{Chunk, PlanError, fingerprint, plan};
 pub use retry::{ErrorClass, RetryPolicy};
 pub use spec::{JobSpec, SpecError};
-pub use state::{ChunkMetrics, ChunkRecord, ChunkStatus, SqliteStateStore, StateError, StateStore};
+pub use state::{
+    ChunkMetrics, ChunkRecord, ChunkStatus, RuleCount, SqliteStateStore, StateError, StateStore,
+};

@@ -8,9 +8,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use arrow::datatypes::{DataType, SchemaRef, TimeUnit};
 use backfill_core::interval::{MICROS_PER_DAY, RangeValue};
 use backfill_core::plan::Chunk;
+use backfill_core::spec::{DedupSpec, JobSpec};
 use datafusion::catalog::streaming::StreamingTable;
 use datafusion::common::{Column, ScalarValue};
-use datafusion::error::DataFusionError;
+use datafusion::dataframe::DataFrame;
+use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::TaskContext;
 use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::logical_expr::{Expr, lit};
@@ -22,6 +24,7 @@ use futures::StreamExt;
 
 use crate::error::ChunkError;
 use crate::failpoint;
+use crate::quality::{self, DedupIndex, QualityCounts, Splitter};
 use crate::sink::ChunkWriter;
 use crate::source::Source;
 
@@ -39,6 +42,7 @@ pub fn session_config() -> SessionConfig {
 pub struct ExecStats {
     pub rows_read: u64,
     pub bytes_read: u64,
+    pub quality: QualityCounts,
 }
 
 /// The range column's Arrow type decides how chunk bounds become literals.
@@ -171,18 +175,54 @@ fn bytes_scanned(plan: &Arc<dyn ExecutionPlan>) -> u64 {
 
 /// Everything a chunk needs that is shared across chunks.
 pub struct ChunkQuery<'a> {
+    pub spec: &'a JobSpec,
     pub source: &'a Arc<dyn Source>,
     pub range: Option<&'a RangeColumn>,
-    pub transform_sql: Option<&'a str>,
     pub config: &'a SessionConfig,
     pub runtime: &'a Arc<RuntimeEnv>,
+    pub index: Option<Arc<DedupIndex>>,
+    pub run_id: i64,
 }
 
-/// Reads, transforms and writes one chunk into `writer`.
+fn transform_sql(spec: &JobSpec) -> &str {
+    spec.transform
+        .as_ref()
+        .map_or("SELECT * FROM source", |t| t.sql.as_str())
+}
+
+/// Adds `__bf_rule` and `__bf_rn` to the transformed rows when rules or
+/// dedup are configured; the plain transform otherwise.
+async fn with_quality_columns(ctx: &SessionContext, spec: &JobSpec) -> DfResult<DataFrame> {
+    let transformed = ctx.sql(transform_sql(spec)).await?;
+    if spec.rules.is_empty() && spec.dedup.is_none() {
+        return Ok(transformed);
+    }
+    ctx.register_table("__bf_t", transformed.into_view())?;
+    let rule = quality::rule_case(&spec.rules).unwrap_or_else(|| "CAST(NULL AS INT)".to_string());
+    let ruled = ctx
+        .sql(&format!(
+            "SELECT *, {rule} AS {} FROM \"__bf_t\"",
+            quality::ident(quality::RULE_COL)
+        ))
+        .await?;
+    let Some(dedup) = &spec.dedup else {
+        return Ok(ruled);
+    };
+    ctx.register_table("__bf_r", ruled.into_view())?;
+    ctx.sql(&format!(
+        "SELECT *, {} AS {} FROM \"__bf_r\"",
+        quality::rank_sql(dedup),
+        quality::ident(quality::RANK_COL)
+    ))
+    .await
+}
+
+/// Reads, transforms, checks and writes one chunk.
 pub async fn execute_chunk(
     q: &ChunkQuery<'_>,
     chunk: &Chunk,
-    writer: &mut dyn ChunkWriter,
+    target: &mut dyn ChunkWriter,
+    quarantine: &mut dyn ChunkWriter,
 ) -> Result<ExecStats, ChunkError> {
     failpoint::hit("read", chunk.index)?;
     let ctx = SessionContext::new_with_config_rt(q.config.clone(), q.runtime.clone());
@@ -202,20 +242,102 @@ pub async fn execute_chunk(
     };
     let table = StreamingTable::try_new(counted.schema.clone(), vec![Arc::new(counted)])?;
     ctx.register_table("source", Arc::new(table))?;
-    let df = ctx
-        .sql(q.transform_sql.unwrap_or("SELECT * FROM source"))
-        .await?;
+    let df = with_quality_columns(&ctx, q.spec).await?;
+    let mut splitter = Splitter::new(q.spec, q.index.clone(), chunk, q.run_id);
     let mut stream = df.execute_stream().await?;
     while let Some(batch) = stream.next().await {
         let batch = batch?;
-        if batch.num_rows() > 0 {
-            writer.write(batch).await?;
+        if batch.num_rows() == 0 {
+            continue;
+        }
+        if !splitter.active() {
+            splitter.counts.rows_in += batch.num_rows() as u64;
+            target.write(batch).await?;
+            continue;
+        }
+        let split = splitter.split(&batch)?;
+        if let Some(t) = split.target {
+            target.write(t).await?;
+        }
+        if let Some(qb) = split.quarantine {
+            quarantine.write(qb).await?;
+        }
+    }
+    let counts = splitter.counts;
+    if let Some((rule, (count, examples))) = counts.failed.iter().next() {
+        return Err(ChunkError::RuleFailed {
+            rule: rule.clone(),
+            count: *count,
+            examples: examples.join("; "),
+        });
+    }
+    if let Some(max) = q.spec.quarantine.max_ratio {
+        let rejected = counts.quarantined + counts.dropped;
+        if counts.rows_in > 0 && rejected as f64 > max * counts.rows_in as f64 {
+            let detail = counts
+                .per_rule
+                .iter()
+                .map(|(r, c)| format!("{r}: {}", c.quarantined + c.dropped))
+                .collect::<Vec<_>>()
+                .join(", ");
+            return Err(ChunkError::TooManyRejected {
+                rejected,
+                rows: counts.rows_in,
+                max,
+                detail,
+            });
         }
     }
     Ok(ExecStats {
         rows_read: rows.load(Ordering::Relaxed),
         bytes_read: bytes_scanned(&scan),
+        quality: counts,
     })
+}
+
+/// Streams the passing rows of the whole job range that the dedup index
+/// needs: key columns, order columns, then the range value `__bf_r`, only for
+/// keys with more than one version. Reads only the columns those need.
+pub async fn index_rows(
+    spec: &JobSpec,
+    dedup: &DedupSpec,
+    source: &Arc<dyn Source>,
+    range: &RangeColumn,
+    whole: &Chunk,
+    config: &SessionConfig,
+    runtime: &Arc<RuntimeEnv>,
+) -> DfResult<SendableRecordBatchStream> {
+    let ctx = SessionContext::new_with_config_rt(config.clone(), runtime.clone());
+    let mut raw = ctx.read_table(source.table())?;
+    if let Some(pred) = chunk_predicate(range, whole)? {
+        raw = raw.filter(pred)?;
+    }
+    ctx.register_table("source", raw.into_view())?;
+    let transformed = ctx.sql(transform_sql(spec)).await?;
+    ctx.register_table("__bf_t", transformed.into_view())?;
+    let mut select = Vec::new();
+    let mut key_aliases = Vec::new();
+    for (i, k) in dedup.keys.iter().enumerate() {
+        select.push(format!("{} AS \"__bf_k{i}\"", quality::ident(k)));
+        key_aliases.push(format!("\"__bf_k{i}\""));
+    }
+    for (i, o) in dedup.order_by.iter().enumerate() {
+        select.push(format!("{} AS \"__bf_o{i}\"", quality::ident(&o.column)));
+    }
+    select.push(format!("{} AS \"__bf_r\"", quality::ident(&range.name)));
+    let join: Vec<String> = key_aliases
+        .iter()
+        .map(|k| format!("p.{k} IS NOT DISTINCT FROM m.{k}"))
+        .collect();
+    let sql = format!(
+        "WITH p AS (SELECT {} FROM \"__bf_t\" WHERE {}) \
+         SELECT p.* FROM p JOIN (SELECT {keys} FROM p GROUP BY {keys} HAVING count(*) > 1) m ON {}",
+        select.join(", "),
+        quality::all_rules_pass(&spec.rules),
+        join.join(" AND "),
+        keys = key_aliases.join(", "),
+    );
+    ctx.sql(&sql).await?.execute_stream().await
 }
 
 /// Plans the transform once against the source schema, so a bad SQL or a
@@ -245,4 +367,27 @@ pub fn check_range_type(dt: &DataType, kind: backfill_core::ValueKind) -> bool {
         }
         backfill_core::ValueKind::Int => dt.is_integer(),
     }
+}
+
+/// Plans one rule's check against the transform's output, so a bad condition
+/// fails before any chunk runs.
+pub async fn check_rule(
+    transformed: SchemaRef,
+    check: &str,
+    config: &SessionConfig,
+    runtime: &Arc<RuntimeEnv>,
+) -> Result<(), DataFusionError> {
+    let ctx = SessionContext::new_with_config_rt(config.clone(), runtime.clone());
+    let empty = datafusion::datasource::empty::EmptyTable::new(transformed);
+    ctx.register_table("__bf_t", Arc::new(empty))?;
+    let df = ctx
+        .sql(&format!("SELECT ({check}) AS ok FROM \"__bf_t\""))
+        .await?;
+    let dt = df.schema().field(0).data_type().clone();
+    if dt != DataType::Boolean && dt != DataType::Null {
+        return Err(DataFusionError::Plan(format!(
+            "the check is of type {dt}, not a true/false condition"
+        )));
+    }
+    Ok(())
 }

@@ -62,6 +62,21 @@ pub enum ChunkError {
     Injected(#[from] Injected),
     #[error("interrupted")]
     Interrupted,
+    #[error("rule \"{rule}\" (action = \"fail\") failed for {count} row(s), e.g. {examples}")]
+    RuleFailed {
+        rule: String,
+        count: u64,
+        examples: String,
+    },
+    #[error(
+        "{rejected} of {rows} rows were rejected, more than quarantine.max_ratio = {max} ({detail})"
+    )]
+    TooManyRejected {
+        rejected: u64,
+        rows: u64,
+        max: f64,
+        detail: String,
+    },
 }
 
 impl From<DataFusionError> for ChunkError {
@@ -78,7 +93,9 @@ impl ChunkError {
             // The state store is local; a failure there is worth one more try.
             ChunkError::State(_) => ErrorClass::Transient,
             ChunkError::Injected(i) => i.class,
-            ChunkError::Interrupted => ErrorClass::Permanent,
+            ChunkError::Interrupted
+            | ChunkError::RuleFailed { .. }
+            | ChunkError::TooManyRejected { .. } => ErrorClass::Permanent,
         }
     }
 }

@@ -24,6 +24,7 @@ pub mod engine;
 pub mod error;
 pub mod failpoint;
 pub mod progress;
+pub mod quality;
 pub mod report;
 pub mod runner;
 pub mod sink;

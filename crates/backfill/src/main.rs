@@ -403,8 +403,9 @@ async fn cmd_demo(a: DemoArgs, progress: ProgressMode) -> anyhow::Result<u8> {
     print!("{}", report::run_text(&summary));
     if !summary.nothing_to_do() {
         println!(
-            "quarantined: 0, duplicates removed: 0 (rules and dedup are not in this job yet)\nwarehouse: {}",
-            bf.spec().target.path.display()
+            "warehouse: {}\nquarantine: {}",
+            bf.spec().target.path.display(),
+            bf.spec().quarantine.path.display()
         );
     }
     Ok(if summary.interrupted {

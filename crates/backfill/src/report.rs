@@ -3,7 +3,9 @@
 use std::fmt::Write as _;
 
 use backfill_core::interval::RangeValue;
-use backfill_core::state::{ChunkRecord, ChunkStatus};
+use std::collections::BTreeMap;
+
+use backfill_core::state::{ChunkRecord, ChunkStatus, RuleCount};
 use serde::Serialize;
 
 use crate::progress::{human_bytes, human_count};
@@ -96,6 +98,10 @@ pub struct Totals {
     pub attempts: u64,
     pub rows_read: u64,
     pub rows_written: u64,
+    pub rows_quarantined: u64,
+    pub rows_dropped: u64,
+    pub duplicates: u64,
+    pub rules: BTreeMap<String, RuleCount>,
     pub bytes_read: u64,
     pub bytes_written: u64,
 }
@@ -116,6 +122,14 @@ pub fn totals(records: &[ChunkRecord]) -> Totals {
         if let (Some(m), ChunkStatus::Committed) = (&r.metrics, r.status) {
             t.rows_read += m.rows_read;
             t.rows_written += m.rows_written;
+            t.rows_quarantined += m.rows_quarantined;
+            t.rows_dropped += m.rows_dropped;
+            t.duplicates += m.duplicates;
+            for (rule, c) in &m.rules {
+                let e = t.rules.entry(rule.clone()).or_default();
+                e.quarantined += c.quarantined;
+                e.dropped += c.dropped;
+            }
             t.bytes_read += m.bytes_read;
             t.bytes_written += m.bytes_written;
         }
@@ -157,6 +171,7 @@ pub fn status_text(job: &str, records: &[ChunkRecord], ordered: bool) -> String 
             if err.chars().count() > 60 {
                 err = format!("{}…", err.chars().take(59).collect::<String>());
             }
+            let num = |v: u64| if has { v.to_string() } else { "-".into() };
             vec![
                 r.index.to_string(),
                 r.id.clone(),
@@ -164,16 +179,11 @@ pub fn status_text(job: &str, records: &[ChunkRecord], ordered: bool) -> String 
                 bound(r.hi),
                 r.status.to_string(),
                 r.attempts.to_string(),
-                if has {
-                    m.rows_read.to_string()
-                } else {
-                    "-".into()
-                },
-                if has {
-                    m.rows_written.to_string()
-                } else {
-                    "-".into()
-                },
+                num(m.rows_read),
+                num(m.rows_written),
+                num(m.rows_quarantined),
+                num(m.rows_dropped),
+                num(m.duplicates),
                 if has {
                     human_bytes(m.bytes_read)
                 } else {
@@ -188,25 +198,26 @@ pub fn status_text(job: &str, records: &[ChunkRecord], ordered: bool) -> String 
             ]
         })
         .collect();
-    let mut out = table(
-        &[
-            "#",
-            "chunk",
-            "from (incl.)",
-            "to (excl.)",
-            "status",
-            "attempts",
-            "rows read",
-            "written",
-            "bytes read",
-            "time",
-            "last error",
-        ],
-        &rows,
-        &[
-            true, false, false, false, false, true, true, true, true, true, false,
-        ],
-    );
+    let header = [
+        "#",
+        "chunk",
+        "from (incl.)",
+        "to (excl.)",
+        "status",
+        "attempts",
+        "rows read",
+        "written",
+        "quarantined",
+        "dropped",
+        "dups",
+        "bytes read",
+        "time",
+        "last error",
+    ];
+    let right = [
+        true, false, false, false, false, true, true, true, true, true, true, true, true, false,
+    ];
+    let mut out = table(&header, &rows, &right);
     let t = totals(records);
     let _ = writeln!(
         out,
@@ -221,6 +232,16 @@ pub fn status_text(job: &str, records: &[ChunkRecord], ordered: bool) -> String 
         human_bytes(t.bytes_read),
         human_bytes(t.bytes_written)
     );
+    if t.rows_quarantined + t.rows_dropped + t.duplicates > 0 {
+        let _ = writeln!(
+            out,
+            "quality: {} quarantined, {} dropped, {} duplicates removed{}",
+            t.rows_quarantined,
+            t.rows_dropped,
+            t.duplicates,
+            rules_text(&t.rules)
+        );
+    }
     if ordered || t.committed > 0 {
         match watermark(records) {
             Some(w) => {
@@ -306,6 +327,16 @@ pub fn run_text(s: &RunSummary) -> String {
         human_bytes(s.bytes_read),
         human_bytes(s.bytes_written)
     );
+    if s.rows_quarantined + s.rows_dropped + s.duplicates > 0 || !s.rules.is_empty() {
+        let _ = writeln!(
+            out,
+            "quality: {} quarantined, {} dropped, {} duplicates removed{}",
+            s.rows_quarantined,
+            s.rows_dropped,
+            s.duplicates,
+            rules_text(&s.rules)
+        );
+    }
     if s.interrupted {
         let _ = writeln!(out, "interrupted: run the same command again to resume");
     }
@@ -323,4 +354,19 @@ pub fn run_text(s: &RunSummary) -> String {
         );
     }
     out
+}
+
+fn rules_text(rules: &BTreeMap<String, RuleCount>) -> String {
+    if rules.is_empty() {
+        return String::new();
+    }
+    let parts: Vec<String> = rules
+        .iter()
+        .map(|(r, c)| match (c.quarantined, c.dropped) {
+            (q, 0) => format!("{r}: {q}"),
+            (0, d) => format!("{r}: {d} dropped"),
+            (q, d) => format!("{r}: {q} + {d} dropped"),
+        })
+        .collect();
+    format!(" ({})", parts.join(", "))
 }

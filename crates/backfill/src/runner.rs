@@ -26,7 +26,8 @@ use crate::engine::{self, ChunkQuery, RangeColumn};
 use crate::error::{ChunkError, Error};
 use crate::failpoint;
 use crate::progress::{Progress, ProgressMode};
-use crate::sink::{self, Sink, SinkError};
+use crate::quality::{self, DedupIndex};
+use crate::sink::{SinkError, Sinks};
 use crate::source::{self, Source};
 
 /// A backfill job, ready to plan, run or inspect.
@@ -82,6 +83,11 @@ pub struct RunSummary {
     pub left: usize,
     pub rows_read: u64,
     pub rows_written: u64,
+    pub rows_quarantined: u64,
+    pub rows_dropped: u64,
+    pub duplicates: u64,
+    /// Rejected rows per rule, over the chunks this run committed.
+    pub rules: BTreeMap<String, backfill_core::RuleCount>,
     pub bytes_read: u64,
     pub bytes_written: u64,
     pub elapsed_secs: f64,
@@ -125,7 +131,9 @@ pub struct PlannedChunk {
 pub(crate) struct OpenJob {
     pub spec: JobSpec,
     pub source: Arc<dyn Source>,
-    pub sink: Arc<dyn Sink>,
+    pub sinks: Sinks,
+    /// The transform's output schema.
+    pub transformed: arrow::datatypes::SchemaRef,
     pub range: Option<RangeColumn>,
     pub chunks: Vec<Chunk>,
     pub config: SessionConfig,
@@ -259,11 +267,52 @@ impl Backfill {
                 ));
             }
         }
+        for (i, rule) in self.spec.rules.iter().enumerate() {
+            engine::check_rule(out.clone(), &rule.check, &config, &runtime)
+                .await
+                .map_err(|e| {
+                    self.job_error(rule.check_loc, &format!("rules[{i}].check"), e.to_string())
+                })?;
+        }
         let chunks = plan::plan(self.spec.range.as_ref())?;
+        if let Some(dedup) = &self.spec.dedup {
+            let cols: Vec<_> = out.fields().iter().map(|f| f.name().as_str()).collect();
+            for (key, col) in dedup
+                .keys
+                .iter()
+                .map(|k| ("dedup.keys", k))
+                .chain(dedup.order_by.iter().map(|o| ("dedup.order_by", &o.column)))
+            {
+                if out.field_with_name(col).is_err() {
+                    return Err(self.job_error(
+                        dedup.loc,
+                        key,
+                        format!(
+                            "column \"{col}\" is not produced by the transform (columns: {})",
+                            cols.join(", ")
+                        ),
+                    ));
+                }
+            }
+            if let Some(r) = &self.spec.range
+                && quality::needs_index(&self.spec, &chunks)
+                && out.field_with_name(&r.column).is_err()
+            {
+                return Err(self.job_error(
+                    dedup.loc,
+                    "dedup.scope",
+                    format!(
+                        "scope = \"global\" needs the range column \"{}\" in the transform's output, to tell which chunk holds each key's winner; keep it, or use scope = \"chunk\"",
+                        r.column
+                    ),
+                ));
+            }
+        }
         Ok(OpenJob {
             spec: self.spec.clone(),
             source,
-            sink: sink::open(&self.spec.target),
+            sinks: Sinks::open(&self.spec),
+            transformed: out,
             range,
             chunks,
             config,
@@ -446,6 +495,7 @@ impl Backfill {
             return Ok(());
         }
 
+        let index = dedup_index(&job).await?;
         let ordered = job.spec.range.as_ref().is_some_and(|r| r.ordered);
         let parallelism = if ordered {
             1
@@ -465,6 +515,7 @@ impl Backfill {
             policy: RetryPolicy::new(job.spec.run.retries, job.spec.run.retry_backoff),
             cancel: cancel_rx.clone(),
             orphans: Mutex::new(pending_orphans),
+            index,
         });
 
         let mut queue = selected.into_iter();
@@ -496,6 +547,14 @@ impl Backfill {
                     summary.committed += 1;
                     summary.rows_read += m.rows_read;
                     summary.rows_written += m.rows_written;
+                    summary.rows_quarantined += m.rows_quarantined;
+                    summary.rows_dropped += m.rows_dropped;
+                    summary.duplicates += m.duplicates;
+                    for (rule, c) in &m.rules {
+                        let e = summary.rules.entry(rule.clone()).or_default();
+                        e.quarantined += c.quarantined;
+                        e.dropped += c.dropped;
+                    }
                     summary.bytes_read += m.bytes_read;
                     summary.bytes_written += m.bytes_written;
                     progress.committed(&chunk, &m);
@@ -565,6 +624,63 @@ async fn next_signal(term: &mut Option<tokio::signal::unix::Signal>) {
     }
 }
 
+/// The global dedup index over the whole job range (also when the run is
+/// narrowed), loaded from the state directory or rebuilt when stale.
+pub(crate) async fn dedup_index(job: &OpenJob) -> Result<Option<Arc<DedupIndex>>, Error> {
+    let (Some(dedup), Some(range)) = (&job.spec.dedup, &job.range) else {
+        return Ok(None);
+    };
+    if !quality::needs_index(&job.spec, &job.chunks) {
+        return Ok(None);
+    }
+    let key_fields: Vec<arrow::datatypes::Field> = dedup
+        .keys
+        .iter()
+        .filter_map(|k| job.transformed.field_with_name(k).ok().cloned())
+        .collect();
+    let key_schema = Arc::new(arrow::datatypes::Schema::new(key_fields));
+    let fp = quality::index_fingerprint(&job.spec, &job.source.fingerprint(), &key_schema);
+    let path = job.spec.state.path.with_extension("dedup-index");
+    if let Some(index) = DedupIndex::load(&path, &fp) {
+        tracing::debug!(
+            "dedup index loaded: {} keys with several versions",
+            index.len()
+        );
+        return Ok(Some(Arc::new(index)));
+    }
+    let (Some(first), Some(last)) = (job.chunks.first(), job.chunks.last()) else {
+        return Ok(None);
+    };
+    let whole = Chunk {
+        index: 0,
+        id: String::new(),
+        lo: first.lo,
+        hi: last.hi,
+    };
+    let t = Instant::now();
+    let stream = engine::index_rows(
+        &job.spec,
+        dedup,
+        &job.source,
+        range,
+        &whole,
+        &job.config,
+        &job.runtime,
+    )
+    .await?;
+    let index = DedupIndex::build(stream, dedup, &job.chunks).await?;
+    tracing::info!(
+        "dedup index: {} keys have {} versions across the range ({:.1}s)",
+        index.len(),
+        index.versions,
+        t.elapsed().as_secs_f64()
+    );
+    if let Err(e) = index.save(&path, &fp) {
+        tracing::warn!("could not save the dedup index to {}: {e}", path.display());
+    }
+    Ok(Some(Arc::new(index)))
+}
+
 /// Repairs what a crash left: publishes committed-but-unpublished files,
 /// deletes superseded files and staged leftovers. Returns published files of
 /// chunks the state does not record (left by a lost or reset state), to be
@@ -586,7 +702,7 @@ async fn recover(
                 lo: None,
                 hi: None,
             });
-        match job.sink.publish(&chunk, &files).await {
+        match job.sinks.publish(&chunk, &files).await {
             Ok(()) => {
                 state.mark_published(&chunk_id)?;
                 rec.republished_chunks += 1;
@@ -608,17 +724,17 @@ async fn recover(
     }
     let garbage = state.garbage()?;
     if !garbage.is_empty() {
-        job.sink.remove(&garbage).await?;
+        job.sinks.remove(&garbage).await?;
         state.forget_garbage(&garbage)?;
         rec.garbage_removed += garbage.len();
     }
-    let on_disk = job.sink.scan().await?;
+    let on_disk = job.sinks.scan().await?;
     if !on_disk.staged.is_empty() {
         tracing::info!(
             "removing {} staged file(s) left by an interrupted attempt",
             on_disk.staged.len()
         );
-        job.sink.remove(&on_disk.staged).await?;
+        job.sinks.remove(&on_disk.staged).await?;
         rec.orphans_removed += on_disk.staged.len();
     }
     let recorded = state.committed_files()?;
@@ -647,7 +763,7 @@ async fn recover(
                     "removing {} file(s) of committed chunk {chunk_id} that its commit does not own",
                     unknown.len()
                 );
-                job.sink.remove(&unknown).await?;
+                job.sinks.remove(&unknown).await?;
                 rec.orphans_removed += unknown.len();
             }
             Some(_) => {
@@ -678,6 +794,7 @@ struct Shared {
     cancel: watch::Receiver<bool>,
     /// Files of chunks the state did not record, removed when the chunk commits.
     orphans: Mutex<BTreeMap<String, Vec<String>>>,
+    index: Option<Arc<DedupIndex>>,
 }
 
 async fn cancelled(mut rx: watch::Receiver<bool>) {
@@ -764,53 +881,85 @@ async fn attempt_chunk(
 ) -> Result<ChunkMetrics, ChunkError> {
     let job = &shared.job;
     let started = Instant::now();
-    let mut writer = job.sink.begin(chunk, attempt).await?;
+    let mut target = job.sinks.target.begin(chunk, attempt).await?;
+    let mut quarantine = match job.sinks.quarantine.begin(chunk, attempt).await {
+        Ok(w) => w,
+        Err(e) => {
+            target.abort().await;
+            return Err(e.into());
+        }
+    };
     let query = ChunkQuery {
+        spec: &job.spec,
         source: &job.source,
         range: job.range.as_ref(),
-        transform_sql: job.spec.transform.as_ref().map(|t| t.sql.as_str()),
         config: &job.config,
         runtime: &job.runtime,
+        index: shared.index.clone(),
+        run_id: shared.run_id,
     };
     let executed = tokio::select! {
-        r = engine::execute_chunk(&query, chunk, writer.as_mut()) => r,
+        r = engine::execute_chunk(&query, chunk, target.as_mut(), quarantine.as_mut()) => r,
         _ = cancelled(shared.cancel.clone()) => Err(ChunkError::Interrupted),
     };
     let stats = match executed {
         Ok(s) => s,
         Err(e) => {
-            writer.abort().await;
+            target.abort().await;
+            quarantine.abort().await;
             return Err(e);
         }
     };
-    let staged = writer.finish().await?;
-    let staged_paths: Vec<String> = staged.files.iter().map(|f| f.staged.clone()).collect();
+    let staged = match target.finish().await {
+        Ok(s) => s,
+        Err(e) => {
+            quarantine.abort().await;
+            return Err(e.into());
+        }
+    };
+    let mut files = staged.files.clone();
+    let q_staged = match quarantine.finish().await {
+        Ok(q) => q,
+        Err(e) => {
+            let paths: Vec<String> = files.iter().map(|f| f.staged.clone()).collect();
+            let _ = job.sinks.remove(&paths).await;
+            return Err(e.into());
+        }
+    };
+    files.extend(Sinks::prefix_quarantine(q_staged.files));
+    let staged_paths: Vec<String> = files.iter().map(|f| f.staged.clone()).collect();
     if let Err(e) = failpoint::hit("after_write", chunk.index) {
-        let _ = job.sink.remove(&staged_paths).await;
+        let _ = job.sinks.remove(&staged_paths).await;
         return Err(e.into());
     }
+    let q = stats.quality;
     let metrics = ChunkMetrics {
         rows_read: stats.rows_read,
         rows_written: staged.rows,
+        rows_quarantined: q.quarantined,
+        rows_dropped: q.dropped,
+        duplicates: q.duplicates,
         bytes_read: stats.bytes_read,
-        bytes_written: staged.bytes,
-        files: staged.files.len() as u64,
+        bytes_written: staged.bytes + q_staged.bytes,
+        files: files.len() as u64,
         duration_ms: started.elapsed().as_millis() as u64,
+        checksum: staged.checksum,
+        rules: q.per_rule,
     };
     let superseded =
         match shared
             .state
-            .commit_chunk(shared.run_id, &chunk.id, attempt, &metrics, &staged.files)
+            .commit_chunk(shared.run_id, &chunk.id, attempt, &metrics, &files)
         {
             Ok(s) => s,
             Err(e) => {
-                let _ = job.sink.remove(&staged_paths).await;
+                let _ = job.sinks.remove(&staged_paths).await;
                 return Err(e.into());
             }
         };
     // Committed. Failures from here on are repaired by the next run's recovery.
     post_commit_point("after_commit", chunk);
-    publish_with_retries(job.sink.as_ref(), chunk, &staged.files).await?;
+    publish_with_retries(&job.sinks, chunk, &files).await?;
     shared.state.mark_published(&chunk.id)?;
     post_commit_point("after_publish", chunk);
     let mut doomed = superseded.clone();
@@ -818,7 +967,7 @@ async fn attempt_chunk(
         doomed.extend(orphans.remove(&chunk.id).unwrap_or_default());
     }
     if !doomed.is_empty() {
-        job.sink.remove(&doomed).await?;
+        job.sinks.remove(&doomed).await?;
         shared.state.forget_garbage(&superseded)?;
     }
     post_commit_point("after_cleanup", chunk);
@@ -834,7 +983,7 @@ fn post_commit_point(point: &'static str, chunk: &Chunk) {
 }
 
 async fn publish_with_retries(
-    sink: &dyn Sink,
+    sink: &Sinks,
     chunk: &Chunk,
     files: &[backfill_core::state::OwnedFile],
 ) -> Result<(), SinkError> {

@@ -2,6 +2,7 @@
 //! filesystem, no network) and with every problem reported at once, each
 //! naming the file, line, column and key.
 
+mod quality;
 mod reader;
 
 use std::fmt;
@@ -11,6 +12,9 @@ use std::time::Duration;
 use toml::de::{DeTable, DeValue};
 
 use crate::interval::{ChunkSize, RangeValue, ValueKind, parse_duration, parse_time};
+pub use quality::{
+    DedupScope, DedupSpec, OrderKey, QuarantineSpec, RuleAction, RuleSpec, ValidateSpec,
+};
 use reader::{Diags, Env, TableReader};
 pub use reader::{Located, line_col};
 
@@ -85,6 +89,11 @@ pub struct JobSpec {
     pub target: TargetSpec,
     pub run: RunSpec,
     pub state: StateSpec,
+    /// In file order; a row is charged to the first rule it fails.
+    pub rules: Vec<RuleSpec>,
+    pub dedup: Option<DedupSpec>,
+    pub quarantine: QuarantineSpec,
+    pub validate: ValidateSpec,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -234,11 +243,6 @@ const TOP_KEYS: &[&str] = &[
     "run",
     "state",
 ];
-/// Sections that arrive with data quality (issue: rules, dedup, quarantine,
-/// validate). Named here so the message says "not supported yet" rather than
-/// "unknown".
-const LATER_KEYS: &[&str] = &["rules", "dedup", "quarantine", "validate"];
-
 impl JobSpec {
     /// Reads and checks a job file, interpolating `${VAR}` from the process
     /// environment.
@@ -276,15 +280,6 @@ impl JobSpec {
             .unwrap_or_else(|| PathBuf::from("."));
         let mut top = TableReader::new("", doc.get_ref(), doc.span());
         let spec = read_job(&mut d, env, &mut top, path, &base, text);
-        for later in LATER_KEYS {
-            if let Some(v) = top.raw(later) {
-                d.push(
-                    v.span(),
-                    later,
-                    format!("[{later}] is not supported by this version of backfill yet"),
-                );
-            }
-        }
         top.finish(&mut d, TOP_KEYS);
         match spec {
             Some(spec) if d.list.is_empty() => Ok(spec),
@@ -388,6 +383,25 @@ fn read_job(
             path: base.join(".backfill/state.db"),
         }),
     };
+    let rules = match top.raw("rules") {
+        Some(raw) => quality::read_rules(d, env, raw, text),
+        None => Vec::new(),
+    };
+    let dedup = match section(d, top, "dedup", false) {
+        Some(mut t) => quality::read_dedup(d, env, &mut t, text).map(Some),
+        None => Some(None),
+    };
+    let target_path = target
+        .as_ref()
+        .map(|t: &TargetSpec| (t.path.as_path(), t.path_shown.as_str()));
+    let quarantine = match section(d, top, "quarantine", false) {
+        Some(mut t) => quality::read_quarantine(d, env, Some(&mut t), base, target_path),
+        None => quality::read_quarantine(d, env, None, base, target_path),
+    };
+    let validate = match section(d, top, "validate", false) {
+        Some(mut t) => quality::read_validate(d, env, &mut t),
+        None => ValidateSpec::default(),
+    };
     Some(JobSpec {
         file: file.to_path_buf(),
         name,
@@ -397,6 +411,10 @@ fn read_job(
         target: target?,
         run: run?,
         state: state?,
+        rules,
+        dedup: dedup?,
+        quarantine: quarantine?,
+        validate,
     })
 }
 

@@ -146,8 +146,63 @@ fn unset_variables_are_named_and_secrets_never_shown() {
 }
 
 #[test]
-fn missing_sections_and_later_features() {
+fn missing_sections_and_a_rules_table() {
     insta::assert_snapshot!(errors("[rules]\nname = \"x\"\n"));
+}
+
+#[test]
+fn quality_sections() {
+    let spec = parse(EXAMPLE).unwrap();
+    let names: Vec<_> = spec.rules.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "non_null_id",
+            "positive_amount",
+            "known_status",
+            "valid_email"
+        ]
+    );
+    assert_eq!(spec.rules[1].check, "amount > 0");
+    assert_eq!(spec.rules[1].action, RuleAction::Quarantine);
+    let dedup = spec.dedup.unwrap();
+    assert_eq!(dedup.keys, ["transaction_id"]);
+    assert_eq!(dedup.order_by[0].to_string(), "created_at DESC NULLS LAST");
+    assert_eq!(dedup.scope, DedupScope::Global);
+    assert_eq!(
+        spec.quarantine.path,
+        Path::new("jobs/warehouse/transactions_quarantine")
+    );
+    assert_eq!(spec.validate.sum, ["amount"]);
+    let minimal =
+        parse("[source]\nformat = \"csv\"\npath = \"a.csv\"\n[target]\npath = \"out/t/\"\n")
+            .unwrap();
+    assert_eq!(minimal.quarantine.path, Path::new("jobs/out/t_quarantine"));
+    assert!(minimal.rules.is_empty() && minimal.dedup.is_none());
+}
+
+#[test]
+fn quality_errors() {
+    insta::assert_snapshot!(errors(
+        r#"[source]
+format = "parquet"
+path = "s"
+[target]
+path = "t"
+[[rules]]
+name = "a"
+check = "x > 0"
+action = "shout"
+[[rules]]
+name = "a"
+check = ""
+[dedup]
+order_by = ["created_at sideways"]
+scope = "planet"
+[quarantine]
+max_ratio = 1.5
+"#
+    ));
 }
 
 #[test]

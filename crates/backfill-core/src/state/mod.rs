@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::interval::RangeValue;
 use crate::plan::Chunk;
@@ -108,15 +108,36 @@ impl fmt::Display for ChunkStatus {
     }
 }
 
-/// What one committed chunk did.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+/// What one committed chunk did. Every source row in the chunk's range is
+/// accounted for: after the transform, it is written, quarantined, dropped or
+/// removed as a duplicate.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChunkMetrics {
     pub rows_read: u64,
     pub rows_written: u64,
+    #[serde(default)]
+    pub rows_quarantined: u64,
+    #[serde(default)]
+    pub rows_dropped: u64,
+    #[serde(default)]
+    pub duplicates: u64,
     pub bytes_read: u64,
     pub bytes_written: u64,
     pub files: u64,
     pub duration_ms: u64,
+    /// Order-independent checksum of the written rows: the wrapping sum of a
+    /// 64-bit hash of each row's canonical encoding (see the Parquet sink).
+    #[serde(default)]
+    pub checksum: u64,
+    /// Rejected rows per rule.
+    #[serde(default)]
+    pub rules: BTreeMap<String, RuleCount>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuleCount {
+    pub quarantined: u64,
+    pub dropped: u64,
 }
 
 /// A file a chunk owns, relative to the target root: where it was staged and

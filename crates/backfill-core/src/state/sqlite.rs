@@ -15,7 +15,7 @@ use super::{
 use crate::interval::RangeValue;
 use crate::plan::Chunk;
 
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -43,7 +43,8 @@ CREATE TABLE IF NOT EXISTS chunks (
     duration_ms INTEGER,
     last_error TEXT,
     updated_at TEXT,
-    run_id INTEGER
+    run_id INTEGER,
+    quality TEXT
 );
 CREATE INDEX IF NOT EXISTS chunks_idx ON chunks (idx);
 CREATE TABLE IF NOT EXISTS chunk_files (
@@ -148,7 +149,7 @@ impl SqliteStateStore {
                 e => Err(e),
             })
             .map_err(self.err())?;
-        if let Some(v) = version {
+        if let Some(v) = version.as_deref() {
             let found: i64 = v
                 .parse()
                 .map_err(|_| StateError::Corrupt(format!("schema_version = {v:?}")))?;
@@ -160,9 +161,15 @@ impl SqliteStateStore {
                 });
             }
         }
+        let found = version.as_deref().and_then(|v| v.parse::<i64>().ok());
         conn.execute_batch(SCHEMA).map_err(self.err())?;
+        if found == Some(1) {
+            // Version 2 keeps data-quality counts and the checksum as JSON.
+            conn.execute_batch("ALTER TABLE chunks ADD COLUMN quality TEXT")
+                .map_err(self.err())?;
+        }
         conn.execute(
-            "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?1)",
+            "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?1)",
             params![SCHEMA_VERSION.to_string()],
         )
         .map_err(self.err())?;
@@ -209,6 +216,33 @@ fn decode(s: Option<String>) -> Result<Option<RangeValue>, StateError> {
         "i" => Ok(Some(RangeValue::Int(n))),
         _ => Err(bad()),
     }
+}
+
+/// Data-quality figures, kept as one JSON column so new ones need no migration.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct Quality {
+    #[serde(default)]
+    rows_quarantined: u64,
+    #[serde(default)]
+    rows_dropped: u64,
+    #[serde(default)]
+    duplicates: u64,
+    /// Hex: SQLite integers are signed.
+    #[serde(default)]
+    checksum: String,
+    #[serde(default)]
+    rules: BTreeMap<String, super::RuleCount>,
+}
+
+fn quality_json(m: &ChunkMetrics) -> String {
+    let q = Quality {
+        rows_quarantined: m.rows_quarantined,
+        rows_dropped: m.rows_dropped,
+        duplicates: m.duplicates,
+        checksum: format!("{:016x}", m.checksum),
+        rules: m.rules.clone(),
+    };
+    serde_json::to_string(&q).unwrap_or_default()
 }
 
 fn to_i64(v: u64) -> i64 {
@@ -401,7 +435,7 @@ impl StateStore for SqliteStateStore {
         let mut stmt = conn
             .prepare(
                 "SELECT chunk_id, idx, lo, hi, status, attempts, rows_read, rows_written, bytes_read,
-                        bytes_written, files, duration_ms, last_error, updated_at
+                        bytes_written, files, duration_ms, last_error, updated_at, quality
                  FROM chunks ORDER BY idx",
             )
             .map_err(self.err())?;
@@ -424,15 +458,21 @@ impl StateStore for SqliteStateStore {
                     ],
                     r.get::<_, Option<String>>(12)?,
                     r.get::<_, Option<String>>(13)?,
+                    r.get::<_, Option<String>>(14)?,
                 ))
             })
             .map_err(self.err())?;
         let mut out = Vec::new();
         for row in rows {
-            let (id, idx, lo, hi, status, attempts, m, last_error, updated_at) =
+            let (id, idx, lo, hi, status, attempts, m, last_error, updated_at, quality) =
                 row.map_err(self.err())?;
             let status = ChunkStatus::parse(&status)
                 .ok_or_else(|| StateError::Corrupt(format!("chunk {id} has status {status:?}")))?;
+            let quality: Quality = match quality {
+                Some(q) => serde_json::from_str(&q)
+                    .map_err(|e| StateError::Corrupt(format!("chunk {id} quality: {e}")))?,
+                None => Quality::default(),
+            };
             let metrics = m[0].map(|_| {
                 let g = |i: usize| m[i].unwrap_or(0).max(0) as u64;
                 ChunkMetrics {
@@ -442,6 +482,11 @@ impl StateStore for SqliteStateStore {
                     bytes_written: g(3),
                     files: g(4),
                     duration_ms: g(5),
+                    rows_quarantined: quality.rows_quarantined,
+                    rows_dropped: quality.rows_dropped,
+                    duplicates: quality.duplicates,
+                    checksum: u64::from_str_radix(&quality.checksum, 16).unwrap_or(0),
+                    rules: quality.rules.clone(),
                 }
             });
             out.push(ChunkRecord {
@@ -568,7 +613,7 @@ impl StateStore for SqliteStateStore {
             .execute(
                 "UPDATE chunks SET status = 'committed', rows_read = ?2, rows_written = ?3, bytes_read = ?4,
                         bytes_written = ?5, files = ?6, duration_ms = ?7, last_error = NULL,
-                        updated_at = ?8, run_id = ?9
+                        updated_at = ?8, run_id = ?9, quality = ?10
                  WHERE chunk_id = ?1",
                 params![
                     chunk_id,
@@ -579,7 +624,8 @@ impl StateStore for SqliteStateStore {
                     to_i64(m.files),
                     to_i64(m.duration_ms),
                     ts,
-                    run_id
+                    run_id,
+                    quality_json(m)
                 ],
             )
             .map_err(self.err())?;

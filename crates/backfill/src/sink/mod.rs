@@ -12,10 +12,12 @@ use arrow::array::RecordBatch;
 use async_trait::async_trait;
 use backfill_core::ErrorClass;
 use backfill_core::plan::Chunk;
-use backfill_core::spec::{TargetFormat, TargetSpec};
+use backfill_core::spec::TargetFormat;
 use backfill_core::state::OwnedFile;
 
-pub use parquet::{HIVE_DEFAULT_PARTITION, ParquetSink, escape_partition_value};
+pub use parquet::{
+    HIVE_DEFAULT_PARTITION, ParquetSink, checksum_rows, escape_partition_value, partition_seed,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
@@ -78,6 +80,8 @@ pub struct Staged {
     pub files: Vec<OwnedFile>,
     pub rows: u64,
     pub bytes: u64,
+    /// See [`parquet::checksum_rows`]; 0 when the sink does not checksum.
+    pub checksum: u64,
 }
 
 /// Receives one chunk attempt's batches.
@@ -112,8 +116,97 @@ pub trait Sink: Send + Sync + std::fmt::Debug {
     fn describe(&self) -> String;
 }
 
-pub fn open(spec: &TargetSpec) -> Arc<dyn Sink> {
-    match spec.format {
-        TargetFormat::Parquet => Arc::new(ParquetSink::new(spec)),
+/// Files of the quarantine table are recorded in the state store with this
+/// prefix, so one chunk commit covers both tables. (`:` is escaped in
+/// partition directory names, so no target path can start with it.)
+pub const QUARANTINE_PREFIX: &str = "quarantine::";
+
+/// The target and its quarantine table, as one place to publish into,
+/// remove from and scan.
+#[derive(Debug, Clone)]
+pub struct Sinks {
+    pub target: Arc<dyn Sink>,
+    pub quarantine: Arc<dyn Sink>,
+}
+
+fn split<T: Clone>(
+    items: &[T],
+    path: impl Fn(&T) -> &str,
+    strip: impl Fn(&T) -> T,
+) -> (Vec<T>, Vec<T>) {
+    let mut target = Vec::new();
+    let mut quarantine = Vec::new();
+    for item in items {
+        if path(item).starts_with(QUARANTINE_PREFIX) {
+            quarantine.push(strip(item));
+        } else {
+            target.push(item.clone());
+        }
+    }
+    (target, quarantine)
+}
+
+fn strip(p: &str) -> String {
+    p.strip_prefix(QUARANTINE_PREFIX).unwrap_or(p).to_string()
+}
+
+impl Sinks {
+    pub fn open(spec: &backfill_core::spec::JobSpec) -> Sinks {
+        let target: Arc<dyn Sink> = match spec.target.format {
+            TargetFormat::Parquet => Arc::new(ParquetSink::new(&spec.target)),
+        };
+        let quarantine: Arc<dyn Sink> = Arc::new(ParquetSink::at(
+            &spec.target,
+            spec.quarantine.path.clone(),
+            spec.quarantine.path_shown.clone(),
+            false,
+        ));
+        Sinks { target, quarantine }
+    }
+
+    pub fn prefix_quarantine(files: Vec<OwnedFile>) -> Vec<OwnedFile> {
+        files
+            .into_iter()
+            .map(|f| OwnedFile {
+                path: format!("{QUARANTINE_PREFIX}{}", f.path),
+                staged: format!("{QUARANTINE_PREFIX}{}", f.staged),
+            })
+            .collect()
+    }
+
+    pub async fn publish(&self, chunk: &Chunk, files: &[OwnedFile]) -> Result<(), SinkError> {
+        let (t, q) = split(
+            files,
+            |f| f.path.as_str(),
+            |f| OwnedFile {
+                path: strip(&f.path),
+                staged: strip(&f.staged),
+            },
+        );
+        self.target.publish(chunk, &t).await?;
+        self.quarantine.publish(chunk, &q).await
+    }
+
+    pub async fn remove(&self, paths: &[String]) -> Result<(), SinkError> {
+        let (t, q) = split(paths, |p| p.as_str(), |p| strip(p));
+        self.target.remove(&t).await?;
+        self.quarantine.remove(&q).await
+    }
+
+    pub async fn scan(&self) -> Result<TargetFiles, SinkError> {
+        let mut all = self.target.scan().await?;
+        let q = self.quarantine.scan().await?;
+        for (chunk, files) in q.published {
+            all.published
+                .entry(chunk)
+                .or_default()
+                .extend(files.into_iter().map(|f| format!("{QUARANTINE_PREFIX}{f}")));
+        }
+        all.staged.extend(
+            q.staged
+                .into_iter()
+                .map(|f| format!("{QUARANTINE_PREFIX}{f}")),
+        );
+        Ok(all)
     }
 }

@@ -27,6 +27,7 @@ use parquet::basic::{Compression as PqCompression, GzipLevel, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use twox_hash::XxHash3_64;
 
 use super::{ChunkWriter, Sink, SinkError, Staged, TargetFiles};
 use crate::failpoint;
@@ -44,10 +45,17 @@ pub struct ParquetSink {
     shown: String,
     partition_by: Vec<String>,
     props: WriterProperties,
+    checksum: bool,
 }
 
 impl ParquetSink {
+    /// The target table, which checksums what it writes.
     pub fn new(spec: &TargetSpec) -> ParquetSink {
+        Self::at(spec, spec.path.clone(), spec.path_shown.clone(), true)
+    }
+
+    /// Another table with the target's layout and codec (the quarantine).
+    pub fn at(spec: &TargetSpec, root: PathBuf, shown: String, checksum: bool) -> ParquetSink {
         let compression = match spec.compression {
             Compression::Zstd(level) => {
                 PqCompression::ZSTD(ZstdLevel::try_new(level).unwrap_or_default())
@@ -63,10 +71,11 @@ impl ParquetSink {
             .set_max_row_group_bytes(Some(ROW_GROUP_BYTES))
             .build();
         ParquetSink {
-            root: spec.path.clone(),
-            shown: spec.path_shown.clone(),
+            root,
+            shown,
             partition_by: spec.partition_by.clone(),
             props,
+            checksum,
         }
     }
 
@@ -165,9 +174,33 @@ fn partitionable(dt: &DataType) -> bool {
         || matches!(dt, DataType::Dictionary(_, v) if partitionable(v))
 }
 
+/// The order-independent checksum of some rows of one partition: the
+/// wrapping sum of xxh3(seed = xxh3(partition dir), canonical row bytes),
+/// where the canonical bytes are Arrow's row format of the data columns as
+/// stored in the file. `validate` recomputes it from the files.
+pub fn checksum_rows(
+    encoder: &RowConverter,
+    batch: &RecordBatch,
+    seed: u64,
+) -> Result<u64, SinkError> {
+    let rows = encoder.convert_columns(batch.columns())?;
+    let mut sum = 0u64;
+    for row in rows.iter() {
+        sum = sum.wrapping_add(XxHash3_64::oneshot_with_seed(seed, row.as_ref()));
+    }
+    Ok(sum)
+}
+
+/// The seed for rows of a partition directory (`year=2023/month=1/`, or "").
+pub fn partition_seed(dir: &str) -> u64 {
+    XxHash3_64::oneshot(dir.as_bytes())
+}
+
 struct OpenFile {
     writer: ArrowWriter<File>,
     owned: OwnedFile,
+    /// Seeds each row's hash with its partition, which is not inside the file.
+    seed: u64,
 }
 
 /// Splits batches by partition values into one open file per partition.
@@ -183,6 +216,7 @@ struct PartitionedWriter {
     rows: u64,
     /// Every path created, so an abort can remove them all.
     created: Vec<PathBuf>,
+    checksum: Option<u64>,
 }
 
 struct Layout {
@@ -190,6 +224,8 @@ struct Layout {
     data_cols: Vec<usize>,
     data_schema: SchemaRef,
     converter: Option<RowConverter>,
+    /// Canonical row encoding of the data columns, for the checksum.
+    row_encoder: RowConverter,
 }
 
 impl PartitionedWriter {
@@ -231,11 +267,19 @@ impl PartitionedWriter {
                         .collect(),
                 )?)
             };
+            let row_encoder = RowConverter::new(
+                data_schema
+                    .fields()
+                    .iter()
+                    .map(|f| SortField::new(f.data_type().clone()))
+                    .collect(),
+            )?;
             self.layout = Some(Layout {
                 part_cols,
                 data_cols,
                 data_schema,
                 converter,
+                row_encoder,
             });
         }
         self.layout.as_ref().ok_or(SinkError::WriterGone)
@@ -298,6 +342,13 @@ impl PartitionedWriter {
     }
 
     fn write_to(&mut self, f: usize, batch: &RecordBatch) -> Result<(), SinkError> {
+        if let (Some(sum), Some(layout)) = (self.checksum.as_mut(), self.layout.as_ref()) {
+            *sum = sum.wrapping_add(checksum_rows(
+                &layout.row_encoder,
+                batch,
+                self.files[f].seed,
+            )?);
+        }
         let file = &mut self.files[f];
         let path = self.root.join(&file.owned.staged);
         file.writer
@@ -346,6 +397,7 @@ impl PartitionedWriter {
                 path: published,
                 staged,
             },
+            seed: XxHash3_64::oneshot(dir.as_bytes()),
         });
         self.by_key.insert(key.into(), self.files.len() - 1);
         Ok(self.files.len() - 1)
@@ -354,6 +406,7 @@ impl PartitionedWriter {
     fn finish(self) -> Result<Staged, SinkError> {
         let mut staged = Staged {
             rows: self.rows,
+            checksum: self.checksum.unwrap_or(0),
             ..Default::default()
         };
         for f in self.files {
@@ -442,6 +495,7 @@ impl Sink for ParquetSink {
             by_key: HashMap::new(),
             rows: 0,
             created: Vec::new(),
+            checksum: self.checksum.then_some(0),
         };
         let worker = tokio::task::spawn_blocking(move || {
             while let Some(batch) = rx.blocking_recv() {

@@ -17,6 +17,8 @@ use datafusion::datasource::listing::{
 };
 use datafusion::prelude::SessionContext;
 
+use futures::TryStreamExt;
+
 use super::{Source, SourceError};
 
 #[derive(Debug)]
@@ -24,6 +26,7 @@ pub struct FileSource {
     table: Arc<ListingTable>,
     schema: SchemaRef,
     shown: String,
+    fingerprint: String,
 }
 
 fn has_glob(s: &str) -> bool {
@@ -87,6 +90,9 @@ impl FileSource {
             Err(e) => return Err(read_err(e)),
         };
         let schema = apply_overrides(&inferred, spec, &shown)?;
+        let fingerprint = listing_fingerprint(&url, &state, &options.file_extension)
+            .await
+            .map_err(read_err)?;
         let config = ListingTableConfig::new(url)
             .with_listing_options(options)
             .with_schema(schema.clone());
@@ -95,8 +101,38 @@ impl FileSource {
             table: Arc::new(table),
             schema,
             shown,
+            fingerprint,
         })
     }
+}
+
+/// Names, sizes and modification times of the files: when any changes, data
+/// derived from the whole source (the global dedup index) is rebuilt.
+async fn listing_fingerprint(
+    url: &ListingTableUrl,
+    state: &datafusion::execution::SessionState,
+    extension: &str,
+) -> datafusion::error::Result<String> {
+    let store = state.runtime_env().object_store(url)?;
+    let mut files: Vec<String> = url
+        .list_all_files(state, store.as_ref(), extension)
+        .await?
+        .map_ok(|m| {
+            format!(
+                "{}|{}|{}",
+                m.location,
+                m.size,
+                m.last_modified.timestamp_micros()
+            )
+        })
+        .try_collect()
+        .await?;
+    files.sort();
+    Ok(format!(
+        "{}:{:016x}",
+        files.len(),
+        twox_hash::XxHash3_64::oneshot(files.join("\n").as_bytes())
+    ))
 }
 
 /// `[source.columns]` replaces inferred types, e.g. text timestamps in CSV.
@@ -147,5 +183,9 @@ impl Source for FileSource {
 
     fn describe(&self) -> String {
         self.shown.clone()
+    }
+
+    fn fingerprint(&self) -> String {
+        self.fingerprint.clone()
     }
 }

@@ -54,6 +54,8 @@ pub trait Source: Send + Sync + std::fmt::Debug {
     fn table(&self) -> Arc<dyn TableProvider>;
     /// For messages: the path or URL as written in the job file.
     fn describe(&self) -> String;
+    /// Changes whenever the source's data may have changed.
+    fn fingerprint(&self) -> String;
 }
 
 /// Opens the source a job file describes.

@@ -28,5 +28,9 @@ async fn run_plan_and_status_through_the_library() {
             .iter()
             .all(|c| c.status == backfill::core::ChunkStatus::Committed)
     );
-    assert_eq!(target_fingerprint(&demo).0, 1_000);
+    assert_eq!(target_fingerprint(&demo).0, summary.rows_written as i64);
+    assert_eq!(
+        summary.rows_written + summary.rows_quarantined + summary.rows_dropped + summary.duplicates,
+        1_000
+    );
 }

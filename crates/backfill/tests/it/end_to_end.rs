@@ -5,6 +5,7 @@ use crate::harness::*;
 #[test]
 fn weekly_backfill_matches_duckdb() {
     let demo = Demo::new(20_000, "\"7d\"");
+    demo.without_quality();
     let out = demo.run_ok(&[]);
     assert!(
         stdout(&out).contains("53 of 53 selected chunks committed"),

@@ -44,6 +44,41 @@ impl Demo {
         std::fs::write(self.job(), text).expect("write job");
     }
 
+    /// Removes rules, dedup, quarantine and validate from the job.
+    pub fn without_quality(&self) {
+        self.edit_job(|s| {
+            let start = s
+                .find("# Checked in order")
+                .expect("rules in the example job");
+            let end = s.find("[target]").expect("target in the example job");
+            format!("{}{}", &s[..start], &s[end..])
+        });
+    }
+
+    /// Rewrites the job file through `f`.
+    pub fn edit_job(&self, f: impl FnOnce(String) -> String) {
+        let text = std::fs::read_to_string(self.job()).expect("read job");
+        std::fs::write(self.job(), f(text)).expect("write job");
+    }
+
+    pub fn job_str(&self) -> String {
+        self.job().display().to_string()
+    }
+
+    pub fn quarantine_glob(&self) -> String {
+        format!(
+            "{}/warehouse/transactions_quarantine/**/*.parquet",
+            self.path().display()
+        )
+    }
+
+    /// `status --json` as a value.
+    pub fn status_json(&self) -> serde_json::Value {
+        let out = self.run(&["status", &self.job_str(), "--json"]);
+        assert_eq!(code(&out), 0, "{}", text(&out));
+        serde_json::from_slice(&out.stdout).expect("status json")
+    }
+
     pub fn run(&self, args: &[&str]) -> Output {
         self.run_env(args, &[])
     }
@@ -186,4 +221,19 @@ pub fn duplicate_rows(demo: &Demo) -> i64 {
         demo.target_glob()
     ));
     int(&rows[0][0])
+}
+
+/// The demo job's rules as one SQL CASE naming the first failed rule.
+pub const RULES_CASE: &str = "CASE WHEN NOT coalesce(transaction_id IS NOT NULL, false) THEN 'non_null_id' \
+     WHEN NOT coalesce(amount > 0, false) THEN 'positive_amount' \
+     WHEN NOT coalesce(status IN ('completed', 'pending', 'failed'), false) THEN 'known_status' \
+     WHEN NOT coalesce(email LIKE '%@%', false) THEN 'valid_email' END";
+
+/// DuckDB: the source rows in range with the rule each fails (NULL = passes).
+pub fn ruled_source_sql(demo: &Demo) -> String {
+    format!(
+        "SELECT *, {RULES_CASE} AS rule FROM read_parquet('{}') \
+         WHERE created_at >= TIMESTAMP '2023-01-01' AND created_at < TIMESTAMP '2024-01-01'",
+        demo.source_glob()
+    )
 }

@@ -1,0 +1,565 @@
+//! Rules, quarantine and dedup.
+//!
+//! Per chunk, the transformed rows get two extra columns from SQL:
+//! `__bf_rule` (index of the first rule the row fails, NULL when it passes)
+//! and, with dedup, `__bf_rn` (its rank among passing rows of the same key,
+//! by `order_by`). [`Splitter`] then routes each row to the target, the
+//! quarantine table, a per-rule drop count or the duplicate count.
+//!
+//! Global dedup must hold across chunks without serialising them. Before the
+//! chunks run, [`DedupIndex::build`] reads only the key, ordering and range
+//! columns of passing rows over the whole job range, keeps the keys that
+//! occur more than once, and records for each the index of the chunk holding
+//! its winner (ties go to the lowest chunk). A chunk then keeps its local
+//! winner of such a key only if it is that chunk. The index is saved in the
+//! state directory and rebuilt when the source, transform, rules, dedup or
+//! range change.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::path::Path;
+use std::sync::Arc;
+
+use arrow::array::{
+    Array, ArrayRef, BooleanArray, Int32Array, Int64Array, RecordBatch, StringArray, UInt64Array,
+};
+use arrow::compute::{cast, filter_record_batch};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::row::{RowConverter, SortField};
+use backfill_core::plan::Chunk;
+use backfill_core::spec::{DedupScope, DedupSpec, JobSpec, RuleAction, RuleSpec};
+use backfill_core::state::RuleCount;
+use datafusion::arrow::compute::SortOptions;
+use datafusion::error::DataFusionError;
+use futures::StreamExt;
+
+pub const RULE_COL: &str = "__bf_rule";
+pub const RANK_COL: &str = "__bf_rn";
+
+/// Quotes an SQL identifier: `a"b` becomes `"a""b"`.
+pub fn ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// `CASE WHEN NOT coalesce((check0), false) THEN 0 ... END`, or `None` without rules.
+pub fn rule_case(rules: &[RuleSpec]) -> Option<String> {
+    if rules.is_empty() {
+        return None;
+    }
+    let mut sql = String::from("CASE");
+    for (i, r) in rules.iter().enumerate() {
+        sql.push_str(&format!(
+            " WHEN NOT coalesce(({}), false) THEN {i}",
+            r.check
+        ));
+    }
+    sql.push_str(" ELSE CAST(NULL AS INT) END");
+    Some(sql)
+}
+
+/// The condition "passes every rule".
+pub fn all_rules_pass(rules: &[RuleSpec]) -> String {
+    if rules.is_empty() {
+        return "TRUE".to_string();
+    }
+    rules
+        .iter()
+        .map(|r| format!("coalesce(({}), false)", r.check))
+        .collect::<Vec<_>>()
+        .join(" AND ")
+}
+
+fn order_sql(dedup: &DedupSpec) -> String {
+    if dedup.order_by.is_empty() {
+        return String::new();
+    }
+    let keys: Vec<String> = dedup
+        .order_by
+        .iter()
+        .map(|k| {
+            format!(
+                "{} {} NULLS {}",
+                ident(&k.column),
+                if k.descending { "DESC" } else { "ASC" },
+                if k.nulls_first { "FIRST" } else { "LAST" }
+            )
+        })
+        .collect();
+    format!(" ORDER BY {}", keys.join(", "))
+}
+
+/// The rank of a row among passing rows with its key, within the chunk.
+pub fn rank_sql(dedup: &DedupSpec) -> String {
+    let keys: Vec<String> = dedup.keys.iter().map(|k| ident(k)).collect();
+    format!(
+        "row_number() OVER (PARTITION BY {}, {}{})",
+        ident(RULE_COL),
+        keys.join(", "),
+        order_sql(dedup)
+    )
+}
+
+/// Rows the chunk rejected or removed, by kind.
+#[derive(Debug, Clone, Default)]
+pub struct QualityCounts {
+    /// Rows entering the rules (after the transform).
+    pub rows_in: u64,
+    pub quarantined: u64,
+    pub dropped: u64,
+    pub duplicates: u64,
+    pub per_rule: BTreeMap<String, RuleCount>,
+    /// Rows failing a `fail` rule, per rule, with a few example keys.
+    pub failed: BTreeMap<String, (u64, Vec<String>)>,
+}
+
+/// Splits the rows of a batch that carries `__bf_rule` / `__bf_rn`.
+pub struct Splitter {
+    rules: Vec<RuleSpec>,
+    dedup: bool,
+    /// Keys whose winner lives in another chunk (global dedup).
+    index: Option<Arc<DedupIndex>>,
+    chunk_index: u32,
+    chunk_id: String,
+    run_id: i64,
+    key_cols: Vec<String>,
+    key_converter: Option<RowConverter>,
+    pub counts: QualityCounts,
+}
+
+/// What one batch turned into.
+pub struct Split {
+    pub target: Option<RecordBatch>,
+    pub quarantine: Option<RecordBatch>,
+}
+
+impl Splitter {
+    pub fn new(
+        spec: &JobSpec,
+        index: Option<Arc<DedupIndex>>,
+        chunk: &Chunk,
+        run_id: i64,
+    ) -> Splitter {
+        Splitter {
+            rules: spec.rules.clone(),
+            dedup: spec.dedup.is_some(),
+            index,
+            chunk_index: chunk.index as u32,
+            chunk_id: chunk.id.clone(),
+            run_id,
+            key_cols: spec
+                .dedup
+                .as_ref()
+                .map(|d| d.keys.clone())
+                .unwrap_or_default(),
+            key_converter: None,
+            counts: QualityCounts::default(),
+        }
+    }
+
+    /// Whether batches need splitting at all (rules or dedup configured).
+    pub fn active(&self) -> bool {
+        !self.rules.is_empty() || self.dedup
+    }
+
+    fn example_key(&self, batch: &RecordBatch, row: usize) -> String {
+        let cols: Vec<String> = if self.key_cols.is_empty() {
+            batch
+                .schema()
+                .fields()
+                .iter()
+                .take(2)
+                .map(|f| f.name().clone())
+                .collect()
+        } else {
+            self.key_cols.clone()
+        };
+        cols.iter()
+            .filter_map(|c| {
+                let idx = batch.schema().index_of(c).ok()?;
+                let v = arrow::util::display::array_value_to_string(batch.column(idx), row).ok()?;
+                Some(format!("{c}={v}"))
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    pub fn split(&mut self, batch: &RecordBatch) -> Result<Split, DataFusionError> {
+        let schema = batch.schema();
+        let data_cols: Vec<usize> = (0..schema.fields().len())
+            .filter(|&i| {
+                let n = schema.field(i).name();
+                n != RULE_COL && n != RANK_COL
+            })
+            .collect();
+        let data = batch.project(&data_cols)?;
+        let n = batch.num_rows();
+        self.counts.rows_in += n as u64;
+        let rule = match schema.index_of(RULE_COL) {
+            Ok(i) => Some(cast(batch.column(i), &DataType::Int32)?),
+            Err(_) => None,
+        };
+        let rule = rule
+            .as_ref()
+            .and_then(|a| a.as_any().downcast_ref::<Int32Array>().cloned());
+        let rank = match schema.index_of(RANK_COL) {
+            Ok(i) => Some(cast(batch.column(i), &DataType::UInt64)?),
+            Err(_) => None,
+        };
+        let rank = rank
+            .as_ref()
+            .and_then(|a| a.as_any().downcast_ref::<UInt64Array>().cloned());
+
+        // Keys are only encoded when some key's winner is elsewhere.
+        let key_rows = match &self.index {
+            Some(index) if !index.is_empty() => {
+                let cols: Vec<ArrayRef> = self
+                    .key_cols
+                    .iter()
+                    .map(|k| {
+                        data.schema()
+                            .index_of(k)
+                            .map(|i| data.column(i).clone())
+                            .map_err(DataFusionError::from)
+                    })
+                    .collect::<Result<_, _>>()?;
+                if self.key_converter.is_none() {
+                    self.key_converter = Some(RowConverter::new(
+                        cols.iter()
+                            .map(|c| SortField::new(c.data_type().clone()))
+                            .collect(),
+                    )?);
+                }
+                match &self.key_converter {
+                    Some(conv) => Some(conv.convert_columns(&cols)?),
+                    None => None,
+                }
+            }
+            _ => None,
+        };
+
+        let mut keep = Vec::with_capacity(n);
+        let mut quarantine = Vec::with_capacity(n);
+        let mut q_rule: Vec<Option<String>> = Vec::new();
+        let mut any_q = false;
+        for i in 0..n {
+            let failed_rule = rule
+                .as_ref()
+                .and_then(|r| (!r.is_null(i)).then(|| r.value(i)));
+            match failed_rule {
+                None => {
+                    let mut winner = rank
+                        .as_ref()
+                        .is_none_or(|r| r.is_null(i) || r.value(i) == 1);
+                    if winner
+                        && let (Some(rows), Some(index)) = (&key_rows, &self.index)
+                        && let Some(c) = index.winner(rows.row(i).as_ref())
+                    {
+                        winner = c == self.chunk_index;
+                    }
+                    if !winner {
+                        self.counts.duplicates += 1;
+                    }
+                    keep.push(winner);
+                    quarantine.push(false);
+                    q_rule.push(None);
+                }
+                Some(r) => {
+                    keep.push(false);
+                    let spec = usize::try_from(r).ok().and_then(|r| self.rules.get(r));
+                    let Some(spec) = spec else {
+                        return Err(DataFusionError::Internal(format!(
+                            "rule index {r} out of range"
+                        )));
+                    };
+                    let name = spec.name.clone();
+                    match spec.action {
+                        RuleAction::Quarantine => {
+                            self.counts.quarantined += 1;
+                            self.counts
+                                .per_rule
+                                .entry(name.clone())
+                                .or_default()
+                                .quarantined += 1;
+                            quarantine.push(true);
+                            q_rule.push(Some(name));
+                            any_q = true;
+                        }
+                        RuleAction::Drop => {
+                            self.counts.dropped += 1;
+                            self.counts.per_rule.entry(name).or_default().dropped += 1;
+                            quarantine.push(false);
+                            q_rule.push(None);
+                        }
+                        RuleAction::Fail => {
+                            let example = self.example_key(&data, i);
+                            let entry = self.counts.failed.entry(name).or_default();
+                            entry.0 += 1;
+                            if entry.1.len() < 5 {
+                                entry.1.push(example);
+                            }
+                            quarantine.push(false);
+                            q_rule.push(None);
+                        }
+                    }
+                }
+            }
+        }
+        let target = if keep.iter().all(|&k| k) {
+            Some(data.clone())
+        } else if keep.iter().any(|&k| k) {
+            Some(filter_record_batch(&data, &BooleanArray::from(keep))?)
+        } else {
+            None
+        };
+        let quarantine = if any_q {
+            let rules = StringArray::from(q_rule);
+            let with_meta =
+                add_quarantine_columns(&data, Arc::new(rules), &self.chunk_id, self.run_id)?;
+            Some(filter_record_batch(
+                &with_meta,
+                &BooleanArray::from(quarantine),
+            )?)
+        } else {
+            None
+        };
+        Ok(Split { target, quarantine })
+    }
+}
+
+/// The quarantine table's rows: the transformed row plus `_rule`, `_chunk`, `_run`.
+fn add_quarantine_columns(
+    data: &RecordBatch,
+    rules: ArrayRef,
+    chunk_id: &str,
+    run_id: i64,
+) -> Result<RecordBatch, DataFusionError> {
+    let n = data.num_rows();
+    let mut fields: Vec<Field> = data
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
+    fields.push(Field::new("_rule", DataType::Utf8, true));
+    fields.push(Field::new("_chunk", DataType::Utf8, false));
+    fields.push(Field::new("_run", DataType::Int64, false));
+    let mut cols = data.columns().to_vec();
+    cols.push(rules);
+    cols.push(Arc::new(StringArray::from(vec![chunk_id; n])));
+    cols.push(Arc::new(Int64Array::from(vec![run_id; n])));
+    Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), cols)?)
+}
+
+/// Global dedup: for each key with several passing versions over the whole
+/// job range, the index of the chunk that holds the winner.
+#[derive(Debug, Default)]
+pub struct DedupIndex {
+    winners: HashMap<Box<[u8]>, u32>,
+    /// Versions of multi-version keys seen while building.
+    pub versions: u64,
+}
+
+const INDEX_MAGIC: &[u8; 8] = b"BFDXv1\n\0";
+
+/// The best version of a key so far: its encoded order values and chunk.
+type Candidate = (Box<[u8]>, u32);
+
+impl DedupIndex {
+    pub fn is_empty(&self) -> bool {
+        self.winners.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.winners.len()
+    }
+
+    pub fn winner(&self, key: &[u8]) -> Option<u32> {
+        self.winners.get(key).copied()
+    }
+
+    /// Builds the index from a stream of passing rows carrying the key
+    /// columns (first), the order columns, and the range value `__bf_r`.
+    pub async fn build(
+        mut stream: datafusion::physical_plan::SendableRecordBatchStream,
+        dedup: &DedupSpec,
+        chunks: &[Chunk],
+    ) -> Result<DedupIndex, DataFusionError> {
+        let nk = dedup.keys.len();
+        let no = dedup.order_by.len();
+        let bounds: Vec<i64> = chunks
+            .iter()
+            .filter_map(|c| c.lo.map(|v| v.raw()))
+            .collect();
+        let mut key_conv: Option<RowConverter> = None;
+        let mut order_conv: Option<RowConverter> = None;
+        let mut best: HashMap<Box<[u8]>, Candidate> = HashMap::new();
+        let mut versions = 0u64;
+        while let Some(batch) = stream.next().await {
+            let batch = batch?;
+            if batch.num_rows() == 0 {
+                continue;
+            }
+            let keys: Vec<ArrayRef> = batch.columns()[..nk].to_vec();
+            let orders: Vec<ArrayRef> = batch.columns()[nk..nk + no].to_vec();
+            let range = batch.column(nk + no);
+            if key_conv.is_none() {
+                key_conv = Some(RowConverter::new(
+                    keys.iter()
+                        .map(|c| SortField::new(c.data_type().clone()))
+                        .collect(),
+                )?);
+                order_conv = Some(RowConverter::new(
+                    orders
+                        .iter()
+                        .zip(&dedup.order_by)
+                        .map(|(c, k)| {
+                            SortField::new_with_options(
+                                c.data_type().clone(),
+                                SortOptions {
+                                    descending: k.descending,
+                                    nulls_first: k.nulls_first,
+                                },
+                            )
+                        })
+                        .collect(),
+                )?);
+            }
+            let (Some(kc), Some(oc)) = (&key_conv, &order_conv) else {
+                continue;
+            };
+            let key_rows = kc.convert_columns(&keys)?;
+            let order_rows = oc.convert_columns(&orders)?;
+            let positions = range_positions(range)?;
+            for i in 0..batch.num_rows() {
+                let Some(pos) = positions.get(i).copied().flatten() else {
+                    continue;
+                };
+                // The chunk whose [lo, hi) holds the row: the last lo <= pos.
+                let chunk = bounds.partition_point(|&lo| lo <= pos).saturating_sub(1) as u32;
+                versions += 1;
+                let order_row = order_rows.row(i);
+                let order: &[u8] = order_row.as_ref();
+                let key_row = key_rows.row(i);
+                match best.get_mut(key_row.as_ref()) {
+                    Some(cur) => {
+                        if (order, chunk) < (cur.0.as_ref(), cur.1) {
+                            *cur = (order.into(), chunk);
+                        }
+                    }
+                    None => {
+                        best.insert(key_row.as_ref().into(), (order.into(), chunk));
+                    }
+                }
+            }
+        }
+        Ok(DedupIndex {
+            winners: best.into_iter().map(|(k, (_, c))| (k, c)).collect(),
+            versions,
+        })
+    }
+
+    pub fn save(&self, path: &Path, fingerprint: &str) -> std::io::Result<()> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let tmp = path.with_extension("tmp");
+        {
+            let mut w = BufWriter::new(std::fs::File::create(&tmp)?);
+            w.write_all(INDEX_MAGIC)?;
+            let fp = fingerprint.as_bytes();
+            w.write_all(&(fp.len() as u32).to_le_bytes())?;
+            w.write_all(fp)?;
+            w.write_all(&(self.winners.len() as u64).to_le_bytes())?;
+            for (k, c) in &self.winners {
+                w.write_all(&(k.len() as u32).to_le_bytes())?;
+                w.write_all(k)?;
+                w.write_all(&c.to_le_bytes())?;
+            }
+            w.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+        }
+        std::fs::rename(&tmp, path)
+    }
+
+    /// The saved index if it was built for `fingerprint`; anything else
+    /// (missing, stale, truncated) means "rebuild".
+    pub fn load(path: &Path, fingerprint: &str) -> Option<DedupIndex> {
+        let mut r = BufReader::new(std::fs::File::open(path).ok()?);
+        let mut magic = [0u8; 8];
+        r.read_exact(&mut magic).ok()?;
+        if &magic != INDEX_MAGIC {
+            return None;
+        }
+        let mut len4 = [0u8; 4];
+        let mut len8 = [0u8; 8];
+        r.read_exact(&mut len4).ok()?;
+        let mut fp = vec![0u8; u32::from_le_bytes(len4) as usize];
+        r.read_exact(&mut fp).ok()?;
+        if fp != fingerprint.as_bytes() {
+            return None;
+        }
+        r.read_exact(&mut len8).ok()?;
+        let n = u64::from_le_bytes(len8);
+        let mut winners = HashMap::with_capacity(n.min(1 << 24) as usize);
+        for _ in 0..n {
+            r.read_exact(&mut len4).ok()?;
+            let mut k = vec![0u8; u32::from_le_bytes(len4) as usize];
+            r.read_exact(&mut k).ok()?;
+            r.read_exact(&mut len4).ok()?;
+            winners.insert(k.into_boxed_slice(), u32::from_le_bytes(len4));
+        }
+        Some(DedupIndex {
+            winners,
+            versions: 0,
+        })
+    }
+}
+
+/// Range values as the planner's raw integers (µs for times), per row.
+fn range_positions(a: &ArrayRef) -> Result<Vec<Option<i64>>, DataFusionError> {
+    let as_i64 = match a.data_type() {
+        DataType::Timestamp(_, _) | DataType::Date32 | DataType::Date64 => {
+            let micros = cast(a, &DataType::Timestamp(TimeUnit::Microsecond, None))?;
+            cast(&micros, &DataType::Int64)?
+        }
+        _ => cast(a, &DataType::Int64)?,
+    };
+    let ints = as_i64
+        .as_any()
+        .downcast_ref::<Int64Array>()
+        .ok_or_else(|| DataFusionError::Internal("range column did not cast to Int64".into()))?;
+    Ok(ints.iter().collect())
+}
+
+/// What the index depends on; a different value means rebuild.
+pub fn index_fingerprint(
+    spec: &JobSpec,
+    source_fingerprint: &str,
+    key_types: &SchemaRef,
+) -> String {
+    let dedup = spec.dedup.as_ref();
+    let text = format!(
+        "source={source_fingerprint}|range={}|transform={:?}|rules={:?}|keys={:?}|order={:?}|types={:?}",
+        backfill_core::fingerprint(spec.range.as_ref()),
+        spec.transform.as_ref().map(|t| &t.sql),
+        spec.rules
+            .iter()
+            .map(|r| (&r.name, &r.check, r.action.as_str()))
+            .collect::<Vec<_>>(),
+        dedup.map(|d| &d.keys),
+        dedup.map(|d| d.order_by.iter().map(|o| o.to_string()).collect::<Vec<_>>()),
+        key_types
+            .fields()
+            .iter()
+            .map(|f| f.data_type().to_string())
+            .collect::<Vec<_>>(),
+    );
+    format!("{:016x}", twox_hash::XxHash3_64::oneshot(text.as_bytes()))
+}
+
+/// Whether global dedup needs an index (several chunks and scope = global).
+pub fn needs_index(spec: &JobSpec, chunks: &[Chunk]) -> bool {
+    spec.dedup
+        .as_ref()
+        .is_some_and(|d| d.scope == DedupScope::Global)
+        && chunks.len() > 1
+}

@@ -1,0 +1,264 @@
+//! Rules, quarantine and dedup against DuckDB computing the same semantics
+//! over the whole range: rules first (a row is charged to the first rule it
+//! fails), then `row_number() OVER (PARTITION BY key ORDER BY ...) = 1`.
+
+use crate::harness::*;
+
+const ORDER: &str = "created_at DESC NULLS LAST, amount DESC NULLS LAST";
+
+fn expected_per_rule(demo: &Demo) -> Vec<Vec<serde_json::Value>> {
+    duckdb(&format!(
+        "SELECT rule, count(*) FROM ({}) WHERE rule IS NOT NULL GROUP BY rule ORDER BY rule",
+        ruled_source_sql(demo)
+    ))
+}
+
+/// Per month: rows, sum(amount) of the global winners; plus duplicates removed.
+fn expected_global(demo: &Demo) -> (Vec<Vec<serde_json::Value>>, i64) {
+    let ranked = format!(
+        "SELECT *, row_number() OVER (PARTITION BY transaction_id ORDER BY {ORDER}) AS rn FROM ({}) WHERE rule IS NULL",
+        ruled_source_sql(demo)
+    );
+    let months = duckdb(&format!(
+        "SELECT month(created_at) AS m, count(*), round(sum(amount), 2) FROM ({ranked}) WHERE rn = 1 GROUP BY m ORDER BY m"
+    ));
+    let dups = duckdb(&format!("SELECT count(*) FROM ({ranked}) WHERE rn > 1"));
+    (months, int(&dups[0][0]))
+}
+
+fn actual_months(demo: &Demo) -> Vec<Vec<serde_json::Value>> {
+    duckdb(&format!(
+        "SELECT month, count(*), round(sum(amount), 2) FROM read_parquet('{}', hive_partitioning = true) GROUP BY month ORDER BY month",
+        demo.target_glob()
+    ))
+}
+
+fn assert_months_equal(expected: &[Vec<serde_json::Value>], actual: &[Vec<serde_json::Value>]) {
+    assert_eq!(expected.len(), actual.len(), "{expected:?}\n{actual:?}");
+    for (e, a) in expected.iter().zip(actual) {
+        assert_eq!(int(&e[0]), int(&a[0]));
+        assert_eq!(int(&e[1]), int(&a[1]), "rows in month {}", e[0]);
+        assert!(
+            (float(&e[2]) - float(&a[2])).abs() < 0.01,
+            "sum(amount) in month {}: {} vs {}",
+            e[0],
+            e[2],
+            a[2]
+        );
+    }
+}
+
+fn checksums(demo: &Demo) -> Vec<String> {
+    demo.status_json()["chunks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| format!("{} {}", c["id"], c["metrics"]["checksum"]))
+        .collect()
+}
+
+#[test]
+fn the_demo_job_matches_duckdb() {
+    let demo = Demo::new(20_000, "\"7d\"");
+    demo.run_ok(&[]);
+    let (months, dups) = expected_global(&demo);
+    assert_months_equal(&months, &actual_months(&demo));
+    assert!(dups > 150, "the demo data should re-emit ids: {dups}");
+
+    let quarantined = duckdb(&format!(
+        "SELECT _rule, count(*) FROM read_parquet('{}', hive_partitioning = true) GROUP BY _rule ORDER BY _rule",
+        demo.quarantine_glob()
+    ));
+    assert_eq!(quarantined, expected_per_rule(&demo));
+
+    let status = demo.status_json();
+    let totals = &status["totals"];
+    assert_eq!(totals["duplicates"], dups);
+    assert_eq!(totals["rows_read"], 20_000);
+    let accounted = [
+        "rows_written",
+        "rows_quarantined",
+        "rows_dropped",
+        "duplicates",
+    ]
+    .iter()
+    .map(|k| totals[k].as_i64().unwrap())
+    .sum::<i64>();
+    assert_eq!(
+        accounted, 20_000,
+        "every source row is written, quarantined, dropped or a duplicate: {totals}"
+    );
+    for (rule, count) in expected_per_rule(&demo)
+        .iter()
+        .map(|r| (r[0].as_str().unwrap().to_string(), int(&r[1])))
+    {
+        assert_eq!(totals["rules"][&rule]["quarantined"], count, "rule {rule}");
+    }
+
+    // One row per key anywhere in the target, and the quarantine carries its metadata.
+    let keys = duckdb(&format!(
+        "SELECT count(*) - count(DISTINCT transaction_id) FROM read_parquet('{}', hive_partitioning = true)",
+        demo.target_glob()
+    ));
+    assert_eq!(int(&keys[0][0]), 0);
+    let meta = duckdb(&format!(
+        "SELECT count(DISTINCT _chunk), min(_run), count(*) FILTER (WHERE _rule IS NULL) FROM read_parquet('{}', hive_partitioning = true)",
+        demo.quarantine_glob()
+    ));
+    assert!(
+        int(&meta[0][0]) > 40 && int(&meta[0][1]) >= 1 && int(&meta[0][2]) == 0,
+        "{meta:?}"
+    );
+}
+
+#[test]
+fn parallelism_and_chunk_order_do_not_change_the_target() {
+    let demo = Demo::new(8_000, "\"1 month\"");
+    demo.run_ok(&["--parallel", "1"]);
+    let serial = (target_fingerprint(&demo), checksums(&demo));
+
+    let parallel = Demo::new(8_000, "\"1 month\"");
+    parallel.run_ok(&["--parallel", "4"]);
+    assert_eq!(
+        (target_fingerprint(&parallel), checksums(&parallel)),
+        serial
+    );
+
+    // Months one at a time, December first: a later version of a key may be
+    // committed before the chunk that holds its older copy runs.
+    let reversed = Demo::new(8_000, "\"1 month\"");
+    for m in (1..=12).rev() {
+        let from = format!("2023-{m:02}-01");
+        let to = if m == 12 {
+            "2024-01-01".to_string()
+        } else {
+            format!("2023-{:02}-01", m + 1)
+        };
+        reversed.run_ok(&["--from", &from, "--to", &to]);
+    }
+    assert_eq!(
+        (target_fingerprint(&reversed), checksums(&reversed)),
+        serial
+    );
+    let (months, _) = expected_global(&reversed);
+    assert_months_equal(&months, &actual_months(&reversed));
+}
+
+#[test]
+fn chunk_scope_keeps_exactly_the_cross_chunk_duplicates() {
+    let demo = Demo::new(20_000, "\"7d\"");
+    demo.edit_job(|s| s.replace("scope = \"global\"", "scope = \"chunk\""));
+    demo.run_ok(&[]);
+    let week = "floor((epoch(created_at) - epoch(TIMESTAMP '2023-01-01')) / (7 * 86400))";
+    let per_chunk = duckdb(&format!(
+        "SELECT count(*) FILTER (WHERE rn = 1) FROM (SELECT *, row_number() OVER (PARTITION BY transaction_id, {week} ORDER BY {ORDER}) AS rn FROM ({}) WHERE rule IS NULL)",
+        ruled_source_sql(&demo)
+    ));
+    let (months, _) = expected_global(&demo);
+    let global: i64 = months.iter().map(|m| int(&m[1])).sum();
+    let chunk_rows = target_fingerprint(&demo).0;
+    assert_eq!(
+        chunk_rows,
+        int(&per_chunk[0][0]),
+        "chunk scope = per-week dedup"
+    );
+    let extra = duckdb(&format!(
+        "SELECT count(*) - count(DISTINCT transaction_id) FROM read_parquet('{}', hive_partitioning = true)",
+        demo.target_glob()
+    ));
+    assert!(
+        int(&extra[0][0]) > 0,
+        "the demo data has duplicates across weeks"
+    );
+    assert_eq!(
+        chunk_rows - global,
+        int(&extra[0][0]),
+        "the difference is exactly the cross-chunk duplicates"
+    );
+}
+
+#[test]
+fn a_fail_rule_fails_only_its_chunk() {
+    let demo = Demo::new(6_000, "\"1 month\"");
+    demo.edit_job(|s| {
+        s.replace(
+            "[dedup]",
+            "[[rules]]\nname = \"no_june_10\"\ncheck = \"NOT (created_at >= TIMESTAMP '2023-06-10 00:00:00' AND created_at < TIMESTAMP '2023-06-11 00:00:00')\"\naction = \"fail\"\n\n[dedup]",
+        )
+    });
+    let out = demo.run(&["run", &demo.job_str()]);
+    assert_eq!(code(&out), 1, "{}", text(&out));
+    let s = stdout(&out);
+    assert!(
+        s.contains("11 of 12 selected chunks committed, 1 failed"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        s.contains("failed: chunk #5") && s.contains("rule \"no_june_10\""),
+        "{}",
+        text(&out)
+    );
+    assert!(s.contains("transaction_id="), "examples name keys: {s}");
+    let status = demo.status_json();
+    assert_eq!(
+        status["chunks"][5]["attempts"], 1,
+        "a failing rule is not retried"
+    );
+    assert_eq!(status["chunks"][5]["status"], "failed");
+}
+
+#[test]
+fn max_ratio_fails_a_chunk_with_too_many_rejects() {
+    let demo = Demo::new(6_000, "\"1 month\"");
+    demo.edit_job(|s| {
+        s.replace(
+            "[dedup]",
+            "[[rules]]\nname = \"cheap_in_february\"\ncheck = \"month <> 2 OR amount > 2500\"\naction = \"drop\"\n\n[dedup]",
+        )
+        .replace("# max_ratio = 0.05", "max_ratio = 0.3")
+    });
+    let out = demo.run(&["run", &demo.job_str()]);
+    assert_eq!(code(&out), 1, "{}", text(&out));
+    let s = stdout(&out);
+    assert!(
+        s.contains("11 of 12 selected chunks committed, 1 failed"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        s.contains("failed: chunk #1") && s.contains("quarantine.max_ratio = 0.3"),
+        "{}",
+        text(&out)
+    );
+    // Dropped rows are counted per rule where the chunk committed.
+    let status = demo.status_json();
+    assert_eq!(
+        status["totals"]["rows_dropped"], 0,
+        "only February has cheap rows to drop and it failed"
+    );
+}
+
+#[test]
+fn bad_rules_and_dedup_columns_are_job_file_errors() {
+    let demo = Demo::new(200, "\"7d\"");
+    demo.edit_job(|s| s.replace("check = \"amount > 0\"", "check = \"amount >>> 0\""));
+    let out = demo.run(&["run", &demo.job_str()]);
+    assert_eq!(code(&out), 2, "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("backfill.toml:34:9: rules[1].check:"),
+        "{}",
+        text(&out)
+    );
+
+    let demo = Demo::new(200, "\"7d\"");
+    demo.edit_job(|s| s.replace("keys = [\"transaction_id\"]", "keys = [\"txn\"]"));
+    let out = demo.run(&["run", &demo.job_str()]);
+    assert_eq!(code(&out), 2, "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("dedup.keys: column \"txn\" is not produced by the transform"),
+        "{}",
+        text(&out)
+    );
+}
