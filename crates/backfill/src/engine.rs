@@ -224,6 +224,28 @@ pub async fn execute_chunk(
     target: &mut dyn ChunkWriter,
     quarantine: &mut dyn ChunkWriter,
 ) -> Result<ExecStats, ChunkError> {
+    run_chunk(q, chunk, target, quarantine, None).await
+}
+
+/// Runs a chunk's pipeline into measuring writers, also handing every
+/// transformed row to `all` (for `validate`).
+pub async fn measure_chunk(
+    q: &ChunkQuery<'_>,
+    chunk: &Chunk,
+    target: &mut dyn ChunkWriter,
+    quarantine: &mut dyn ChunkWriter,
+    all: &mut dyn ChunkWriter,
+) -> Result<ExecStats, ChunkError> {
+    run_chunk(q, chunk, target, quarantine, Some(all)).await
+}
+
+async fn run_chunk(
+    q: &ChunkQuery<'_>,
+    chunk: &Chunk,
+    target: &mut dyn ChunkWriter,
+    quarantine: &mut dyn ChunkWriter,
+    mut all: Option<&mut dyn ChunkWriter>,
+) -> Result<ExecStats, ChunkError> {
     failpoint::hit("read", chunk.index)?;
     let ctx = SessionContext::new_with_config_rt(q.config.clone(), q.runtime.clone());
     let mut raw = ctx.read_table(q.source.table())?;
@@ -252,10 +274,16 @@ pub async fn execute_chunk(
         }
         if !splitter.active() {
             splitter.counts.rows_in += batch.num_rows() as u64;
+            if let Some(all) = all.as_deref_mut() {
+                all.write(batch.clone()).await?;
+            }
             target.write(batch).await?;
             continue;
         }
         let split = splitter.split(&batch)?;
+        if let Some(all) = all.as_deref_mut() {
+            all.write(split.data).await?;
+        }
         if let Some(t) = split.target {
             target.write(t).await?;
         }

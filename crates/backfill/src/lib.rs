@@ -29,8 +29,10 @@ pub mod report;
 pub mod runner;
 pub mod sink;
 pub mod source;
+pub mod validate;
 
 pub use backfill_core as core;
 pub use error::{ChunkError, Error};
 pub use progress::ProgressMode;
 pub use runner::{Backfill, FailedChunk, PlannedChunk, Recovery, RunOptions, RunSummary};
+pub use validate::{ValidateOptions, ValidateReport};

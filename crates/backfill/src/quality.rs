@@ -128,6 +128,8 @@ pub struct Splitter {
 
 /// What one batch turned into.
 pub struct Split {
+    /// Every row of the batch, without the helper columns.
+    pub data: RecordBatch,
     pub target: Option<RecordBatch>,
     pub quarantine: Option<RecordBatch>,
 }
@@ -322,7 +324,11 @@ impl Splitter {
         } else {
             None
         };
-        Ok(Split { target, quarantine })
+        Ok(Split {
+            data,
+            target,
+            quarantine,
+        })
     }
 }
 

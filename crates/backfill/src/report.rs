@@ -370,3 +370,124 @@ fn rules_text(rules: &BTreeMap<String, RuleCount>) -> String {
         .collect();
     format!(" ({})", parts.join(", "))
 }
+
+pub fn validate_text(r: &crate::validate::ValidateReport) -> String {
+    let rows: Vec<Vec<String>> = r
+        .chunks
+        .iter()
+        .map(|c| {
+            vec![
+                c.index.to_string(),
+                c.id.clone(),
+                c.bounds.clone(),
+                c.status.to_string(),
+                c.expected_rows_in.to_string(),
+                c.target_rows.to_string(),
+                c.quarantined_rows.to_string(),
+                (c.recorded_dropped.unwrap_or(0) + c.recorded_duplicates.unwrap_or(0)).to_string(),
+                if c.problems.is_empty() {
+                    "ok".into()
+                } else {
+                    "MISMATCH".into()
+                },
+            ]
+        })
+        .collect();
+    let mut out = table(
+        &[
+            "#",
+            "chunk",
+            "range",
+            "status",
+            "source",
+            "target",
+            "quarantined",
+            "dropped+dups",
+            "check",
+        ],
+        &rows,
+        &[true, false, false, false, true, true, true, true, false],
+    );
+    for c in r.chunks.iter().filter(|c| !c.problems.is_empty()) {
+        for p in &c.problems {
+            let _ = writeln!(out, "chunk #{} {} {}: {p}", c.index, c.id, c.bounds);
+        }
+    }
+    if !r.group_by.is_empty() {
+        let shown: Vec<&crate::validate::GroupCheck> = if r.groups.len() <= 50 {
+            r.groups.iter().collect()
+        } else {
+            r.groups.iter().filter(|g| !g.ok).collect()
+        };
+        let mut header: Vec<String> = r.group_by.clone();
+        header.extend(["source", "target", "quarantined", "removed"].map(String::from));
+        for s in &r.sum_columns {
+            header.push(format!("sum({s})"));
+        }
+        header.push("check".into());
+        let rows: Vec<Vec<String>> = shown
+            .iter()
+            .map(|g| {
+                let mut row = g.group.clone();
+                row.extend([g.source, g.target, g.quarantined, g.removed].map(|v| v.to_string()));
+                for s in &r.sum_columns {
+                    row.push(
+                        g.sums
+                            .get(s)
+                            .map(|(_, a)| format!("{a:.2}"))
+                            .unwrap_or_default(),
+                    );
+                }
+                row.push(if g.ok {
+                    "ok".into()
+                } else {
+                    format!("MISMATCH in {}", g.chunks.join(", "))
+                });
+                row
+            })
+            .collect();
+        let header_refs: Vec<&str> = header.iter().map(String::as_str).collect();
+        let right: Vec<bool> = header
+            .iter()
+            .enumerate()
+            .map(|(i, _)| i >= r.group_by.len())
+            .collect();
+        out.push('\n');
+        out.push_str(&table(&header_refs, &rows, &right));
+        if shown.len() < r.groups.len() {
+            let _ = writeln!(
+                out,
+                "({} groups reconcile and are not shown)",
+                r.groups.len() - shown.len()
+            );
+        }
+    }
+    let bad = r.mismatched_chunks().len();
+    let bad_groups = r.groups.iter().filter(|g| !g.ok).count();
+    if r.ok {
+        let _ = writeln!(
+            out,
+            "{}: all {} chunks reconcile: source = target + quarantined + dropped + duplicates{}",
+            r.job,
+            r.chunks.len(),
+            if r.group_by.is_empty() {
+                String::new()
+            } else {
+                format!(", in all {} groups", r.groups.len())
+            }
+        );
+    } else {
+        let _ = writeln!(
+            out,
+            "{}: MISMATCH in {bad} of {} chunks{}",
+            r.job,
+            r.chunks.len(),
+            if bad_groups > 0 {
+                format!(" and {bad_groups} groups")
+            } else {
+                String::new()
+            }
+        );
+    }
+    out
+}

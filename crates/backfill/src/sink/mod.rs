@@ -17,6 +17,7 @@ use backfill_core::state::OwnedFile;
 
 pub use parquet::{
     HIVE_DEFAULT_PARTITION, ParquetSink, checksum_rows, escape_partition_value, partition_seed,
+    partition_value,
 };
 
 #[derive(Debug, thiserror::Error)]

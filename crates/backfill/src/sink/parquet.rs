@@ -142,7 +142,7 @@ pub fn escape_partition_value(value: &str) -> String {
     out
 }
 
-fn partition_value(array: &dyn Array, row: usize) -> Result<String, SinkError> {
+pub fn partition_value(array: &dyn Array, row: usize) -> Result<String, SinkError> {
     if array.is_null(row) {
         return Ok(HIVE_DEFAULT_PARTITION.to_string());
     }

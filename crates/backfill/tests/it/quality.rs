@@ -262,3 +262,115 @@ fn bad_rules_and_dedup_columns_are_job_file_errors() {
         text(&out)
     );
 }
+
+fn validate(demo: &Demo, extra: &[&str]) -> (i32, String) {
+    let job = demo.job_str();
+    let mut args = vec!["validate", job.as_str()];
+    args.extend_from_slice(extra);
+    let out = demo.run(&args);
+    (code(&out), text(&out))
+}
+
+#[test]
+fn validate_passes_after_a_clean_run_and_catches_damage() {
+    let demo = Demo::new(6_000, "\"7d\"");
+    demo.run_ok(&[]);
+    let (c, out) = validate(&demo, &["--group-by", "region,category"]);
+    assert_eq!(c, 0, "{out}");
+    assert!(
+        out.contains("all 53 chunks reconcile") && out.contains("in all 160 groups"),
+        "{out}"
+    );
+
+    // A target file deleted after the backfill.
+    let victim = demo
+        .warehouse_files()
+        .into_iter()
+        .find(|f| f.starts_with("year=2023/month=3/"))
+        .expect("a March file");
+    let chunk_id = victim.rsplit('/').next().unwrap()[5..17].to_string();
+    std::fs::remove_file(demo.warehouse().join(&victim)).unwrap();
+    let (c, out) = validate(&demo, &["--group-by", "month"]);
+    assert_eq!(c, 3, "{out}");
+    assert!(
+        out.contains(&format!("{chunk_id} [2023-03"))
+            && out.contains("a file was deleted or altered"),
+        "{out}"
+    );
+    assert!(
+        out.contains("MISMATCH in 1 of 53 chunks and 1 groups"),
+        "{out}"
+    );
+    let bad: serde_json::Value =
+        serde_json::from_slice(&demo.run(&["validate", &demo.job_str(), "--json"]).stdout).unwrap();
+    let named: Vec<_> = bad["chunks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| !c["problems"].as_array().unwrap().is_empty())
+        .map(|c| c["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(named, std::slice::from_ref(&chunk_id));
+
+    // Running that chunk again repairs it.
+    let status = demo.status_json();
+    let chunk = status["chunks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"] == chunk_id.as_str())
+        .unwrap()
+        .clone();
+    let lo = chunk["lo"]["value"].as_i64().unwrap();
+    let from = chrono::DateTime::from_timestamp_micros(lo)
+        .unwrap()
+        .format("%Y-%m-%d")
+        .to_string();
+    let to = chrono::DateTime::from_timestamp_micros(lo + 86_400_000_000)
+        .unwrap()
+        .format("%Y-%m-%d")
+        .to_string();
+    demo.run_ok(&["--from", &from, "--to", &to]);
+    let (c, out) = validate(&demo, &[]);
+    assert_eq!(c, 0, "{out}");
+
+    // A row appended to a source file after the backfill.
+    pyarrow(
+        "import pyarrow as pa, pyarrow.parquet as pq, sys, datetime\n\
+         p = sys.argv[1]\n\
+         t = pq.read_table(p)\n\
+         row = t.slice(0, 1).to_pylist()[0]\n\
+         row.update(transaction_id=99999999, created_at=datetime.datetime(2023, 6, 14, 12, 0), amount=10.0)\n\
+         pq.write_table(pa.concat_tables([t, pa.Table.from_pylist([row], schema=t.schema)]), p)\n\
+         print(1)",
+        &demo
+            .path()
+            .join("source/transactions-2023-06.parquet")
+            .display()
+            .to_string(),
+    );
+    let (c, out) = validate(&demo, &[]);
+    assert_eq!(c, 3, "{out}");
+    assert!(
+        out.contains("[2023-06-11, 2023-06-18)") && out.contains("the source has"),
+        "{out}"
+    );
+    assert!(out.contains("MISMATCH in 1 of 53 chunks"), "{out}");
+}
+
+#[test]
+fn validate_names_a_chunk_that_never_committed() {
+    let demo = Demo::new(3_000, "\"1 month\"");
+    let out = demo.run_env(
+        &["run", &demo.job_str()],
+        &[("BACKFILL_FAILPOINTS", "read:permanent@4")],
+    );
+    assert_eq!(code(&out), 1, "{}", text(&out));
+    let (c, out) = validate(&demo, &[]);
+    assert_eq!(c, 3, "{out}");
+    assert!(
+        out.contains("chunk #4") && out.contains("never committed (status: failed)"),
+        "{out}"
+    );
+    assert!(out.contains("MISMATCH in 1 of 12 chunks"), "{out}");
+}

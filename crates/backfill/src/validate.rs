@@ -1,0 +1,666 @@
+//! `validate`: re-reads the source and the target and proves, per chunk and
+//! per group, `source rows = target rows + quarantined + dropped + duplicates`.
+//!
+//! Three views of each chunk are compared:
+//! - *recorded*: the counts and checksum the state store kept at commit;
+//! - *actual*: the chunk's target and quarantine files as they are now;
+//! - *expected*: the chunk's pipeline run again over the source as it is
+//!   now, without writing (the same transform, rules and dedup index).
+//!
+//! A target file deleted or altered shows as actual ≠ recorded; rows added to
+//! the source after the chunk ran show as expected ≠ recorded; a chunk never
+//! run is reported as such.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, Float64Array, RecordBatch, UInt32Array};
+use arrow::compute::{cast, take_record_batch};
+use arrow::datatypes::DataType;
+use arrow::row::{RowConverter, SortField};
+use arrow::util::display::array_value_to_string;
+use async_trait::async_trait;
+use backfill_core::interval::RangeValue;
+use backfill_core::plan::Chunk;
+use backfill_core::state::{ChunkRecord, ChunkStatus, SqliteStateStore, StateStore};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use serde::Serialize;
+
+use crate::engine::{self, ChunkQuery};
+use crate::error::{ChunkError, Error};
+use crate::runner::{Backfill, OpenJob, dedup_index};
+use crate::sink::{
+    ChunkWriter, QUARANTINE_PREFIX, SinkError, Staged, checksum_rows, partition_seed,
+    partition_value,
+};
+
+#[derive(Debug, Clone, Default)]
+pub struct ValidateOptions {
+    /// Columns of the transformed rows to reconcile per group.
+    pub group_by: Vec<String>,
+    /// Only these chunk ids (all when empty).
+    pub chunks: Vec<String>,
+    pub from: Option<RangeValue>,
+    pub to: Option<RangeValue>,
+}
+
+/// Row count and sums for one group.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct Tally {
+    pub rows: u64,
+    pub sums: Vec<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ChunkCheck {
+    pub index: usize,
+    pub id: String,
+    pub bounds: String,
+    pub status: ChunkStatus,
+    /// Source rows in the chunk's range now (before the transform).
+    pub source_rows: u64,
+    /// Rows the transform yields now, and what the pipeline makes of them.
+    pub expected_rows_in: u64,
+    pub expected_target: u64,
+    pub expected_quarantined: u64,
+    pub expected_removed: u64,
+    pub expected_checksum: String,
+    /// What the files hold now.
+    pub target_rows: u64,
+    pub target_checksum: String,
+    pub quarantined_rows: u64,
+    /// What the state store recorded at commit.
+    pub recorded_rows_read: Option<u64>,
+    pub recorded_written: Option<u64>,
+    pub recorded_quarantined: Option<u64>,
+    pub recorded_dropped: Option<u64>,
+    pub recorded_duplicates: Option<u64>,
+    pub recorded_checksum: Option<String>,
+    /// `[validate] sum` columns: (expected, actual) over target rows.
+    pub sums: BTreeMap<String, (f64, f64)>,
+    pub problems: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct GroupCheck {
+    pub group: Vec<String>,
+    pub source: u64,
+    pub target: u64,
+    pub quarantined: u64,
+    /// Dropped by rules or removed as duplicates (recomputed).
+    pub removed: u64,
+    pub expected_target: u64,
+    pub sums: BTreeMap<String, (f64, f64)>,
+    /// Chunks where this group does not reconcile.
+    pub chunks: Vec<String>,
+    pub ok: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ValidateReport {
+    pub job: String,
+    pub group_by: Vec<String>,
+    pub sum_columns: Vec<String>,
+    pub chunks: Vec<ChunkCheck>,
+    pub groups: Vec<GroupCheck>,
+    pub ok: bool,
+}
+
+impl ValidateReport {
+    pub fn mismatched_chunks(&self) -> Vec<&ChunkCheck> {
+        self.chunks
+            .iter()
+            .filter(|c| !c.problems.is_empty())
+            .collect()
+    }
+}
+
+/// Accumulates rows, a checksum and per-group tallies of what would be (or
+/// was) written, without writing anything.
+pub struct Measure {
+    partition_by: Vec<String>,
+    group_by: Vec<String>,
+    sums: Vec<String>,
+    with_checksum: bool,
+    pub rows: u64,
+    pub checksum: u64,
+    pub groups: HashMap<Vec<String>, Tally>,
+    encoder: Option<RowConverter>,
+}
+
+impl Measure {
+    fn new(
+        partition_by: &[String],
+        group_by: &[String],
+        sums: &[String],
+        with_checksum: bool,
+    ) -> Measure {
+        Measure {
+            partition_by: partition_by.to_vec(),
+            group_by: group_by.to_vec(),
+            sums: sums.to_vec(),
+            with_checksum,
+            rows: 0,
+            checksum: 0,
+            groups: HashMap::new(),
+            encoder: None,
+        }
+    }
+
+    /// A group value as both sides spell it: partition columns in their
+    /// escaped directory form, others as Arrow displays them.
+    fn value(&self, col: &str, array: &dyn Array, row: usize) -> Result<String, SinkError> {
+        if self.partition_by.iter().any(|p| p == col) {
+            partition_value(array, row)
+        } else if array.is_null(row) {
+            Ok("NULL".to_string())
+        } else {
+            Ok(array_value_to_string(array, row)?)
+        }
+    }
+
+    /// Tallies a batch of transformed rows (all columns present).
+    fn observe(&mut self, batch: &RecordBatch) -> Result<(), SinkError> {
+        let n = batch.num_rows();
+        self.rows += n as u64;
+        let schema = batch.schema();
+        let sums = sum_arrays(batch, &self.sums)?;
+        let mut keys: Vec<Vec<String>> = vec![Vec::with_capacity(self.group_by.len()); n];
+        for g in &self.group_by {
+            let idx = schema.index_of(g)?;
+            let col = batch.column(idx);
+            for (i, key) in keys.iter_mut().enumerate() {
+                key.push(self.value(g, col.as_ref(), i)?);
+            }
+        }
+        for (i, key) in keys.into_iter().enumerate() {
+            let t = self.groups.entry(key).or_default();
+            t.rows += 1;
+            t.sums.resize(sums.len(), 0.0);
+            for (s, arr) in t.sums.iter_mut().zip(&sums) {
+                if let Some(a) = arr
+                    && !a.is_null(i)
+                {
+                    *s += a.value(i);
+                }
+            }
+        }
+        if self.with_checksum {
+            self.checksum = self
+                .checksum
+                .wrapping_add(self.checksum_by_partition(batch)?);
+        }
+        Ok(())
+    }
+
+    /// The sink's checksum of these rows, as if written.
+    fn checksum_by_partition(&mut self, batch: &RecordBatch) -> Result<u64, SinkError> {
+        let schema = batch.schema();
+        let part_idx: Vec<usize> = self
+            .partition_by
+            .iter()
+            .map(|p| schema.index_of(p))
+            .collect::<Result<_, _>>()?;
+        let data_idx: Vec<usize> = (0..schema.fields().len())
+            .filter(|i| !part_idx.contains(i))
+            .collect();
+        let data = batch.project(&data_idx)?;
+        if self.encoder.is_none() {
+            self.encoder = Some(RowConverter::new(
+                data.schema()
+                    .fields()
+                    .iter()
+                    .map(|f| SortField::new(f.data_type().clone()))
+                    .collect(),
+            )?);
+        }
+        let Some(encoder) = &self.encoder else {
+            return Ok(0);
+        };
+        let mut by_dir: BTreeMap<String, Vec<u32>> = BTreeMap::new();
+        for i in 0..batch.num_rows() {
+            let mut dir = String::new();
+            for (&p, name) in part_idx.iter().zip(&self.partition_by) {
+                dir.push_str(&crate::sink::escape_partition_value(name));
+                dir.push('=');
+                dir.push_str(&partition_value(batch.column(p).as_ref(), i)?);
+                dir.push('/');
+            }
+            by_dir.entry(dir).or_default().push(i as u32);
+        }
+        let mut sum = 0u64;
+        for (dir, idx) in by_dir {
+            let part = take_record_batch(&data, &UInt32Array::from(idx))?;
+            sum = sum.wrapping_add(checksum_rows(encoder, &part, partition_seed(&dir))?);
+        }
+        Ok(sum)
+    }
+
+    /// Tallies a published file; partition values come from its directory.
+    fn observe_file(&mut self, root: &std::path::Path, rel: &str) -> Result<(), SinkError> {
+        let path = root.join(rel);
+        let file = File::open(&path).map_err(|source| SinkError::Io {
+            op: "reading",
+            path: path.clone(),
+            source,
+        })?;
+        let pq = |source| SinkError::Parquet {
+            path: path.clone(),
+            source,
+        };
+        let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+            .map_err(pq)?
+            .build()
+            .map_err(pq)?;
+        let dir = rel
+            .rsplit_once('/')
+            .map_or(String::new(), |(d, _)| format!("{d}/"));
+        let dir_values: HashMap<String, String> = dir
+            .split('/')
+            .filter_map(|seg| seg.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let seed = partition_seed(&dir);
+        for batch in reader {
+            let batch = batch?;
+            let n = batch.num_rows();
+            self.rows += n as u64;
+            if self.with_checksum {
+                if self.encoder.is_none() {
+                    self.encoder = Some(RowConverter::new(
+                        batch
+                            .schema()
+                            .fields()
+                            .iter()
+                            .map(|f| SortField::new(f.data_type().clone()))
+                            .collect(),
+                    )?);
+                }
+                if let Some(encoder) = &self.encoder {
+                    self.checksum = self
+                        .checksum
+                        .wrapping_add(checksum_rows(encoder, &batch, seed)?);
+                }
+            }
+            let schema = batch.schema();
+            let sums = sum_arrays(&batch, &self.sums)?;
+            let mut keys: Vec<Vec<String>> = vec![Vec::with_capacity(self.group_by.len()); n];
+            for g in &self.group_by {
+                let escaped = crate::sink::escape_partition_value(g);
+                if let Some(v) = dir_values.get(&escaped) {
+                    keys.iter_mut().for_each(|k| k.push(v.clone()));
+                } else {
+                    let col = batch.column(schema.index_of(g)?);
+                    for (i, key) in keys.iter_mut().enumerate() {
+                        key.push(self.value(g, col.as_ref(), i)?);
+                    }
+                }
+            }
+            for (i, key) in keys.into_iter().enumerate() {
+                let t = self.groups.entry(key).or_default();
+                t.rows += 1;
+                t.sums.resize(sums.len(), 0.0);
+                for (s, arr) in t.sums.iter_mut().zip(&sums) {
+                    if let Some(a) = arr
+                        && !a.is_null(i)
+                    {
+                        *s += a.value(i);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The `[validate] sum` columns of a batch as f64 (None where absent).
+fn sum_arrays(
+    batch: &RecordBatch,
+    cols: &[String],
+) -> Result<Vec<Option<Float64Array>>, SinkError> {
+    let schema = batch.schema();
+    cols.iter()
+        .map(|c| match schema.index_of(c) {
+            Ok(i) => {
+                let a: ArrayRef = cast(batch.column(i), &DataType::Float64)?;
+                Ok(a.as_any().downcast_ref::<Float64Array>().cloned())
+            }
+            Err(_) => Ok(None),
+        })
+        .collect()
+}
+
+#[async_trait]
+impl ChunkWriter for Measure {
+    async fn write(&mut self, batch: arrow::array::RecordBatch) -> Result<(), SinkError> {
+        self.observe(&batch)
+    }
+
+    async fn finish(self: Box<Self>) -> Result<Staged, SinkError> {
+        Ok(Staged::default())
+    }
+
+    async fn abort(self: Box<Self>) {}
+}
+
+fn hex(v: u64) -> String {
+    format!("{v:016x}")
+}
+
+fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() <= 1e-6 * a.abs().max(b.abs()).max(1.0)
+}
+
+impl Backfill {
+    /// Reconciles the target with the source, chunk by chunk (and per group).
+    pub async fn validate(&self, opts: ValidateOptions) -> Result<ValidateReport, Error> {
+        let job = self.open().await?;
+        let spec = &job.spec;
+        for g in &opts.group_by {
+            if job.transformed.field_with_name(g).is_err() {
+                return Err(Error::Usage(format!(
+                    "--group-by {g}: no such column in the transformed rows (columns: {})",
+                    job.transformed
+                        .fields()
+                        .iter()
+                        .map(|f| f.name().as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            }
+        }
+        for col in &spec.validate.sum {
+            match job.transformed.field_with_name(col) {
+                Ok(f) if f.data_type().is_numeric() => {}
+                Ok(f) => {
+                    return Err(Error::Usage(format!(
+                        "[validate] sum: column \"{col}\" is {}, not numeric",
+                        f.data_type()
+                    )));
+                }
+                Err(_) => {
+                    return Err(Error::Usage(format!(
+                        "[validate] sum: no column \"{col}\" in the transformed rows"
+                    )));
+                }
+            }
+        }
+        let records: BTreeMap<String, ChunkRecord> =
+            match SqliteStateStore::open_existing(&spec.state.path)? {
+                Some(s) => s.chunks()?.into_iter().map(|c| (c.id.clone(), c)).collect(),
+                None => BTreeMap::new(),
+            };
+        let files: BTreeMap<String, Vec<String>> =
+            match SqliteStateStore::open_existing(&spec.state.path)? {
+                Some(s) => s.committed_files()?,
+                None => BTreeMap::new(),
+            };
+        let index = dedup_index(&job).await?;
+        let selected: Vec<&Chunk> = job
+            .chunks
+            .iter()
+            .filter(|c| opts.chunks.is_empty() || opts.chunks.contains(&c.id))
+            .filter(|c| c.overlaps(opts.from, opts.to))
+            .collect();
+        if !opts.chunks.is_empty() {
+            for id in &opts.chunks {
+                if !job.chunks.iter().any(|c| &c.id == id) {
+                    return Err(Error::Usage(format!(
+                        "--chunks: no chunk {id} in this job's plan"
+                    )));
+                }
+            }
+        }
+        let sum_cols = spec.validate.sum.clone();
+        let mut checks = Vec::new();
+        let mut groups: BTreeMap<Vec<String>, GroupCheck> = BTreeMap::new();
+        for chunk in selected {
+            let (check, per_group) = check_chunk(
+                &job,
+                &opts,
+                index.clone(),
+                chunk,
+                records.get(&chunk.id),
+                files.get(&chunk.id),
+            )
+            .await?;
+            for (key, g) in per_group {
+                let entry = groups.entry(key.clone()).or_insert_with(|| GroupCheck {
+                    group: key,
+                    source: 0,
+                    target: 0,
+                    quarantined: 0,
+                    removed: 0,
+                    expected_target: 0,
+                    sums: BTreeMap::new(),
+                    chunks: Vec::new(),
+                    ok: true,
+                });
+                entry.source += g.source;
+                entry.target += g.target;
+                entry.quarantined += g.quarantined;
+                entry.removed += g.removed;
+                entry.expected_target += g.expected_target;
+                for (col, (e, a)) in g.sums {
+                    let s = entry.sums.entry(col).or_insert((0.0, 0.0));
+                    s.0 += e;
+                    s.1 += a;
+                }
+                if !g.ok {
+                    entry.ok = false;
+                    entry.chunks.extend(g.chunks);
+                }
+            }
+            checks.push(check);
+        }
+        let ok = checks.iter().all(|c| c.problems.is_empty()) && groups.values().all(|g| g.ok);
+        Ok(ValidateReport {
+            job: spec.name.clone(),
+            group_by: opts.group_by.clone(),
+            sum_columns: sum_cols,
+            chunks: checks,
+            groups: groups.into_values().collect(),
+            ok,
+        })
+    }
+}
+
+async fn check_chunk(
+    job: &OpenJob,
+    opts: &ValidateOptions,
+    index: Option<Arc<crate::quality::DedupIndex>>,
+    chunk: &Chunk,
+    record: Option<&ChunkRecord>,
+    files: Option<&Vec<String>>,
+) -> Result<(ChunkCheck, BTreeMap<Vec<String>, GroupCheck>), Error> {
+    let spec = &job.spec;
+    let parts = &spec.target.partition_by;
+    let sums = &spec.validate.sum;
+    let mut all = Measure::new(parts, &opts.group_by, sums, false);
+    let mut target = Measure::new(parts, &opts.group_by, sums, true);
+    let mut quarantine = Measure::new(parts, &opts.group_by, &[], false);
+    let query = ChunkQuery {
+        spec,
+        source: &job.source,
+        range: job.range.as_ref(),
+        config: &job.config,
+        runtime: &job.runtime,
+        index,
+        run_id: 0,
+    };
+    let stats =
+        match engine::measure_chunk(&query, chunk, &mut target, &mut quarantine, &mut all).await {
+            Ok(s) => s,
+            // A fail rule or max_ratio still lets us count; other errors stop validation.
+            Err(ChunkError::RuleFailed { .. } | ChunkError::TooManyRejected { .. }) => {
+                engine::ExecStats::default()
+            }
+            Err(e) => return Err(Error::Usage(format!("validating chunk {}: {e}", chunk.id))),
+        };
+
+    let mut actual = Measure::new(parts, &opts.group_by, sums, true);
+    let mut actual_q = Measure::new(parts, &opts.group_by, &[], false);
+    let mut problems = Vec::new();
+    for f in files.map(Vec::as_slice).unwrap_or_default() {
+        let result = match f.strip_prefix(QUARANTINE_PREFIX) {
+            Some(q) => actual_q.observe_file(&spec.quarantine.path, q),
+            None => actual.observe_file(&spec.target.path, f),
+        };
+        if let Err(e) = result {
+            problems.push(format!("cannot read committed file {f}: {e}"));
+        }
+    }
+
+    let status = record.map(|r| r.status).unwrap_or(ChunkStatus::Pending);
+    let m = record.and_then(|r| r.metrics.clone());
+    let committed =
+        status == ChunkStatus::Committed || (m.is_some() && status != ChunkStatus::Pending);
+    if status != ChunkStatus::Committed {
+        problems.push(match (&m, status) {
+            (Some(_), s) => format!("chunk is {s}; its last committed version is checked below"),
+            (None, s) => format!(
+                "chunk was never committed (status: {s}); {} source rows are not in the target",
+                stats.rows_read
+            ),
+        });
+    }
+    if let Some(m) = &m {
+        if actual.rows != m.rows_written || actual.checksum != m.checksum {
+            problems.push(format!(
+                "target files differ from the commit: {} rows now, {} committed (checksum {} vs {}); a file was deleted or altered",
+                actual.rows,
+                m.rows_written,
+                hex(actual.checksum),
+                hex(m.checksum)
+            ));
+        }
+        if actual_q.rows != m.rows_quarantined {
+            problems.push(format!(
+                "quarantine files hold {} rows, {} committed",
+                actual_q.rows, m.rows_quarantined
+            ));
+        }
+        if stats.rows_read != m.rows_read {
+            problems.push(format!(
+                "the source has {} rows in this range now, {} when the chunk ran; run it again",
+                stats.rows_read, m.rows_read
+            ));
+        } else if target.rows != m.rows_written || target.checksum != m.checksum {
+            problems.push(format!(
+                "running the chunk now would write {} rows (checksum {}), {} were committed (checksum {}); the source or the dedup winners changed",
+                target.rows,
+                hex(target.checksum),
+                m.rows_written,
+                hex(m.checksum)
+            ));
+        }
+        let removed = m.rows_dropped + m.duplicates;
+        if all.rows != actual.rows + actual_q.rows + removed {
+            problems.push(format!(
+                "rows do not add up: {} from the transform = {} target + {} quarantined + {} dropped + {} duplicates is false",
+                all.rows, actual.rows, actual_q.rows, m.rows_dropped, m.duplicates
+            ));
+        }
+    }
+    let mut sum_pairs = BTreeMap::new();
+    for (i, col) in sums.iter().enumerate() {
+        let e: f64 = target
+            .groups
+            .values()
+            .map(|t| t.sums.get(i).copied().unwrap_or(0.0))
+            .sum();
+        let a: f64 = actual
+            .groups
+            .values()
+            .map(|t| t.sums.get(i).copied().unwrap_or(0.0))
+            .sum();
+        if committed && !close(e, a) {
+            problems.push(format!(
+                "sum({col}) is {a} in the target, {e} expected from the source"
+            ));
+        }
+        sum_pairs.insert(col.clone(), (e, a));
+    }
+
+    // Per group: source = target + quarantined + (dropped + duplicates).
+    let mut per_group: BTreeMap<Vec<String>, GroupCheck> = BTreeMap::new();
+    if !opts.group_by.is_empty() {
+        let keys: std::collections::BTreeSet<Vec<String>> = all
+            .groups
+            .keys()
+            .chain(actual.groups.keys())
+            .chain(actual_q.groups.keys())
+            .cloned()
+            .collect();
+        let zero = Tally::default();
+        for key in keys {
+            let src = all.groups.get(&key).unwrap_or(&zero);
+            let exp_t = target.groups.get(&key).unwrap_or(&zero);
+            let exp_q = quarantine.groups.get(&key).unwrap_or(&zero);
+            let act_t = actual.groups.get(&key).unwrap_or(&zero);
+            let act_q = actual_q.groups.get(&key).unwrap_or(&zero);
+            let removed = src.rows.saturating_sub(exp_t.rows + exp_q.rows);
+            let mut sums_g = BTreeMap::new();
+            let mut ok = src.rows == act_t.rows + act_q.rows + removed;
+            for (i, col) in sums.iter().enumerate() {
+                let e = exp_t.sums.get(i).copied().unwrap_or(0.0);
+                let a = act_t.sums.get(i).copied().unwrap_or(0.0);
+                ok &= close(e, a);
+                sums_g.insert(col.clone(), (e, a));
+            }
+            per_group.insert(
+                key.clone(),
+                GroupCheck {
+                    group: key,
+                    source: src.rows,
+                    target: act_t.rows,
+                    quarantined: act_q.rows,
+                    removed,
+                    expected_target: exp_t.rows,
+                    sums: sums_g,
+                    chunks: if ok {
+                        Vec::new()
+                    } else {
+                        vec![chunk.id.clone()]
+                    },
+                    ok,
+                },
+            );
+        }
+        let bad: Vec<String> = per_group
+            .values()
+            .filter(|g| !g.ok)
+            .map(|g| g.group.join("/"))
+            .collect();
+        if !bad.is_empty() {
+            problems.push(format!("groups that do not reconcile: {}", bad.join(", ")));
+        }
+    }
+    Ok((
+        ChunkCheck {
+            index: chunk.index,
+            id: chunk.id.clone(),
+            bounds: chunk.bounds(),
+            status,
+            source_rows: stats.rows_read,
+            expected_rows_in: all.rows,
+            expected_target: target.rows,
+            expected_quarantined: quarantine.rows,
+            expected_removed: all.rows.saturating_sub(target.rows + quarantine.rows),
+            expected_checksum: hex(target.checksum),
+            target_rows: actual.rows,
+            target_checksum: hex(actual.checksum),
+            quarantined_rows: actual_q.rows,
+            recorded_rows_read: m.as_ref().map(|m| m.rows_read),
+            recorded_written: m.as_ref().map(|m| m.rows_written),
+            recorded_quarantined: m.as_ref().map(|m| m.rows_quarantined),
+            recorded_dropped: m.as_ref().map(|m| m.rows_dropped),
+            recorded_duplicates: m.as_ref().map(|m| m.duplicates),
+            recorded_checksum: m.as_ref().map(|m| hex(m.checksum)),
+            sums: sum_pairs,
+            problems,
+        },
+        per_group,
+    ))
+}
