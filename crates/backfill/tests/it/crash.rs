@@ -14,12 +14,27 @@ const CHUNK: &str = "\"14d\"";
 
 /// Fingerprint of a clean run over the same data, computed once.
 fn reference() -> &'static (i64, String) {
-    static REF: OnceLock<(i64, String)> = OnceLock::new();
+    &reference_run().0
+}
+
+/// The clean run's target fingerprint and quarantine fingerprint.
+fn reference_run() -> &'static ((i64, String), (i64, String)) {
+    static REF: OnceLock<((i64, String), (i64, String))> = OnceLock::new();
     REF.get_or_init(|| {
         let demo = Demo::new(ROWS, CHUNK);
         demo.run_ok(&[]);
-        target_fingerprint(&demo)
+        (target_fingerprint(&demo), quarantine_fingerprint(&demo))
     })
+}
+
+/// Quarantined rows, ignoring `_run` (which differs between runs).
+fn quarantine_fingerprint(demo: &Demo) -> (i64, String) {
+    let rows = duckdb(&format!(
+        "SELECT count(*), sum(hash(transaction_id, created_at, amount, status, email, _rule, _chunk))::VARCHAR
+         FROM read_parquet('{}', hive_partitioning = true)",
+        demo.quarantine_glob()
+    ));
+    (int(&rows[0][0]), rows[0][1].to_string())
 }
 
 /// Rows the first `n` chunks wrote, which is what readers must see once
