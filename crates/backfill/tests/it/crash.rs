@@ -151,6 +151,7 @@ fn kill_9_at_random_moments() {
     clean.run_ok(&[]);
     let duration = t.elapsed();
     let expected = target_fingerprint(&clean);
+    let expected_quarantine = quarantine_fingerprint(&clean);
     let mut killed_mid_run = 0;
     for (trial, fraction) in [0.15f64, 0.35, 0.55, 0.8].into_iter().enumerate() {
         let demo = Demo::new(BIG, "\"7d\"");
@@ -175,6 +176,11 @@ fn kill_9_at_random_moments() {
             expected,
             "trial {trial}: {}",
             text(&out)
+        );
+        assert_eq!(
+            quarantine_fingerprint(&demo),
+            expected_quarantine,
+            "trial {trial}"
         );
         assert_eq!(duplicate_rows(&demo), 0);
         assert!(demo.warehouse_files().iter().all(|f| {
