@@ -7,6 +7,10 @@
 //!   the point is reached (as a `kill -9` would: no cleanup, no unwinding);
 //! - `read:error`: every hit fails with a transient error; `read:error*2` only
 //!   the first two hits; `read:permanent` fails with a permanent error;
+//! - `read:error%10` fails 10% of hits (a fault storm), `write:permanent%5`
+//!   likewise with permanent errors; which hits fail is a pure function of
+//!   the point, the hit number and `BACKFILL_FAILPOINTS_SEED`, so a run can
+//!   be repeated;
 //! - `@5` restricts the entry to the chunk with index 5.
 //!
 //! Points, in the order a chunk reaches them: `read` (before the source scan),
@@ -41,6 +45,11 @@ enum Action {
     Fail {
         class: ErrorClass,
         times: Option<u32>,
+    },
+    /// Fails `percent` of hits, chosen pseudo-randomly.
+    Storm {
+        class: ErrorClass,
+        percent: u32,
     },
 }
 
@@ -90,6 +99,25 @@ fn parse(spec: &str) -> Result<Vec<Entry>, String> {
             ),
             None => (rest, None),
         };
+        if let Some((verb, pct)) = action.split_once('%') {
+            let class = match verb {
+                "error" => ErrorClass::Transient,
+                "permanent" => ErrorClass::Permanent,
+                v => return Err(format!("\"{v}%\" needs error or permanent")),
+            };
+            let percent = pct
+                .parse::<u32>()
+                .ok()
+                .filter(|p| *p <= 100)
+                .ok_or_else(|| format!("\"{pct}\" is not a percentage from 0 to 100"))?;
+            out.push(Entry {
+                point: point.to_string(),
+                action: Action::Storm { class, percent },
+                chunk,
+                hits: AtomicU32::new(0),
+            });
+            continue;
+        }
         let (verb, count) = match action.split_once('*') {
             Some((v, n)) => (
                 v,
@@ -128,6 +156,11 @@ fn parse(spec: &str) -> Result<Vec<Entry>, String> {
     Ok(out)
 }
 
+fn seed() -> &'static str {
+    static SEED: OnceLock<String> = OnceLock::new();
+    SEED.get_or_init(|| std::env::var("BACKFILL_FAILPOINTS_SEED").unwrap_or_default())
+}
+
 /// An injected failure.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("injected failure at failpoint {point}")]
@@ -159,6 +192,12 @@ pub fn hit(point: &'static str, chunk_index: usize) -> Result<(), Injected> {
                     return Err(Injected { point, class });
                 }
             }
+            Action::Storm { class, percent } => {
+                let key = format!("{}|{point}|{chunk_index}|{n}", seed());
+                if twox_hash::XxHash3_64::oneshot(key.as_bytes()) % 100 < u64::from(percent) {
+                    return Err(Injected { point, class });
+                }
+            }
         }
     }
     Ok(())
@@ -181,6 +220,11 @@ mod tests {
             }
         ));
         assert_eq!(e[1].chunk, Some(4));
+        assert!(matches!(
+            parse("read:error%10").unwrap()[0].action,
+            Action::Storm { percent: 10, .. }
+        ));
+        assert!(parse("read:error%101").is_err());
         assert!(parse("nowhere:1").is_err());
         assert!(parse("read").is_err());
     }

@@ -9,16 +9,16 @@ use backfill::core::state::SqliteStateStore;
 
 use crate::harness::*;
 
-const ROWS: u64 = 3_000;
-const CHUNK: &str = "\"14d\"";
+pub(crate) const ROWS: u64 = 3_000;
+pub(crate) const CHUNK: &str = "\"14d\"";
 
 /// Fingerprint of a clean run over the same data, computed once.
-fn reference() -> &'static (i64, String) {
+pub(crate) fn reference() -> &'static (i64, String) {
     &reference_run().0
 }
 
 /// The clean run's target fingerprint and quarantine fingerprint.
-fn reference_run() -> &'static ((i64, String), (i64, String)) {
+pub(crate) fn reference_run() -> &'static ((i64, String), (i64, String)) {
     static REF: OnceLock<((i64, String), (i64, String))> = OnceLock::new();
     REF.get_or_init(|| {
         let demo = Demo::new(ROWS, CHUNK);
@@ -28,7 +28,7 @@ fn reference_run() -> &'static ((i64, String), (i64, String)) {
 }
 
 /// Quarantined rows, ignoring `_run` (which differs between runs).
-fn quarantine_fingerprint(demo: &Demo) -> (i64, String) {
+pub(crate) fn quarantine_fingerprint(demo: &Demo) -> (i64, String) {
     let rows = duckdb(&format!(
         "SELECT count(*), sum(hash(transaction_id, created_at, amount, status, email, _rule, _chunk))::VARCHAR
          FROM read_parquet('{}', hive_partitioning = true)",

@@ -7,4 +7,5 @@ mod crash;
 mod end_to_end;
 mod harness;
 mod quality;
+mod reliability;
 mod sequence;

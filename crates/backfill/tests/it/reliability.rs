@@ -1,0 +1,109 @@
+//! Fault storms and concurrent runs.
+
+use std::process::{Command, Stdio};
+
+use crate::crash::{CHUNK, ROWS, quarantine_fingerprint, reference, reference_run};
+use crate::harness::*;
+
+#[test]
+fn transient_fault_storm_commits_every_chunk_through_retries() {
+    let demo = Demo::new(ROWS, CHUNK);
+    demo.edit_job(|s| s.replace("retries = 3", "retries = 8"));
+    let out = demo.run_env(
+        &["run", &demo.job_str()],
+        &[
+            ("BACKFILL_FAILPOINTS", "read:error%10,write:error%10"),
+            ("BACKFILL_FAILPOINTS_SEED", "storm-1"),
+        ],
+    );
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    let status = demo.status_json();
+    let attempts = status["totals"]["attempts"].as_u64().unwrap();
+    assert!(
+        attempts > 27,
+        "a 10% storm must have caused retries: {attempts} attempts for 27 chunks"
+    );
+    assert_eq!(&target_fingerprint(&demo), reference());
+    assert_eq!(&quarantine_fingerprint(&demo), &reference_run().1);
+    eprintln!("storm: {} attempts for 27 chunks", attempts);
+}
+
+#[test]
+fn permanent_faults_fail_only_their_chunks_and_the_next_run_finishes() {
+    let demo = Demo::new(ROWS, CHUNK);
+    let out = demo.run_env(
+        &["run", &demo.job_str()],
+        &[
+            ("BACKFILL_FAILPOINTS", "read:permanent%25"),
+            ("BACKFILL_FAILPOINTS_SEED", "storm-2"),
+        ],
+    );
+    assert_eq!(code(&out), 1, "{}", text(&out));
+    let status = demo.status_json();
+    let failed: Vec<_> = status["chunks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["status"] == "failed")
+        .map(|c| {
+            (
+                c["index"].as_u64().unwrap(),
+                c["attempts"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert!(!failed.is_empty() && failed.len() < 27, "{failed:?}");
+    assert!(
+        failed.iter().all(|&(_, a)| a == 1),
+        "permanent errors are not retried: {failed:?}"
+    );
+    for (i, _) in &failed {
+        assert!(
+            stdout(&out).contains(&format!("failed: chunk #{i} ")),
+            "{}",
+            text(&out)
+        );
+    }
+    demo.run_ok(&[]);
+    assert_eq!(&target_fingerprint(&demo), reference());
+}
+
+#[test]
+fn a_second_run_on_the_same_job_is_refused_naming_the_holder() {
+    let demo = Demo::new(120_000, "\"7d\"");
+    let job = demo.job_str();
+    let mut first = Command::new(BIN)
+        .args(["-q", "run", &job])
+        .env_remove("BACKFILL_FAILPOINTS")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    // Wait until the first run holds the lock (its state file exists).
+    let state = demo.path().join(".backfill/state.db");
+    let mut refused = None;
+    for _ in 0..400 {
+        if state.exists() {
+            let out = demo.run(&["run", &job]);
+            if code(&out) != 0 {
+                refused = Some(out);
+                break;
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let status = first.wait().expect("wait");
+    assert!(status.success());
+    let out = refused.expect("the second run never overlapped the first; make the job bigger");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("pid {}", first.id()))
+            && err.contains("is being run by another process"),
+        "{}",
+        text(&out)
+    );
+    // The refused run changed nothing; the job is complete and exact.
+    assert_eq!(duplicate_rows(&demo), 0);
+    let again = demo.run_ok(&[]);
+    assert!(stdout(&again).contains("nothing to do"), "{}", text(&again));
+}
