@@ -419,3 +419,21 @@ pub async fn check_rule(
     }
     Ok(())
 }
+
+/// Source rows whose range column is NULL: no chunk covers them, so they are
+/// counted and reported rather than silently left out.
+pub async fn count_null_range(
+    source: &Arc<dyn Source>,
+    range: &RangeColumn,
+    config: &SessionConfig,
+    runtime: &Arc<RuntimeEnv>,
+) -> DfResult<u64> {
+    let ctx = SessionContext::new_with_config_rt(config.clone(), runtime.clone());
+    let column = Expr::Column(Column::new_unqualified(range.name.clone()));
+    let n = ctx
+        .read_table(source.table())?
+        .filter(column.is_null())?
+        .count()
+        .await?;
+    Ok(n as u64)
+}

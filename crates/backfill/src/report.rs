@@ -337,6 +337,13 @@ pub fn run_text(s: &RunSummary) -> String {
             rules_text(&s.rules)
         );
     }
+    if s.null_range_rows > 0 {
+        let _ = writeln!(
+            out,
+            "note: {} source row(s) have a NULL range column and belong to no chunk",
+            s.null_range_rows
+        );
+    }
     if s.interrupted {
         let _ = writeln!(out, "interrupted: run the same command again to resume");
     }
@@ -461,6 +468,13 @@ pub fn validate_text(r: &crate::validate::ValidateReport) -> String {
                 r.groups.len() - shown.len()
             );
         }
+    }
+    if r.null_range_rows > 0 {
+        let _ = writeln!(
+            out,
+            "note: {} source row(s) have a NULL range column and belong to no chunk (not in the target)",
+            r.null_range_rows
+        );
     }
     let bad = r.mismatched_chunks().len();
     let bad_groups = r.groups.iter().filter(|g| !g.ok).count();

@@ -91,6 +91,8 @@ pub struct RunSummary {
     pub bytes_read: u64,
     pub bytes_written: u64,
     pub elapsed_secs: f64,
+    /// Source rows with a NULL range column: in no chunk, so not in the target.
+    pub null_range_rows: u64,
     pub interrupted: bool,
     pub dry_run: bool,
     /// Chunks a dry run would run.
@@ -461,6 +463,17 @@ impl Backfill {
             );
         }
         let pending_orphans = recover(&job, state.as_ref(), &mut summary.recovered).await?;
+        if let Some(range) = &job.range {
+            summary.null_range_rows =
+                engine::count_null_range(&job.source, range, &job.config, &job.runtime).await?;
+            if summary.null_range_rows > 0 {
+                tracing::warn!(
+                    "{} source row(s) have a NULL {}: no chunk covers them, so they are not in the target",
+                    summary.null_range_rows,
+                    range.name
+                );
+            }
+        }
 
         let records: BTreeMap<String, ChunkRecord> = state
             .chunks()?

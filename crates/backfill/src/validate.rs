@@ -104,6 +104,8 @@ pub struct ValidateReport {
     pub sum_columns: Vec<String>,
     pub chunks: Vec<ChunkCheck>,
     pub groups: Vec<GroupCheck>,
+    /// Source rows with a NULL range column, which no chunk covers.
+    pub null_range_rows: u64,
     pub ok: bool,
 }
 
@@ -455,12 +457,17 @@ impl Backfill {
             checks.push(check);
         }
         let ok = checks.iter().all(|c| c.problems.is_empty()) && groups.values().all(|g| g.ok);
+        let null_range_rows = match &job.range {
+            Some(r) => engine::count_null_range(&job.source, r, &job.config, &job.runtime).await?,
+            None => 0,
+        };
         Ok(ValidateReport {
             job: spec.name.clone(),
             group_by: opts.group_by.clone(),
             sum_columns: sum_cols,
             chunks: checks,
             groups: groups.into_values().collect(),
+            null_range_rows,
             ok,
         })
     }

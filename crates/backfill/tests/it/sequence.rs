@@ -146,3 +146,37 @@ fn json_source_full_load() {
     ));
     assert_eq!(rows, expected);
 }
+
+#[test]
+fn rows_with_a_null_range_value_are_counted_not_silently_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    events_csv(dir.path(), 300);
+    let mut csv = std::fs::read_to_string(dir.path().join("events/part1.csv")).unwrap();
+    csv.push_str(",a,5,2023-01-01 00:00:00\n,b,6,2023-01-01 00:00:00\n");
+    std::fs::write(dir.path().join("events/part1.csv"), csv).unwrap();
+    let job = job(dir.path(), "");
+    let out = std::process::Command::new(BIN)
+        .args(["run", job.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert!(
+        stdout(&out).contains("note: 2 source row(s) have a NULL range column"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("2 source row(s) have a NULL event_id"),
+        "{}",
+        text(&out)
+    );
+    let v = std::process::Command::new(BIN)
+        .args(["validate", job.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        stdout(&v).contains("note: 2 source row(s) have a NULL range column"),
+        "{}",
+        text(&v)
+    );
+}
