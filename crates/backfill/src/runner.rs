@@ -427,6 +427,20 @@ impl Backfill {
             }
         }
 
+        if !opts.dry_run {
+            for (dir, key) in [
+                (&self.spec.target.path, "target.path"),
+                (&self.spec.quarantine.path, "quarantine.path"),
+            ] {
+                std::fs::create_dir_all(dir).map_err(|e| {
+                    self.job_error(
+                        self.spec.target.path_loc,
+                        key,
+                        format!("cannot create {}: {e}", dir.display()),
+                    )
+                })?;
+            }
+        }
         let state = self.open_state()?;
         let holder = LockHolder::current();
         if let Some(stale) = state.lock(&holder)? {
@@ -465,7 +479,12 @@ impl Backfill {
         let pending_orphans = recover(&job, state.as_ref(), &mut summary.recovered).await?;
         if let Some(range) = &job.range {
             summary.null_range_rows =
-                engine::count_null_range(&job.source, range, &job.config, &job.runtime).await?;
+                engine::count_null_range(&job.source, range, &job.config, &job.runtime)
+                    .await
+                    .map_err(|source| crate::source::SourceError::Read {
+                        shown: job.source.describe(),
+                        source,
+                    })?;
             if summary.null_range_rows > 0 {
                 tracing::warn!(
                     "{} source row(s) have a NULL {}: no chunk covers them, so they are not in the target",

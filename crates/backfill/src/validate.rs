@@ -458,7 +458,12 @@ impl Backfill {
         }
         let ok = checks.iter().all(|c| c.problems.is_empty()) && groups.values().all(|g| g.ok);
         let null_range_rows = match &job.range {
-            Some(r) => engine::count_null_range(&job.source, r, &job.config, &job.runtime).await?,
+            Some(r) => engine::count_null_range(&job.source, r, &job.config, &job.runtime)
+                .await
+                .map_err(|source| crate::source::SourceError::Read {
+                    shown: job.source.describe(),
+                    source,
+                })?,
             None => 0,
         };
         Ok(ValidateReport {

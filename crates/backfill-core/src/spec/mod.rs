@@ -217,6 +217,7 @@ pub struct TargetSpec {
     pub format: TargetFormat,
     pub path: PathBuf,
     pub path_shown: String,
+    pub path_loc: Loc,
     pub partition_by: Vec<String>,
     pub partition_loc: Loc,
     pub compression: Compression,
@@ -778,6 +779,7 @@ fn read_target(
     }?;
     Some(TargetSpec {
         format: format?,
+        path_loc: loc(text, &path.span),
         path: base.join(&path.value),
         path_shown: path.shown,
         partition_by: parts,

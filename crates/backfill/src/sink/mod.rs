@@ -59,6 +59,8 @@ impl SinkError {
             SinkError::Io { source, .. } => match source.kind() {
                 std::io::ErrorKind::PermissionDenied
                 | std::io::ErrorKind::ReadOnlyFilesystem
+                | std::io::ErrorKind::NotADirectory
+                | std::io::ErrorKind::IsADirectory
                 | std::io::ErrorKind::InvalidInput => ErrorClass::Permanent,
                 _ => ErrorClass::Transient,
             },

@@ -79,6 +79,21 @@ impl FileSource {
         let url = ListingTableUrl::parse(&url_text).map_err(read_err)?;
         let options = ListingOptions::new(format).with_file_extension(extension);
         let state = ctx.state();
+        if spec.format == SourceFormat::Parquet {
+            check_parquet_footers(&url, &state, &options.file_extension)
+                .await
+                .map_err(|e| match e {
+                    FooterError::Read(source) => SourceError::Read {
+                        shown: shown.clone(),
+                        source,
+                    },
+                    FooterError::Corrupt { file, reason } => SourceError::Corrupt {
+                        shown: shown.clone(),
+                        file,
+                        reason,
+                    },
+                })?;
+        }
         let inferred = match options.infer_schema(&state, &url).await {
             Ok(s) => s,
             Err(e) if e.to_string().contains("No files found") => {
@@ -104,6 +119,64 @@ impl FileSource {
             fingerprint,
         })
     }
+}
+
+enum FooterError {
+    Read(datafusion::error::DataFusionError),
+    Corrupt { file: String, reason: String },
+}
+
+/// Checks each Parquet file's trailer (metadata length + `PAR1`) before the
+/// reader sees it: the parquet crate panics on some impossible lengths, and
+/// a truncated or foreign file deserves an error that names it.
+async fn check_parquet_footers(
+    url: &ListingTableUrl,
+    state: &datafusion::execution::SessionState,
+    extension: &str,
+) -> Result<(), FooterError> {
+    use datafusion::object_store::ObjectStoreExt;
+    let store = state
+        .runtime_env()
+        .object_store(url)
+        .map_err(FooterError::Read)?;
+    let files: Vec<_> = url
+        .list_all_files(state, store.as_ref(), extension)
+        .await
+        .map_err(FooterError::Read)?
+        .try_collect()
+        .await
+        .map_err(FooterError::Read)?;
+    for meta in files {
+        let file = format!("/{}", meta.location);
+        let corrupt = |reason: String| FooterError::Corrupt {
+            file: file.clone(),
+            reason,
+        };
+        if meta.size < 12 {
+            return Err(corrupt(format!(
+                "{} bytes is too short for a Parquet file",
+                meta.size
+            )));
+        }
+        let tail = store
+            .get_range(&meta.location, meta.size - 8..meta.size)
+            .await
+            .map_err(|e| FooterError::Read(e.into()))?;
+        let magic = &tail[4..8];
+        if magic != b"PAR1" && magic != b"PARE" {
+            return Err(corrupt(
+                "it does not end with the Parquet magic bytes (truncated, or not Parquet)".into(),
+            ));
+        }
+        let len = u64::from(u32::from_le_bytes([tail[0], tail[1], tail[2], tail[3]]));
+        if len + 12 > meta.size {
+            return Err(corrupt(format!(
+                "its footer claims {len} bytes of metadata but the file has {} bytes (truncated?)",
+                meta.size
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Names, sizes and modification times of the files: when any changes, data

@@ -20,6 +20,12 @@ pub enum SourceError {
     NotFound { shown: String },
     #[error("no {format} files found under source path {shown}")]
     Empty { shown: String, format: &'static str },
+    #[error("source {shown}: file {file} is not a readable Parquet file: {reason}")]
+    Corrupt {
+        shown: String,
+        file: String,
+        reason: String,
+    },
     #[error("cannot read source {shown}: {source}")]
     Read {
         shown: String,

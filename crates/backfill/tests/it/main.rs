@@ -2,6 +2,7 @@
 //! CLI and DuckDB/pyarrow as oracles.
 
 mod api;
+mod bad_inputs;
 mod cli;
 mod crash;
 mod end_to_end;
