@@ -25,6 +25,7 @@ pub mod error;
 pub mod failpoint;
 pub mod progress;
 pub mod quality;
+pub mod redact;
 pub mod report;
 pub mod runner;
 pub mod sink;

@@ -13,6 +13,7 @@ use backfill::core::interval::{RangeValue, ValueKind, parse_time};
 use backfill::core::spec::EXAMPLE_JOB;
 use backfill::demo::{self, DemoManifest};
 use backfill::progress::BarAwareStderr;
+use backfill::redact::redact;
 use backfill::{Backfill, Error, ProgressMode, RunOptions, ValidateOptions, report};
 use clap::{Args, Parser, Subcommand};
 
@@ -210,7 +211,7 @@ async fn dispatch(command: Command, progress: ProgressMode) -> u8 {
         Ok(code) => code,
         Err(e) => {
             let code = e.downcast_ref::<Error>().map_or(1, |e| e.exit_code() as u8);
-            eprintln!("error: {}", error_chain(e.as_ref()));
+            eprintln!("error: {}", redact(&error_chain(e.as_ref())));
             code
         }
     }
@@ -294,9 +295,9 @@ async fn cmd_plan(job: &Path, json: bool) -> anyhow::Result<u8> {
             chunks: &chunks,
             total: chunks.len(),
         };
-        println!("{}", serde_json::to_string_pretty(&out)?);
+        println!("{}", redact(&serde_json::to_string_pretty(&out)?));
     } else {
-        print!("{}", report::plan_text(&bf.spec().name, &chunks));
+        print!("{}", redact(&report::plan_text(&bf.spec().name, &chunks)));
     }
     Ok(0)
 }
@@ -316,9 +317,9 @@ async fn cmd_run(a: RunArgs, progress: ProgressMode) -> anyhow::Result<u8> {
     };
     let summary = bf.run_with(opts).await?;
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&summary)?);
+        println!("{}", redact(&serde_json::to_string_pretty(&summary)?));
     } else {
-        print!("{}", report::run_text(&summary));
+        print!("{}", redact(&report::run_text(&summary)));
     }
     Ok(if summary.interrupted {
         130
@@ -341,11 +342,11 @@ fn cmd_status(job: &Path, json: bool) -> anyhow::Result<u8> {
             totals: report::totals(&records),
             watermark: report::watermark(&records),
         };
-        println!("{}", serde_json::to_string_pretty(&out)?);
+        println!("{}", redact(&serde_json::to_string_pretty(&out)?));
     } else {
         print!(
             "{}",
-            report::status_text(&bf.spec().name, &records, ordered)
+            redact(&report::status_text(&bf.spec().name, &records, ordered))
         );
     }
     Ok(0)
@@ -374,9 +375,9 @@ async fn cmd_validate(
         })
         .await?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        println!("{}", redact(&serde_json::to_string_pretty(&report)?));
     } else {
-        print!("{}", report::validate_text(&report));
+        print!("{}", redact(&report::validate_text(&report)));
     }
     Ok(if report.ok { 0 } else { 3 })
 }
@@ -473,7 +474,7 @@ async fn cmd_demo(a: DemoArgs, progress: ProgressMode) -> anyhow::Result<u8> {
             ..Default::default()
         })
         .await?;
-    print!("{}", report::run_text(&summary));
+    print!("{}", redact(&report::run_text(&summary)));
     if !summary.nothing_to_do() {
         println!(
             "warehouse: {}\nquarantine: {}",

@@ -28,10 +28,11 @@ pub struct BarAwareStderr;
 
 impl Write for BarAwareStderr {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let text = crate::redact::redact(&String::from_utf8_lossy(buf));
         let bar = ACTIVE.lock().ok().and_then(|g| g.clone());
         match bar {
-            Some(bar) => bar.suspend(|| std::io::stderr().write_all(buf))?,
-            None => std::io::stderr().write_all(buf)?,
+            Some(bar) => bar.suspend(|| std::io::stderr().write_all(text.as_bytes()))?,
+            None => std::io::stderr().write_all(text.as_bytes())?,
         }
         Ok(buf.len())
     }

@@ -145,12 +145,11 @@ pub(crate) struct OpenJob {
 impl Backfill {
     /// Reads and checks a job file (no I/O beyond reading it).
     pub fn from_file(path: impl AsRef<Path>) -> Result<Backfill, Error> {
-        Ok(Backfill {
-            spec: JobSpec::from_file(path)?,
-        })
+        Ok(Backfill::from_spec(JobSpec::from_file(path)?))
     }
 
     pub fn from_spec(spec: JobSpec) -> Backfill {
+        crate::redact::register(&spec.secrets);
         Backfill { spec }
     }
 
@@ -469,7 +468,12 @@ impl Backfill {
         summary: &mut RunSummary,
     ) -> Result<(), Error> {
         let fp = fingerprint(job.spec.range.as_ref());
-        let sync = state.sync_plan(&job.spec.name, &fp, &job.chunks, opts.replan)?;
+        let sync = state.sync_plan(
+            &crate::redact::redact(&job.spec.name),
+            &fp,
+            &job.chunks,
+            opts.replan,
+        )?;
         if !sync.retired.is_empty() {
             tracing::warn!(
                 "--replan retired {} chunk(s) of the previous plan; their files are removed",
@@ -858,7 +862,7 @@ async fn run_chunk(shared: &Shared, chunk: &Chunk) -> Outcome {
                 return Outcome::Interrupted;
             }
             Err(e) => {
-                let message = error_chain(&e);
+                let message = crate::redact::redact(&error_chain(&e));
                 let retry =
                     shared.policy.should_retry(tries, e.class()) && !*shared.cancel.borrow();
                 if let Err(se) =

@@ -94,6 +94,8 @@ pub struct JobSpec {
     pub dedup: Option<DedupSpec>,
     pub quarantine: QuarantineSpec,
     pub validate: ValidateSpec,
+    /// Values substituted from `${VAR}`: never to be printed or stored.
+    pub secrets: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -283,7 +285,14 @@ impl JobSpec {
         let spec = read_job(&mut d, env, &mut top, path, &base, text);
         top.finish(&mut d, TOP_KEYS);
         match spec {
-            Some(spec) if d.list.is_empty() => Ok(spec),
+            Some(mut spec) if d.list.is_empty() => {
+                spec.secrets = std::mem::take(&mut d.secrets);
+                // Shorter values would blank out ordinary words; see README.
+                spec.secrets.retain(|s| s.len() >= 4);
+                spec.secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+                spec.secrets.dedup();
+                Ok(spec)
+            }
             _ => {
                 d.list.sort_by_key(|x| (x.line, x.column));
                 Err(SpecError::Invalid {
@@ -294,6 +303,11 @@ impl JobSpec {
         }
     }
 
+    /// `text` with every value that came from the environment replaced by `***`.
+    pub fn redact(&self, text: &str) -> String {
+        redact_with(&self.secrets, text)
+    }
+
     /// Directory that relative paths in the job file are resolved against.
     pub fn base_dir(&self) -> PathBuf {
         self.file
@@ -301,6 +315,17 @@ impl JobSpec {
             .map(Path::to_path_buf)
             .unwrap_or_else(|| PathBuf::from("."))
     }
+}
+
+/// Replaces each secret (longest first) in `text` with `***`.
+pub fn redact_with(secrets: &[String], text: &str) -> String {
+    let mut out = text.to_string();
+    for s in secrets {
+        if !s.is_empty() && out.contains(s.as_str()) {
+            out = out.replace(s.as_str(), "***");
+        }
+    }
+    out
 }
 
 fn loc(text: &str, span: &std::ops::Range<usize>) -> Loc {
@@ -416,6 +441,7 @@ fn read_job(
         dedup: dedup?,
         quarantine: quarantine?,
         validate,
+        secrets: Vec::new(),
     })
 }
 

@@ -22,6 +22,8 @@ pub struct Located<T> {
 pub(crate) struct Diags<'s> {
     src: &'s str,
     pub(crate) list: Vec<Diagnostic>,
+    /// Values read from the environment, so outputs can redact them.
+    pub(crate) secrets: Vec<String>,
 }
 
 impl<'s> Diags<'s> {
@@ -29,6 +31,7 @@ impl<'s> Diags<'s> {
         Diags {
             src,
             list: Vec::new(),
+            secrets: Vec::new(),
         }
     }
 
@@ -329,6 +332,7 @@ fn interpolate(
                         ok = false;
                     } else if let Some(value) = env(name) {
                         out.push_str(&value);
+                        d.secrets.push(value);
                     } else {
                         d.push(
                             span.clone(),

@@ -107,3 +107,101 @@ fn a_second_run_on_the_same_job_is_refused_naming_the_holder() {
     let again = demo.run_ok(&[]);
     assert!(stdout(&again).contains("nothing to do"), "{}", text(&again));
 }
+
+#[test]
+fn values_from_the_environment_never_appear_in_any_output() {
+    const DIR: &str = "src-Hunter2Secret";
+    const NAME: &str = "job-S3cr3tName";
+    const WORD: &str = "RuleS3cret";
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir_all(d.join(DIR)).unwrap();
+    // A good file and a ragged one, so the run fails with a message that
+    // carries the (secret) source path.
+    std::fs::write(
+        d.join(DIR).join("a.csv"),
+        "id,email,t\n1,a@x,2023-01-01 00:00:00\n2,b@x,2023-02-01 00:00:00\n",
+    )
+    .unwrap();
+    let job = d.join("job.toml");
+    std::fs::write(
+        &job,
+        r#"[job]
+name = "${BF_TEST_NAME}"
+[source]
+format = "csv"
+path = "${BF_TEST_DIR}/"
+[source.columns]
+t = "timestamp"
+[range]
+column = "t"
+start = "2023-01-01"
+end = "2023-03-01"
+chunk = "1 month"
+[[rules]]
+name = "not_the_secret"
+check = "email <> '${BF_TEST_WORD}'"
+action = "quarantine"
+[target]
+path = "out"
+[run]
+retries = 1
+retry_backoff = "10ms"
+"#,
+    )
+    .unwrap();
+    let env = [
+        ("BF_TEST_NAME", NAME),
+        ("BF_TEST_DIR", DIR),
+        ("BF_TEST_WORD", WORD),
+    ];
+    let run = |args: &[&str], extra: &[(&str, &str)]| {
+        let mut cmd = Command::new(BIN);
+        cmd.args(args).env_remove("BACKFILL_FAILPOINTS");
+        for (k, v) in env.iter().chain(extra) {
+            cmd.env(k, v);
+        }
+        cmd.output().unwrap()
+    };
+    let j = job.to_str().unwrap();
+    let mut outputs = vec![
+        run(
+            &["-v", "run", j],
+            &[("BACKFILL_FAILPOINTS", "read:permanent@1")],
+        ),
+        run(&["status", j], &[]),
+        run(&["status", j, "--json"], &[]),
+        run(&["plan", j, "--json"], &[]),
+        run(&["validate", j, "--json"], &[]),
+    ];
+    // Now break the source so errors quote the file path.
+    std::fs::write(d.join(DIR).join("b.csv"), "id,email,t\n3\n").unwrap();
+    outputs.push(run(
+        &["-v", "run", j, "--from", "2023-01-01", "--to", "2023-02-01"],
+        &[],
+    ));
+    outputs.push(run(&["validate", j], &[]));
+    assert_eq!(code(&outputs[0]), 1, "{}", text(&outputs[0]));
+    assert!(
+        text(&outputs[5]).contains("***"),
+        "the redacted path shows as ***: {}",
+        text(&outputs[5])
+    );
+    for out in &outputs {
+        let all = text(out);
+        for secret in [DIR, NAME, WORD] {
+            assert!(!all.contains(secret), "{secret} leaked:\n{all}");
+        }
+    }
+    let mut state = Vec::new();
+    for entry in std::fs::read_dir(d.join(".backfill")).unwrap().flatten() {
+        state.extend(std::fs::read(entry.path()).unwrap());
+    }
+    let state = String::from_utf8_lossy(&state);
+    for secret in [DIR, NAME, WORD] {
+        assert!(
+            !state.contains(secret),
+            "{secret} was stored in the state directory"
+        );
+    }
+}
