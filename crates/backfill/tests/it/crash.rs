@@ -260,58 +260,60 @@ fn ctrl_c_stops_cleanly_and_the_next_run_resumes() {
     let duration = t.elapsed();
     let expected = target_fingerprint(&clean);
 
-    let demo = Demo::new(BIG, "\"7d\"");
-    let job = demo.job().display().to_string();
-    let child = Command::new(BIN)
-        .args(["run", &job])
-        .env_remove("BACKFILL_FAILPOINTS")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    std::thread::sleep(duration.mul_f64(0.4));
-    let sent = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .expect("kill -INT");
-    assert!(sent.success());
-    let stopping = std::time::Instant::now();
-    let out = child.wait_with_output().expect("wait");
-    assert!(
-        stopping.elapsed() < Duration::from_secs(10),
-        "took {:?} to stop",
-        stopping.elapsed()
-    );
-    assert_eq!(code(&out), 130, "{}", text(&out));
-    assert!(
-        stdout(&out).contains("interrupted: run the same command again to resume"),
-        "{}",
-        text(&out)
-    );
+    for signal in ["-INT", "-TERM"] {
+        let demo = Demo::new(BIG, "\"7d\"");
+        let job = demo.job().display().to_string();
+        let child = Command::new(BIN)
+            .args(["run", &job])
+            .env_remove("BACKFILL_FAILPOINTS")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        std::thread::sleep(duration.mul_f64(0.4));
+        let sent = Command::new("kill")
+            .args([signal, &child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(sent.success());
+        let stopping = std::time::Instant::now();
+        let out = child.wait_with_output().expect("wait");
+        assert!(
+            stopping.elapsed() < Duration::from_secs(10),
+            "took {:?} to stop",
+            stopping.elapsed()
+        );
+        assert_eq!(code(&out), 130, "{signal}: {}", text(&out));
+        assert!(
+            stdout(&out).contains("interrupted: run the same command again to resume"),
+            "{}",
+            text(&out)
+        );
 
-    let status: serde_json::Value =
-        serde_json::from_slice(&demo.run(&["status", &job, "--json"]).stdout).unwrap();
-    assert_eq!(
-        status["totals"]["running"], 0,
-        "no chunk may stay 'running' after a clean stop"
-    );
-    let committed = status["totals"]["committed"].as_u64().unwrap();
-    assert!(
-        committed > 0 && committed < 53,
-        "{committed} chunks committed before the stop"
-    );
-    assert!(
-        demo.warehouse_files().iter().all(|f| f
-            .rsplit('/')
-            .next()
-            .unwrap_or_default()
-            .starts_with("part-")),
-        "a clean stop leaves no staged files"
-    );
+        let status: serde_json::Value =
+            serde_json::from_slice(&demo.run(&["status", &job, "--json"]).stdout).unwrap();
+        assert_eq!(
+            status["totals"]["running"], 0,
+            "no chunk may stay 'running' after a clean stop"
+        );
+        let committed = status["totals"]["committed"].as_u64().unwrap();
+        assert!(
+            committed > 0 && committed < 53,
+            "{committed} chunks committed before the stop"
+        );
+        assert!(
+            demo.warehouse_files().iter().all(|f| f
+                .rsplit('/')
+                .next()
+                .unwrap_or_default()
+                .starts_with("part-")),
+            "a clean stop leaves no staged files"
+        );
 
-    demo.run_ok(&[]);
-    assert_eq!(target_fingerprint(&demo), expected);
-    assert_eq!(duplicate_rows(&demo), 0);
+        demo.run_ok(&[]);
+        assert_eq!(target_fingerprint(&demo), expected);
+        assert_eq!(duplicate_rows(&demo), 0);
+    }
 }
 
 /// Crash torture: random SIGKILLs and aborts at random failpoints, then
