@@ -15,3 +15,9 @@ export BACKFILL_TEST_PYTHON="$VENV/bin/python"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/backfill-target}"
 # Snapshots are compared, never rewritten, when CI=true.
 cargo test --workspace --locked "$@"
+
+# The whole suite also fuzzes the job-file parser briefly (skipped when a
+# filter was given, or with BACKFILL_SKIP_FUZZ=1).
+if [ "$#" -eq 0 ] && [ -z "${BACKFILL_SKIP_FUZZ:-}" ]; then
+  scripts/fuzz.sh 20
+fi

@@ -96,6 +96,23 @@ fn chunk_id(
     format!("{:012x}", h >> 16)
 }
 
+/// About how many chunks `plan` would make, without making them (for
+/// guards and `plan` summaries); `None` when there is no range.
+pub fn estimate(range: Option<&RangeSpec>) -> Option<u64> {
+    let r = range?;
+    let (Some(start), Some(end)) = (r.start, r.end) else {
+        return Some(1);
+    };
+    let span = end.raw().saturating_sub(start.raw()).max(0) as u64;
+    let width = match r.chunk {
+        ChunkSize::All => return Some(1),
+        ChunkSize::Fixed(w) | ChunkSize::Count(w) => w.max(1) as u64,
+        // The shortest month has 28 days.
+        ChunkSize::Months(m) => u64::from(m.max(1)) * 28 * 86_400_000_000,
+    };
+    Some(span.div_ceil(width))
+}
+
 /// Plans the chunks of a range. No range means one chunk over all rows.
 pub fn plan(range: Option<&RangeSpec>) -> Result<Vec<Chunk>, PlanError> {
     let Some(r) = range else {
@@ -106,6 +123,9 @@ pub fn plan(range: Option<&RangeSpec>) -> Result<Vec<Chunk>, PlanError> {
             hi: None,
         }]);
     };
+    if estimate(Some(r)).is_some_and(|n| n > MAX_CHUNKS as u64 * 2) {
+        return Err(PlanError::TooManyChunks);
+    }
     match (r.start, r.end) {
         (Some(start), Some(end)) => plan_bounds(&r.column, start, end, r.chunk),
         _ => Ok(vec![Chunk {
@@ -297,6 +317,35 @@ mod tests {
         let other_column =
             plan_bounds("d", t("2023-01-01"), t("2023-03-01"), ChunkSize::Months(1)).unwrap();
         assert_ne!(a[0].id, other_column[0].id);
+    }
+
+    #[test]
+    fn estimates_bound_the_plan() {
+        use crate::spec::RangeSpec;
+        let r = |chunk, start, end| RangeSpec {
+            column: "c".into(),
+            column_loc: Default::default(),
+            start: Some(start),
+            end: Some(end),
+            chunk,
+            ordered: false,
+        };
+        let weekly = r(
+            ChunkSize::Fixed(7 * MICROS_PER_DAY),
+            t("2023-01-01"),
+            t("2024-01-01"),
+        );
+        assert_eq!(estimate(Some(&weekly)), Some(53));
+        let monthly = r(ChunkSize::Months(1), t("2023-01-01"), t("2024-01-01"));
+        let n = estimate(Some(&monthly)).unwrap();
+        assert!((12..=14).contains(&n), "{n}");
+        let absurd = r(
+            ChunkSize::Count(1),
+            RangeValue::Int(0),
+            RangeValue::Int(i64::MAX),
+        );
+        assert_eq!(plan(Some(&absurd)), Err(PlanError::TooManyChunks));
+        assert_eq!(estimate(None), None);
     }
 
     #[test]
