@@ -14,10 +14,15 @@ fi
 export BACKFILL_TEST_PYTHON="$VENV/bin/python"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/backfill-target}"
 # Snapshots are compared, never rewritten, when CI=true.
-cargo test --workspace --locked "$@"
+log="$(mktemp)"
+trap 'rm -f "$log"' EXIT
+cargo test --workspace --locked "$@" 2>&1 | tee "$log"
 
 # The whole suite also fuzzes the job-file parser briefly (skipped when a
 # filter was given, or with BACKFILL_SKIP_FUZZ=1).
 if [ "$#" -eq 0 ] && [ -z "${BACKFILL_SKIP_FUZZ:-}" ]; then
   scripts/fuzz.sh 20
 fi
+
+# One closing line over all test binaries.
+awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
