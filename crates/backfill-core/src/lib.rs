@@ -1,6 +1,7 @@
 //! The light core of `backfill`: the job file, the planner, the state store
 //! and the retry policy. No Arrow, no DataFusion: its tests link in seconds.
 
+pub mod failpoint;
 pub mod interval;
 pub mod plan;
 pub mod retry;

@@ -22,7 +22,6 @@
 pub mod demo;
 pub mod engine;
 pub mod error;
-pub mod failpoint;
 pub mod progress;
 pub mod quality;
 pub mod redact;
@@ -33,6 +32,7 @@ pub mod source;
 pub mod validate;
 
 pub use backfill_core as core;
+pub use backfill_core::failpoint;
 pub use error::{ChunkError, Error};
 pub use progress::ProgressMode;
 pub use runner::{Backfill, FailedChunk, PlannedChunk, Recovery, RunOptions, RunSummary};

@@ -599,6 +599,10 @@ impl StateStore for SqliteStateStore {
             params![chunk_id],
         )
         .map_err(self.err())?;
+        // Crash tests abort here: SQLite must roll the half-done commit back.
+        if let Err(e) = crate::failpoint::hit("in_commit_txn", usize::MAX) {
+            tracing::debug!("ignoring {e} inside the commit transaction");
+        }
         for f in files {
             // A path this commit writes again is not garbage.
             tx.execute("DELETE FROM garbage WHERE path = ?1", params![f.path])

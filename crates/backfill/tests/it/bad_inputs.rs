@@ -112,6 +112,15 @@ fn cases() -> Vec<Case> {
                 0,
             )
         },
+        case(
+            "hostile_column_names",
+            Job::Text(
+                "[source]\nformat = \"csv\"\npath = \"in/\"\n[range]\ncolumn = 'v\"y'\nstart = 1\nend = 10\nchunk = 2\n\
+                 [dedup]\nkeys = ['id\"x']\norder_by = ['v\"y DESC']\n[target]\npath = \"out\"\npartition_by = [\"p;--\"]\n",
+                &[("in/a.csv", b"\"id\"\"x\",\"p;--\",\"v\"\"y\"\n1,a,1\n1,a,2\n2,b,3\n3,c,8\n")],
+            ),
+            0,
+        ),
         case("rule_not_sql", Job::Demo(|s| s.replace("check = \"amount > 0\"", "check = \"amount >>> 0\"")), 2),
         case("rule_not_boolean", Job::Demo(|s| s.replace("check = \"amount > 0\"", "check = \"amount + 1\"")), 2),
         case(

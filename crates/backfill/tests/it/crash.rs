@@ -106,6 +106,7 @@ fn abort_at_each_step_of_the_commit_protocol() {
     // (failpoint, chunks whose rows readers must see right after the crash)
     let cases = [
         ("after_write:3", Some(2)),
+        ("in_commit_txn:3", Some(2)),
         ("after_commit:3", Some(2)),
         ("after_publish:3", Some(3)),
         ("after_cleanup:3", Some(3)),
@@ -334,6 +335,7 @@ fn torture() {
     let (mut kills, mut aborts, mut lost, mut duplicated, mut orphans) = (0, 0, 0i64, 0i64, 0usize);
     let points = [
         "after_write",
+        "in_commit_txn",
         "after_commit",
         "mid_publish",
         "after_publish",

@@ -23,7 +23,7 @@
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use backfill_core::ErrorClass;
+use crate::retry::ErrorClass;
 
 pub const ENV: &str = "BACKFILL_FAILPOINTS";
 
@@ -31,6 +31,7 @@ pub const POINTS: &[&str] = &[
     "read",
     "write",
     "after_write",
+    "in_commit_txn",
     "after_commit",
     "mid_publish",
     "after_publish",
