@@ -1,0 +1,193 @@
+"""The demo job (rules + global dedup + year/month Hive zstd output) run by
+backfill (one-shot and weekly chunks) and by peers in the same run, with the
+outputs checked against each other.
+
+Each tool runs as a child process so its wall time and peak RSS
+(rusage.ru_maxrss of the child) are measured the same way. Invoked by
+bench/run.sh; see the README.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+RULES = (
+    "transaction_id IS NOT NULL AND amount > 0 "
+    "AND status IN ('completed', 'pending', 'failed') AND email LIKE '%@%'"
+)
+
+DUCKDB = """
+import duckdb, sys
+src, out = sys.argv[1], sys.argv[2]
+con = duckdb.connect()
+con.execute(f'''
+COPY (
+  SELECT * FROM (
+    SELECT *, year(created_at) AS year, month(created_at) AS month, day(created_at) AS day
+    FROM read_parquet('{src}/*.parquet')
+    WHERE created_at >= TIMESTAMP '2023-01-01' AND created_at < TIMESTAMP '2024-01-01'
+      AND RULES
+  )
+  QUALIFY row_number() OVER (PARTITION BY transaction_id
+                             ORDER BY created_at DESC NULLS LAST, amount DESC NULLS LAST) = 1
+) TO '{out}' (FORMAT parquet, PARTITION_BY (year, month), COMPRESSION zstd)
+''')
+""".replace("RULES", RULES)
+
+POLARS = """
+import polars as pl, sys
+src, out = sys.argv[1], sys.argv[2]
+t = pl.col("created_at")
+df = (
+    pl.scan_parquet(f"{src}/*.parquet")
+    .filter((t >= pl.datetime(2023, 1, 1)) & (t < pl.datetime(2024, 1, 1)))
+    .filter(
+        pl.col("transaction_id").is_not_null()
+        & (pl.col("amount") > 0)
+        & pl.col("status").is_in(["completed", "pending", "failed"])
+        & pl.col("email").str.contains("@", literal=True)
+    )
+    .with_columns(year=t.dt.year(), month=t.dt.month(), day=t.dt.day())
+    .sort(["created_at", "amount"], descending=[True, True], nulls_last=True)
+    .unique(subset=["transaction_id"], keep="first")
+    .collect()
+)
+df.write_parquet(out, compression="zstd", partition_by=["year", "month"])
+"""
+
+PYSPARK = """
+import sys
+from pyspark.sql import SparkSession, Window, functions as F
+src, out = sys.argv[1], sys.argv[2]
+spark = SparkSession.builder.master("local[2]").config("spark.ui.enabled", "false").getOrCreate()
+df = spark.read.parquet(src)
+df = (df.filter((F.col("created_at") >= "2023-01-01") & (F.col("created_at") < "2024-01-01"))
+        .filter("RULES")
+        .withColumn("year", F.year("created_at")).withColumn("month", F.month("created_at"))
+        .withColumn("day", F.dayofmonth("created_at")))
+w = Window.partitionBy("transaction_id").orderBy(F.col("created_at").desc_nulls_last(), F.col("amount").desc_nulls_last())
+df = df.withColumn("rn", F.row_number().over(w)).filter("rn = 1").drop("rn")
+df.write.option("compression", "zstd").partitionBy("year", "month").mode("overwrite").parquet(out)
+spark.stop()
+""".replace("RULES", RULES)
+
+
+def measure(cmd, env=None):
+    """Runs cmd; returns (seconds, peak RSS in MiB)."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+    if os.waitstatus_to_exitcode(status) != 0:
+        sys.exit(f"failed: {' '.join(map(str, cmd))}\n{err[-4000:]}")
+    return wall, usage.ru_maxrss / 1024
+
+
+def job_file(data_dir: Path, chunk: str, name: str) -> Path:
+    text = (data_dir / "backfill.toml").read_text()
+    text = text.replace('chunk = "7d"', f"chunk = {chunk}")
+    text = text.replace('path = "warehouse/transactions"', f'path = "out/{name}/transactions"')
+    text = text.replace(
+        'path = "warehouse/transactions_quarantine"', f'path = "out/{name}/transactions_quarantine"'
+    )
+    text = text.replace('path = ".backfill/state.db"', f'path = "out/{name}/state.db"')
+    p = data_dir / f"bench-{name}.toml"
+    p.write_text(text)
+    return p
+
+
+def check(out: Path, py: str):
+    import duckdb
+
+    con = duckdb.connect()
+    rows, total = con.execute(
+        f"SELECT count(*), round(sum(amount), 2) FROM read_parquet('{out}/**/*.parquet', hive_partitioning = true)"
+    ).fetchone()
+    return rows, total
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rows", type=int, default=10_000_000)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--with-spark", action="store_true")
+    ap.add_argument("--bin", required=True)
+    ap.add_argument("--work", required=True)
+    ap.add_argument("--results", required=True)
+    a = ap.parse_args()
+
+    work = Path(a.work)
+    data = work / f"data-{a.rows}"
+    if not (data / "source" / "_demo.json").exists():
+        subprocess.run([a.bin, "-q", "demo", "--dir", str(data), "--rows", str(a.rows), "--no-run", "--force"], check=True)
+    src = data / "source"
+
+    tools = {
+        "backfill one-shot": lambda out: [a.bin, "-q", "run", str(job_file(data, '"all"', out.name))],
+        "backfill weekly": lambda out: [a.bin, "-q", "run", str(job_file(data, '"7d"', out.name))],
+        "duckdb": lambda out: [sys.executable, "-c", DUCKDB, str(src), str(out)],
+        "polars": lambda out: [sys.executable, "-c", POLARS, str(src), str(out)],
+    }
+    if a.with_spark:
+        tools["pyspark local[2]"] = lambda out: [sys.executable, "-c", PYSPARK, str(src), str(out)]
+
+    results = {}
+    for name, cmd in tools.items():
+        runs = []
+        slug = name.replace(" ", "-").replace("[", "").replace("]", "")
+        for i in range(a.repeat):
+            out = data / "out" / slug
+            shutil.rmtree(out, ignore_errors=True)
+            wall, rss = measure(cmd(out))
+            runs.append((wall, rss))
+            print(f"  {name} run {i + 1}: {wall:.2f}s, {rss:.0f} MiB", flush=True)
+        warehouse = data / "out" / slug
+        if name.startswith("backfill"):
+            warehouse = warehouse / "transactions"
+        rows, total = check(warehouse, sys.executable)
+        results[name] = {
+            "wall_s": statistics.median(r[0] for r in runs),
+            "peak_rss_mib": max(r[1] for r in runs),
+            "rows_out": rows,
+            "sum_amount": total,
+            "runs": runs,
+        }
+
+    base = results["backfill weekly"]
+    outputs = {(r["rows_out"], r["sum_amount"]) for r in results.values()}
+    agree = len(outputs) == 1
+    lines = [
+        f"Demo job, {a.rows:,} rows, median of {a.repeat} (wall) / max (peak RSS); {os.cpu_count()} cores.",
+        "",
+        "| tool | wall (s) | peak RSS (MiB) | rows/s | wall vs backfill weekly | rows out | sum(amount) |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, r in results.items():
+        lines.append(
+            f"| {name} | {r['wall_s']:.2f} | {r['peak_rss_mib']:.0f} | {a.rows / r['wall_s']:,.0f} "
+            f"| {r['wall_s'] / base['wall_s']:.2f}x | {r['rows_out']:,} | {r['sum_amount']:,.2f} |"
+        )
+    lines.append("")
+    lines.append("outputs agree (rows and sum)" if agree else "OUTPUTS DIFFER: " + repr(outputs))
+    table = "\n".join(lines)
+    print(table)
+    res = Path(a.results)
+    res.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    (res / f"bench-{a.rows}.md").write_text(table + "\n")
+    (res / f"bench-{a.rows}.json").write_text(
+        json.dumps({"rows": a.rows, "repeat": a.repeat, "when": stamp, "results": results, "agree": agree}, indent=2)
+    )
+    if not agree:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

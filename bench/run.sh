@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# The benchmark: the demo job by backfill (one-shot and weekly chunks) and by
+# DuckDB and Polars (PySpark with --with-spark), in one run, outputs checked
+# against each other. Writes bench/results/bench-<rows>.{md,json}.
+#
+#   bench/run.sh [--rows N] [--repeat K] [--with-spark]
+#   bench/run.sh --smoke        # 100k rows, one repetition, debug build (CI)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ROWS=10000000
+REPEAT=3
+SMOKE=
+EXTRA=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --rows) ROWS="$2"; shift 2 ;;
+    --repeat) REPEAT="$2"; shift 2 ;;
+    --with-spark) EXTRA+=(--with-spark); shift ;;
+    --smoke) SMOKE=1; ROWS=100000; REPEAT=1; shift ;;
+    *) echo "unknown option $1" >&2; exit 2 ;;
+  esac
+done
+
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/backfill-target}"
+if [ -n "$SMOKE" ]; then
+  cargo build --locked -q -p backfill
+  BIN="$CARGO_TARGET_DIR/debug/backfill"
+  RESULTS="${BACKFILL_BENCH_RESULTS:-$(mktemp -d)}"
+elif [ -n "${BACKFILL_BIN:-}" ]; then
+  BIN="$BACKFILL_BIN"
+  RESULTS=bench/results
+else
+  cargo build --locked --release -q -p backfill
+  BIN="$CARGO_TARGET_DIR/release/backfill"
+  RESULTS=bench/results
+fi
+
+VENV="${BACKFILL_BENCH_VENV:-$HOME/.cache/backfill-bench-venv}"
+PKGS=(-r bench/requirements.txt)
+if [ ${#EXTRA[@]} -gt 0 ]; then PKGS+=(pyspark==4.0.1); fi
+if ! "$VENV/bin/python" -c "import duckdb, polars" 2>/dev/null || { [ ${#EXTRA[@]} -gt 0 ] && ! "$VENV/bin/python" -c "import pyspark" 2>/dev/null; }; then
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check "${PKGS[@]}"
+fi
+
+WORK="${BACKFILL_BENCH_WORK:-$HOME/.cache/backfill-bench}"
+"$VENV/bin/python" bench/bench.py --rows "$ROWS" --repeat "$REPEAT" --bin "$BIN" \
+  --work "$WORK" --results "$RESULTS" "${EXTRA[@]+"${EXTRA[@]}"}"
