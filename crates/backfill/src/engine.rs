@@ -190,8 +190,8 @@ fn transform_sql(spec: &JobSpec) -> &str {
         .map_or("SELECT * FROM source", |t| t.sql.as_str())
 }
 
-/// Adds `__bf_rule` and `__bf_rn` to the transformed rows when rules or
-/// dedup are configured; the plain transform otherwise.
+/// Adds `__bf_rule` to the transformed rows when rules or dedup are
+/// configured; the plain transform otherwise.
 async fn with_quality_columns(ctx: &SessionContext, spec: &JobSpec) -> DfResult<DataFrame> {
     let transformed = ctx.sql(transform_sql(spec)).await?;
     if spec.rules.is_empty() && spec.dedup.is_none() {
@@ -205,16 +205,7 @@ async fn with_quality_columns(ctx: &SessionContext, spec: &JobSpec) -> DfResult<
             quality::ident(quality::RULE_COL)
         ))
         .await?;
-    let Some(dedup) = &spec.dedup else {
-        return Ok(ruled);
-    };
-    ctx.register_table("__bf_r", ruled.into_view())?;
-    ctx.sql(&format!(
-        "SELECT *, {} AS {} FROM \"__bf_r\"",
-        quality::rank_sql(dedup),
-        quality::ident(quality::RANK_COL)
-    ))
-    .await
+    Ok(ruled)
 }
 
 /// Reads, transforms, checks and writes one chunk.
@@ -324,20 +315,23 @@ async fn run_chunk(
 }
 
 /// Streams the passing rows of the whole job range that the dedup index
-/// needs: key columns, order columns, then the range value `__bf_r`, only for
-/// keys with more than one version. Reads only the columns those need.
+/// needs: key columns, order columns, then the range value `__bf_r` (when
+/// given), only for keys with more than one version. Reads only the columns
+/// those need.
 pub async fn index_rows(
     spec: &JobSpec,
     dedup: &DedupSpec,
     source: &Arc<dyn Source>,
-    range: &RangeColumn,
+    range: Option<&RangeColumn>,
     whole: &Chunk,
     config: &SessionConfig,
     runtime: &Arc<RuntimeEnv>,
 ) -> DfResult<SendableRecordBatchStream> {
     let ctx = SessionContext::new_with_config_rt(config.clone(), runtime.clone());
     let mut raw = ctx.read_table(source.table())?;
-    if let Some(pred) = chunk_predicate(range, whole)? {
+    if let Some(range) = range
+        && let Some(pred) = chunk_predicate(range, whole)?
+    {
         raw = raw.filter(pred)?;
     }
     ctx.register_table("source", raw.into_view())?;
@@ -352,7 +346,10 @@ pub async fn index_rows(
     for (i, o) in dedup.order_by.iter().enumerate() {
         select.push(format!("{} AS \"__bf_o{i}\"", quality::ident(&o.column)));
     }
-    select.push(format!("{} AS \"__bf_r\"", quality::ident(&range.name)));
+    // With one chunk every row is in it; the range value is not needed.
+    if let Some(range) = range {
+        select.push(format!("{} AS \"__bf_r\"", quality::ident(&range.name)));
+    }
     let join: Vec<String> = key_aliases
         .iter()
         .map(|k| format!("p.{k} IS NOT DISTINCT FROM m.{k}"))

@@ -296,14 +296,14 @@ impl Backfill {
                 }
             }
             if let Some(r) = &self.spec.range
-                && quality::needs_index(&self.spec, &chunks)
+                && chunks.len() > 1
                 && out.field_with_name(&r.column).is_err()
             {
                 return Err(self.job_error(
                     dedup.loc,
                     "dedup.scope",
                     format!(
-                        "scope = \"global\" needs the range column \"{}\" in the transform's output, to tell which chunk holds each key's winner; keep it, or use scope = \"chunk\"",
+                        "dedup needs the range column \"{}\" in the transform's output, to tell which chunk holds each version of a key; keep it in the SELECT",
                         r.column
                     ),
                 ));
@@ -663,12 +663,18 @@ async fn next_signal(term: &mut Option<tokio::signal::unix::Signal>) {
 /// The global dedup index over the whole job range (also when the run is
 /// narrowed), loaded from the state directory or rebuilt when stale.
 pub(crate) async fn dedup_index(job: &OpenJob) -> Result<Option<Arc<DedupIndex>>, Error> {
-    let (Some(dedup), Some(range)) = (&job.spec.dedup, &job.range) else {
+    let Some(dedup) = &job.spec.dedup else {
         return Ok(None);
     };
-    if !quality::needs_index(&job.spec, &job.chunks) {
-        return Ok(None);
-    }
+    // Several chunks need each row's chunk, from the range column; the
+    // transform keeps it (checked at open) unless there is only one chunk.
+    let range = if job.chunks.len() > 1 {
+        job.range
+            .as_ref()
+            .filter(|r| job.transformed.field_with_name(&r.name).is_ok())
+    } else {
+        None
+    };
     let key_fields: Vec<arrow::datatypes::Field> = dedup
         .keys
         .iter()
