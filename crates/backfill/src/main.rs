@@ -217,6 +217,20 @@ async fn dispatch(command: Command, progress: ProgressMode) -> u8 {
     }
 }
 
+/// Writes command output; a closed pipe (`backfill status job | head`) ends
+/// the process quietly instead of panicking.
+fn emit(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error: writing to stdout: {e}");
+        std::process::exit(1);
+    }
+}
+
 /// The error and its causes, skipping causes whose text the message
 /// already includes (DataFusion and SQLite errors repeat their sources).
 fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
@@ -295,9 +309,12 @@ async fn cmd_plan(job: &Path, json: bool) -> anyhow::Result<u8> {
             chunks: &chunks,
             total: chunks.len(),
         };
-        println!("{}", redact(&serde_json::to_string_pretty(&out)?));
+        emit(&format!(
+            "{}\n",
+            redact(&serde_json::to_string_pretty(&out)?)
+        ));
     } else {
-        print!("{}", redact(&report::plan_text(&bf.spec().name, &chunks)));
+        emit(&redact(&report::plan_text(&bf.spec().name, &chunks)));
     }
     Ok(0)
 }
@@ -317,9 +334,12 @@ async fn cmd_run(a: RunArgs, progress: ProgressMode) -> anyhow::Result<u8> {
     };
     let summary = bf.run_with(opts).await?;
     if a.json {
-        println!("{}", redact(&serde_json::to_string_pretty(&summary)?));
+        emit(&format!(
+            "{}\n",
+            redact(&serde_json::to_string_pretty(&summary)?)
+        ));
     } else {
-        print!("{}", redact(&report::run_text(&summary)));
+        emit(&redact(&report::run_text(&summary)));
     }
     Ok(if summary.interrupted {
         130
@@ -342,12 +362,16 @@ fn cmd_status(job: &Path, json: bool) -> anyhow::Result<u8> {
             totals: report::totals(&records),
             watermark: report::watermark(&records),
         };
-        println!("{}", redact(&serde_json::to_string_pretty(&out)?));
+        emit(&format!(
+            "{}\n",
+            redact(&serde_json::to_string_pretty(&out)?)
+        ));
     } else {
-        print!(
-            "{}",
-            redact(&report::status_text(&bf.spec().name, &records, ordered))
-        );
+        emit(&redact(&report::status_text(
+            &bf.spec().name,
+            &records,
+            ordered,
+        )));
     }
     Ok(0)
 }
@@ -375,9 +399,12 @@ async fn cmd_validate(
         })
         .await?;
     if json {
-        println!("{}", redact(&serde_json::to_string_pretty(&report)?));
+        emit(&format!(
+            "{}\n",
+            redact(&serde_json::to_string_pretty(&report)?)
+        ));
     } else {
-        print!("{}", redact(&report::validate_text(&report)));
+        emit(&redact(&report::validate_text(&report)));
     }
     Ok(if report.ok { 0 } else { 3 })
 }
@@ -474,7 +501,7 @@ async fn cmd_demo(a: DemoArgs, progress: ProgressMode) -> anyhow::Result<u8> {
             ..Default::default()
         })
         .await?;
-    print!("{}", redact(&report::run_text(&summary)));
+    emit(&redact(&report::run_text(&summary)));
     if !summary.nothing_to_do() {
         println!(
             "warehouse: {}\nquarantine: {}",

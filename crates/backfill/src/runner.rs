@@ -440,6 +440,18 @@ impl Backfill {
                 })?;
             }
         }
+        if opts.dry_run {
+            // Read-only: no lock, no recovery, no state changes.
+            let records: BTreeMap<String, ChunkRecord> =
+                match SqliteStateStore::open_existing(&self.spec.state.path)? {
+                    Some(s) => s.chunks()?.into_iter().map(|c| (c.id.clone(), c)).collect(),
+                    None => BTreeMap::new(),
+                };
+            summary.would_run = select(&job.chunks, &records, &opts);
+            summary.selected = summary.would_run.len();
+            summary.elapsed_secs = started.elapsed().as_secs_f64();
+            return Ok(summary);
+        }
         let state = self.open_state()?;
         let holder = LockHolder::current();
         if let Some(stale) = state.lock(&holder)? {
@@ -503,30 +515,8 @@ impl Backfill {
             .into_iter()
             .map(|c| (c.id.clone(), c))
             .collect();
-        let narrowed = opts.from.is_some() || opts.to.is_some();
-        let selected: Vec<Chunk> = job
-            .chunks
-            .iter()
-            .filter(|c| {
-                let status = records
-                    .get(&c.id)
-                    .map(|r| r.status)
-                    .unwrap_or(ChunkStatus::Pending);
-                if opts.only_failed {
-                    status == ChunkStatus::Failed && c.overlaps(opts.from, opts.to)
-                } else if narrowed {
-                    c.overlaps(opts.from, opts.to)
-                } else {
-                    status != ChunkStatus::Committed
-                }
-            })
-            .cloned()
-            .collect();
+        let selected = select(&job.chunks, &records, opts);
         summary.selected = selected.len();
-        if opts.dry_run {
-            summary.would_run = selected;
-            return Ok(());
-        }
         if selected.is_empty() {
             return Ok(());
         }
@@ -629,6 +619,33 @@ impl Backfill {
         state.finish_run(run_id, status)?;
         Ok(())
     }
+}
+
+/// The chunks a run picks: without --from/--to those not yet committed; with
+/// them every chunk overlapping the window (committed ones run again).
+fn select(
+    chunks: &[Chunk],
+    records: &BTreeMap<String, ChunkRecord>,
+    opts: &RunOptions,
+) -> Vec<Chunk> {
+    let narrowed = opts.from.is_some() || opts.to.is_some();
+    chunks
+        .iter()
+        .filter(|c| {
+            let status = records
+                .get(&c.id)
+                .map(|r| r.status)
+                .unwrap_or(ChunkStatus::Pending);
+            if opts.only_failed {
+                status == ChunkStatus::Failed && c.overlaps(opts.from, opts.to)
+            } else if narrowed {
+                c.overlaps(opts.from, opts.to)
+            } else {
+                status != ChunkStatus::Committed
+            }
+        })
+        .cloned()
+        .collect()
 }
 
 fn spawn_signal_listener(cancel: watch::Sender<bool>) -> tokio::task::JoinHandle<()> {

@@ -159,3 +159,28 @@ fn status_before_and_after() {
         text(&dry)
     );
 }
+
+#[test]
+fn a_closed_pipe_ends_output_quietly() {
+    use std::io::{BufRead, BufReader};
+    let demo = Demo::new(200, "\"1h\"");
+    let mut child = std::process::Command::new(BIN)
+        .args(["status", &demo.job_str()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    // The reader is gone now, like `backfill status job.toml | head -1`.
+    let out = child.wait_with_output().unwrap();
+    assert!(first.contains("chunk"), "{first}");
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("panicked"),
+        "{}",
+        text(&out)
+    );
+}
