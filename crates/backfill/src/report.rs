@@ -293,11 +293,19 @@ pub fn run_text(s: &RunSummary) -> String {
         return out;
     }
     if s.nothing_to_do() {
-        let _ = writeln!(
-            out,
-            "nothing to do: all {} chunks of {} are committed",
-            s.planned, s.job
-        );
+        let _ = if s.narrowed {
+            writeln!(
+                out,
+                "nothing to do: no chunk of {} matches the selection ({} chunks planned)",
+                s.job, s.planned
+            )
+        } else {
+            writeln!(
+                out,
+                "nothing to do: all {} chunks of {} are committed",
+                s.planned, s.job
+            )
+        };
         return out;
     }
     let _ = writeln!(

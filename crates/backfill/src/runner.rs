@@ -99,6 +99,8 @@ pub struct RunSummary {
     pub would_run: Vec<Chunk>,
     /// Crash leftovers the run repaired before starting.
     pub recovered: Recovery,
+    /// The run was limited by --from/--to or --only-failed.
+    pub narrowed: bool,
 }
 
 impl RunSummary {
@@ -405,6 +407,7 @@ impl Backfill {
             job: job.spec.name.clone(),
             planned: job.chunks.len(),
             dry_run: opts.dry_run,
+            narrowed: opts.from.is_some() || opts.to.is_some() || opts.only_failed,
             ..Default::default()
         };
         if let (Some(from), Some(to)) = (opts.from, opts.to)
