@@ -5,12 +5,14 @@
 #
 #   bench/run.sh [--rows N] [--repeat K] [--with-spark]
 #   bench/run.sh --smoke        # 100k rows, one repetition, debug build (CI)
+#   bench/run.sh --scale        # backfill alone at 1M, 10M and 50M rows, with a plot
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 ROWS=10000000
 REPEAT=3
 SMOKE=
+SCALE=
 EXTRA=()
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -18,6 +20,7 @@ while [ $# -gt 0 ]; do
     --repeat) REPEAT="$2"; shift 2 ;;
     --with-spark) EXTRA+=(--with-spark); shift ;;
     --smoke) SMOKE=1; ROWS=100000; REPEAT=1; shift ;;
+    --scale) SCALE=1; shift ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -45,5 +48,9 @@ if ! "$VENV/bin/python" -c "import duckdb, polars" 2>/dev/null || { [ ${#EXTRA[@
 fi
 
 WORK="${BACKFILL_BENCH_WORK:-$HOME/.cache/backfill-bench}"
+if [ -n "$SCALE" ]; then
+  "$VENV/bin/python" -c "import matplotlib" 2>/dev/null || "$VENV/bin/pip" install --quiet matplotlib
+  exec "$VENV/bin/python" bench/scale.py --bin "$BIN" --work "$WORK" --results "$RESULTS"
+fi
 "$VENV/bin/python" bench/bench.py --rows "$ROWS" --repeat "$REPEAT" --bin "$BIN" \
   --work "$WORK" --results "$RESULTS" "${EXTRA[@]+"${EXTRA[@]}"}"
