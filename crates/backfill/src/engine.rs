@@ -38,6 +38,21 @@ pub fn session_config() -> SessionConfig {
         .with_information_schema(false)
 }
 
+/// Memory DataFusion may hold for sorts, joins and aggregations before it
+/// spills to disk (`BACKFILL_MEMORY_LIMIT_MB` overrides it). The dedup
+/// index's aggregation over every key grows with the data; bounded, it spills.
+pub const DEFAULT_MEMORY_LIMIT: usize = 512 * 1024 * 1024;
+
+pub fn runtime_env() -> DfResult<Arc<RuntimeEnv>> {
+    let limit = std::env::var("BACKFILL_MEMORY_LIMIT_MB")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .map_or(DEFAULT_MEMORY_LIMIT, |mb| mb * 1024 * 1024);
+    datafusion::execution::runtime_env::RuntimeEnvBuilder::new()
+        .with_memory_limit(limit, 1.0)
+        .build_arc()
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct ExecStats {
     pub rows_read: u64,

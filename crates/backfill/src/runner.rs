@@ -173,7 +173,7 @@ impl Backfill {
     /// partition columns exist. Errors point at the job file's lines.
     pub(crate) async fn open(&self) -> Result<OpenJob, Error> {
         let config = engine::session_config();
-        let runtime = Arc::new(RuntimeEnv::default());
+        let runtime = engine::runtime_env()?;
         let ctx = SessionContext::new_with_config_rt(config.clone(), runtime.clone());
         let source = source::open(&self.spec.source, &ctx).await.map_err(|e| {
             if e.is_configuration() {

@@ -35,9 +35,9 @@ use crate::failpoint;
 /// What Hive, Spark, DuckDB and pyarrow call a NULL partition value.
 pub const HIVE_DEFAULT_PARTITION: &str = "__HIVE_DEFAULT_PARTITION__";
 const STAGED_SUFFIX: &str = ".inprogress";
-const ROW_GROUP_ROWS: usize = 512 * 1024;
+const ROW_GROUP_ROWS: usize = 128 * 1024;
 /// Caps the memory one open file holds before it flushes a row group.
-const ROW_GROUP_BYTES: usize = 64 * 1024 * 1024;
+const ROW_GROUP_BYTES: usize = 32 * 1024 * 1024;
 
 #[derive(Debug)]
 pub struct ParquetSink {
