@@ -211,7 +211,10 @@ async fn dispatch(command: Command, progress: ProgressMode) -> u8 {
         Ok(code) => code,
         Err(e) => {
             let code = e.downcast_ref::<Error>().map_or(1, |e| e.exit_code() as u8);
-            eprintln!("error: {}", redact(&error_chain(e.as_ref())));
+            eprintln!(
+                "error: {}",
+                redact(&backfill::error::error_chain(e.as_ref()))
+            );
             code
         }
     }
@@ -229,22 +232,6 @@ fn emit(text: &str) {
         eprintln!("error: writing to stdout: {e}");
         std::process::exit(1);
     }
-}
-
-/// The error and its causes, skipping causes whose text the message
-/// already includes (DataFusion and SQLite errors repeat their sources).
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        cur = s.source();
-    }
-    out
 }
 
 fn load(job: &Path) -> anyhow::Result<Backfill> {

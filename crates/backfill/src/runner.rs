@@ -888,7 +888,7 @@ async fn run_chunk(shared: &Shared, chunk: &Chunk) -> Outcome {
                 return Outcome::Interrupted;
             }
             Err(e) => {
-                let message = crate::redact::redact(&error_chain(&e));
+                let message = crate::redact::redact(&crate::error::error_chain(&e));
                 let retry =
                     shared.policy.should_retry(tries, e.class()) && !*shared.cancel.borrow();
                 if let Err(se) =
@@ -918,20 +918,6 @@ async fn run_chunk(shared: &Shared, chunk: &Chunk) -> Outcome {
             }
         }
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        cur = s.source();
-    }
-    out
 }
 
 /// One attempt: everything up to the commit point can be abandoned; after it
