@@ -605,8 +605,3 @@ pub fn index_fingerprint(
     );
     format!("{:016x}", twox_hash::XxHash3_64::oneshot(text.as_bytes()))
 }
-
-/// Dedup always works through the index (see the module docs).
-pub fn needs_index(spec: &JobSpec) -> bool {
-    spec.dedup.is_some()
-}

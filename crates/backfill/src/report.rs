@@ -125,11 +125,7 @@ pub fn totals(records: &[ChunkRecord]) -> Totals {
             t.rows_quarantined += m.rows_quarantined;
             t.rows_dropped += m.rows_dropped;
             t.duplicates += m.duplicates;
-            for (rule, c) in &m.rules {
-                let e = t.rules.entry(rule.clone()).or_default();
-                e.quarantined += c.quarantined;
-                e.dropped += c.dropped;
-            }
+            backfill_core::state::add_rule_counts(&mut t.rules, &m.rules);
             t.bytes_read += m.bytes_read;
             t.bytes_written += m.bytes_written;
         }

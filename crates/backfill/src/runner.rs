@@ -579,11 +579,7 @@ impl Backfill {
                     summary.rows_quarantined += m.rows_quarantined;
                     summary.rows_dropped += m.rows_dropped;
                     summary.duplicates += m.duplicates;
-                    for (rule, c) in &m.rules {
-                        let e = summary.rules.entry(rule.clone()).or_default();
-                        e.quarantined += c.quarantined;
-                        e.dropped += c.dropped;
-                    }
+                    backfill_core::state::add_rule_counts(&mut summary.rules, &m.rules);
                     summary.bytes_read += m.bytes_read;
                     summary.bytes_written += m.bytes_written;
                     progress.committed(&chunk, &m);

@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, Float64Array, RecordBatch, UInt32Array};
 use arrow::compute::{cast, take_record_batch};
-use arrow::datatypes::DataType;
+use arrow::datatypes::{DataType, Schema};
 use arrow::row::{RowConverter, SortField};
 use arrow::util::display::array_value_to_string;
 use async_trait::async_trait;
@@ -164,14 +164,33 @@ impl Measure {
 
     /// Tallies a batch of transformed rows (all columns present).
     fn observe(&mut self, batch: &RecordBatch) -> Result<(), SinkError> {
+        self.tally(batch, &HashMap::new())?;
+        if self.with_checksum {
+            self.checksum = self
+                .checksum
+                .wrapping_add(self.checksum_by_partition(batch)?);
+        }
+        Ok(())
+    }
+
+    /// Counts rows and sums per group. Group columns found in `dir_values`
+    /// (partition values of a published file's directory) take that value.
+    fn tally(
+        &mut self,
+        batch: &RecordBatch,
+        dir_values: &HashMap<String, String>,
+    ) -> Result<(), SinkError> {
         let n = batch.num_rows();
         self.rows += n as u64;
         let schema = batch.schema();
         let sums = sum_arrays(batch, &self.sums)?;
         let mut keys: Vec<Vec<String>> = vec![Vec::with_capacity(self.group_by.len()); n];
         for g in &self.group_by {
-            let idx = schema.index_of(g)?;
-            let col = batch.column(idx);
+            if let Some(v) = dir_values.get(&crate::sink::escape_partition_value(g)) {
+                keys.iter_mut().for_each(|k| k.push(v.clone()));
+                continue;
+            }
+            let col = batch.column(schema.index_of(g)?);
             for (i, key) in keys.iter_mut().enumerate() {
                 key.push(self.value(g, col.as_ref(), i)?);
             }
@@ -188,12 +207,21 @@ impl Measure {
                 }
             }
         }
-        if self.with_checksum {
-            self.checksum = self
-                .checksum
-                .wrapping_add(self.checksum_by_partition(batch)?);
-        }
         Ok(())
+    }
+
+    /// The row encoder for the checksum, made from the first batch's columns.
+    fn encoder(&mut self, schema: &Schema) -> Result<&RowConverter, SinkError> {
+        if self.encoder.is_none() {
+            self.encoder = Some(RowConverter::new(
+                schema
+                    .fields()
+                    .iter()
+                    .map(|f| SortField::new(f.data_type().clone()))
+                    .collect(),
+            )?);
+        }
+        self.encoder.as_ref().ok_or(SinkError::WriterGone)
     }
 
     /// The sink's checksum of these rows, as if written.
@@ -208,18 +236,6 @@ impl Measure {
             .filter(|i| !part_idx.contains(i))
             .collect();
         let data = batch.project(&data_idx)?;
-        if self.encoder.is_none() {
-            self.encoder = Some(RowConverter::new(
-                data.schema()
-                    .fields()
-                    .iter()
-                    .map(|f| SortField::new(f.data_type().clone()))
-                    .collect(),
-            )?);
-        }
-        let Some(encoder) = &self.encoder else {
-            return Ok(0);
-        };
         let mut by_dir: BTreeMap<String, Vec<u32>> = BTreeMap::new();
         for i in 0..batch.num_rows() {
             let mut dir = String::new();
@@ -231,6 +247,7 @@ impl Measure {
             }
             by_dir.entry(dir).or_default().push(i as u32);
         }
+        let encoder = self.encoder(&data.schema())?;
         let mut sum = 0u64;
         for (dir, idx) in by_dir {
             let part = take_record_batch(&data, &UInt32Array::from(idx))?;
@@ -266,51 +283,11 @@ impl Measure {
         let seed = partition_seed(&dir);
         for batch in reader {
             let batch = batch?;
-            let n = batch.num_rows();
-            self.rows += n as u64;
             if self.with_checksum {
-                if self.encoder.is_none() {
-                    self.encoder = Some(RowConverter::new(
-                        batch
-                            .schema()
-                            .fields()
-                            .iter()
-                            .map(|f| SortField::new(f.data_type().clone()))
-                            .collect(),
-                    )?);
-                }
-                if let Some(encoder) = &self.encoder {
-                    self.checksum = self
-                        .checksum
-                        .wrapping_add(checksum_rows(encoder, &batch, seed)?);
-                }
+                let sum = checksum_rows(self.encoder(&batch.schema())?, &batch, seed)?;
+                self.checksum = self.checksum.wrapping_add(sum);
             }
-            let schema = batch.schema();
-            let sums = sum_arrays(&batch, &self.sums)?;
-            let mut keys: Vec<Vec<String>> = vec![Vec::with_capacity(self.group_by.len()); n];
-            for g in &self.group_by {
-                let escaped = crate::sink::escape_partition_value(g);
-                if let Some(v) = dir_values.get(&escaped) {
-                    keys.iter_mut().for_each(|k| k.push(v.clone()));
-                } else {
-                    let col = batch.column(schema.index_of(g)?);
-                    for (i, key) in keys.iter_mut().enumerate() {
-                        key.push(self.value(g, col.as_ref(), i)?);
-                    }
-                }
-            }
-            for (i, key) in keys.into_iter().enumerate() {
-                let t = self.groups.entry(key).or_default();
-                t.rows += 1;
-                t.sums.resize(sums.len(), 0.0);
-                for (s, arr) in t.sums.iter_mut().zip(&sums) {
-                    if let Some(a) = arr
-                        && !a.is_null(i)
-                    {
-                        *s += a.value(i);
-                    }
-                }
-            }
+            self.tally(&batch, &dir_values)?;
         }
         Ok(())
     }
@@ -388,15 +365,13 @@ impl Backfill {
                 }
             }
         }
-        let records: BTreeMap<String, ChunkRecord> =
+        let (records, files): (BTreeMap<String, ChunkRecord>, BTreeMap<String, Vec<String>>) =
             match SqliteStateStore::open_existing(&spec.state.path)? {
-                Some(s) => s.chunks()?.into_iter().map(|c| (c.id.clone(), c)).collect(),
-                None => BTreeMap::new(),
-            };
-        let files: BTreeMap<String, Vec<String>> =
-            match SqliteStateStore::open_existing(&spec.state.path)? {
-                Some(s) => s.committed_files()?,
-                None => BTreeMap::new(),
+                Some(s) => (
+                    s.chunks()?.into_iter().map(|c| (c.id.clone(), c)).collect(),
+                    s.committed_files()?,
+                ),
+                None => (BTreeMap::new(), BTreeMap::new()),
             };
         let index = dedup_index(&job).await?;
         let selected: Vec<&Chunk> = job

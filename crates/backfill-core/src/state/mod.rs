@@ -140,6 +140,15 @@ pub struct RuleCount {
     pub dropped: u64,
 }
 
+/// Adds per-rule counts into running totals.
+pub fn add_rule_counts(into: &mut BTreeMap<String, RuleCount>, from: &BTreeMap<String, RuleCount>) {
+    for (rule, c) in from {
+        let e = into.entry(rule.clone()).or_default();
+        e.quarantined += c.quarantined;
+        e.dropped += c.dropped;
+    }
+}
+
 /// A file a chunk owns, relative to the target root: where it was staged and
 /// where it is published.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
