@@ -70,37 +70,51 @@ fn permanent_faults_fail_only_their_chunks_and_the_next_run_finishes() {
 
 #[test]
 fn a_second_run_on_the_same_job_is_refused_naming_the_holder() {
-    let demo = Demo::new(120_000, "\"7d\"");
-    let job = demo.job_str();
-    let mut first = Command::new(BIN)
-        .args(["-q", "run", &job])
-        .env_remove("BACKFILL_FAILPOINTS")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn");
-    // Wait until the first run holds the lock (its state file exists).
-    let state = demo.path().join(".backfill/state.db");
-    let mut refused = None;
-    for _ in 0..400 {
-        if state.exists() {
-            let out = demo.run(&["run", &job]);
-            if code(&out) != 0 {
-                refused = Some(out);
-                break;
-            }
+    let spawn = |job: &str| {
+        Command::new(BIN)
+            .args(["-q", "run", job])
+            .env_remove("BACKFILL_FAILPOINTS")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn")
+    };
+    // Whichever process takes the lock first, the other must be refused and
+    // name it. Which one wins is up to the scheduler, so both orders count.
+    let mut overlapped = None;
+    for _ in 0..5 {
+        // A fresh job each try: a finished one would have nothing to run.
+        let demo = Demo::new(120_000, "\"7d\"");
+        let job = demo.job_str();
+        let state = demo.path().join(".backfill/state.db");
+        let first = spawn(&job);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !state.exists() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(2));
         }
-        std::thread::sleep(std::time::Duration::from_millis(5));
+        let second = spawn(&job);
+        let (pid1, pid2) = (first.id(), second.id());
+        let out1 = first.wait_with_output().expect("wait");
+        let out2 = second.wait_with_output().expect("wait");
+        match (out1.status.success(), out2.status.success()) {
+            (true, true) => continue,
+            (true, false) => overlapped = Some((demo, out2, pid1)),
+            (false, true) => overlapped = Some((demo, out1, pid2)),
+            (false, false) => panic!(
+                "both runs failed:\n{}\n{}",
+                String::from_utf8_lossy(&out1.stderr),
+                String::from_utf8_lossy(&out2.stderr)
+            ),
+        }
+        break;
     }
-    let status = first.wait().expect("wait");
-    assert!(status.success());
-    let out = refused.expect("the second run never overlapped the first; make the job bigger");
-    let err = String::from_utf8_lossy(&out.stderr);
+    let (demo, refused, holder) =
+        overlapped.expect("the two runs never overlapped in 5 tries; make the job bigger");
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(code(&refused), 1, "{err}");
     assert!(
-        err.contains(&format!("pid {}", first.id()))
-            && err.contains("is being run by another process"),
-        "{}",
-        text(&out)
+        err.contains(&format!("pid {holder}")) && err.contains("is being run by another process"),
+        "{err}"
     );
     // The refused run changed nothing; the job is complete and exact.
     assert_eq!(duplicate_rows(&demo), 0);
