@@ -116,6 +116,8 @@ pub fn classify_datafusion(e: &DataFusionError) -> ErrorClass {
                 i.class
             } else if let Some(s) = inner.downcast_ref::<SinkError>() {
                 s.class()
+            } else if let Some(p) = inner.downcast_ref::<crate::pg::PgError>() {
+                p.class()
             } else {
                 ErrorClass::Permanent
             }

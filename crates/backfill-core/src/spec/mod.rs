@@ -2,6 +2,7 @@
 //! filesystem, no network) and with every problem reported at once, each
 //! naming the file, line, column and key.
 
+mod postgres;
 mod quality;
 mod reader;
 
@@ -12,6 +13,9 @@ use std::time::Duration;
 use toml::de::{DeTable, DeValue};
 
 use crate::interval::{ChunkSize, RangeValue, ValueKind, parse_duration, parse_time};
+pub use postgres::{
+    PgRelation, PgSourceSpec, PgTargetSpec, PgWriteMode, QualifiedName, mask_url, quote_ident,
+};
 pub use quality::{
     DedupScope, DedupSpec, OrderKey, QuarantineSpec, RuleAction, RuleSpec, ValidateSpec,
 };
@@ -103,6 +107,7 @@ pub enum SourceFormat {
     Parquet,
     Csv,
     Json,
+    Postgres,
 }
 
 impl SourceFormat {
@@ -111,6 +116,7 @@ impl SourceFormat {
             SourceFormat::Parquet => "parquet",
             SourceFormat::Csv => "csv",
             SourceFormat::Json => "json",
+            SourceFormat::Postgres => "postgres",
         }
     }
 }
@@ -151,6 +157,8 @@ pub struct SourceSpec {
     pub has_header: bool,
     pub delimiter: u8,
     pub columns: Vec<(String, ColumnType)>,
+    /// Set exactly when `format = "postgres"` (then `path` is empty).
+    pub postgres: Option<PgSourceSpec>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -179,6 +187,7 @@ pub struct TransformSpec {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TargetFormat {
     Parquet,
+    Postgres,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -223,6 +232,8 @@ pub struct TargetSpec {
     pub partition_by: Vec<String>,
     pub partition_loc: Loc,
     pub compression: Compression,
+    /// Set exactly when `format = "postgres"` (then `path` is empty).
+    pub postgres: Option<PgTargetSpec>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -417,12 +428,9 @@ fn read_job(
         Some(mut t) => quality::read_dedup(d, env, &mut t, text).map(Some),
         None => Some(None),
     };
-    let target_path = target
-        .as_ref()
-        .map(|t: &TargetSpec| (t.path.as_path(), t.path_shown.as_str()));
     let quarantine = match section(d, top, "quarantine", false) {
-        Some(mut t) => quality::read_quarantine(d, env, Some(&mut t), base, target_path),
-        None => quality::read_quarantine(d, env, None, base, target_path),
+        Some(mut t) => quality::read_quarantine(d, env, Some(&mut t), base, target.as_ref()),
+        None => quality::read_quarantine(d, env, None, base, target.as_ref()),
     };
     let validate = match section(d, top, "validate", false) {
         Some(mut t) => quality::read_validate(d, env, &mut t),
@@ -457,6 +465,23 @@ fn read_source(
     text: &str,
 ) -> Option<SourceSpec> {
     let format = t.string(d, env, "format");
+    if format
+        .as_ref()
+        .is_some_and(|f| f.value.eq_ignore_ascii_case("postgres"))
+    {
+        let span = t.span();
+        let (pg, shown) = postgres::read_source(d, env, t)?;
+        return Some(SourceSpec {
+            format: SourceFormat::Postgres,
+            path: PathBuf::new(),
+            path_shown: shown,
+            path_loc: loc(text, &span),
+            has_header: false,
+            delimiter: b',',
+            columns: Vec::new(),
+            postgres: Some(pg),
+        });
+    }
     let path = t.string(d, env, "path");
     let has_header = t.bool(d, "has_header");
     let delimiter = t.string(d, env, "delimiter");
@@ -472,7 +497,7 @@ fn read_source(
                     f.span,
                     "source.format",
                     format!(
-                        "\"{}\" is not a source format (expected parquet, csv or json)",
+                        "\"{}\" is not a source format (expected parquet, csv, json or postgres)",
                         f.shown
                     ),
                 );
@@ -484,7 +509,7 @@ fn read_source(
                 d.push(
                     t.span(),
                     "source.format",
-                    "missing (expected parquet, csv or json)",
+                    "missing (expected parquet, csv, json or postgres)",
                 );
             }
             None
@@ -558,6 +583,7 @@ fn read_source(
         has_header: has_header.unwrap_or(true),
         delimiter: delimiter?,
         columns: column_types,
+        postgres: None,
     })
 }
 
@@ -732,6 +758,23 @@ fn read_target(
     text: &str,
 ) -> Option<TargetSpec> {
     let format = t.string(d, env, "format");
+    if format
+        .as_ref()
+        .is_some_and(|f| f.value.eq_ignore_ascii_case("postgres"))
+    {
+        let span = t.span();
+        let (pg, shown) = postgres::read_target(d, env, t)?;
+        return Some(TargetSpec {
+            format: TargetFormat::Postgres,
+            path: PathBuf::new(),
+            path_shown: shown,
+            path_loc: loc(text, &span),
+            partition_by: Vec::new(),
+            partition_loc: loc(text, &span),
+            compression: Compression::None,
+            postgres: Some(pg),
+        });
+    }
     let path = t.string(d, env, "path");
     let partition_by = t.strings(d, env, "partition_by");
     let compression = t.string(d, env, "compression");
@@ -744,7 +787,7 @@ fn read_target(
                 f.span,
                 "target.format",
                 format!(
-                    "\"{}\" is not a target format this version writes (expected parquet)",
+                    "\"{}\" is not a target format this version writes (expected parquet or postgres)",
                     f.shown
                 ),
             );
@@ -811,6 +854,7 @@ fn read_target(
         partition_by: parts,
         partition_loc: loc(text, &partition_span.unwrap_or(0..0)),
         compression: compression?,
+        postgres: None,
     })
 }
 

@@ -120,6 +120,9 @@ pub struct QuarantineSpec {
     pub path: PathBuf,
     pub path_shown: String,
     pub max_ratio: Option<f64>,
+    /// With a PostgreSQL target the quarantine is a table in the same
+    /// database (default: the target's name + `_quarantine`); `path` is empty.
+    pub table: Option<super::QualifiedName>,
 }
 
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -293,13 +296,30 @@ pub(super) fn read_quarantine(
     env: Env,
     t: Option<&mut TableReader>,
     base: &Path,
-    target_path: Option<(&Path, &str)>,
+    target: Option<&super::TargetSpec>,
 ) -> Option<QuarantineSpec> {
+    let pg_table = target.and_then(|t| t.postgres.as_ref()).map(|pg| &pg.table);
+    let mut table = None;
     let (path, max_ratio) = match t {
         Some(t) => {
-            let path = t.string(d, env, "path");
+            let path = if pg_table.is_some() {
+                if let Some(l) = t.string(d, env, "table") {
+                    match super::QualifiedName::parse(&l.value) {
+                        Ok(q) => table = Some(q),
+                        Err(e) => d.push(l.span, "quarantine.table", e),
+                    }
+                }
+                None
+            } else {
+                t.string(d, env, "path")
+            };
             let ratio = t.raw("max_ratio");
-            t.finish(d, &["path", "max_ratio"]);
+            let known: &[&str] = if pg_table.is_some() {
+                &["table", "max_ratio"]
+            } else {
+                &["path", "max_ratio"]
+            };
+            t.finish(d, known);
             let ratio = match ratio {
                 None => Some(None),
                 Some(v) => {
@@ -325,10 +345,20 @@ pub(super) fn read_quarantine(
         }
         None => (None, None),
     };
+    if let Some(target) = pg_table {
+        let table = table.unwrap_or_else(|| target.sibling(format!("{}_quarantine", target.name)));
+        return Some(QuarantineSpec {
+            path: PathBuf::new(),
+            path_shown: format!("postgres table {table}"),
+            max_ratio,
+            table: Some(table),
+        });
+    }
     let (path, shown) = match path {
         Some(p) => (base.join(&p.value), p.shown),
         None => {
-            let (target, shown) = target_path?;
+            let target = target?;
+            let (target, shown) = (target.path.as_path(), target.path_shown.as_str());
             let trimmed = target.to_string_lossy().trim_end_matches('/').to_string();
             (
                 PathBuf::from(format!("{trimmed}_quarantine")),
@@ -340,6 +370,7 @@ pub(super) fn read_quarantine(
         path,
         path_shown: shown,
         max_ratio,
+        table: None,
     })
 }
 

@@ -15,6 +15,9 @@ use backfill_core::plan::Chunk;
 use backfill_core::spec::TargetFormat;
 use backfill_core::state::OwnedFile;
 
+use crate::pg;
+use crate::pg::sink::PgSink;
+
 pub use parquet::{
     HIVE_DEFAULT_PARTITION, ParquetSink, checksum_rows, escape_partition_value, partition_seed,
     partition_value,
@@ -47,6 +50,8 @@ pub enum SinkError {
         "file {path} of a committed chunk is missing: neither it nor its staged copy {staged} exists"
     )]
     Lost { path: String, staged: String },
+    #[error(transparent)]
+    Postgres(#[from] crate::pg::PgError),
     #[error("the chunk writer stopped unexpectedly")]
     WriterGone,
     #[error("{0}")]
@@ -71,6 +76,7 @@ impl SinkError {
                 _ => ErrorClass::Permanent,
             },
             SinkError::WriterGone => ErrorClass::Transient,
+            SinkError::Postgres(e) => e.class(),
             SinkError::Injected(i) => i.class,
             _ => ErrorClass::Permanent,
         }
@@ -155,9 +161,33 @@ fn strip(p: &str) -> String {
 
 impl Sinks {
     pub fn open(spec: &backfill_core::spec::JobSpec) -> Sinks {
-        let target: Arc<dyn Sink> = match spec.target.format {
-            TargetFormat::Parquet => Arc::new(ParquetSink::new(&spec.target)),
-        };
+        if let (TargetFormat::Postgres, Some(pg), Some(q)) = (
+            spec.target.format,
+            &spec.target.postgres,
+            &spec.quarantine.table,
+        ) {
+            let range = spec.range.as_ref().map(|r| r.column.as_str());
+            let slice = PgSink::mode_slice(pg.mode, &pg.keys, range);
+            let target = PgSink::new(
+                &pg.url,
+                &spec.target.path_shown,
+                &pg.table,
+                slice,
+                pg.create,
+            );
+            let quarantine = PgSink::new(
+                &pg.url,
+                &spec.quarantine.path_shown,
+                q,
+                pg::sink::Slice::ChunkColumn,
+                true,
+            );
+            return Sinks {
+                target: Arc::new(target),
+                quarantine: Arc::new(quarantine),
+            };
+        }
+        let target: Arc<dyn Sink> = Arc::new(ParquetSink::new(&spec.target));
         let quarantine: Arc<dyn Sink> = Arc::new(ParquetSink::at(
             &spec.target,
             spec.quarantine.path.clone(),

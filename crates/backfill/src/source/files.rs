@@ -54,6 +54,11 @@ impl FileSource {
                     ".parquet",
                 )
             }
+            SourceFormat::Postgres => {
+                return Err(SourceError::Postgres(crate::pg::PgError::Invalid(
+                    "internal: a postgres source opened as files".into(),
+                )));
+            }
             SourceFormat::Csv => (
                 Arc::new(
                     CsvFormat::default()

@@ -32,6 +32,8 @@ pub enum SourceError {
         #[source]
         source: DataFusionError,
     },
+    #[error(transparent)]
+    Postgres(#[from] crate::pg::PgError),
     #[error("source.columns.{column}: no such column in source {shown} (columns: {available})")]
     UnknownColumn {
         shown: String,
@@ -43,12 +45,15 @@ pub enum SourceError {
 impl SourceError {
     /// Errors the user fixes in the job file or the filesystem layout.
     pub fn is_configuration(&self) -> bool {
-        matches!(
-            self,
-            SourceError::NotFound { .. }
-                | SourceError::Empty { .. }
-                | SourceError::UnknownColumn { .. }
-        )
+        match self {
+            SourceError::Postgres(e) => e.is_configuration(),
+            _ => matches!(
+                self,
+                SourceError::NotFound { .. }
+                    | SourceError::Empty { .. }
+                    | SourceError::UnknownColumn { .. }
+            ),
+        }
     }
 }
 
@@ -70,5 +75,13 @@ pub async fn open(spec: &SourceSpec, ctx: &SessionContext) -> Result<Arc<dyn Sou
         SourceFormat::Parquet | SourceFormat::Csv | SourceFormat::Json => {
             Ok(Arc::new(FileSource::open(spec, ctx).await?))
         }
+        SourceFormat::Postgres => match &spec.postgres {
+            Some(pg) => Ok(Arc::new(
+                crate::pg::source::PgSource::open(pg, &spec.path_shown).await?,
+            )),
+            None => Err(SourceError::Postgres(crate::pg::PgError::Invalid(
+                "internal: format = \"postgres\" without its settings".into(),
+            ))),
+        },
     }
 }

@@ -1,0 +1,151 @@
+//! PostgreSQL as a source and a target, over tokio-postgres with binary COPY.
+//!
+//! Connection strings are secrets: messages show them through
+//! [`mask_url`](backfill_core::spec::mask_url) only, and tokio-postgres's own
+//! errors never contain them.
+
+pub mod sink;
+pub mod source;
+pub mod types;
+
+use backfill_core::ErrorClass;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{Client, NoTls};
+
+pub use backfill_core::spec::{QualifiedName, quote_ident};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PgError {
+    #[error("cannot connect to {shown}: {}", describe(source))]
+    Connect {
+        shown: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    #[error("{what}: {}", describe(source))]
+    Sql {
+        what: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    #[error("{what}: column \"{column}\": {reason}")]
+    Column {
+        what: String,
+        column: String,
+        reason: String,
+    },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// tokio-postgres's `Display` says only "db error"; the server's message,
+/// detail and hint are what a user needs.
+fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => {
+            let mut s = format!("{}: {}", db.severity(), db.message());
+            if let Some(d) = db.detail() {
+                s.push_str(&format!(" ({d})"));
+            }
+            if let Some(h) = db.hint() {
+                s.push_str(&format!("; hint: {h}"));
+            }
+            s
+        }
+        None => {
+            let mut s = e.to_string();
+            let mut src = std::error::Error::source(e);
+            while let Some(inner) = src {
+                s.push_str(&format!(": {inner}"));
+                src = inner.source();
+            }
+            s
+        }
+    }
+}
+
+impl PgError {
+    pub fn sql(what: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> PgError {
+        let what = what.into();
+        move |source| PgError::Sql { what, source }
+    }
+
+    /// Connection trouble, serialization failures, deadlocks and resource
+    /// shortages are worth a retry; everything else is the job's fault.
+    pub fn class(&self) -> ErrorClass {
+        let e = match self {
+            PgError::Connect { source, .. } | PgError::Sql { source, .. } => source,
+            _ => return ErrorClass::Permanent,
+        };
+        match e.code() {
+            None => {
+                if e.is_closed() || e.as_db_error().is_none() {
+                    ErrorClass::Transient
+                } else {
+                    ErrorClass::Permanent
+                }
+            }
+            Some(code) => {
+                let c = code.code();
+                if c.starts_with("08")
+                    || c.starts_with("40")
+                    || c.starts_with("53")
+                    || c.starts_with("57P")
+                    || *code == SqlState::LOCK_NOT_AVAILABLE
+                {
+                    ErrorClass::Transient
+                } else {
+                    ErrorClass::Permanent
+                }
+            }
+        }
+    }
+
+    /// A wrong password, an unknown database or a refused connection at the
+    /// start are fixed in the job file or the environment, not by retrying.
+    pub fn is_configuration(&self) -> bool {
+        match self {
+            PgError::Connect { source, .. } => matches!(
+                source.code(),
+                Some(c) if *c == SqlState::INVALID_PASSWORD
+                    || *c == SqlState::INVALID_AUTHORIZATION_SPECIFICATION
+                    || *c == SqlState::INVALID_CATALOG_NAME
+            ),
+            PgError::Sql { source, .. } => matches!(
+                source.code(),
+                Some(c) if *c == SqlState::UNDEFINED_TABLE
+                    || *c == SqlState::UNDEFINED_COLUMN
+                    || *c == SqlState::INVALID_SCHEMA_NAME
+                    || *c == SqlState::SYNTAX_ERROR
+                    || *c == SqlState::INSUFFICIENT_PRIVILEGE
+            ),
+            PgError::Column { .. } | PgError::Invalid(_) => true,
+        }
+    }
+}
+
+/// Opens a connection; its driver task ends when the client is dropped.
+/// Sessions run in UTC so `timestamptz` values and range literals agree.
+pub async fn connect(url: &str, shown: &str) -> Result<Client, PgError> {
+    let (client, connection) = tokio_postgres::connect(url, NoTls)
+        .await
+        .map_err(|source| PgError::Connect {
+            shown: shown.to_string(),
+            source,
+        })?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!("postgres connection closed: {e}");
+        }
+    });
+    client
+        .batch_execute("SET TIME ZONE 'UTC'; SET application_name = 'backfill'")
+        .await
+        .map_err(PgError::sql("setting up the session"))?;
+    Ok(client)
+}
+
+/// A SQL string literal.
+pub fn quote_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}

@@ -1,0 +1,615 @@
+//! `format = "postgres"` targets.
+//!
+//! A chunk attempt streams its rows with binary COPY into a staging table of
+//! its own (`UNLOGGED`, named `_bf_<table hash>_<chunk>_a<attempt>`, in the
+//! target's schema). Publishing is then one transaction that replaces the
+//! chunk's slice (or merges on the keys), records the staging table in
+//! `_backfill_published` and drops it. A staging table is a real table rather
+//! than a session's temporary one so that the commit protocol can put the
+//! state store's commit between staging and publishing, exactly as for files:
+//! a crash after the state commit is repaired by publishing the staged rows
+//! again, and a crash before it by dropping them.
+
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::{Schema, SchemaRef};
+use arrow::row::{RowConverter, SortField};
+use async_trait::async_trait;
+use backfill_core::interval::RangeValue;
+use backfill_core::plan::Chunk;
+use backfill_core::spec::{PgWriteMode, QualifiedName};
+use backfill_core::state::OwnedFile;
+use chrono::DateTime;
+use tokio::sync::Mutex;
+use tokio_postgres::Client;
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::types::{ToSql, Type};
+use twox_hash::XxHash3_64;
+
+use super::types::{Cell, Column, ddl_type};
+use super::{PgError, connect, quote_ident, quote_literal};
+use crate::failpoint;
+use crate::sink::{
+    ChunkWriter, Sink, SinkError, Staged, TargetFiles, checksum_rows, partition_seed,
+};
+
+/// Which rows of the table a chunk owns.
+#[derive(Debug, Clone)]
+pub enum Slice {
+    /// Rows whose range column lies in the chunk's bounds (`None`: the job
+    /// has no range, so its one chunk owns the whole table).
+    Range(Option<String>),
+    /// Rows whose `_chunk` column names the chunk (the quarantine table).
+    ChunkColumn,
+    /// No slice: rows are merged on these keys and never deleted.
+    Merge(Vec<String>),
+}
+
+#[derive(Debug)]
+struct Inner {
+    url: String,
+    shown: String,
+    table: QualifiedName,
+    slice: Slice,
+    create: bool,
+    checksum: bool,
+    /// Staging tables of this target start with it.
+    prefix: String,
+    /// Serialises `CREATE TABLE` between this process's chunks.
+    ensured: Mutex<bool>,
+}
+
+#[derive(Debug, Clone)]
+pub struct PgSink {
+    inner: Arc<Inner>,
+}
+
+const PUBLISHED: &str = "_backfill_published";
+
+impl PgSink {
+    pub fn new(url: &str, shown: &str, table: &QualifiedName, slice: Slice, create: bool) -> Self {
+        let checksum = !matches!(slice, Slice::ChunkColumn);
+        let hash = XxHash3_64::oneshot(table.quoted().as_bytes());
+        PgSink {
+            inner: Arc::new(Inner {
+                url: url.to_string(),
+                shown: shown.to_string(),
+                table: table.clone(),
+                slice,
+                create,
+                checksum,
+                prefix: format!("_bf_{:08x}_", hash as u32),
+                ensured: Mutex::new(false),
+            }),
+        }
+    }
+
+    pub fn mode_slice(mode: PgWriteMode, keys: &[String], range_column: Option<&str>) -> Slice {
+        match mode {
+            PgWriteMode::Replace => Slice::Range(range_column.map(str::to_string)),
+            PgWriteMode::Merge => Slice::Merge(keys.to_vec()),
+        }
+    }
+}
+
+impl Inner {
+    fn qualified(&self, name: &str) -> String {
+        self.table.sibling(name.to_string()).quoted()
+    }
+
+    fn schema_literal(&self) -> String {
+        match &self.table.schema {
+            Some(s) => quote_literal(s),
+            None => "current_schema()".to_string(),
+        }
+    }
+
+    async fn connect(&self) -> Result<Client, SinkError> {
+        Ok(connect(&self.url, &self.shown).await?)
+    }
+
+    async fn table_exists(&self, client: &Client, name: &str) -> Result<bool, SinkError> {
+        let sql = format!(
+            "SELECT 1 FROM pg_catalog.pg_tables WHERE schemaname = {} AND tablename = $1",
+            self.schema_literal()
+        );
+        let rows = client
+            .query(&sql, &[&name])
+            .await
+            .map_err(PgError::sql(format!("looking up {name}")))?;
+        Ok(!rows.is_empty())
+    }
+
+    /// Creates what the table needs (its schema, the table itself from the
+    /// rows' schema when `create`, the bookkeeping table), once per process.
+    async fn ensure(&self, client: &Client, schema: Option<&Schema>) -> Result<(), SinkError> {
+        let mut done = self.ensured.lock().await;
+        if *done {
+            return Ok(());
+        }
+        let what = format!("preparing {}", self.shown);
+        let exists = self.table_exists(client, &self.table.name).await?;
+        if !exists {
+            let Some(schema) = schema else {
+                // Nothing to write and nowhere to write it: nothing to do yet.
+                return Ok(());
+            };
+            if !self.create {
+                return Err(PgError::Invalid(format!(
+                    "target table {} does not exist (set target.create = true to create it)",
+                    self.table
+                ))
+                .into());
+            }
+            let mut cols = Vec::new();
+            for f in schema.fields() {
+                let ty = ddl_type(f.data_type()).ok_or_else(|| PgError::Column {
+                    what: format!("creating {}", self.table),
+                    column: f.name().clone(),
+                    reason: format!("{} has no PostgreSQL column type", f.data_type()),
+                })?;
+                cols.push(format!("{} {ty}", quote_ident(f.name())));
+            }
+            if let Slice::Merge(keys) = &self.slice {
+                let keys: Vec<String> = keys.iter().map(|k| quote_ident(k)).collect();
+                cols.push(format!("UNIQUE ({})", keys.join(", ")));
+            }
+            let mut sql = String::new();
+            if let Some(s) = &self.table.schema {
+                sql.push_str(&format!("CREATE SCHEMA IF NOT EXISTS {};", quote_ident(s)));
+            }
+            sql.push_str(&format!(
+                "CREATE TABLE IF NOT EXISTS {} ({})",
+                self.table.quoted(),
+                cols.join(", ")
+            ));
+            client
+                .batch_execute(&sql)
+                .await
+                .map_err(PgError::sql(format!("creating table {}", self.table)))?;
+        }
+        client
+            .batch_execute(&format!(
+                "CREATE TABLE IF NOT EXISTS {} (stage text PRIMARY KEY, target text NOT NULL, \
+                 chunk text NOT NULL, published_at timestamptz NOT NULL DEFAULT now())",
+                self.qualified(PUBLISHED)
+            ))
+            .await
+            .map_err(PgError::sql(what))?;
+        *done = true;
+        Ok(())
+    }
+
+    fn stage_name(&self, chunk: &str, attempt: u32) -> String {
+        format!("{}{chunk}_a{attempt}", self.prefix)
+    }
+
+    /// `WHERE` text selecting the rows the chunk owns; `None`: it owns none
+    /// (merge).
+    fn slice_predicate(&self, chunk: &Chunk) -> Result<Option<String>, SinkError> {
+        match &self.slice {
+            Slice::Merge(_) => Ok(None),
+            Slice::ChunkColumn => Ok(Some(format!(
+                "{} = {}",
+                quote_ident("_chunk"),
+                quote_literal(&chunk.id)
+            ))),
+            Slice::Range(None) => Ok(Some("true".into())),
+            Slice::Range(Some(col)) => {
+                if chunk.index == usize::MAX {
+                    // Recovery of a chunk the current plan does not know:
+                    // its bounds are lost, and guessing could delete rows.
+                    return Err(SinkError::Lost {
+                        path: chunk.id.clone(),
+                        staged: "(bounds unknown)".into(),
+                    });
+                }
+                let c = quote_ident(col);
+                let mut parts = Vec::new();
+                if let Some(lo) = chunk.lo {
+                    parts.push(format!("{c} >= {}", range_literal(lo)));
+                }
+                if let Some(hi) = chunk.hi {
+                    parts.push(format!("{c} < {}", range_literal(hi)));
+                }
+                Ok(Some(if parts.is_empty() {
+                    "true".into()
+                } else {
+                    parts.join(" AND ")
+                }))
+            }
+        }
+    }
+
+    async fn publish_one(
+        &self,
+        client: &mut Client,
+        chunk: &Chunk,
+        stage: &str,
+    ) -> Result<(), SinkError> {
+        let what = format!("publishing chunk {} into {}", chunk.id, self.table);
+        let tx = client.transaction().await.map_err(PgError::sql(&what))?;
+        let exists = {
+            let sql = format!(
+                "SELECT 1 FROM pg_catalog.pg_tables WHERE schemaname = {} AND tablename = $1",
+                self.schema_literal()
+            );
+            !tx.query(&sql, &[&stage])
+                .await
+                .map_err(PgError::sql(&what))?
+                .is_empty()
+        };
+        if !exists {
+            let sql = format!(
+                "SELECT 1 FROM {} WHERE stage = $1",
+                self.qualified(PUBLISHED)
+            );
+            let done = tx
+                .query(&sql, &[&stage])
+                .await
+                .map(|r| !r.is_empty())
+                .unwrap_or(false);
+            return if done {
+                Ok(())
+            } else {
+                Err(SinkError::Lost {
+                    path: format!("{} (chunk {})", self.table, chunk.id),
+                    staged: stage.to_string(),
+                })
+            };
+        }
+        let staged = self.qualified(stage);
+        let stmt = tx
+            .prepare(&format!("SELECT * FROM {staged} LIMIT 0"))
+            .await
+            .map_err(PgError::sql(&what))?;
+        let cols: Vec<String> = stmt
+            .columns()
+            .iter()
+            .map(|c| quote_ident(c.name()))
+            .collect();
+        let list = cols.join(", ");
+        let target = self.table.quoted();
+        let mut sql = String::new();
+        if let Some(pred) = self.slice_predicate(chunk)? {
+            sql.push_str(&format!("DELETE FROM {target} WHERE {pred};"));
+        }
+        sql.push_str(&format!(
+            "INSERT INTO {target} ({list}) SELECT {list} FROM {staged}"
+        ));
+        if let Slice::Merge(keys) = &self.slice {
+            let keys: Vec<String> = keys.iter().map(|k| quote_ident(k)).collect();
+            let updates: Vec<String> = cols
+                .iter()
+                .filter(|c| !keys.contains(c))
+                .map(|c| format!("{c} = EXCLUDED.{c}"))
+                .collect();
+            if updates.is_empty() {
+                sql.push_str(&format!(" ON CONFLICT ({}) DO NOTHING", keys.join(", ")));
+            } else {
+                sql.push_str(&format!(
+                    " ON CONFLICT ({}) DO UPDATE SET {}",
+                    keys.join(", "),
+                    updates.join(", ")
+                ));
+            }
+        }
+        sql.push(';');
+        sql.push_str(&format!(
+            "DELETE FROM {p} WHERE target = {t} AND chunk = {c};\
+             INSERT INTO {p} (stage, target, chunk) VALUES ({s}, {t}, {c});\
+             DROP TABLE {staged};",
+            p = self.qualified(PUBLISHED),
+            t = quote_literal(&self.table.to_string()),
+            c = quote_literal(&chunk.id),
+            s = quote_literal(stage),
+        ));
+        tx.batch_execute(&sql).await.map_err(PgError::sql(&what))?;
+        tx.commit().await.map_err(PgError::sql(&what))?;
+        Ok(())
+    }
+}
+
+fn range_literal(v: RangeValue) -> String {
+    match v {
+        RangeValue::Int(i) => i.to_string(),
+        RangeValue::Time(us) => match DateTime::from_timestamp_micros(us) {
+            Some(t) => format!(
+                "'{}'::timestamp",
+                t.naive_utc().format("%Y-%m-%d %H:%M:%S%.6f")
+            ),
+            None => "NULL".into(),
+        },
+    }
+}
+
+struct Copying {
+    writer: std::pin::Pin<Box<BinaryCopyInWriter>>,
+    /// Per batch column: its target type and modifier.
+    types: Vec<(Type, i32)>,
+    names: Vec<String>,
+    encoder: RowConverter,
+}
+
+struct PgChunkWriter {
+    inner: Arc<Inner>,
+    chunk: Chunk,
+    stage: String,
+    client: Client,
+    copying: Option<Copying>,
+    staged: bool,
+    rows: u64,
+    bytes: u64,
+    checksum: u64,
+}
+
+impl PgChunkWriter {
+    /// Creates the staging table with the batch's columns, typed as the
+    /// target's, and opens the COPY into it.
+    async fn start(&mut self, schema: &SchemaRef) -> Result<(), SinkError> {
+        let inner = self.inner.clone();
+        let stage = self.stage.clone();
+        let client = &self.client;
+        inner.ensure(client, Some(schema)).await?;
+        let what = format!("writing chunk {} into {}", self.chunk.id, inner.table);
+        let target = client
+            .prepare(&format!("SELECT * FROM {} LIMIT 0", inner.table.quoted()))
+            .await
+            .map_err(PgError::sql(&what))?;
+        let mut types = Vec::new();
+        let mut missing = Vec::new();
+        let names: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
+        for name in &names {
+            match target.columns().iter().find(|c| c.name() == name) {
+                Some(c) => types.push((c.type_().clone(), c.type_modifier())),
+                None => missing.push(name.clone()),
+            }
+        }
+        if !missing.is_empty() {
+            return Err(PgError::Invalid(format!(
+                "target table {} has no column(s) {} that the transformed rows have (table columns: {})",
+                inner.table,
+                missing.join(", "),
+                target
+                    .columns()
+                    .iter()
+                    .map(|c| c.name())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+            .into());
+        }
+        if let Slice::Range(Some(col)) = &inner.slice
+            && !names.contains(col)
+        {
+            return Err(PgError::Invalid(format!(
+                "target.mode = \"replace\" deletes each chunk's range before inserting it, so the \
+                 transformed rows need the range column \"{col}\""
+            ))
+            .into());
+        }
+        let list = names
+            .iter()
+            .map(|n| quote_ident(n))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let staged = inner.qualified(&stage);
+        client
+            .batch_execute(&format!(
+                "DROP TABLE IF EXISTS {staged}; \
+                 CREATE UNLOGGED TABLE {staged} AS SELECT {list} FROM {} WITH NO DATA",
+                inner.table.quoted()
+            ))
+            .await
+            .map_err(PgError::sql(&what))?;
+        self.staged = true;
+        let sink = client
+            .copy_in(&format!(
+                "COPY {staged} ({list}) FROM STDIN (FORMAT binary)"
+            ))
+            .await
+            .map_err(PgError::sql(&what))?;
+        let pg_types: Vec<Type> = types.iter().map(|(t, _)| t.clone()).collect();
+        let encoder = RowConverter::new(
+            schema
+                .fields()
+                .iter()
+                .map(|f| SortField::new(f.data_type().clone()))
+                .collect(),
+        )?;
+        self.copying = Some(Copying {
+            writer: Box::pin(BinaryCopyInWriter::new(sink, &pg_types)),
+            types,
+            names,
+            encoder,
+        });
+        Ok(())
+    }
+
+    async fn drop_stage(&mut self) {
+        if self.staged {
+            let _ = self
+                .client
+                .batch_execute(&format!(
+                    "DROP TABLE IF EXISTS {}",
+                    self.inner.qualified(&self.stage)
+                ))
+                .await;
+        }
+    }
+}
+
+#[async_trait]
+impl ChunkWriter for PgChunkWriter {
+    async fn write(&mut self, batch: RecordBatch) -> Result<(), SinkError> {
+        failpoint::hit("write", self.chunk.index)?;
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        if self.copying.is_none() {
+            self.start(&batch.schema()).await?;
+        }
+        let Some(c) = self.copying.as_mut() else {
+            return Err(SinkError::WriterGone);
+        };
+        if self.inner.checksum {
+            self.checksum =
+                self.checksum
+                    .wrapping_add(checksum_rows(&c.encoder, &batch, partition_seed(""))?);
+        }
+        let mut columns = Vec::with_capacity(c.types.len());
+        for (i, (ty, typmod)) in c.types.iter().enumerate() {
+            let col =
+                Column::new(batch.column(i), ty, *typmod).map_err(|reason| PgError::Column {
+                    what: format!("writing {}", self.inner.table),
+                    column: c.names[i].clone(),
+                    reason,
+                })?;
+            columns.push(col);
+        }
+        let what = format!("writing chunk {} into {}", self.chunk.id, self.inner.table);
+        let mut cells: Vec<Cell> = Vec::with_capacity(columns.len());
+        for row in 0..batch.num_rows() {
+            cells.clear();
+            cells.extend(columns.iter().map(|column| Cell { column, row }));
+            let refs: Vec<&(dyn ToSql + Sync)> =
+                cells.iter().map(|c| c as &(dyn ToSql + Sync)).collect();
+            c.writer
+                .as_mut()
+                .write(&refs)
+                .await
+                .map_err(PgError::sql(&what))?;
+        }
+        self.rows += batch.num_rows() as u64;
+        self.bytes += batch.get_array_memory_size() as u64;
+        Ok(())
+    }
+
+    async fn finish(mut self: Box<Self>) -> Result<Staged, SinkError> {
+        let what = format!("writing chunk {} into {}", self.chunk.id, self.inner.table);
+        if let Some(mut c) = self.copying.take() {
+            if let Err(e) = c.writer.as_mut().finish().await {
+                self.drop_stage().await;
+                return Err(PgError::sql(&what)(e).into());
+            }
+        } else {
+            // No rows: an empty staging table still replaces the chunk's
+            // slice, so rows an earlier run wrote there go away.
+            let inner = self.inner.clone();
+            let client = &self.client;
+            inner.ensure(client, None).await?;
+            if !inner.table_exists(client, &inner.table.name).await? {
+                return Ok(Staged::default());
+            }
+            let staged = inner.qualified(&self.stage);
+            client
+                .batch_execute(&format!(
+                    "DROP TABLE IF EXISTS {staged}; \
+                     CREATE UNLOGGED TABLE {staged} AS SELECT * FROM {} WITH NO DATA",
+                    inner.table.quoted()
+                ))
+                .await
+                .map_err(PgError::sql(&what))?;
+        }
+        Ok(Staged {
+            files: vec![OwnedFile {
+                path: format!("{}#{}", self.inner.table, self.stage),
+                staged: self.stage.clone(),
+            }],
+            rows: self.rows,
+            bytes: self.bytes,
+            checksum: self.checksum,
+        })
+    }
+
+    async fn abort(mut self: Box<Self>) {
+        if let Some(c) = self.copying.take() {
+            // Dropping the writer mid-COPY aborts the COPY.
+            drop(c);
+        }
+        self.drop_stage().await;
+    }
+}
+
+#[async_trait]
+impl Sink for PgSink {
+    async fn begin(&self, chunk: &Chunk, attempt: u32) -> Result<Box<dyn ChunkWriter>, SinkError> {
+        Ok(Box::new(PgChunkWriter {
+            inner: self.inner.clone(),
+            chunk: chunk.clone(),
+            stage: self.inner.stage_name(&chunk.id, attempt),
+            client: self.inner.connect().await?,
+            copying: None,
+            staged: false,
+            rows: 0,
+            bytes: 0,
+            checksum: 0,
+        }))
+    }
+
+    async fn publish(&self, chunk: &Chunk, files: &[OwnedFile]) -> Result<(), SinkError> {
+        if files.is_empty() {
+            return Ok(());
+        }
+        let mut client = self.inner.connect().await?;
+        for (i, f) in files.iter().enumerate() {
+            self.inner
+                .publish_one(&mut client, chunk, &f.staged)
+                .await?;
+            if i == 0 && files.len() > 1 {
+                failpoint::hit("mid_publish", chunk.index)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops staging tables; the published "files" of a PostgreSQL target are
+    /// rows that the next publish of their chunk replaces, so removing them
+    /// is a no-op.
+    async fn remove(&self, paths: &[String]) -> Result<(), SinkError> {
+        let stages: Vec<&String> = paths
+            .iter()
+            .filter(|p| p.starts_with(&self.inner.prefix))
+            .collect();
+        if stages.is_empty() {
+            return Ok(());
+        }
+        let client = self.inner.connect().await?;
+        let sql: String = stages
+            .iter()
+            .map(|s| format!("DROP TABLE IF EXISTS {};", self.inner.qualified(s)))
+            .collect();
+        client
+            .batch_execute(&sql)
+            .await
+            .map_err(PgError::sql(format!(
+                "dropping staging tables of {}",
+                self.inner.table
+            )))?;
+        Ok(())
+    }
+
+    async fn scan(&self) -> Result<TargetFiles, SinkError> {
+        let client = self.inner.connect().await?;
+        let sql = format!(
+            "SELECT tablename FROM pg_catalog.pg_tables WHERE schemaname = {} AND starts_with(tablename, $1)",
+            self.inner.schema_literal()
+        );
+        let rows = client
+            .query(&sql, &[&self.inner.prefix])
+            .await
+            .map_err(PgError::sql(format!(
+                "listing staging tables of {}",
+                self.inner.table
+            )))?;
+        Ok(TargetFiles {
+            published: Default::default(),
+            staged: rows.iter().map(|r| r.get::<_, String>(0)).collect(),
+        })
+    }
+
+    fn describe(&self) -> String {
+        self.inner.shown.clone()
+    }
+}
