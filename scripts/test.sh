@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh machine: creates the Python virtual
-# environment with the oracle (DuckDB, pyarrow) if needed, then cargo test.
+# environment with the oracle (DuckDB, pyarrow) if needed, starts a throwaway
+# PostgreSQL on loopback (installing the server if it is missing; stopped on
+# exit, even on failure), then cargo test.
 # Extra arguments go to `cargo test` (e.g. `scripts/test.sh crash`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,7 +17,17 @@ export BACKFILL_TEST_PYTHON="$VENV/bin/python"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/backfill-target}"
 # Snapshots are compared, never rewritten, when CI=true.
 log="$(mktemp)"
-trap 'rm -f "$log"' EXIT
+pg_dir=""
+cleanup() {
+  rm -f "$log"
+  if [ -n "$pg_dir" ]; then scripts/pg.sh stop "$pg_dir"; fi
+}
+trap cleanup EXIT
+# PostgreSQL tests fail (never skip) when the server cannot start.
+if [ -z "${BACKFILL_TEST_PG_URL:-}" ]; then
+  eval "$(scripts/pg.sh start)"
+  pg_dir="$BACKFILL_TEST_PG_DIR"
+fi
 cargo test --workspace --locked "$@" 2>&1 | tee "$log"
 
 # The whole suite also fuzzes the job-file parser briefly (skipped when a

@@ -166,6 +166,12 @@ fn cases() -> Vec<Case> {
             }),
             ..case("state_from_a_newer_version", Job::Demo(|s| s), 1)
         },
+        case("pg_source_without_url", Job::Text("[source]\nformat = \"postgres\"\ntable = \"public.t\"\n[target]\npath = \"out\"\n", &[]), 2),
+        case("pg_source_table_and_query", Job::Text("[source]\nformat = \"postgres\"\nurl = \"postgres://u:Hunter2pw@127.0.0.1:1/db\"\ntable = \"t\"\nquery = \"SELECT 1\"\n[target]\npath = \"out\"\n", &[]), 2),
+        case("pg_table_three_parts", Job::Text("[source]\npath = \"in/\"\nformat = \"csv\"\n[target]\nformat = \"postgres\"\nurl = \"postgres://u@127.0.0.1:1/db\"\ntable = \"a.b.c\"\n", &[]), 2),
+        case("pg_merge_without_keys", Job::Text("[source]\npath = \"in/\"\nformat = \"csv\"\n[target]\nformat = \"postgres\"\nurl = \"postgres://u@127.0.0.1:1/db\"\ntable = \"t\"\nmode = \"merge\"\n", &[]), 2),
+        // Nothing listens on port 1: a clear connection error naming the masked URL.
+        case("pg_unreachable", Job::Text("[source]\nformat = \"postgres\"\nurl = \"postgres://u:Hunter2pw@127.0.0.1:1/db\"\ntable = \"t\"\n[target]\npath = \"out\"\n", &[]), 1),
         case(
             "json_broken_line",
             Job::Text(

@@ -7,6 +7,7 @@ mod cli;
 mod crash;
 mod end_to_end;
 mod harness;
+mod postgres;
 mod quality;
 mod reliability;
 mod sequence;

@@ -6,7 +6,7 @@ use crate::harness::*;
 
 const ORDER: &str = "created_at DESC NULLS LAST, amount DESC NULLS LAST";
 
-fn expected_per_rule(demo: &Demo) -> Vec<Vec<serde_json::Value>> {
+pub fn expected_per_rule(demo: &Demo) -> Vec<Vec<serde_json::Value>> {
     duckdb(&format!(
         "SELECT rule, count(*) FROM ({}) WHERE rule IS NOT NULL GROUP BY rule ORDER BY rule",
         ruled_source_sql(demo)
@@ -14,7 +14,7 @@ fn expected_per_rule(demo: &Demo) -> Vec<Vec<serde_json::Value>> {
 }
 
 /// Per month: rows, sum(amount) of the global winners; plus duplicates removed.
-fn expected_global(demo: &Demo) -> (Vec<Vec<serde_json::Value>>, i64) {
+pub fn expected_global(demo: &Demo) -> (Vec<Vec<serde_json::Value>>, i64) {
     let ranked = format!(
         "SELECT *, row_number() OVER (PARTITION BY transaction_id ORDER BY {ORDER}) AS rn FROM ({}) WHERE rule IS NULL",
         ruled_source_sql(demo)
@@ -33,7 +33,7 @@ fn actual_months(demo: &Demo) -> Vec<Vec<serde_json::Value>> {
     ))
 }
 
-fn assert_months_equal(expected: &[Vec<serde_json::Value>], actual: &[Vec<serde_json::Value>]) {
+pub fn assert_months_equal(expected: &[Vec<serde_json::Value>], actual: &[Vec<serde_json::Value>]) {
     assert_eq!(expected.len(), actual.len(), "{expected:?}\n{actual:?}");
     for (e, a) in expected.iter().zip(actual) {
         assert_eq!(int(&e[0]), int(&a[0]));

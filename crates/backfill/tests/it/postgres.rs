@@ -1,0 +1,547 @@
+//! PostgreSQL as source and target, against the real server that
+//! `scripts/test.sh` starts (`BACKFILL_TEST_PG_URL`). Each test works in a
+//! schema of its own. Expected figures come from DuckDB over the source
+//! Parquet files; the raw rows reach PostgreSQL through DuckDB's CSV and
+//! PostgreSQL's own `COPY ... (FORMAT csv)`, not through `backfill`.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures::SinkExt;
+
+use crate::harness::*;
+use crate::quality::{assert_months_equal, expected_global, expected_per_rule};
+
+fn pg_url() -> String {
+    std::env::var("BACKFILL_TEST_PG_URL").unwrap_or_else(|_| {
+        panic!(
+            "BACKFILL_TEST_PG_URL is not set: run the suite through scripts/test.sh, which starts \
+             a throwaway PostgreSQL (scripts/pg.sh)"
+        )
+    })
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+/// A schema of this test's own, dropped at the end.
+struct Pg {
+    url: String,
+    schema: String,
+    rt: tokio::runtime::Runtime,
+    client: tokio_postgres::Client,
+}
+
+impl Pg {
+    fn new(name: &str) -> Pg {
+        let url = pg_url();
+        let rt = runtime();
+        let client = rt.block_on(async {
+            let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                .await
+                .expect("connect to the test PostgreSQL");
+            tokio::spawn(conn);
+            client
+        });
+        let schema = format!("t_{name}_{}", std::process::id());
+        let pg = Pg {
+            url,
+            schema,
+            rt,
+            client,
+        };
+        pg.exec(&format!(
+            "DROP SCHEMA IF EXISTS {0} CASCADE; CREATE SCHEMA {0}; SET TIME ZONE 'UTC'",
+            pg.schema
+        ));
+        pg
+    }
+
+    fn exec(&self, sql: &str) {
+        self.rt
+            .block_on(self.client.batch_execute(sql))
+            .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
+    }
+
+    /// Rows as text, NULL as "NULL".
+    fn rows(&self, sql: &str) -> Vec<Vec<String>> {
+        let msgs = self
+            .rt
+            .block_on(self.client.simple_query(sql))
+            .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
+        msgs.into_iter()
+            .filter_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => Some(
+                    (0..r.len())
+                        .map(|i| r.get(i).unwrap_or("NULL").to_string())
+                        .collect(),
+                ),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn one(&self, sql: &str) -> String {
+        self.rows(sql)[0][0].clone()
+    }
+
+    /// The demo source as the table `raw` (with an index on the range column).
+    fn load_demo(&self, demo: &Demo) {
+        let csv = demo.path().join("raw.csv");
+        duckdb(&format!(
+            "COPY (SELECT * FROM read_parquet('{}')) TO '{}' (HEADER)",
+            demo.source_glob(),
+            csv.display()
+        ));
+        self.exec(&format!(
+            "CREATE TABLE {}.raw (transaction_id bigint, customer_id bigint, created_at timestamp, \
+             amount double precision, status text, region text, category text, email text); \
+             CREATE INDEX ON {0}.raw (created_at)",
+            self.schema
+        ));
+        let data = std::fs::read(&csv).expect("read csv");
+        let sql = format!("COPY {}.raw FROM STDIN (FORMAT csv, HEADER)", self.schema);
+        self.rt.block_on(async {
+            let sink = self.client.copy_in(sql.as_str()).await.expect("copy in");
+            futures::pin_mut!(sink);
+            sink.send(bytes::Bytes::from(data)).await.expect("send csv");
+            sink.finish().await.expect("finish copy");
+        });
+    }
+
+    /// Per month: rows and sum(amount), like `expected_global`.
+    fn months(&self, table: &str) -> Vec<Vec<serde_json::Value>> {
+        self.rows(&format!(
+            "SELECT extract(month FROM created_at)::int AS m, count(*), round(sum(amount)::numeric, 2) \
+             FROM {}.{table} GROUP BY m ORDER BY m",
+            self.schema
+        ))
+        .into_iter()
+        .map(|r| {
+            vec![
+                serde_json::json!(r[0].parse::<i64>().unwrap()),
+                serde_json::json!(r[1].parse::<i64>().unwrap()),
+                serde_json::json!(r[2].parse::<f64>().unwrap()),
+            ]
+        })
+        .collect()
+    }
+
+    /// Count and an order-independent digest of every row of a table
+    /// (without the quarantine's `_run`, which numbers the run that wrote it).
+    fn fingerprint(&self, table: &str) -> (String, String) {
+        let r = self.rows(&format!(
+            "SELECT count(*), coalesce(md5(string_agg(j, '|' ORDER BY j)), '') \
+             FROM (SELECT (to_jsonb(t) - '_run')::text AS j FROM {}.{table} t) rows",
+            self.schema
+        ));
+        (r[0][0].clone(), r[0][1].clone())
+    }
+}
+
+impl Drop for Pg {
+    fn drop(&mut self) {
+        let _ = self.rt.block_on(
+            self.client
+                .batch_execute(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.schema)),
+        );
+    }
+}
+
+const PG_ENV: &str = "BF_PG_URL";
+
+/// Points the demo job's source at `schema.raw` in PostgreSQL.
+fn source_to_pg(demo: &Demo, pg: &Pg, extra: &str) {
+    let schema = pg.schema.clone();
+    demo.edit_job(|s| {
+        s.replace(
+            "format = \"parquet\"          # parquet | csv | json (newline-delimited)\npath = \"source/\"",
+            &format!("format = \"postgres\"\nurl = \"${{{PG_ENV}}}\"\ntable = \"{schema}.raw\"\n{extra}\n#"),
+        )
+    });
+}
+
+/// Points the demo job's target (and quarantine) at PostgreSQL.
+fn target_to_pg(demo: &Demo, pg: &Pg, table: &str, mode: &str) {
+    let schema = pg.schema.clone();
+    demo.edit_job(|s| {
+        let start = s.find("[quarantine]").expect("quarantine section");
+        let end = s[start..].find("[validate]").expect("validate section") + start;
+        let s = format!("{}{}", &s[..start], &s[end..]);
+        let start = s.find("[target]").expect("target section");
+        let end = s[start..].find("[run]").expect("run section") + start;
+        format!(
+            "{}[target]\nformat = \"postgres\"\nurl = \"${{{PG_ENV}}}\"\ntable = \"{schema}.{table}\"\nmode = \"{mode}\"\nkeys = [\"transaction_id\"]\n\n{}",
+            &s[..start],
+            &s[end..]
+        )
+    });
+}
+
+fn run_pg(demo: &Demo, pg: &Pg, args: &[&str]) -> std::process::Output {
+    let job = demo.job_str();
+    let mut all = vec![args[0], job.as_str()];
+    all.extend_from_slice(&args[1..]);
+    demo.run_env(&all, &[(PG_ENV, &pg.url)])
+}
+
+fn run_pg_ok(demo: &Demo, pg: &Pg, args: &[&str]) -> std::process::Output {
+    let out = run_pg(demo, pg, args);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    out
+}
+
+fn quarantine_per_rule(pg: &Pg, table: &str) -> Vec<Vec<serde_json::Value>> {
+    pg.rows(&format!(
+        "SELECT _rule, count(*) FROM {}.{table} GROUP BY _rule ORDER BY _rule",
+        pg.schema
+    ))
+    .into_iter()
+    .map(|r| {
+        vec![
+            serde_json::json!(r[0]),
+            serde_json::json!(r[1].parse::<i64>().unwrap()),
+        ]
+    })
+    .collect()
+}
+
+#[test]
+fn postgres_source_to_parquet_matches_duckdb() {
+    let pg = Pg::new("src");
+    let demo = Demo::new(12_000, "\"7d\"");
+    pg.load_demo(&demo);
+    source_to_pg(&demo, &pg, "max_connections = 2");
+    let out = run_pg_ok(&demo, &pg, &["run"]);
+    let (months, dups) = expected_global(&demo);
+    let actual = duckdb(&format!(
+        "SELECT month, count(*), round(sum(amount), 2) FROM read_parquet('{}', hive_partitioning = true) GROUP BY month ORDER BY month",
+        demo.target_glob()
+    ));
+    assert_months_equal(&months, &actual);
+    let status = run_pg_ok(&demo, &pg, &["status", "--json"]);
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(status["totals"]["duplicates"], dups, "{}", text(&out));
+    // Each chunk's predicate went to the server: every row read once.
+    assert_eq!(status["totals"]["rows_read"], 12_000);
+    // Idempotent, and `validate` re-reads the source from PostgreSQL.
+    let again = run_pg_ok(&demo, &pg, &["run"]);
+    assert!(stdout(&again).contains("nothing to do"), "{}", text(&again));
+    let v = run_pg(&demo, &pg, &["validate"]);
+    assert_eq!(code(&v), 0, "{}", text(&v));
+}
+
+#[test]
+fn parquet_to_postgres_replace_and_merge_match_duckdb() {
+    for mode in ["replace", "merge"] {
+        let pg = Pg::new(mode);
+        let demo = Demo::new(10_000, "\"1 month\"");
+        let (months, _) = expected_global(&demo);
+        target_to_pg(&demo, &pg, "tx", mode);
+        run_pg_ok(&demo, &pg, &["run"]);
+        assert_months_equal(&months, &pg.months("tx"));
+        assert_eq!(
+            quarantine_per_rule(&pg, "tx_quarantine"),
+            expected_per_rule(&demo),
+            "mode {mode}"
+        );
+        assert_eq!(
+            pg.one(&format!(
+                "SELECT count(*) - count(DISTINCT transaction_id) FROM {}.tx",
+                pg.schema
+            )),
+            "0"
+        );
+        // Running every chunk again leaves exactly the same table.
+        let before = pg.fingerprint("tx");
+        let q_before = pg.fingerprint("tx_quarantine");
+        run_pg_ok(&demo, &pg, &["reset", "--all"]);
+        run_pg_ok(&demo, &pg, &["run"]);
+        assert_eq!(
+            pg.fingerprint("tx"),
+            before,
+            "mode {mode}: re-run changed the table"
+        );
+        assert_eq!(pg.fingerprint("tx_quarantine"), q_before, "mode {mode}");
+        // No staging tables are left behind.
+        assert_eq!(
+            pg.one(&format!(
+                "SELECT count(*) FROM pg_tables WHERE schemaname = '{}' AND tablename LIKE '\\_bf\\_%'",
+                pg.schema
+            )),
+            "0"
+        );
+    }
+}
+
+#[test]
+fn postgres_to_postgres_with_a_rate_limit() {
+    let pg = Pg::new("p2p");
+    let demo = Demo::new(6_000, "\"1 month\"");
+    pg.load_demo(&demo);
+    source_to_pg(&demo, &pg, "max_rows_per_second = 4000");
+    target_to_pg(&demo, &pg, "out", "replace");
+    let started = Instant::now();
+    run_pg_ok(&demo, &pg, &["run"]);
+    let took = started.elapsed();
+    // 6,000 rows read for the dedup index and 6,000 for the chunks, at 4,000/s.
+    assert!(
+        took >= Duration::from_millis(2_900),
+        "a source capped at 4000 rows/s read 12000 rows in {took:?}"
+    );
+    let (months, _) = expected_global(&demo);
+    assert_months_equal(&months, &pg.months("out"));
+}
+
+#[test]
+fn a_crash_at_any_step_of_a_postgres_commit_is_repaired() {
+    let reference = {
+        let pg = Pg::new("ref");
+        let demo = Demo::new(8_000, "\"1 month\"");
+        target_to_pg(&demo, &pg, "tx", "replace");
+        run_pg_ok(&demo, &pg, &["run"]);
+        (pg.fingerprint("tx"), pg.fingerprint("tx_quarantine"))
+    };
+    for point in [
+        "after_write:3",
+        "after_commit:2",
+        "after_publish:4",
+        "after_cleanup:5",
+    ] {
+        let pg = Pg::new("crash");
+        let demo = Demo::new(8_000, "\"1 month\"");
+        target_to_pg(&demo, &pg, "tx", "replace");
+        let job = demo.job_str();
+        let out = demo.run_env(
+            &["run", &job],
+            &[(PG_ENV, &pg.url), ("BACKFILL_FAILPOINTS", point)],
+        );
+        assert_ne!(
+            code(&out),
+            0,
+            "{point} should have aborted the run: {}",
+            text(&out)
+        );
+        run_pg_ok(&demo, &pg, &["run"]);
+        assert_eq!(
+            (pg.fingerprint("tx"), pg.fingerprint("tx_quarantine")),
+            reference,
+            "after a crash at {point}"
+        );
+    }
+    // kill -9 at moments spread over a run.
+    for delay_ms in [150u64, 400, 700] {
+        let pg = Pg::new("kill");
+        let demo = Demo::new(8_000, "\"1 month\"");
+        target_to_pg(&demo, &pg, "tx", "replace");
+        let mut child = Command::new(BIN)
+            .args(["-q", "run", &demo.job_str()])
+            .env(PG_ENV, &pg.url)
+            .env_remove("BACKFILL_FAILPOINTS")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn");
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        let _ = child.kill();
+        let _ = child.wait();
+        run_pg_ok(&demo, &pg, &["run"]);
+        assert_eq!(
+            (pg.fingerprint("tx"), pg.fingerprint("tx_quarantine")),
+            reference,
+            "after kill -9 at {delay_ms} ms"
+        );
+    }
+}
+
+#[test]
+fn postgres_types_map_to_arrow_and_back() {
+    let pg = Pg::new("types");
+    let s = &pg.schema;
+    pg.exec(&format!(
+        "CREATE TABLE {s}.typed (id bigint, i2 smallint, i4 integer, f4 real, f8 double precision, \
+         n numeric(12,2), t text, v varchar(10), c char(3), b boolean, d date, ts timestamp, \
+         tz timestamptz, u uuid, j json, jb jsonb, by bytea);
+         INSERT INTO {s}.typed VALUES
+         (1, -2, 40000, 1.5, 2.25, 12345.67, 'héllo', 'v', 'abc', true, '2023-03-04', \
+          '2023-03-04 05:06:07.123456', '2023-03-04 05:06:07+02', 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', \
+          '{{\"a\": 1}}', '{{\"b\": [1, 2]}}', '\\x00ff'),
+         (2, NULL, NULL, NULL, NULL, -0.01, NULL, NULL, NULL, NULL, NULL, '2023-06-01', NULL, NULL, NULL, NULL, NULL)"
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("job.toml");
+    std::fs::write(
+        &job,
+        format!(
+            "[source]\nformat = \"postgres\"\nurl = \"${{{PG_ENV}}}\"\ntable = \"{s}.typed\"\n\
+             [range]\ncolumn = \"ts\"\nstart = \"2023-01-01\"\nend = \"2024-01-01\"\nchunk = \"1 month\"\n\
+             [target]\npath = \"out\"\n"
+        ),
+    )
+    .unwrap();
+    let job_s = job.display().to_string();
+    let out = Command::new(BIN)
+        .args(["run", &job_s])
+        .env(PG_ENV, &pg.url)
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    let snippet = r#"
+import pyarrow.dataset as ds, json, sys
+t = ds.dataset(sys.argv[1], format="parquet").to_table().sort_by("id")
+print(json.dumps({"types": {f.name: str(f.type) for f in t.schema},
+                  "rows": [{k: (v.hex() if isinstance(v, bytes) else str(v)) for k, v in r.items()} for r in t.to_pylist()]}))
+"#;
+    let got = pyarrow(snippet, &dir.path().join("out").display().to_string());
+    let types = &got["types"];
+    for (col, ty) in [
+        ("id", "int64"),
+        ("i2", "int16"),
+        ("i4", "int32"),
+        ("f4", "float"),
+        ("f8", "double"),
+        ("n", "decimal128(12, 2)"),
+        ("t", "string"),
+        ("b", "bool"),
+        ("d", "date32[day]"),
+        ("ts", "timestamp[us]"),
+        ("tz", "timestamp[us, tz=UTC]"),
+        ("u", "string"),
+        ("jb", "string"),
+        ("by", "binary"),
+    ] {
+        assert_eq!(types[col], ty, "column {col}: {types}");
+    }
+    let r = &got["rows"][0];
+    assert_eq!(r["n"], "12345.67");
+    assert_eq!(r["t"], "héllo");
+    assert_eq!(r["c"], "abc");
+    assert_eq!(r["d"], "2023-03-04");
+    assert_eq!(r["ts"], "2023-03-04 05:06:07.123456");
+    assert_eq!(r["tz"], "2023-03-04 03:06:07+00:00");
+    assert_eq!(r["u"], "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11");
+    assert_eq!(r["jb"], "{\"b\": [1, 2]}");
+    assert_eq!(r["by"], "00ff");
+    assert_eq!(got["rows"][1]["n"], "-0.01");
+    assert_eq!(got["rows"][1]["i4"], "None");
+
+    // An unsupported type is a clear error naming the column, exit 2.
+    pg.exec(&format!("ALTER TABLE {s}.typed ADD COLUMN p point"));
+    let out = Command::new(BIN)
+        .args(["run", &job_s])
+        .env(PG_ENV, &pg.url)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(code(&out), 2, "{}", text(&out));
+    assert!(
+        err.contains("column \"p\"") && err.contains("point"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn hostile_table_names_are_quoted_never_executed() {
+    let pg = Pg::new("evil");
+    let s = &pg.schema;
+    // Unqualified, as an injected statement would name it.
+    let victim = format!("victim_{}", std::process::id());
+    pg.exec(&format!(
+        "DROP TABLE IF EXISTS public.{victim}; CREATE TABLE public.{victim} (x int); INSERT INTO public.{victim} VALUES (1)"
+    ));
+    let demo = Demo::new(2_000, "\"1 month\"");
+    let evil = format!("x\\\"; DROP TABLE {victim}; --");
+    target_to_pg(&demo, &pg, &evil, "replace");
+    run_pg_ok(&demo, &pg, &["run"]);
+    assert_eq!(
+        pg.one(&format!("SELECT count(*) FROM public.{victim}")),
+        "1"
+    );
+    pg.exec(&format!("DROP TABLE public.{victim}"));
+    // The rows went into a table with that odd name.
+    let name = format!("x\"; DROP TABLE {victim}; --");
+    assert_eq!(
+        pg.one(&format!(
+            "SELECT count(*) > 0 FROM {s}.\"{}\"",
+            name.replace('"', "\"\"")
+        )),
+        "t"
+    );
+}
+
+#[test]
+fn the_password_never_appears_in_any_output() {
+    let pg = Pg::new("secret");
+    let password = pg
+        .url
+        .split_once("://")
+        .and_then(|(_, r)| r.split_once('@'))
+        .and_then(|(userinfo, _)| userinfo.split_once(':'))
+        .map(|(_, p)| p.to_string())
+        .expect("the test URL has a password");
+    let demo = Demo::new(2_000, "\"1 month\"");
+    target_to_pg(&demo, &pg, "tx", "replace");
+    let job = demo.job_str();
+    let wrong = pg.url.replace(&password, "WrongPassw0rd");
+    let mut outputs = vec![
+        demo.run_env(&["-v", "run", &job], &[(PG_ENV, &pg.url)]),
+        demo.run_env(&["status", &job], &[(PG_ENV, &pg.url)]),
+        demo.run_env(&["plan", &job, "--json"], &[(PG_ENV, &pg.url)]),
+        demo.run_env(&["validate", &job], &[(PG_ENV, &pg.url)]),
+        demo.run_env(
+            &["-v", "run", &job, "--from", "2023-01-01"],
+            &[(PG_ENV, &wrong)],
+        ),
+    ];
+    // A literal URL in the job file (no ${VAR}) is masked too.
+    demo.edit_job(|s| s.replace(&format!("${{{PG_ENV}}}"), &pg.url));
+    demo.run_ok(&["--dry-run"]);
+    outputs.push(demo.run(&["-v", "run", &job]));
+    outputs.push(demo.run(&["reset", &job, "--all"]));
+    outputs.push(demo.run(&["-v", "run", &job]));
+    let bad_host = pg.url.replace("127.0.0.1", "127.0.0.1:1");
+    demo.edit_job(|s| s.replace(&pg.url, &bad_host));
+    outputs.push(demo.run(&["-v", "run", &job]));
+    for out in &outputs {
+        let all = text(out);
+        assert!(!all.contains(&password), "password printed:\n{all}");
+        assert!(!all.contains("WrongPassw0rd"), "password printed:\n{all}");
+    }
+    // The wrong password fails clearly, naming the masked URL.
+    let failed = text(&outputs[4]);
+    assert!(
+        failed.contains("password authentication failed"),
+        "{failed}"
+    );
+    // Nor is it stored.
+    for entry in walk(demo.path()) {
+        if let Ok(bytes) = std::fs::read(&entry) {
+            assert!(
+                !String::from_utf8_lossy(&bytes).contains(&password)
+                    || entry.ends_with("backfill.toml"),
+                "password stored in {}",
+                entry.display()
+            );
+        }
+    }
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
