@@ -344,7 +344,10 @@ fn cmd_status(job: &Path, json: bool) -> anyhow::Result<u8> {
     if json {
         let out = report::StatusJson {
             job: &bf.spec().name,
-            state: bf.spec().state.path.display().to_string(),
+            state: match &bf.spec().state.postgres {
+                Some(pg) => pg.shown.clone(),
+                None => bf.spec().state.path.display().to_string(),
+            },
             chunks: &records,
             totals: report::totals(&records),
             watermark: report::watermark(&records),

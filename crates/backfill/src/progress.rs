@@ -114,6 +114,18 @@ impl Progress {
         tracing::error!("chunk {} {} failed: {error}", chunk.id, chunk.bounds());
     }
 
+    pub fn taken(&self, chunk: &Chunk) {
+        self.done.fetch_add(1, Ordering::Relaxed);
+        if let Some(bar) = &self.bar {
+            bar.inc(1);
+        }
+        tracing::info!(
+            "chunk {} {}: another process runs it",
+            chunk.id,
+            chunk.bounds()
+        );
+    }
+
     pub fn finish(&self) {
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();

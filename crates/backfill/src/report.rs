@@ -322,6 +322,14 @@ pub fn run_text(s: &RunSummary) -> String {
         },
         s.elapsed_secs
     );
+    if s.taken > 0 {
+        let _ = writeln!(
+            out,
+            "shared state: {} chunk(s) were run by other processes",
+            s.taken
+        );
+    }
+
     let _ = writeln!(
         out,
         "rows: {} read, {} written ({} rows/s); bytes: {} read, {} written",

@@ -13,7 +13,7 @@ use backfill_core::plan::{self, Chunk};
 use backfill_core::retry::RetryPolicy;
 use backfill_core::spec::JobSpec;
 use backfill_core::state::{
-    ChunkMetrics, ChunkRecord, ChunkStatus, LockHolder, SqliteStateStore, StateStore,
+    ChunkMetrics, ChunkRecord, ChunkStatus, LockHolder, SqliteStateStore, StateError, StateStore,
 };
 use backfill_core::{ErrorClass, fingerprint};
 use datafusion::execution::runtime_env::RuntimeEnv;
@@ -81,6 +81,8 @@ pub struct RunSummary {
     pub failed: Vec<FailedChunk>,
     /// Chunks left for the next run (interrupted, or after an ordered failure).
     pub left: usize,
+    /// Chunks another process sharing the state store ran instead.
+    pub taken: usize,
     pub rows_read: u64,
     pub rows_written: u64,
     pub rows_quarantined: u64,
@@ -324,18 +326,21 @@ impl Backfill {
     }
 
     fn open_state(&self) -> Result<Arc<dyn StateStore>, Error> {
-        Ok(Arc::new(SqliteStateStore::open(&self.spec.state.path)?))
+        open_state(&self.spec)
+    }
+
+    fn open_state_existing(&self) -> Result<Option<Arc<dyn StateStore>>, Error> {
+        open_state_existing(&self.spec)
     }
 
     /// The chunks with their current status (pending where the state store
     /// has no record yet). Checks the job against the source.
     pub async fn plan(&self) -> Result<Vec<PlannedChunk>, Error> {
         let job = self.open().await?;
-        let known: BTreeMap<String, ChunkStatus> =
-            match SqliteStateStore::open_existing(&self.spec.state.path)? {
-                Some(s) => s.chunks()?.into_iter().map(|c| (c.id, c.status)).collect(),
-                None => BTreeMap::new(),
-            };
+        let known: BTreeMap<String, ChunkStatus> = match self.open_state_existing()? {
+            Some(s) => s.chunks()?.into_iter().map(|c| (c.id, c.status)).collect(),
+            None => BTreeMap::new(),
+        };
         Ok(job
             .chunks
             .into_iter()
@@ -349,7 +354,7 @@ impl Backfill {
     /// Per-chunk state from the state store; chunks of a job that never ran
     /// are listed as pending. Reads no data.
     pub fn status(&self) -> Result<Vec<ChunkRecord>, Error> {
-        let recorded = match SqliteStateStore::open_existing(&self.spec.state.path)? {
+        let recorded = match self.open_state_existing()? {
             Some(s) => s.chunks()?,
             None => Vec::new(),
         };
@@ -375,7 +380,7 @@ impl Backfill {
     /// Marks chunks overlapping `[from, to)` (all when both are `None`) to run
     /// again; their files stay visible until the new attempt commits.
     pub fn reset(&self, from: Option<RangeValue>, to: Option<RangeValue>) -> Result<usize, Error> {
-        let Some(state) = SqliteStateStore::open_existing(&self.spec.state.path)? else {
+        let Some(state) = self.open_state_existing()? else {
             return Ok(0);
         };
         let ids: Vec<String> = state
@@ -389,7 +394,7 @@ impl Backfill {
 
     /// Removes the job's lock, whoever holds it.
     pub fn unlock(&self) -> Result<Option<LockHolder>, Error> {
-        match SqliteStateStore::open_existing(&self.spec.state.path)? {
+        match self.open_state_existing()? {
             Some(s) => Ok(s.force_unlock()?),
             None => Ok(None),
         }
@@ -445,11 +450,10 @@ impl Backfill {
         }
         if opts.dry_run {
             // Read-only: no lock, no recovery, no state changes.
-            let records: BTreeMap<String, ChunkRecord> =
-                match SqliteStateStore::open_existing(&self.spec.state.path)? {
-                    Some(s) => s.chunks()?.into_iter().map(|c| (c.id.clone(), c)).collect(),
-                    None => BTreeMap::new(),
-                };
+            let records: BTreeMap<String, ChunkRecord> = match self.open_state_existing()? {
+                Some(s) => s.chunks()?.into_iter().map(|c| (c.id.clone(), c)).collect(),
+                None => BTreeMap::new(),
+            };
             summary.would_run = select(&job.chunks, &records, &opts);
             summary.selected = summary.would_run.len();
             summary.elapsed_secs = started.elapsed().as_secs_f64();
@@ -545,6 +549,7 @@ impl Backfill {
             cancel: cancel_rx.clone(),
             orphans: Mutex::new(pending_orphans),
             index,
+            rerun_committed: opts.from.is_some() || opts.to.is_some(),
         });
 
         let mut queue = selected.into_iter();
@@ -598,6 +603,10 @@ impl Backfill {
                     }
                 }
                 Outcome::Interrupted => summary.left += 1,
+                Outcome::Taken => {
+                    summary.taken += 1;
+                    progress.taken(&chunk);
+                }
             }
         }
         progress.finish();
@@ -618,6 +627,25 @@ impl Backfill {
         state.finish_run(run_id, status)?;
         Ok(())
     }
+}
+
+/// The job's state store: SQLite beside the job, or shared PostgreSQL.
+pub(crate) fn open_state(spec: &JobSpec) -> Result<Arc<dyn StateStore>, Error> {
+    if let Some(pg) = &spec.state.postgres {
+        let name = crate::redact::redact(&spec.name);
+        return Ok(Arc::new(crate::pg::state::PgStateStore::open(pg, &name)?));
+    }
+    Ok(Arc::new(SqliteStateStore::open(&spec.state.path)?))
+}
+
+/// The state store if the job ever ran (a shared PostgreSQL one always
+/// counts as existing).
+pub(crate) fn open_state_existing(spec: &JobSpec) -> Result<Option<Arc<dyn StateStore>>, Error> {
+    if spec.state.postgres.is_some() {
+        return open_state(spec).map(Some);
+    }
+    Ok(SqliteStateStore::open_existing(&spec.state.path)?
+        .map(|s| Arc::new(s) as Arc<dyn StateStore>))
 }
 
 /// The chunks a run picks: without --from/--to those not yet committed; with
@@ -786,7 +814,14 @@ async fn recover(
         state.forget_garbage(&garbage)?;
         rec.garbage_removed += garbage.len();
     }
-    let on_disk = job.sinks.scan().await?;
+    let mut on_disk = job.sinks.scan().await?;
+    // In a shared state store, other live processes stage files right now.
+    let busy = state.busy_chunks()?;
+    if !busy.is_empty() {
+        on_disk
+            .staged
+            .retain(|path| !busy.iter().any(|chunk| path.contains(chunk.as_str())));
+    }
     if !on_disk.staged.is_empty() {
         tracing::info!(
             "removing {} staged file(s) left by an interrupted attempt",
@@ -842,6 +877,8 @@ enum Outcome {
     Committed(ChunkMetrics),
     Failed(String),
     Interrupted,
+    /// Another process sharing the state store holds or committed the chunk.
+    Taken,
 }
 
 struct Shared {
@@ -853,6 +890,8 @@ struct Shared {
     /// Files of chunks the state did not record, removed when the chunk commits.
     orphans: Mutex<BTreeMap<String, Vec<String>>>,
     index: Option<Arc<DedupIndex>>,
+    /// A narrowed run runs committed chunks again.
+    rerun_committed: bool,
 }
 
 async fn cancelled(mut rx: watch::Receiver<bool>) {
@@ -867,12 +906,23 @@ async fn run_chunk(shared: &Shared, chunk: &Chunk) -> Outcome {
     let mut tries = 0u32;
     loop {
         tries += 1;
-        let attempt = match shared.state.start_attempt(shared.run_id, &chunk.id) {
-            Ok(a) => a,
+        let claimed = shared
+            .state
+            .claim(shared.run_id, &chunk.id, shared.rerun_committed);
+        let attempt = match claimed {
+            Ok(Some(a)) => a,
+            Ok(None) => return Outcome::Taken,
             Err(e) => return Outcome::Failed(format!("state store: {e}")),
         };
         match attempt_chunk(shared, chunk, attempt).await {
             Ok(m) => return Outcome::Committed(m),
+            Err(ChunkError::State(StateError::LeaseLost { .. })) => {
+                tracing::warn!(
+                    "chunk {}: another process took it over while this one ran it; leaving it to that process",
+                    chunk.id
+                );
+                return Outcome::Taken;
+            }
             Err(ChunkError::Interrupted) => {
                 let _ = shared.state.fail_attempt(
                     shared.run_id,

@@ -23,7 +23,7 @@ use arrow::util::display::array_value_to_string;
 use async_trait::async_trait;
 use backfill_core::interval::RangeValue;
 use backfill_core::plan::Chunk;
-use backfill_core::state::{ChunkRecord, ChunkStatus, SqliteStateStore, StateStore};
+use backfill_core::state::{ChunkRecord, ChunkStatus};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serde::Serialize;
 
@@ -366,7 +366,7 @@ impl Backfill {
             }
         }
         let (records, files): (BTreeMap<String, ChunkRecord>, BTreeMap<String, Vec<String>>) =
-            match SqliteStateStore::open_existing(&spec.state.path)? {
+            match crate::runner::open_state_existing(spec)? {
                 Some(s) => (
                     s.chunks()?.into_iter().map(|c| (c.id.clone(), c)).collect(),
                     s.committed_files()?,

@@ -15,6 +15,7 @@ use toml::de::{DeTable, DeValue};
 use crate::interval::{ChunkSize, RangeValue, ValueKind, parse_duration, parse_time};
 pub use postgres::{
     PgRelation, PgSourceSpec, PgTargetSpec, PgWriteMode, QualifiedName, mask_url, quote_ident,
+    url_password,
 };
 pub use quality::{
     DedupScope, DedupSpec, OrderKey, QuarantineSpec, RuleAction, RuleSpec, ValidateSpec,
@@ -245,7 +246,22 @@ pub struct RunSpec {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct StateSpec {
+    /// The SQLite file (also where the dedup index is kept, with a shared
+    /// PostgreSQL state too).
     pub path: PathBuf,
+    /// `[state] url`: a PostgreSQL state store shared by several processes.
+    pub postgres: Option<PgStateSpec>,
+}
+
+/// `[state] url = "postgres://..."`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PgStateSpec {
+    pub url: String,
+    pub shown: String,
+    /// The schema holding the state tables (default `backfill`).
+    pub schema: String,
+    /// How long a chunk stays leased to a process that stopped renewing it.
+    pub lease: Duration,
 }
 
 const TOP_KEYS: &[&str] = &[
@@ -409,15 +425,10 @@ fn read_job(
         None => Some(RunSpec::default()),
     };
     let state = match section(d, top, "state", false) {
-        Some(mut t) => {
-            let path = t.string(d, env, "path");
-            t.finish(d, &["path"]);
-            path.map(|p| StateSpec {
-                path: base.join(p.value),
-            })
-        }
+        Some(mut t) => read_state(d, env, &mut t, base),
         None => Some(StateSpec {
             path: base.join(".backfill/state.db"),
+            postgres: None,
         }),
     };
     let rules = match top.raw("rules") {
@@ -866,6 +877,71 @@ impl Default for RunSpec {
             retry_backoff: Duration::from_secs(1),
         }
     }
+}
+
+fn read_state(d: &mut Diags, env: Env, t: &mut TableReader, base: &Path) -> Option<StateSpec> {
+    let path = t.string(d, env, "path");
+    let url = t.string(d, env, "url");
+    let schema = t.string(d, env, "schema");
+    let lease = t.string(d, env, "lease");
+    t.finish(d, &["path", "url", "schema", "lease"]);
+    let mut ok = true;
+    let lease = match lease {
+        Some(l) => match parse_duration(&l.value) {
+            Ok(v) if v >= Duration::from_secs(1) => v,
+            Ok(_) => {
+                d.push(l.span, "state.lease", "must be at least 1s");
+                ok = false;
+                Duration::ZERO
+            }
+            Err(e) => {
+                d.push(l.span, "state.lease", e.replace(&l.value, &l.shown));
+                ok = false;
+                Duration::ZERO
+            }
+        },
+        None => Duration::from_secs(30),
+    };
+    let postgres = match url {
+        Some(u) if !u.value.starts_with("postgres://") && !u.value.starts_with("postgresql://") => {
+            d.push(
+                u.span,
+                "state.url",
+                format!(
+                    "\"{}\" is not a PostgreSQL URL (expected postgres://user:password@host/db)",
+                    mask_url(&u.shown)
+                ),
+            );
+            ok = false;
+            None
+        }
+        Some(u) => {
+            if let Some(p) = postgres::url_password(&u.value) {
+                d.secrets.push(p);
+            }
+            let schema = schema.map(|s| s.value).unwrap_or_else(|| "backfill".into());
+            Some(PgStateSpec {
+                shown: format!("postgres {} schema {schema}", mask_url(&u.shown)),
+                url: u.value,
+                schema,
+                lease,
+            })
+        }
+        None => {
+            if let Some(s) = schema {
+                d.push(s.span, "state.schema", "only applies with state.url");
+                ok = false;
+            }
+            None
+        }
+    };
+    ok.then(|| StateSpec {
+        path: base.join(
+            path.map(|p| p.value)
+                .unwrap_or_else(|| ".backfill/state.db".into()),
+        ),
+        postgres,
+    })
 }
 
 fn read_run(d: &mut Diags, env: Env, t: &mut TableReader) -> Option<RunSpec> {

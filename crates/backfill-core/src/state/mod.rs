@@ -68,6 +68,17 @@ pub enum StateError {
     },
     #[error("unknown chunk {0}")]
     UnknownChunk(String),
+    /// A database-backed store's failure, already described.
+    #[error("state store {store}: {message}")]
+    Remote {
+        store: String,
+        message: String,
+        transient: bool,
+    },
+    #[error(
+        "chunk {chunk}: this process's lease expired and another process took the chunk over; its work here is discarded"
+    )]
+    LeaseLost { chunk: String },
     #[error("corrupt state record: {0}")]
     Corrupt(String),
 }
@@ -227,6 +238,26 @@ pub fn hostname() -> String {
         .unwrap_or_else(|| "localhost".to_string())
 }
 
+/// A range bound as stored: `t:<micros>` or `i:<int>`.
+pub fn encode_bound(v: Option<RangeValue>) -> Option<String> {
+    v.map(|v| match v {
+        RangeValue::Time(t) => format!("t:{t}"),
+        RangeValue::Int(i) => format!("i:{i}"),
+    })
+}
+
+pub fn decode_bound(s: Option<String>) -> Result<Option<RangeValue>, StateError> {
+    let Some(s) = s else { return Ok(None) };
+    let bad = || StateError::Corrupt(format!("range bound {s:?}"));
+    let (kind, num) = s.split_once(':').ok_or_else(bad)?;
+    let n: i64 = num.parse().map_err(|_| bad())?;
+    match kind {
+        "t" => Ok(Some(RangeValue::Time(n))),
+        "i" => Ok(Some(RangeValue::Int(n))),
+        _ => Err(bad()),
+    }
+}
+
 pub fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
@@ -271,6 +302,25 @@ pub trait StateStore: Send + Sync {
     /// Marks the chunk running and returns the attempt number (1-based, over
     /// the chunk's whole life).
     fn start_attempt(&self, run_id: i64, chunk_id: &str) -> Result<u32, StateError>;
+
+    /// Like [`StateStore::start_attempt`], but in a store shared by several
+    /// processes only if no other live process holds the chunk and (unless
+    /// `rerun_committed`) it is not committed: `None` when it is taken.
+    fn claim(
+        &self,
+        run_id: i64,
+        chunk_id: &str,
+        rerun_committed: bool,
+    ) -> Result<Option<u32>, StateError> {
+        let _ = rerun_committed;
+        self.start_attempt(run_id, chunk_id).map(Some)
+    }
+
+    /// Chunks other live processes hold right now (their staged files must
+    /// not be cleaned up); always empty for a store only one process uses.
+    fn busy_chunks(&self) -> Result<std::collections::HashSet<String>, StateError> {
+        Ok(Default::default())
+    }
     /// Records a failed attempt; the chunk becomes `failed` unless `will_retry`.
     fn fail_attempt(
         &self,

@@ -12,7 +12,6 @@ use super::{
     ChunkMetrics, ChunkRecord, ChunkStatus, LockHolder, OwnedFile, PlanSync, StateError,
     StateStore, now,
 };
-use crate::interval::RangeValue;
 use crate::plan::Chunk;
 
 pub const SCHEMA_VERSION: i64 = 2;
@@ -199,24 +198,7 @@ impl SqliteStateStore {
     }
 }
 
-fn encode(v: Option<RangeValue>) -> Option<String> {
-    v.map(|v| match v {
-        RangeValue::Time(t) => format!("t:{t}"),
-        RangeValue::Int(i) => format!("i:{i}"),
-    })
-}
-
-fn decode(s: Option<String>) -> Result<Option<RangeValue>, StateError> {
-    let Some(s) = s else { return Ok(None) };
-    let bad = || StateError::Corrupt(format!("range bound {s:?}"));
-    let (kind, num) = s.split_once(':').ok_or_else(bad)?;
-    let n: i64 = num.parse().map_err(|_| bad())?;
-    match kind {
-        "t" => Ok(Some(RangeValue::Time(n))),
-        "i" => Ok(Some(RangeValue::Int(n))),
-        _ => Err(bad()),
-    }
-}
+use super::{decode_bound as decode, encode_bound as encode};
 
 /// Data-quality figures, kept as one JSON column so new ones need no migration.
 #[derive(Debug, Default, serde::Serialize, serde::Deserialize)]

@@ -6,6 +6,7 @@
 
 pub mod sink;
 pub mod source;
+pub mod state;
 pub mod types;
 
 use backfill_core::ErrorClass;

@@ -85,6 +85,15 @@ impl Pg {
             .collect()
     }
 
+    /// The first value, or `None` when the query fails (a table not there yet).
+    fn try_one(&self, sql: &str) -> Option<String> {
+        let msgs = self.rt.block_on(self.client.simple_query(sql)).ok()?;
+        msgs.into_iter().find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+            _ => None,
+        })
+    }
+
     fn one(&self, sql: &str) -> String {
         self.rows(sql)[0][0].clone()
     }
@@ -544,4 +553,132 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
         }
     }
     out
+}
+
+/// Adds a shared PostgreSQL state store (schema of its own) to the job.
+fn state_to_pg(demo: &Demo, pg: &Pg, lease: &str) {
+    let schema = format!("{}_state", pg.schema);
+    demo.edit_job(|s| {
+        s.replace(
+            "[state]\n",
+            &format!(
+                "[state]\nurl = \"${{{PG_ENV}}}\"\nschema = \"{schema}\"\nlease = \"{lease}\"\n"
+            ),
+        )
+    });
+}
+
+/// Per chunk: (commits, the processes that made them), from the shared state.
+fn commits(pg: &Pg) -> Vec<(String, i64, i64)> {
+    pg.rows(&format!(
+        "SELECT chunk_id, count(*), count(DISTINCT worker) FROM {}_state.attempts \
+         WHERE outcome = 'committed' GROUP BY chunk_id ORDER BY chunk_id",
+        pg.schema
+    ))
+    .into_iter()
+    .map(|r| (r[0].clone(), r[1].parse().unwrap(), r[2].parse().unwrap()))
+    .collect()
+}
+
+fn spawn_run(demo: &Demo, pg: &Pg) -> std::process::Child {
+    Command::new(BIN)
+        .args(["run", &demo.job_str()])
+        .env(PG_ENV, &pg.url)
+        .env_remove("BACKFILL_FAILPOINTS")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn")
+}
+
+#[test]
+fn two_processes_share_one_backfill_through_postgres_state() {
+    let pg = Pg::new("shared");
+    let demo = Demo::new(30_000, "\"7d\"");
+    state_to_pg(&demo, &pg, "30s");
+    let (months, dups) = expected_global(&demo);
+    let a = spawn_run(&demo, &pg);
+    let b = spawn_run(&demo, &pg);
+    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    assert_eq!(code(&a), 0, "{}", text(&a));
+    assert_eq!(code(&b), 0, "{}", text(&b));
+    let commits = commits(&pg);
+    assert_eq!(commits.len(), 53, "every weekly chunk committed");
+    assert!(
+        commits.iter().all(|(_, n, _)| *n == 1),
+        "a chunk committed twice: {commits:?}"
+    );
+    let workers = pg.one(&format!(
+        "SELECT count(DISTINCT worker) FROM {}_state.attempts WHERE outcome = 'committed'",
+        pg.schema
+    ));
+    assert_eq!(workers, "2", "both processes should have committed chunks");
+    let actual = duckdb(&format!(
+        "SELECT month, count(*), round(sum(amount), 2) FROM read_parquet('{}', hive_partitioning = true) GROUP BY month ORDER BY month",
+        demo.target_glob()
+    ));
+    assert_months_equal(&months, &actual);
+    assert_eq!(duplicate_rows(&demo), 0);
+    let status = run_pg_ok(&demo, &pg, &["status", "--json"]);
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(status["totals"]["duplicates"], dups);
+    let again = run_pg_ok(&demo, &pg, &["run"]);
+    assert!(stdout(&again).contains("nothing to do"), "{}", text(&again));
+    let v = run_pg(&demo, &pg, &["validate"]);
+    assert_eq!(code(&v), 0, "{}", text(&v));
+}
+
+#[test]
+fn a_killed_process_leases_expire_and_another_takes_over() {
+    let pg = Pg::new("lease");
+    let demo = Demo::new(30_000, "\"7d\"");
+    state_to_pg(&demo, &pg, "2s");
+    let reference = {
+        let d = Demo::new(30_000, "\"7d\"");
+        d.run_ok(&[]);
+        target_fingerprint(&d)
+    };
+    // The first process dies (kill -9) holding leases on its running chunks.
+    let mut first = spawn_run(&demo, &pg);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let running = pg.try_one(&format!(
+            "SELECT count(*) FROM {}_state.chunks WHERE status = 'running'",
+            pg.schema
+        ));
+        if running.as_deref().is_some_and(|n| n != "0") || Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let _ = first.kill();
+    let _ = first.wait();
+    let held = pg.one(&format!(
+        "SELECT count(*) FROM {}_state.chunks WHERE status = 'running'",
+        pg.schema
+    ));
+    // A second process finishes the job: chunks still leased to the dead one
+    // are taken over once their leases run out.
+    let started = Instant::now();
+    let out = run_pg_ok(&demo, &pg, &["run"]);
+    let mut rounds = 0;
+    while !stdout(&run_pg_ok(&demo, &pg, &["run"])).contains("nothing to do") {
+        rounds += 1;
+        assert!(rounds < 5, "the job never finished: {}", text(&out));
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    assert_eq!(
+        target_fingerprint(&demo),
+        reference,
+        "{held} chunk(s) were held by the killed process; took {:?}\n{}",
+        started.elapsed(),
+        text(&out)
+    );
+    assert!(commits(&pg).iter().all(|(_, n, _)| *n == 1));
+    assert_eq!(duplicate_rows(&demo), 0);
+    eprintln!(
+        "lease takeover: {held} chunk(s) held by the killed process, finished {:?} later",
+        started.elapsed()
+    );
+    assert_ne!(held, "0", "the kill should have left leased chunks behind");
 }

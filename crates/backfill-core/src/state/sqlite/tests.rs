@@ -1,4 +1,5 @@
 use super::*;
+use crate::interval::RangeValue;
 use crate::interval::ChunkSize;
 use crate::plan::plan_bounds;
 

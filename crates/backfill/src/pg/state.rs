@@ -1,0 +1,861 @@
+//! `[state] url = "postgres://..."`: a state store several `backfill run`
+//! processes share, on one machine or many.
+//!
+//! Nobody locks the job. Instead each chunk is leased: a process claims it
+//! with one conditional `UPDATE` (it must be pending or failed, or held by a
+//! process whose lease ran out), renews its leases from a heartbeat thread,
+//! and can commit only while it still holds the lease. A process that dies
+//! stops renewing; after `[state] lease` its chunks can be claimed again.
+//!
+//! The `StateStore` trait is synchronous (SQLite is), so the blocking
+//! `postgres` client runs on a thread of its own and calls are sent to it:
+//! the async runner never blocks on a runtime inside a runtime.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use backfill_core::plan::Chunk;
+use backfill_core::spec::{PgStateSpec, quote_ident};
+use backfill_core::state::{
+    ChunkMetrics, ChunkRecord, ChunkStatus, LockHolder, OwnedFile, PlanSync, StateError,
+    StateStore, decode_bound, encode_bound, hostname,
+};
+use postgres::{Client, NoTls, Transaction};
+
+type Task = Box<dyn FnOnce(&mut Client) + Send>;
+
+pub struct PgStateStore {
+    tx: Mutex<mpsc::Sender<Task>>,
+    shown: String,
+    job: String,
+    /// This process, as lease holder: `pid@host`.
+    me: String,
+    lease_secs: f64,
+    stop: Arc<AtomicBool>,
+    /// SQL fragments with the schema quoted in.
+    t: Tables,
+}
+
+#[derive(Clone)]
+struct Tables {
+    schema: String,
+    jobs: String,
+    runs: String,
+    chunks: String,
+    files: String,
+    garbage: String,
+    attempts: String,
+}
+
+impl Tables {
+    fn new(schema: &str) -> Tables {
+        let q = quote_ident(schema);
+        let t = |name: &str| format!("{q}.{}", quote_ident(name));
+        Tables {
+            schema: q.clone(),
+            jobs: t("jobs"),
+            runs: t("runs"),
+            chunks: t("chunks"),
+            files: t("chunk_files"),
+            garbage: t("garbage"),
+            attempts: t("attempts"),
+        }
+    }
+
+    fn ddl(&self) -> String {
+        format!(
+            "CREATE SCHEMA IF NOT EXISTS {schema};
+             CREATE TABLE IF NOT EXISTS {jobs} (job text PRIMARY KEY, fingerprint text NOT NULL);
+             CREATE TABLE IF NOT EXISTS {runs} (
+                run_id bigserial PRIMARY KEY, job text NOT NULL,
+                started_at timestamptz NOT NULL DEFAULT now(), finished_at timestamptz,
+                pid integer NOT NULL, host text NOT NULL, status text NOT NULL, args text NOT NULL);
+             CREATE TABLE IF NOT EXISTS {chunks} (
+                job text NOT NULL, chunk_id text NOT NULL, idx bigint NOT NULL, lo text, hi text,
+                status text NOT NULL, attempts integer NOT NULL DEFAULT 0, metrics text,
+                last_error text, updated_at timestamptz, run_id bigint,
+                leased_by text, lease_until timestamptz,
+                PRIMARY KEY (job, chunk_id));
+             CREATE TABLE IF NOT EXISTS {files} (
+                job text NOT NULL, chunk_id text NOT NULL, path text NOT NULL, staged text NOT NULL,
+                published boolean NOT NULL DEFAULT false, PRIMARY KEY (job, chunk_id, path));
+             CREATE TABLE IF NOT EXISTS {garbage} (
+                job text NOT NULL, path text NOT NULL, since timestamptz NOT NULL DEFAULT now(),
+                PRIMARY KEY (job, path));
+             CREATE TABLE IF NOT EXISTS {attempts} (
+                job text NOT NULL, chunk_id text NOT NULL, attempt integer NOT NULL,
+                run_id bigint, worker text NOT NULL, started_at timestamptz NOT NULL DEFAULT now(),
+                finished_at timestamptz, outcome text NOT NULL, error text,
+                PRIMARY KEY (job, chunk_id, attempt));",
+            schema = self.schema,
+            jobs = self.jobs,
+            runs = self.runs,
+            chunks = self.chunks,
+            files = self.files,
+            garbage = self.garbage,
+            attempts = self.attempts,
+        )
+    }
+}
+
+fn describe(e: &postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{}: {}", db.severity(), db.message()),
+        None => {
+            let mut s = e.to_string();
+            if let Some(inner) = std::error::Error::source(e) {
+                s.push_str(&format!(": {inner}"));
+            }
+            s
+        }
+    }
+}
+
+impl PgStateStore {
+    /// Connects, creates the state tables if needed and starts the lease
+    /// heartbeat.
+    pub fn open(spec: &PgStateSpec, job: &str) -> Result<PgStateStore, StateError> {
+        let shown = spec.shown.clone();
+        let err_shown = shown.clone();
+        let (ready_tx, ready_rx) = mpsc::channel::<Result<(), StateError>>();
+        let (tx, rx) = mpsc::channel::<Task>();
+        let url = spec.url.clone();
+        let tables = Tables::new(&spec.schema);
+        let ddl = tables.ddl();
+        std::thread::Builder::new()
+            .name("backfill-pg-state".into())
+            .spawn(move || {
+                let connected = Client::connect(&url, NoTls).and_then(|mut c| {
+                    c.batch_execute(
+                        "SET TIME ZONE 'UTC'; SET application_name = 'backfill state'",
+                    )?;
+                    // Two processes creating the tables at once would collide.
+                    let mut t = c.transaction()?;
+                    t.execute("SELECT pg_advisory_xact_lock(4242424242)", &[])?;
+                    t.batch_execute(&ddl)?;
+                    t.commit()?;
+                    Ok(c)
+                });
+                let mut client = match connected {
+                    Ok(c) => {
+                        let _ = ready_tx.send(Ok(()));
+                        c
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(StateError::Remote {
+                            store: err_shown,
+                            message: describe(&e),
+                            transient: false,
+                        }));
+                        return;
+                    }
+                };
+                while let Ok(task) = rx.recv() {
+                    task(&mut client);
+                }
+            })
+            .map_err(|e| StateError::Remote {
+                store: shown.clone(),
+                message: format!("cannot start the state thread: {e}"),
+                transient: false,
+            })?;
+        ready_rx.recv().map_err(|_| StateError::Remote {
+            store: shown.clone(),
+            message: "the state thread stopped".into(),
+            transient: true,
+        })??;
+        let store = PgStateStore {
+            tx: Mutex::new(tx),
+            shown,
+            job: job.to_string(),
+            me: format!("{}@{}", std::process::id(), hostname()),
+            lease_secs: spec.lease.as_secs_f64(),
+            stop: Arc::new(AtomicBool::new(false)),
+            t: tables,
+        };
+        store.start_heartbeat();
+        Ok(store)
+    }
+
+    /// Renews this process's leases every third of the lease time.
+    fn start_heartbeat(&self) {
+        let tx = match self.tx.lock() {
+            Ok(t) => t.clone(),
+            Err(p) => p.into_inner().clone(),
+        };
+        let stop = self.stop.clone();
+        let every = Duration::from_secs_f64((self.lease_secs / 3.0).max(0.2));
+        let sql = format!(
+            "UPDATE {} SET lease_until = now() + make_interval(secs => $3) \
+             WHERE job = $1 AND leased_by = $2 AND status = 'running'",
+            self.t.chunks
+        );
+        let (job, me, secs) = (self.job.clone(), self.me.clone(), self.lease_secs);
+        let _ = std::thread::Builder::new()
+            .name("backfill-lease".into())
+            .spawn(move || {
+                let step = Duration::from_millis(100);
+                let mut waited = Duration::ZERO;
+                while !stop.load(Ordering::SeqCst) {
+                    std::thread::sleep(step);
+                    waited += step;
+                    if waited < every {
+                        continue;
+                    }
+                    waited = Duration::ZERO;
+                    let (sql, job, me) = (sql.clone(), job.clone(), me.clone());
+                    let task: Task = Box::new(move |c: &mut Client| {
+                        if let Err(e) = c.execute(&sql, &[&job, &me, &secs]) {
+                            tracing::warn!("renewing chunk leases failed: {}", describe(&e));
+                        }
+                    });
+                    if tx.send(task).is_err() {
+                        return;
+                    }
+                }
+            });
+    }
+
+    /// Runs `f` on the state thread and waits for its answer.
+    fn call<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Client, &Ctx) -> Result<T, CallError> + Send + 'static,
+    ) -> Result<T, StateError> {
+        let (reply_tx, reply_rx) = mpsc::channel();
+        let ctx = Ctx {
+            job: self.job.clone(),
+            me: self.me.clone(),
+            lease_secs: self.lease_secs,
+            t: self.t.clone(),
+        };
+        let task: Task = Box::new(move |c: &mut Client| {
+            let _ = reply_tx.send(f(c, &ctx));
+        });
+        let gone = || StateError::Remote {
+            store: self.shown.clone(),
+            message: "the state connection is gone".into(),
+            transient: true,
+        };
+        {
+            let tx = self.tx.lock().map_err(|_| gone())?;
+            tx.send(task).map_err(|_| gone())?;
+        }
+        match reply_rx.recv().map_err(|_| gone())? {
+            Ok(v) => Ok(v),
+            Err(CallError::State(e)) => Err(e),
+            Err(CallError::Pg(e)) => Err(StateError::Remote {
+                store: self.shown.clone(),
+                transient: e.is_closed()
+                    || e.code().is_some_and(|c| {
+                        let c = c.code();
+                        c.starts_with("08") || c.starts_with("40") || c.starts_with("57P")
+                    }),
+                message: describe(&e),
+            }),
+        }
+    }
+
+    /// Per chunk: how many attempts committed and which processes made them,
+    /// for tests that prove exactly-once.
+    pub fn commit_counts(&self) -> Result<BTreeMap<String, (u64, Vec<String>)>, StateError> {
+        self.call(|c, x| {
+            let rows = c.query(
+                &format!(
+                    "SELECT chunk_id, count(*), array_agg(worker ORDER BY worker) FROM {} \
+                     WHERE job = $1 AND outcome = 'committed' GROUP BY chunk_id",
+                    x.t.attempts
+                ),
+                &[&x.job],
+            )?;
+            Ok(rows
+                .iter()
+                .map(|r| {
+                    (
+                        r.get::<_, String>(0),
+                        (r.get::<_, i64>(1) as u64, r.get::<_, Vec<String>>(2)),
+                    )
+                })
+                .collect())
+        })
+    }
+}
+
+impl Drop for PgStateStore {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+struct Ctx {
+    job: String,
+    me: String,
+    lease_secs: f64,
+    t: Tables,
+}
+
+enum CallError {
+    Pg(postgres::Error),
+    State(StateError),
+}
+
+impl From<postgres::Error> for CallError {
+    fn from(e: postgres::Error) -> Self {
+        CallError::Pg(e)
+    }
+}
+
+fn move_to_garbage(t: &mut Transaction, x: &Ctx, chunk: &str) -> Result<(), postgres::Error> {
+    t.execute(
+        &format!(
+            "INSERT INTO {g} (job, path) SELECT job, path FROM {f} WHERE job = $1 AND chunk_id = $2 \
+             ON CONFLICT DO NOTHING",
+            g = x.t.garbage,
+            f = x.t.files
+        ),
+        &[&x.job, &chunk],
+    )?;
+    Ok(())
+}
+
+impl StateStore for PgStateStore {
+    fn describe(&self) -> String {
+        self.shown.clone()
+    }
+
+    /// Shared state has no job lock: chunks are leased one by one.
+    fn lock(&self, _holder: &LockHolder) -> Result<Option<LockHolder>, StateError> {
+        Ok(None)
+    }
+
+    /// Gives this process's unfinished chunks back at once, rather than after
+    /// their leases run out.
+    fn unlock(&self, _holder: &LockHolder) -> Result<(), StateError> {
+        self.call(|c, x| {
+            c.execute(
+                &format!(
+                    "UPDATE {} SET status = 'pending', lease_until = NULL \
+                     WHERE job = $1 AND leased_by = $2 AND status = 'running'",
+                    x.t.chunks
+                ),
+                &[&x.job, &x.me],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Ends every lease of the job, so another run can take the chunks now.
+    fn force_unlock(&self) -> Result<Option<LockHolder>, StateError> {
+        self.call(|c, x| {
+            c.execute(
+                &format!(
+                    "UPDATE {} SET lease_until = NULL, \
+                     status = CASE WHEN status = 'running' THEN 'pending' ELSE status END \
+                     WHERE job = $1",
+                    x.t.chunks
+                ),
+                &[&x.job],
+            )?;
+            Ok(None)
+        })
+    }
+
+    fn sync_plan(
+        &self,
+        job: &str,
+        fingerprint: &str,
+        chunks: &[Chunk],
+        replan: bool,
+    ) -> Result<PlanSync, StateError> {
+        let _ = job;
+        let fingerprint = fingerprint.to_string();
+        let chunks: Vec<Chunk> = chunks.to_vec();
+        self.call(move |c, x| {
+            let mut t = c.transaction()?;
+            // One process at a time syncs a job's plan.
+            t.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&x.job])?;
+            let old: Option<String> = t
+                .query_opt(
+                    &format!("SELECT fingerprint FROM {} WHERE job = $1", x.t.jobs),
+                    &[&x.job],
+                )?
+                .map(|r| r.get(0));
+            let mut sync = PlanSync::default();
+            if old.as_deref().is_some_and(|o| o != fingerprint) {
+                let committed: i64 = t
+                    .query_one(
+                        &format!(
+                            "SELECT count(*) FROM {} WHERE job = $1 AND status = 'committed'",
+                            x.t.chunks
+                        ),
+                        &[&x.job],
+                    )?
+                    .get(0);
+                if committed > 0 && !replan {
+                    return Err(CallError::State(StateError::RangeChanged {
+                        old: old.unwrap_or_default(),
+                        new: fingerprint.clone(),
+                        committed: committed as usize,
+                    }));
+                }
+            }
+            let wanted: HashSet<&str> = chunks.iter().map(|c| c.id.as_str()).collect();
+            let existing: Vec<String> = t
+                .query(
+                    &format!("SELECT chunk_id FROM {} WHERE job = $1", x.t.chunks),
+                    &[&x.job],
+                )?
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            for id in existing.iter().filter(|id| !wanted.contains(id.as_str())) {
+                move_to_garbage(&mut t, x, id)?;
+                t.execute(
+                    &format!(
+                        "INSERT INTO {g} (job, path) SELECT job, staged FROM {f} \
+                         WHERE job = $1 AND chunk_id = $2 AND NOT published ON CONFLICT DO NOTHING",
+                        g = x.t.garbage,
+                        f = x.t.files
+                    ),
+                    &[&x.job, id],
+                )?;
+                for table in [&x.t.files, &x.t.chunks] {
+                    t.execute(
+                        &format!("DELETE FROM {table} WHERE job = $1 AND chunk_id = $2"),
+                        &[&x.job, id],
+                    )?;
+                }
+                sync.retired.push(id.clone());
+            }
+            let insert = t.prepare(&format!(
+                "INSERT INTO {} (job, chunk_id, idx, lo, hi, status) VALUES ($1, $2, $3, $4, $5, 'pending') \
+                 ON CONFLICT (job, chunk_id) DO UPDATE SET idx = EXCLUDED.idx",
+                x.t.chunks
+            ))?;
+            for ch in &chunks {
+                t.execute(
+                    &insert,
+                    &[
+                        &x.job,
+                        &ch.id,
+                        &(ch.index as i64),
+                        &encode_bound(ch.lo),
+                        &encode_bound(ch.hi),
+                    ],
+                )?;
+            }
+            sync.inserted = chunks.len().saturating_sub(existing.len() - sync.retired.len());
+            t.execute(
+                &format!(
+                    "INSERT INTO {} (job, fingerprint) VALUES ($1, $2) \
+                     ON CONFLICT (job) DO UPDATE SET fingerprint = EXCLUDED.fingerprint",
+                    x.t.jobs
+                ),
+                &[&x.job, &fingerprint],
+            )?;
+            t.commit()?;
+            Ok(sync)
+        })
+    }
+
+    fn begin_run(&self, args: &str) -> Result<i64, StateError> {
+        let args = args.to_string();
+        self.call(move |c, x| {
+            let row = c.query_one(
+                &format!(
+                    "INSERT INTO {} (job, pid, host, status, args) VALUES ($1, $2, $3, 'running', $4) RETURNING run_id",
+                    x.t.runs
+                ),
+                &[&x.job, &(std::process::id() as i32), &hostname(), &args],
+            )?;
+            Ok(row.get(0))
+        })
+    }
+
+    fn finish_run(&self, run_id: i64, status: &str) -> Result<(), StateError> {
+        let status = status.to_string();
+        self.call(move |c, x| {
+            c.execute(
+                &format!(
+                    "UPDATE {} SET finished_at = now(), status = $2 WHERE run_id = $1",
+                    x.t.runs
+                ),
+                &[&run_id, &status],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn chunks(&self) -> Result<Vec<ChunkRecord>, StateError> {
+        let rows = self.call(|c, x| {
+            Ok(c.query(
+                &format!(
+                    "SELECT chunk_id, idx, lo, hi, status, attempts, metrics, last_error, \
+                     to_char(updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') \
+                     FROM {} WHERE job = $1 ORDER BY idx",
+                    x.t.chunks
+                ),
+                &[&x.job],
+            )?)
+        })?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            let id: String = r.get(0);
+            let status: String = r.get(4);
+            let status = ChunkStatus::parse(&status)
+                .ok_or_else(|| StateError::Corrupt(format!("chunk {id} has status {status:?}")))?;
+            let metrics = match r.get::<_, Option<String>>(6) {
+                Some(m) => Some(
+                    serde_json::from_str::<ChunkMetrics>(&m)
+                        .map_err(|e| StateError::Corrupt(format!("chunk {id} metrics: {e}")))?,
+                ),
+                None => None,
+            };
+            out.push(ChunkRecord {
+                index: r.get::<_, i64>(1).max(0) as usize,
+                lo: decode_bound(r.get(2))?,
+                hi: decode_bound(r.get(3))?,
+                status,
+                attempts: r.get::<_, i32>(5).max(0) as u32,
+                metrics,
+                last_error: r.get(7),
+                updated_at: r.get(8),
+                id,
+            });
+        }
+        Ok(out)
+    }
+
+    fn start_attempt(&self, run_id: i64, chunk_id: &str) -> Result<u32, StateError> {
+        match self.claim(run_id, chunk_id, true)? {
+            Some(a) => Ok(a),
+            None => Err(StateError::LeaseLost {
+                chunk: chunk_id.to_string(),
+            }),
+        }
+    }
+
+    fn claim(
+        &self,
+        run_id: i64,
+        chunk_id: &str,
+        rerun_committed: bool,
+    ) -> Result<Option<u32>, StateError> {
+        let chunk = chunk_id.to_string();
+        self.call(move |c, x| {
+            let mut t = c.transaction()?;
+            // Free: pending or failed; ours already (a retry); held by a
+            // process whose lease ran out; or committed, when asked to run
+            // it again and nobody is publishing it.
+            let row = t.query_opt(
+                &format!(
+                    "UPDATE {} SET attempts = attempts + 1, leased_by = $3, run_id = $4, updated_at = now(),
+                            lease_until = now() + make_interval(secs => $5),
+                            status = CASE WHEN status = 'committed' THEN status ELSE 'running' END
+                     WHERE job = $1 AND chunk_id = $2 AND (
+                        status IN ('pending', 'failed')
+                        OR leased_by = $3
+                        OR ((status = 'running' OR $6) AND (lease_until IS NULL OR lease_until < now()))
+                     ) AND (status <> 'committed' OR $6)
+                     RETURNING attempts",
+                    x.t.chunks
+                ),
+                &[&x.job, &chunk, &x.me, &run_id, &x.lease_secs, &rerun_committed],
+            )?;
+            let Some(row) = row else {
+                return Ok(None);
+            };
+            let attempt: i32 = row.get(0);
+            t.execute(
+                &format!(
+                    "INSERT INTO {} (job, chunk_id, attempt, run_id, worker, outcome) \
+                     VALUES ($1, $2, $3, $4, $5, 'running') ON CONFLICT DO NOTHING",
+                    x.t.attempts
+                ),
+                &[&x.job, &chunk, &attempt, &run_id, &x.me],
+            )?;
+            t.commit()?;
+            Ok(Some(attempt.max(0) as u32))
+        })
+    }
+
+    fn busy_chunks(&self) -> Result<HashSet<String>, StateError> {
+        self.call(|c, x| {
+            Ok(c.query(
+                &format!(
+                    "SELECT chunk_id FROM {} WHERE job = $1 AND leased_by <> $2 AND lease_until >= now()",
+                    x.t.chunks
+                ),
+                &[&x.job, &x.me],
+            )?
+            .iter()
+            .map(|r| r.get(0))
+            .collect())
+        })
+    }
+
+    fn fail_attempt(
+        &self,
+        run_id: i64,
+        chunk_id: &str,
+        attempt: u32,
+        error: &str,
+        will_retry: bool,
+    ) -> Result<(), StateError> {
+        let (chunk, error) = (chunk_id.to_string(), error.to_string());
+        self.call(move |c, x| {
+            let mut t = c.transaction()?;
+            t.execute(
+                &format!(
+                    "UPDATE {} SET finished_at = now(), outcome = $4, error = $5 \
+                     WHERE job = $1 AND chunk_id = $2 AND attempt = $3",
+                    x.t.attempts
+                ),
+                &[
+                    &x.job,
+                    &chunk,
+                    &(attempt as i32),
+                    &if will_retry { "retried" } else { "failed" },
+                    &error,
+                ],
+            )?;
+            t.execute(
+                &format!(
+                    "UPDATE {} SET last_error = $3, updated_at = now(), run_id = $4,
+                        status = CASE WHEN status = 'committed' THEN status WHEN $5 THEN 'running' ELSE 'failed' END,
+                        lease_until = CASE WHEN $5 THEN lease_until ELSE NULL END
+                     WHERE job = $1 AND chunk_id = $2 AND leased_by = $6",
+                    x.t.chunks
+                ),
+                &[&x.job, &chunk, &error, &run_id, &will_retry, &x.me],
+            )?;
+            t.commit()?;
+            Ok(())
+        })
+    }
+
+    fn commit_chunk(
+        &self,
+        run_id: i64,
+        chunk_id: &str,
+        attempt: u32,
+        m: &ChunkMetrics,
+        files: &[OwnedFile],
+    ) -> Result<Vec<String>, StateError> {
+        let chunk = chunk_id.to_string();
+        let files = files.to_vec();
+        let metrics = serde_json::to_string(m).unwrap_or_default();
+        self.call(move |c, x| {
+            let mut t = c.transaction()?;
+            // The commit point, and only while this process holds the lease.
+            let held = t.execute(
+                &format!(
+                    "UPDATE {} SET status = 'committed', metrics = $4, last_error = NULL, updated_at = now(),
+                        run_id = $5, lease_until = now() + make_interval(secs => $6)
+                     WHERE job = $1 AND chunk_id = $2 AND leased_by = $3",
+                    x.t.chunks
+                ),
+                &[&x.job, &chunk, &x.me, &metrics, &run_id, &x.lease_secs],
+            )?;
+            if held == 0 {
+                return Err(CallError::State(StateError::LeaseLost { chunk }));
+            }
+            let superseded: Vec<String> = t
+                .query(
+                    &format!(
+                        "SELECT path FROM {} WHERE job = $1 AND chunk_id = $2 ORDER BY path",
+                        x.t.files
+                    ),
+                    &[&x.job, &chunk],
+                )?
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            move_to_garbage(&mut t, x, &chunk)?;
+            t.execute(
+                &format!("DELETE FROM {} WHERE job = $1 AND chunk_id = $2", x.t.files),
+                &[&x.job, &chunk],
+            )?;
+            for f in &files {
+                t.execute(
+                    &format!("DELETE FROM {} WHERE job = $1 AND path = $2", x.t.garbage),
+                    &[&x.job, &f.path],
+                )?;
+                t.execute(
+                    &format!(
+                        "INSERT INTO {} (job, chunk_id, path, staged) VALUES ($1, $2, $3, $4)",
+                        x.t.files
+                    ),
+                    &[&x.job, &chunk, &f.path, &f.staged],
+                )?;
+            }
+            t.execute(
+                &format!(
+                    "UPDATE {} SET finished_at = now(), outcome = 'committed' \
+                     WHERE job = $1 AND chunk_id = $2 AND attempt = $3",
+                    x.t.attempts
+                ),
+                &[&x.job, &chunk, &(attempt as i32)],
+            )?;
+            t.commit()?;
+            let new: HashSet<&str> = files.iter().map(|f| f.path.as_str()).collect();
+            Ok(superseded
+                .into_iter()
+                .filter(|p| !new.contains(p.as_str()))
+                .collect())
+        })
+    }
+
+    fn mark_published(&self, chunk_id: &str) -> Result<(), StateError> {
+        let chunk = chunk_id.to_string();
+        self.call(move |c, x| {
+            let mut t = c.transaction()?;
+            t.execute(
+                &format!(
+                    "UPDATE {} SET published = true WHERE job = $1 AND chunk_id = $2",
+                    x.t.files
+                ),
+                &[&x.job, &chunk],
+            )?;
+            t.execute(
+                &format!(
+                    "UPDATE {} SET lease_until = NULL WHERE job = $1 AND chunk_id = $2 AND status = 'committed'",
+                    x.t.chunks
+                ),
+                &[&x.job, &chunk],
+            )?;
+            t.commit()?;
+            Ok(())
+        })
+    }
+
+    /// Only chunks nobody alive is publishing: their committer's lease ended.
+    fn unpublished(&self) -> Result<BTreeMap<String, Vec<OwnedFile>>, StateError> {
+        self.call(|c, x| {
+            let rows = c.query(
+                &format!(
+                    "SELECT f.chunk_id, f.path, f.staged FROM {f} f JOIN {c} c USING (job, chunk_id) \
+                     WHERE f.job = $1 AND NOT f.published \
+                       AND (c.leased_by = $2 OR c.lease_until IS NULL OR c.lease_until < now()) \
+                     ORDER BY f.chunk_id, f.path",
+                    f = x.t.files,
+                    c = x.t.chunks
+                ),
+                &[&x.job, &x.me],
+            )?;
+            let mut out: BTreeMap<String, Vec<OwnedFile>> = BTreeMap::new();
+            for r in rows {
+                out.entry(r.get(0)).or_default().push(OwnedFile {
+                    path: r.get(1),
+                    staged: r.get(2),
+                });
+            }
+            Ok(out)
+        })
+    }
+
+    fn committed_files(&self) -> Result<BTreeMap<String, Vec<String>>, StateError> {
+        self.call(|c, x| {
+            let rows = c.query(
+                &format!(
+                    "SELECT chunk_id, path FROM {} WHERE job = $1 ORDER BY chunk_id, path",
+                    x.t.files
+                ),
+                &[&x.job],
+            )?;
+            let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+            for r in rows {
+                out.entry(r.get(0)).or_default().push(r.get(1));
+            }
+            Ok(out)
+        })
+    }
+
+    fn garbage(&self) -> Result<Vec<String>, StateError> {
+        self.call(|c, x| {
+            Ok(c.query(
+                &format!(
+                    "SELECT path FROM {} WHERE job = $1 ORDER BY path",
+                    x.t.garbage
+                ),
+                &[&x.job],
+            )?
+            .iter()
+            .map(|r| r.get(0))
+            .collect())
+        })
+    }
+
+    fn add_garbage(&self, paths: &[String]) -> Result<(), StateError> {
+        let paths = paths.to_vec();
+        self.call(move |c, x| {
+            c.execute(
+                &format!(
+                    "INSERT INTO {} (job, path) SELECT $1, unnest($2::text[]) ON CONFLICT DO NOTHING",
+                    x.t.garbage
+                ),
+                &[&x.job, &paths],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn forget_garbage(&self, paths: &[String]) -> Result<(), StateError> {
+        let paths = paths.to_vec();
+        self.call(move |c, x| {
+            c.execute(
+                &format!(
+                    "DELETE FROM {} WHERE job = $1 AND path = ANY($2)",
+                    x.t.garbage
+                ),
+                &[&x.job, &paths],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Chunks whose holder stopped renewing its lease go back to pending.
+    fn release_interrupted(&self) -> Result<usize, StateError> {
+        self.call(|c, x| {
+            let mut t = c.transaction()?;
+            let n = t.execute(
+                &format!(
+                    "UPDATE {} SET status = 'pending', lease_until = NULL WHERE job = $1 AND status = 'running' \
+                     AND (leased_by = $2 OR lease_until IS NULL OR lease_until < now())",
+                    x.t.chunks
+                ),
+                &[&x.job, &x.me],
+            )?;
+            t.execute(
+                &format!(
+                    "UPDATE {a} SET outcome = 'interrupted', finished_at = now() \
+                     WHERE job = $1 AND outcome = 'running' AND NOT EXISTS ( \
+                       SELECT 1 FROM {c} WHERE {c}.job = $1 AND {c}.chunk_id = {a}.chunk_id \
+                       AND {c}.status = 'running')",
+                    a = x.t.attempts,
+                    c = x.t.chunks
+                ),
+                &[&x.job],
+            )?;
+            t.commit()?;
+            Ok(n as usize)
+        })
+    }
+
+    fn reset(&self, chunk_ids: &[String]) -> Result<usize, StateError> {
+        let ids = chunk_ids.to_vec();
+        self.call(move |c, x| {
+            let n = c.execute(
+                &format!(
+                    "UPDATE {} SET status = 'pending', last_error = NULL, updated_at = now(), lease_until = NULL \
+                     WHERE job = $1 AND chunk_id = ANY($2)",
+                    x.t.chunks
+                ),
+                &[&x.job, &ids],
+            )?;
+            Ok(n as usize)
+        })
+    }
+}
