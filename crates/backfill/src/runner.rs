@@ -550,6 +550,10 @@ impl Backfill {
             orphans: Mutex::new(pending_orphans),
             index,
             rerun_committed: opts.from.is_some() || opts.to.is_some(),
+            same_database: match (&job.spec.state.postgres, &job.spec.target.postgres) {
+                (Some(s), Some(t)) => s.url == t.url,
+                _ => false,
+            },
         });
 
         let mut queue = selected.into_iter();
@@ -892,6 +896,8 @@ struct Shared {
     index: Option<Arc<DedupIndex>>,
     /// A narrowed run runs committed chunks again.
     rerun_committed: bool,
+    /// The state store and the target are one PostgreSQL database.
+    same_database: bool,
 }
 
 async fn cancelled(mut rx: watch::Receiver<bool>) {
@@ -1040,6 +1046,42 @@ async fn attempt_chunk(
         checksum: staged.checksum,
         rules: q.per_rule,
     };
+    if shared.same_database {
+        // State and target share a database: one transaction commits the
+        // chunk and publishes its rows.
+        let statements = match job.sinks.publish_statements(chunk, &files).await {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = job.sinks.remove(&staged_paths).await;
+                return Err(e.into());
+            }
+        };
+        if let Some((url, sql)) = statements {
+            match shared.state.commit_and_publish(
+                shared.run_id,
+                &chunk.id,
+                attempt,
+                &metrics,
+                &files,
+                &url,
+                &sql,
+            ) {
+                Ok(Some(superseded)) => {
+                    post_commit_point("after_commit", chunk);
+                    // Superseded "files" of a database target are rows the
+                    // transaction already replaced.
+                    shared.state.forget_garbage(&superseded)?;
+                    post_commit_point("after_cleanup", chunk);
+                    return Ok(metrics);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    let _ = job.sinks.remove(&staged_paths).await;
+                    return Err(e.into());
+                }
+            }
+        }
+    }
     let superseded =
         match shared
             .state

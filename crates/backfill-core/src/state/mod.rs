@@ -340,6 +340,25 @@ pub trait StateStore: Send + Sync {
         metrics: &ChunkMetrics,
         files: &[OwnedFile],
     ) -> Result<Vec<String>, StateError>;
+    /// Commits like [`StateStore::commit_chunk`] and, in the same transaction,
+    /// runs `statements` that publish the chunk into a target living in the
+    /// same database as this store (`url`), then marks it published:
+    /// exactly-once with no separate publish step. `Ok(None)` when this store
+    /// is not in that database; the caller then commits and publishes apart.
+    #[allow(clippy::too_many_arguments)]
+    fn commit_and_publish(
+        &self,
+        run_id: i64,
+        chunk_id: &str,
+        attempt: u32,
+        metrics: &ChunkMetrics,
+        files: &[OwnedFile],
+        url: &str,
+        statements: &str,
+    ) -> Result<Option<Vec<String>>, StateError> {
+        let _ = (run_id, chunk_id, attempt, metrics, files, url, statements);
+        Ok(None)
+    }
     fn mark_published(&self, chunk_id: &str) -> Result<(), StateError>;
     /// Committed chunks whose files are not all published yet.
     fn unpublished(&self) -> Result<BTreeMap<String, Vec<OwnedFile>>, StateError>;

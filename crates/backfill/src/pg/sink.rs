@@ -222,36 +222,38 @@ impl Inner {
         }
     }
 
-    async fn publish_one(
+    /// The statements that publish a staged table (replace or merge the
+    /// chunk's slice, record the stage as published, drop it), to run in
+    /// one transaction; `None` when the stage is gone, `Lost` unless it was
+    /// published before.
+    async fn publish_sql(
         &self,
-        client: &mut Client,
+        client: &impl tokio_postgres::GenericClient,
         chunk: &Chunk,
         stage: &str,
-    ) -> Result<(), SinkError> {
+    ) -> Result<Option<String>, SinkError> {
         let what = format!("publishing chunk {} into {}", chunk.id, self.table);
-        let tx = client.transaction().await.map_err(PgError::sql(&what))?;
-        let exists = {
-            let sql = format!(
-                "SELECT 1 FROM pg_catalog.pg_tables WHERE schemaname = {} AND tablename = $1",
-                self.schema_literal()
-            );
-            !tx.query(&sql, &[&stage])
-                .await
-                .map_err(PgError::sql(&what))?
-                .is_empty()
-        };
+        let sql = format!(
+            "SELECT 1 FROM pg_catalog.pg_tables WHERE schemaname = {} AND tablename = $1",
+            self.schema_literal()
+        );
+        let exists = !client
+            .query(&sql, &[&stage])
+            .await
+            .map_err(PgError::sql(&what))?
+            .is_empty();
         if !exists {
             let sql = format!(
                 "SELECT 1 FROM {} WHERE stage = $1",
                 self.qualified(PUBLISHED)
             );
-            let done = tx
+            let done = client
                 .query(&sql, &[&stage])
                 .await
                 .map(|r| !r.is_empty())
                 .unwrap_or(false);
             return if done {
-                Ok(())
+                Ok(None)
             } else {
                 Err(SinkError::Lost {
                     path: format!("{} (chunk {})", self.table, chunk.id),
@@ -260,7 +262,7 @@ impl Inner {
             };
         }
         let staged = self.qualified(stage);
-        let stmt = tx
+        let stmt = client
             .prepare(&format!("SELECT * FROM {staged} LIMIT 0"))
             .await
             .map_err(PgError::sql(&what))?;
@@ -305,8 +307,21 @@ impl Inner {
             c = quote_literal(&chunk.id),
             s = quote_literal(stage),
         ));
-        tx.batch_execute(&sql).await.map_err(PgError::sql(&what))?;
-        tx.commit().await.map_err(PgError::sql(&what))?;
+        Ok(Some(sql))
+    }
+
+    async fn publish_one(
+        &self,
+        client: &mut Client,
+        chunk: &Chunk,
+        stage: &str,
+    ) -> Result<(), SinkError> {
+        let what = format!("publishing chunk {} into {}", chunk.id, self.table);
+        let tx = client.transaction().await.map_err(PgError::sql(&what))?;
+        if let Some(sql) = self.publish_sql(&tx, chunk, stage).await? {
+            tx.batch_execute(&sql).await.map_err(PgError::sql(&what))?;
+            tx.commit().await.map_err(PgError::sql(&what))?;
+        }
         Ok(())
     }
 }
@@ -611,5 +626,20 @@ impl Sink for PgSink {
 
     fn describe(&self) -> String {
         self.inner.shown.clone()
+    }
+
+    async fn publish_statements(
+        &self,
+        chunk: &Chunk,
+        files: &[OwnedFile],
+    ) -> Result<Option<(String, String)>, SinkError> {
+        let client = self.inner.connect().await?;
+        let mut sql = String::new();
+        for f in files {
+            if let Some(s) = self.inner.publish_sql(&client, chunk, &f.staged).await? {
+                sql.push_str(&s);
+            }
+        }
+        Ok(Some((self.inner.url.clone(), sql)))
     }
 }

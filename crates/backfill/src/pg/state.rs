@@ -34,6 +34,8 @@ pub struct PgStateStore {
     /// This process, as lease holder: `pid@host`.
     me: String,
     lease_secs: f64,
+    /// To recognise a target in the same database.
+    url: String,
     stop: Arc<AtomicBool>,
     /// SQL fragments with the schema quoted in.
     t: Tables,
@@ -173,6 +175,7 @@ impl PgStateStore {
             job: job.to_string(),
             me: format!("{}@{}", std::process::id(), hostname()),
             lease_secs: spec.lease.as_secs_f64(),
+            url: spec.url.clone(),
             stop: Arc::new(AtomicBool::new(false)),
             t: tables,
         };
@@ -318,6 +321,76 @@ fn move_to_garbage(t: &mut Transaction, x: &Ctx, chunk: &str) -> Result<(), post
         &[&x.job, &chunk],
     )?;
     Ok(())
+}
+
+/// The commit point, only while this process holds the chunk's lease: the
+/// chunk becomes committed with `files`, its previous files become garbage
+/// (returned).
+fn commit_in(
+    t: &mut Transaction,
+    x: &Ctx,
+    run_id: i64,
+    chunk: &str,
+    attempt: u32,
+    metrics: &str,
+    files: &[OwnedFile],
+) -> Result<Vec<String>, CallError> {
+    let held = t.execute(
+        &format!(
+            "UPDATE {} SET status = 'committed', metrics = $4, last_error = NULL, updated_at = now(),
+                run_id = $5, lease_until = now() + make_interval(secs => $6)
+             WHERE job = $1 AND chunk_id = $2 AND leased_by = $3",
+            x.t.chunks
+        ),
+        &[&x.job, &chunk, &x.me, &metrics, &run_id, &x.lease_secs],
+    )?;
+    if held == 0 {
+        return Err(CallError::State(StateError::LeaseLost {
+            chunk: chunk.to_string(),
+        }));
+    }
+    let superseded: Vec<String> = t
+        .query(
+            &format!(
+                "SELECT path FROM {} WHERE job = $1 AND chunk_id = $2 ORDER BY path",
+                x.t.files
+            ),
+            &[&x.job, &chunk],
+        )?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    move_to_garbage(t, x, chunk)?;
+    t.execute(
+        &format!("DELETE FROM {} WHERE job = $1 AND chunk_id = $2", x.t.files),
+        &[&x.job, &chunk],
+    )?;
+    for f in files {
+        t.execute(
+            &format!("DELETE FROM {} WHERE job = $1 AND path = $2", x.t.garbage),
+            &[&x.job, &f.path],
+        )?;
+        t.execute(
+            &format!(
+                "INSERT INTO {} (job, chunk_id, path, staged) VALUES ($1, $2, $3, $4)",
+                x.t.files
+            ),
+            &[&x.job, &chunk, &f.path, &f.staged],
+        )?;
+    }
+    t.execute(
+        &format!(
+            "UPDATE {} SET finished_at = now(), outcome = 'committed' \
+             WHERE job = $1 AND chunk_id = $2 AND attempt = $3",
+            x.t.attempts
+        ),
+        &[&x.job, &chunk, &(attempt as i32)],
+    )?;
+    let new: HashSet<&str> = files.iter().map(|f| f.path.as_str()).collect();
+    Ok(superseded
+        .into_iter()
+        .filter(|p| !new.contains(p.as_str()))
+        .collect())
 }
 
 impl StateStore for PgStateStore {
@@ -649,62 +722,53 @@ impl StateStore for PgStateStore {
         let metrics = serde_json::to_string(m).unwrap_or_default();
         self.call(move |c, x| {
             let mut t = c.transaction()?;
-            // The commit point, and only while this process holds the lease.
-            let held = t.execute(
-                &format!(
-                    "UPDATE {} SET status = 'committed', metrics = $4, last_error = NULL, updated_at = now(),
-                        run_id = $5, lease_until = now() + make_interval(secs => $6)
-                     WHERE job = $1 AND chunk_id = $2 AND leased_by = $3",
-                    x.t.chunks
-                ),
-                &[&x.job, &chunk, &x.me, &metrics, &run_id, &x.lease_secs],
-            )?;
-            if held == 0 {
-                return Err(CallError::State(StateError::LeaseLost { chunk }));
+            let superseded = commit_in(&mut t, x, run_id, &chunk, attempt, &metrics, &files)?;
+            t.commit()?;
+            Ok(superseded)
+        })
+    }
+
+    fn commit_and_publish(
+        &self,
+        run_id: i64,
+        chunk_id: &str,
+        attempt: u32,
+        m: &ChunkMetrics,
+        files: &[OwnedFile],
+        url: &str,
+        statements: &str,
+    ) -> Result<Option<Vec<String>>, StateError> {
+        if url != self.url {
+            return Ok(None);
+        }
+        let chunk = chunk_id.to_string();
+        let files = files.to_vec();
+        let metrics = serde_json::to_string(m).unwrap_or_default();
+        let statements = statements.to_string();
+        self.call(move |c, x| {
+            let mut t = c.transaction()?;
+            let superseded = commit_in(&mut t, x, run_id, &chunk, attempt, &metrics, &files)?;
+            t.batch_execute(&statements)?;
+            // Crash tests abort here: the server must roll all of it back.
+            if let Err(e) = backfill_core::failpoint::hit("in_commit_txn", usize::MAX) {
+                tracing::debug!("ignoring {e} inside the commit transaction");
             }
-            let superseded: Vec<String> = t
-                .query(
-                    &format!(
-                        "SELECT path FROM {} WHERE job = $1 AND chunk_id = $2 ORDER BY path",
-                        x.t.files
-                    ),
-                    &[&x.job, &chunk],
-                )?
-                .iter()
-                .map(|r| r.get(0))
-                .collect();
-            move_to_garbage(&mut t, x, &chunk)?;
             t.execute(
-                &format!("DELETE FROM {} WHERE job = $1 AND chunk_id = $2", x.t.files),
+                &format!(
+                    "UPDATE {} SET published = true WHERE job = $1 AND chunk_id = $2",
+                    x.t.files
+                ),
                 &[&x.job, &chunk],
             )?;
-            for f in &files {
-                t.execute(
-                    &format!("DELETE FROM {} WHERE job = $1 AND path = $2", x.t.garbage),
-                    &[&x.job, &f.path],
-                )?;
-                t.execute(
-                    &format!(
-                        "INSERT INTO {} (job, chunk_id, path, staged) VALUES ($1, $2, $3, $4)",
-                        x.t.files
-                    ),
-                    &[&x.job, &chunk, &f.path, &f.staged],
-                )?;
-            }
             t.execute(
                 &format!(
-                    "UPDATE {} SET finished_at = now(), outcome = 'committed' \
-                     WHERE job = $1 AND chunk_id = $2 AND attempt = $3",
-                    x.t.attempts
+                    "UPDATE {} SET lease_until = NULL WHERE job = $1 AND chunk_id = $2",
+                    x.t.chunks
                 ),
-                &[&x.job, &chunk, &(attempt as i32)],
+                &[&x.job, &chunk],
             )?;
             t.commit()?;
-            let new: HashSet<&str> = files.iter().map(|f| f.path.as_str()).collect();
-            Ok(superseded
-                .into_iter()
-                .filter(|p| !new.contains(p.as_str()))
-                .collect())
+            Ok(Some(superseded))
         })
     }
 
@@ -816,17 +880,55 @@ impl StateStore for PgStateStore {
         })
     }
 
-    /// Chunks whose holder stopped renewing its lease go back to pending.
+    /// Chunks whose holder stopped renewing its lease go back to pending, and
+    /// so do those of a holder on this host that is no longer running,
+    /// without waiting for its lease to run out.
     fn release_interrupted(&self) -> Result<usize, StateError> {
         self.call(|c, x| {
             let mut t = c.transaction()?;
+            let holders: Vec<String> = t
+                .query(
+                    &format!(
+                        "SELECT DISTINCT leased_by FROM {} WHERE job = $1 AND lease_until >= now() \
+                         AND leased_by IS NOT NULL",
+                        x.t.chunks
+                    ),
+                    &[&x.job],
+                )?
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            let mut dead: Vec<String> = holders
+                .into_iter()
+                .filter(|h| {
+                    h.split_once('@').is_some_and(|(pid, host)| {
+                        pid.parse::<u32>().is_ok_and(|pid| {
+                            LockHolder {
+                                pid,
+                                host: host.to_string(),
+                                since: String::new(),
+                            }
+                            .is_stale()
+                        })
+                    })
+                })
+                .collect();
+            dead.push(x.me.clone());
             let n = t.execute(
                 &format!(
                     "UPDATE {} SET status = 'pending', lease_until = NULL WHERE job = $1 AND status = 'running' \
-                     AND (leased_by = $2 OR lease_until IS NULL OR lease_until < now())",
+                     AND (leased_by = ANY($2) OR lease_until IS NULL OR lease_until < now())",
                     x.t.chunks
                 ),
-                &[&x.job, &x.me],
+                &[&x.job, &dead],
+            )?;
+            // Their committed-but-unpublished chunks can be published now.
+            t.execute(
+                &format!(
+                    "UPDATE {} SET lease_until = NULL WHERE job = $1 AND status = 'committed' AND leased_by = ANY($2)",
+                    x.t.chunks
+                ),
+                &[&x.job, &dead],
             )?;
             t.execute(
                 &format!(

@@ -123,6 +123,18 @@ pub trait Sink: Send + Sync + std::fmt::Debug {
     /// Lists the files of this tool in the target, to find orphans after a crash.
     async fn scan(&self) -> Result<TargetFiles, SinkError>;
     fn describe(&self) -> String;
+
+    /// For a database target: its URL and the SQL that publishes `files`, so
+    /// that a state store in the same database commits and publishes in one
+    /// transaction. `None` for targets without transactions.
+    async fn publish_statements(
+        &self,
+        chunk: &Chunk,
+        files: &[OwnedFile],
+    ) -> Result<Option<(String, String)>, SinkError> {
+        let _ = (chunk, files);
+        Ok(None)
+    }
 }
 
 /// Files of the quarantine table are recorded in the state store with this
@@ -224,6 +236,30 @@ impl Sinks {
         let (t, q) = split(paths, |p| p.as_str(), |p| strip(p));
         self.target.remove(&t).await?;
         self.quarantine.remove(&q).await
+    }
+
+    /// Both tables' publish statements, when both live in one database.
+    pub async fn publish_statements(
+        &self,
+        chunk: &Chunk,
+        files: &[OwnedFile],
+    ) -> Result<Option<(String, String)>, SinkError> {
+        let (t, q) = split(
+            files,
+            |f| f.path.as_str(),
+            |f| OwnedFile {
+                path: strip(&f.path),
+                staged: strip(&f.staged),
+            },
+        );
+        let Some((url, mut sql)) = self.target.publish_statements(chunk, &t).await? else {
+            return Ok(None);
+        };
+        match self.quarantine.publish_statements(chunk, &q).await? {
+            Some((q_url, q_sql)) if q_url == url => sql.push_str(&q_sql),
+            _ => return Ok(None),
+        }
+        Ok(Some((url, sql)))
     }
 
     pub async fn scan(&self) -> Result<TargetFiles, SinkError> {

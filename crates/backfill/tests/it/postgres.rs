@@ -653,8 +653,11 @@ fn a_killed_process_leases_expire_and_another_takes_over() {
     }
     let _ = first.kill();
     let _ = first.wait();
+    // As if that process ran on another machine: its death cannot be seen
+    // from here, only its lease running out.
     let held = pg.one(&format!(
-        "SELECT count(*) FROM {}_state.chunks WHERE status = 'running'",
+        "WITH moved AS (UPDATE {}_state.chunks SET leased_by = '1@elsewhere' \
+         WHERE status = 'running' RETURNING 1) SELECT count(*) FROM moved",
         pg.schema
     ));
     // A second process finishes the job: chunks still leased to the dead one
@@ -681,4 +684,85 @@ fn a_killed_process_leases_expire_and_another_takes_over() {
         started.elapsed()
     );
     assert_ne!(held, "0", "the kill should have left leased chunks behind");
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "leased chunks were taken over before their lease could run out"
+    );
+}
+
+#[test]
+fn state_in_the_target_database_commits_and_publishes_in_one_transaction() {
+    let reference = {
+        let pg = Pg::new("oneref");
+        let demo = Demo::new(8_000, "\"1 month\"");
+        target_to_pg(&demo, &pg, "tx", "replace");
+        run_pg_ok(&demo, &pg, &["run"]);
+        (pg.fingerprint("tx"), pg.fingerprint("tx_quarantine"))
+    };
+    let setup = |name: &str| {
+        let pg = Pg::new(name);
+        let demo = Demo::new(8_000, "\"1 month\"");
+        target_to_pg(&demo, &pg, "tx", "replace");
+        state_to_pg(&demo, &pg, "30s");
+        (pg, demo)
+    };
+    // Aborted right after the transaction: the data and the state moved
+    // together, with nothing left to publish.
+    let (pg, demo) = setup("onetx");
+    let job = demo.job_str();
+    let out = demo.run_env(
+        &["run", &job, "--parallel", "1"],
+        &[(PG_ENV, &pg.url), ("BACKFILL_FAILPOINTS", "after_commit:3")],
+    );
+    assert_ne!(code(&out), 0, "{}", text(&out));
+    let s = format!("{}_state", pg.schema);
+    let committed: i64 = pg
+        .one(&format!(
+            "SELECT count(*) FROM {s}.chunks WHERE status = 'committed'"
+        ))
+        .parse()
+        .unwrap();
+    assert_eq!(committed, 3);
+    assert_eq!(
+        pg.one(&format!(
+            "SELECT count(*) FROM {s}.chunk_files WHERE NOT published"
+        )),
+        "0"
+    );
+    let written = pg.one(&format!(
+        "SELECT coalesce(sum((metrics::jsonb ->> 'rows_written')::bigint), 0) FROM {s}.chunks WHERE status = 'committed'"
+    ));
+    assert_eq!(pg.fingerprint("tx").0, written);
+    run_pg_ok(&demo, &pg, &["run"]);
+    assert_eq!(
+        (pg.fingerprint("tx"), pg.fingerprint("tx_quarantine")),
+        reference
+    );
+    // Aborted inside the transaction: neither the rows nor the commit stay.
+    let (pg, demo) = setup("intx");
+    let out = demo.run_env(
+        &["run", &demo.job_str(), "--parallel", "1"],
+        &[
+            (PG_ENV, &pg.url),
+            ("BACKFILL_FAILPOINTS", "in_commit_txn:2"),
+        ],
+    );
+    assert_ne!(code(&out), 0, "{}", text(&out));
+    let s = format!("{}_state", pg.schema);
+    assert_eq!(
+        pg.one(&format!(
+            "SELECT count(*) FROM {s}.chunks WHERE status = 'committed'"
+        )),
+        "1"
+    );
+    let written = pg.one(&format!(
+        "SELECT coalesce(sum((metrics::jsonb ->> 'rows_written')::bigint), 0) FROM {s}.chunks WHERE status = 'committed'"
+    ));
+    assert_eq!(pg.fingerprint("tx").0, written);
+    run_pg_ok(&demo, &pg, &["run"]);
+    assert_eq!(
+        (pg.fingerprint("tx"), pg.fingerprint("tx_quarantine")),
+        reference
+    );
+    assert!(commits(&pg).iter().all(|(_, n, _)| *n == 1));
 }

@@ -1,6 +1,6 @@
 use super::*;
-use crate::interval::RangeValue;
 use crate::interval::ChunkSize;
+use crate::interval::RangeValue;
 use crate::plan::plan_bounds;
 
 fn chunks(n: i64) -> Vec<Chunk> {
