@@ -6,6 +6,7 @@
 #   bench/run.sh [--rows N] [--repeat K] [--with-spark]
 #   bench/run.sh --smoke        # 100k rows, one repetition, debug build (CI)
 #   bench/run.sh --scale        # backfill alone at 1M, 10M and 50M rows, with a plot
+#   bench/run.sh --postgres [--rows N]   # PostgreSQL replace/merge against COPY (default 1M rows)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,14 +14,17 @@ ROWS=10000000
 REPEAT=3
 SMOKE=
 SCALE=
+POSTGRES=
+ROWS_SET=
 EXTRA=()
 while [ $# -gt 0 ]; do
   case "$1" in
-    --rows) ROWS="$2"; shift 2 ;;
+    --rows) ROWS="$2"; ROWS_SET=1; shift 2 ;;
     --repeat) REPEAT="$2"; shift 2 ;;
     --with-spark) EXTRA+=(--with-spark); shift ;;
     --smoke) SMOKE=1; ROWS=100000; REPEAT=1; shift ;;
     --scale) SCALE=1; shift ;;
+    --postgres) POSTGRES=1; shift ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -48,6 +52,18 @@ if ! "$VENV/bin/python" -c "import duckdb, polars" 2>/dev/null || { [ ${#EXTRA[@
 fi
 
 WORK="${BACKFILL_BENCH_WORK:-$HOME/.cache/backfill-bench}"
+if [ -n "$POSTGRES" ]; then
+  [ -n "$ROWS_SET" ] || ROWS=1000000
+  pg_dir=""
+  trap '[ -n "$pg_dir" ] && scripts/pg.sh stop "$pg_dir"' EXIT
+  if [ -z "${BACKFILL_TEST_PG_URL:-}" ]; then
+    eval "$(scripts/pg.sh start)"
+    pg_dir="$BACKFILL_TEST_PG_DIR"
+  fi
+  "$VENV/bin/python" bench/pg.py --rows "$ROWS" --bin "$BIN" --python "$VENV/bin/python" \
+    --work "$WORK" --results "$RESULTS"
+  exit 0
+fi
 if [ -n "$SCALE" ]; then
   "$VENV/bin/python" -c "import matplotlib" 2>/dev/null || "$VENV/bin/pip" install --quiet matplotlib
   exec "$VENV/bin/python" bench/scale.py --bin "$BIN" --work "$WORK" --results "$RESULTS"

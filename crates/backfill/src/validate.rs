@@ -129,6 +129,9 @@ pub struct Measure {
     pub checksum: u64,
     pub groups: HashMap<Vec<String>, Tally>,
     encoder: Option<RowConverter>,
+    /// The first observed batch's schema: what rows read back from a
+    /// database are cast to before they are compared.
+    schema: Option<arrow::datatypes::SchemaRef>,
 }
 
 impl Measure {
@@ -147,6 +150,7 @@ impl Measure {
             checksum: 0,
             groups: HashMap::new(),
             encoder: None,
+            schema: None,
         }
     }
 
@@ -164,6 +168,9 @@ impl Measure {
 
     /// Tallies a batch of transformed rows (all columns present).
     fn observe(&mut self, batch: &RecordBatch) -> Result<(), SinkError> {
+        if self.schema.is_none() {
+            self.schema = Some(batch.schema());
+        }
         self.tally(batch, &HashMap::new())?;
         if self.with_checksum {
             self.checksum = self
@@ -254,6 +261,35 @@ impl Measure {
             sum = sum.wrapping_add(checksum_rows(encoder, &part, partition_seed(&dir))?);
         }
         Ok(sum)
+    }
+
+    /// Tallies rows read back from a database table, cast column by column
+    /// to `like` (the rows as the transform produced them), so the checksum
+    /// compares values, not how the database spells their types.
+    async fn observe_stream(
+        &mut self,
+        mut stream: datafusion::physical_plan::SendableRecordBatchStream,
+        like: Option<arrow::datatypes::SchemaRef>,
+    ) -> Result<(), SinkError> {
+        use futures::StreamExt;
+        while let Some(batch) = stream.next().await {
+            let batch = batch.map_err(|e| SinkError::Read(e.to_string()))?;
+            let batch = match &like {
+                Some(schema) => {
+                    let mut columns = Vec::with_capacity(schema.fields().len());
+                    for f in schema.fields() {
+                        let col = batch.column_by_name(f.name()).ok_or_else(|| {
+                            SinkError::Read(format!("the table has no column \"{}\"", f.name()))
+                        })?;
+                        columns.push(arrow::compute::cast(col, f.data_type())?);
+                    }
+                    RecordBatch::try_new(schema.clone(), columns)?
+                }
+                None => batch,
+            };
+            self.observe(&batch)?;
+        }
+        Ok(())
     }
 
     /// Tallies a published file; partition values come from its directory.
@@ -489,7 +525,33 @@ async fn check_chunk(
     let mut actual = Measure::new(parts, &opts.group_by, sums, true);
     let mut actual_q = Measure::new(parts, &opts.group_by, &[], false);
     let mut problems = Vec::new();
+    // A database target is read back by the chunk's slice; a file target by
+    // the files its commit recorded.
+    let database = match (
+        job.sinks.target.read_chunk(chunk).await,
+        job.sinks.quarantine.read_chunk(chunk).await,
+    ) {
+        (Ok(Some(t)), Ok(Some(q))) => {
+            if let Err(e) = actual.observe_stream(t, target.schema.clone()).await {
+                problems.push(format!("cannot read the chunk's rows back: {e}"));
+            }
+            if let Err(e) = actual_q.observe_stream(q, None).await {
+                problems.push(format!(
+                    "cannot read the chunk's quarantined rows back: {e}"
+                ));
+            }
+            true
+        }
+        (Err(e), _) | (_, Err(e)) => {
+            problems.push(format!("cannot read the chunk's rows back: {e}"));
+            true
+        }
+        _ => false,
+    };
     for f in files.map(Vec::as_slice).unwrap_or_default() {
+        if database {
+            break;
+        }
         let result = match f.strip_prefix(QUARANTINE_PREFIX) {
             Some(q) => actual_q.observe_file(&spec.quarantine.path, q),
             None => actual.observe_file(&spec.target.path, f),

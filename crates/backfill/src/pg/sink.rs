@@ -52,6 +52,8 @@ struct Inner {
     shown: String,
     table: QualifiedName,
     slice: Slice,
+    /// The job's range column, to find a merged chunk's rows for `validate`.
+    range_column: Option<String>,
     create: bool,
     checksum: bool,
     /// Staging tables of this target start with it.
@@ -68,7 +70,14 @@ pub struct PgSink {
 const PUBLISHED: &str = "_backfill_published";
 
 impl PgSink {
-    pub fn new(url: &str, shown: &str, table: &QualifiedName, slice: Slice, create: bool) -> Self {
+    pub fn new(
+        url: &str,
+        shown: &str,
+        table: &QualifiedName,
+        slice: Slice,
+        range_column: Option<&str>,
+        create: bool,
+    ) -> Self {
         let checksum = !matches!(slice, Slice::ChunkColumn);
         let hash = XxHash3_64::oneshot(table.quoted().as_bytes());
         PgSink {
@@ -77,6 +86,7 @@ impl PgSink {
                 shown: shown.to_string(),
                 table: table.clone(),
                 slice,
+                range_column: range_column.map(str::to_string),
                 create,
                 checksum,
                 prefix: format!("_bf_{:08x}_", hash as u32),
@@ -196,29 +206,7 @@ impl Inner {
                 quote_literal(&chunk.id)
             ))),
             Slice::Range(None) => Ok(Some("true".into())),
-            Slice::Range(Some(col)) => {
-                if chunk.index == usize::MAX {
-                    // Recovery of a chunk the current plan does not know:
-                    // its bounds are lost, and guessing could delete rows.
-                    return Err(SinkError::Lost {
-                        path: chunk.id.clone(),
-                        staged: "(bounds unknown)".into(),
-                    });
-                }
-                let c = quote_ident(col);
-                let mut parts = Vec::new();
-                if let Some(lo) = chunk.lo {
-                    parts.push(format!("{c} >= {}", range_literal(lo)));
-                }
-                if let Some(hi) = chunk.hi {
-                    parts.push(format!("{c} < {}", range_literal(hi)));
-                }
-                Ok(Some(if parts.is_empty() {
-                    "true".into()
-                } else {
-                    parts.join(" AND ")
-                }))
-            }
+            Slice::Range(Some(col)) => range_predicate(col, chunk).map(Some),
         }
     }
 
@@ -324,6 +312,31 @@ impl Inner {
         }
         Ok(())
     }
+}
+
+/// `col >= lo AND col < hi` for the chunk's bounds.
+fn range_predicate(col: &str, chunk: &Chunk) -> Result<String, SinkError> {
+    if chunk.index == usize::MAX {
+        // Recovery of a chunk the current plan does not know: its bounds are
+        // lost, and guessing could delete rows.
+        return Err(SinkError::Lost {
+            path: chunk.id.clone(),
+            staged: "(bounds unknown)".into(),
+        });
+    }
+    let c = quote_ident(col);
+    let mut parts = Vec::new();
+    if let Some(lo) = chunk.lo {
+        parts.push(format!("{c} >= {}", range_literal(lo)));
+    }
+    if let Some(hi) = chunk.hi {
+        parts.push(format!("{c} < {}", range_literal(hi)));
+    }
+    Ok(if parts.is_empty() {
+        "true".into()
+    } else {
+        parts.join(" AND ")
+    })
 }
 
 fn range_literal(v: RangeValue) -> String {
@@ -626,6 +639,51 @@ impl Sink for PgSink {
 
     fn describe(&self) -> String {
         self.inner.shown.clone()
+    }
+
+    async fn read_chunk(
+        &self,
+        chunk: &Chunk,
+    ) -> Result<Option<datafusion::physical_plan::SendableRecordBatchStream>, SinkError> {
+        let inner = &self.inner;
+        let client = inner.connect().await?;
+        if !inner.table_exists(&client, &inner.table.name).await? {
+            return Ok(Some(Box::pin(
+                datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(
+                    Arc::new(Schema::empty()),
+                    futures::stream::empty(),
+                ),
+            )));
+        }
+        // A merged chunk owns no slice, but its rows lie in its range.
+        let predicate = match (&inner.slice, &inner.range_column) {
+            (Slice::Merge(_), Some(col)) => range_predicate(col, chunk)?,
+            (Slice::Merge(_), None) => "true".to_string(),
+            _ => inner
+                .slice_predicate(chunk)?
+                .unwrap_or_else(|| "true".into()),
+        };
+        let spec = backfill_core::spec::PgSourceSpec {
+            url: inner.url.clone(),
+            relation: backfill_core::spec::PgRelation::Query(format!(
+                "SELECT * FROM {} WHERE {predicate}",
+                inner.table.quoted()
+            )),
+            max_rows_per_second: None,
+            max_connections: 1,
+        };
+        let source = super::source::PgSource::open(&spec, &inner.shown)
+            .await
+            .map_err(|e| SinkError::Read(e.to_string()))?;
+        let ctx = datafusion::prelude::SessionContext::new();
+        let df = ctx
+            .read_table(crate::source::Source::table(&source))
+            .map_err(|e| SinkError::Read(e.to_string()))?;
+        let stream = df
+            .execute_stream()
+            .await
+            .map_err(|e| SinkError::Read(e.to_string()))?;
+        Ok(Some(stream))
     }
 
     async fn publish_statements(

@@ -52,6 +52,8 @@ pub enum SinkError {
     Lost { path: String, staged: String },
     #[error(transparent)]
     Postgres(#[from] crate::pg::PgError),
+    #[error("{0}")]
+    Read(String),
     #[error("the chunk writer stopped unexpectedly")]
     WriterGone,
     #[error("{0}")]
@@ -124,6 +126,16 @@ pub trait Sink: Send + Sync + std::fmt::Debug {
     async fn scan(&self) -> Result<TargetFiles, SinkError>;
     fn describe(&self) -> String;
 
+    /// For a database target: the rows the chunk owns now, read back for
+    /// `validate`. `None` for file targets (their files are read instead).
+    async fn read_chunk(
+        &self,
+        chunk: &Chunk,
+    ) -> Result<Option<datafusion::physical_plan::SendableRecordBatchStream>, SinkError> {
+        let _ = chunk;
+        Ok(None)
+    }
+
     /// For a database target: its URL and the SQL that publishes `files`, so
     /// that a state store in the same database commits and publishes in one
     /// transaction. `None` for targets without transactions.
@@ -185,6 +197,7 @@ impl Sinks {
                 &spec.target.path_shown,
                 &pg.table,
                 slice,
+                range,
                 pg.create,
             );
             let quarantine = PgSink::new(
@@ -192,6 +205,7 @@ impl Sinks {
                 &spec.quarantine.path_shown,
                 q,
                 pg::sink::Slice::ChunkColumn,
+                range,
                 true,
             );
             return Sinks {

@@ -276,6 +276,25 @@ fn parquet_to_postgres_replace_and_merge_match_duckdb() {
             "mode {mode}: re-run changed the table"
         );
         assert_eq!(pg.fingerprint("tx_quarantine"), q_before, "mode {mode}");
+        // `validate` reads each chunk's rows back from the table.
+        let v = run_pg(&demo, &pg, &["validate"]);
+        assert_eq!(code(&v), 0, "mode {mode}: {}", text(&v));
+        pg.exec(&format!(
+            "UPDATE {0}.tx SET amount = amount + 1 WHERE transaction_id = (SELECT min(transaction_id) FROM {0}.tx)",
+            pg.schema
+        ));
+        let v = run_pg(&demo, &pg, &["validate"]);
+        assert_eq!(
+            code(&v),
+            3,
+            "mode {mode}: an altered row must not validate: {}",
+            text(&v)
+        );
+        assert!(stdout(&v).contains("MISMATCH in 1 of"), "{}", text(&v));
+        pg.exec(&format!(
+            "UPDATE {0}.tx SET amount = amount - 1 WHERE transaction_id = (SELECT min(transaction_id) FROM {0}.tx)",
+            pg.schema
+        ));
         // No staging tables are left behind.
         assert_eq!(
             pg.one(&format!(
