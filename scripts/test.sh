@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 VENV="${BACKFILL_VENV:-$HOME/.cache/backfill-venv}"
-if ! "$VENV/bin/python" -c "import duckdb, pyarrow" 2>/dev/null; then
+if ! "$VENV/bin/python" -c "import duckdb, pyarrow, deltalake" 2>/dev/null; then
   echo "creating the oracle virtualenv in $VENV" >&2
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install --quiet --disable-pip-version-check -r tests/requirements.txt

@@ -189,6 +189,8 @@ pub struct TransformSpec {
 pub enum TargetFormat {
     Parquet,
     Postgres,
+    /// A Delta Lake table: the Parquet layout plus a transaction log.
+    Delta,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -789,16 +791,21 @@ fn read_target(
     let path = t.string(d, env, "path");
     let partition_by = t.strings(d, env, "partition_by");
     let compression = t.string(d, env, "compression");
+    let mode = t.string(d, env, "mode");
     let partition_span = t.raw_span("partition_by");
-    t.finish(d, &["format", "path", "partition_by", "compression"]);
+    t.finish(
+        d,
+        &["format", "path", "partition_by", "compression", "mode"],
+    );
     let format = match format {
         Some(f) if f.value.eq_ignore_ascii_case("parquet") => Some(TargetFormat::Parquet),
+        Some(f) if f.value.eq_ignore_ascii_case("delta") => Some(TargetFormat::Delta),
         Some(f) => {
             d.push(
                 f.span,
                 "target.format",
                 format!(
-                    "\"{}\" is not a target format this version writes (expected parquet or postgres)",
+                    "\"{}\" is not a target format this version writes (expected parquet, delta or postgres)",
                     f.shown
                 ),
             );
@@ -806,6 +813,20 @@ fn read_target(
         }
         None => Some(TargetFormat::Parquet),
     };
+    if let Some(m) = mode {
+        let ok = format == Some(TargetFormat::Delta) && m.value.eq_ignore_ascii_case("replace");
+        if !ok {
+            let message = if format == Some(TargetFormat::Delta) {
+                format!(
+                    "\"{}\" is not supported for delta targets yet (only replace: each chunk replaces its own files in one commit)",
+                    m.shown
+                )
+            } else {
+                "mode only applies to delta and postgres targets".to_string()
+            };
+            d.push(m.span, "target.mode", message);
+        }
+    }
     let compression = match compression {
         Some(c) => {
             match Compression::parse(&c.value) {

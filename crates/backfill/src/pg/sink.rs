@@ -484,9 +484,7 @@ impl ChunkWriter for PgChunkWriter {
         // NULL never conflicts, so a re-run would insert such rows again.
         if let Slice::Merge(keys) = &self.inner.slice {
             for key in keys {
-                let nulls = batch
-                    .column_by_name(key)
-                    .map_or(0, |col| col.null_count());
+                let nulls = batch.column_by_name(key).map_or(0, |col| col.null_count());
                 if nulls > 0 {
                     return Err(PgError::Invalid(format!(
                         "merge key \"{key}\" is NULL in {nulls} row(s), which would be inserted again by every re-run; \

@@ -2,6 +2,7 @@
 //! then publishes it once the state store has recorded the commit (see the
 //! protocol in `backfill_core::state`).
 
+pub mod delta;
 mod parquet;
 
 use std::collections::BTreeMap;
@@ -54,6 +55,8 @@ pub enum SinkError {
     Postgres(#[from] crate::pg::PgError),
     #[error("{0}")]
     Read(String),
+    #[error(transparent)]
+    Delta(#[from] delta::DeltaError),
     #[error("the chunk writer stopped unexpectedly")]
     WriterGone,
     #[error("{0}")]
@@ -79,6 +82,12 @@ impl SinkError {
             },
             SinkError::WriterGone => ErrorClass::Transient,
             SinkError::Postgres(e) => e.class(),
+            SinkError::Delta(delta::DeltaError::Delta { source, .. }) => match **source {
+                deltalake::DeltaTableError::ObjectStore { .. }
+                | deltalake::DeltaTableError::Io { .. }
+                | deltalake::DeltaTableError::VersionAlreadyExists(_) => ErrorClass::Transient,
+                _ => ErrorClass::Permanent,
+            },
             SinkError::Injected(i) => i.class,
             _ => ErrorClass::Permanent,
         }
@@ -213,7 +222,10 @@ impl Sinks {
                 quarantine: Arc::new(quarantine),
             };
         }
-        let target: Arc<dyn Sink> = Arc::new(ParquetSink::new(&spec.target));
+        let target: Arc<dyn Sink> = match spec.target.format {
+            TargetFormat::Delta => Arc::new(Arc::new(delta::DeltaSink::new(&spec.target))),
+            _ => Arc::new(ParquetSink::new(&spec.target)),
+        };
         let quarantine: Arc<dyn Sink> = Arc::new(ParquetSink::at(
             &spec.target,
             spec.quarantine.path.clone(),

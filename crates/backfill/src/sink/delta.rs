@@ -1,0 +1,331 @@
+//! `format = "delta"` targets: the Hive Parquet writer stages and names the
+//! files (`part-<chunk>-a<attempt>-<n>.parquet`, partition directories), and
+//! publishing a chunk is one Delta commit that adds its new files and removes
+//! the files of its previous version, so readers of the table see the old
+//! chunk or the new one, never a mix.
+//!
+//! The commit carries an application transaction (`backfill-<chunk>` at the
+//! attempt number), which makes publishing idempotent: recovery that
+//! publishes a chunk again finds its version already in the log and stops.
+//! Files a commit removes stay on disk for time travel until `VACUUM`.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use async_trait::async_trait;
+use backfill_core::plan::Chunk;
+use backfill_core::spec::TargetSpec;
+use backfill_core::state::OwnedFile;
+use deltalake::DeltaTable;
+use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
+use deltalake::kernel::{Action, Add, StructType, Transaction};
+use deltalake::operations::create::CreateBuilder;
+use deltalake::protocol::{DeltaOperation, SaveMode};
+use futures::TryStreamExt;
+use tokio::sync::Mutex;
+
+use super::{
+    ChunkWriter, HIVE_DEFAULT_PARTITION, ParquetSink, Sink, SinkError, Staged, TargetFiles,
+};
+
+#[derive(Debug)]
+pub struct DeltaSink {
+    files: ParquetSink,
+    root: PathBuf,
+    shown: String,
+    partition_by: Vec<String>,
+    /// One Delta commit at a time from this process: chunks touch disjoint
+    /// files, but concurrent commits would only retry each other.
+    commits: Arc<Mutex<()>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeltaError {
+    #[error("delta table {shown}: {source}")]
+    Delta {
+        shown: String,
+        // Boxed: the crate's error is several hundred bytes.
+        #[source]
+        source: Box<deltalake::DeltaTableError>,
+    },
+    #[error("delta table {shown}: {message}")]
+    Invalid { shown: String, message: String },
+}
+
+impl DeltaSink {
+    pub fn new(spec: &TargetSpec) -> DeltaSink {
+        DeltaSink {
+            files: ParquetSink::new(spec),
+            root: spec.path.clone(),
+            shown: spec.path_shown.clone(),
+            partition_by: spec.partition_by.clone(),
+            commits: Arc::new(Mutex::new(())),
+        }
+    }
+
+    fn err(&self) -> impl Fn(deltalake::DeltaTableError) -> SinkError + '_ {
+        |source| {
+            SinkError::Delta(DeltaError::Delta {
+                shown: self.shown.clone(),
+                source: Box::new(source),
+            })
+        }
+    }
+
+    fn url(&self) -> Result<url::Url, SinkError> {
+        let abs = std::path::absolute(&self.root).map_err(|source| SinkError::Io {
+            op: "resolving",
+            path: self.root.clone(),
+            source,
+        })?;
+        url::Url::from_directory_path(&abs).map_err(|_| {
+            SinkError::Delta(DeltaError::Invalid {
+                shown: self.shown.clone(),
+                message: "not an absolute local path".into(),
+            })
+        })
+    }
+
+    /// The table, or `None` when it was never created.
+    async fn open(&self) -> Result<Option<DeltaTable>, SinkError> {
+        if !self.root.join("_delta_log").is_dir() {
+            return Ok(None);
+        }
+        deltalake::open_table(self.url()?)
+            .await
+            .map(Some)
+            .map_err(self.err())
+    }
+
+    /// Creates the table with the rows' schema, if nobody has yet.
+    async fn ensure(&self, schema: &SchemaRef) -> Result<(), SinkError> {
+        let _guard = self.commits.lock().await;
+        if self.open().await?.is_some() {
+            return Ok(());
+        }
+        std::fs::create_dir_all(&self.root).map_err(|source| SinkError::Io {
+            op: "creating",
+            path: self.root.clone(),
+            source,
+        })?;
+        let st: StructType =
+            deltalake::kernel::engine::arrow_conversion::TryIntoKernel::try_into_kernel(
+                schema.as_ref(),
+            )
+            .map_err(|e| self.err()(e.into()))?;
+        CreateBuilder::new()
+            .with_location(self.url()?.to_string())
+            .with_columns(st.fields().cloned())
+            .with_partition_columns(self.partition_by.clone())
+            .with_save_mode(SaveMode::Ignore)
+            .await
+            .map_err(self.err())?;
+        Ok(())
+    }
+}
+
+/// The attempt number in one of our file names (`part-<chunk>-a<N>-…`).
+fn attempt_of(path: &str) -> Option<i64> {
+    let name = path.rsplit('/').next()?;
+    let rest = name.strip_prefix("part-")?;
+    let (_, tail) = rest.split_once("-a")?;
+    tail.split('-').next()?.parse().ok()
+}
+
+fn unescape(v: &str) -> String {
+    let bytes = v.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len() + 1
+            && let Some(hex) = v.get(i + 1..i + 3)
+            && let Ok(b) = u8::from_str_radix(hex, 16)
+        {
+            out.push(b);
+            i += 3;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Partition values from a file's directories (`year=2023/month=1/…`).
+fn partition_values(path: &str) -> HashMap<String, Option<String>> {
+    let mut out = HashMap::new();
+    let dirs = path.rsplit_once('/').map_or("", |(d, _)| d);
+    for seg in dirs.split('/') {
+        if let Some((k, v)) = seg.split_once('=') {
+            let value = (v != HIVE_DEFAULT_PARTITION).then(|| unescape(v));
+            out.insert(unescape(k), value);
+        }
+    }
+    out
+}
+
+struct DeltaChunkWriter {
+    inner: Box<dyn ChunkWriter>,
+    sink: Arc<DeltaSink>,
+    ensured: bool,
+}
+
+#[async_trait]
+impl ChunkWriter for DeltaChunkWriter {
+    async fn write(&mut self, batch: RecordBatch) -> Result<(), SinkError> {
+        if !self.ensured {
+            self.sink.ensure(&batch.schema()).await?;
+            self.ensured = true;
+        }
+        self.inner.write(batch).await
+    }
+
+    async fn finish(self: Box<Self>) -> Result<Staged, SinkError> {
+        self.inner.finish().await
+    }
+
+    async fn abort(self: Box<Self>) {
+        self.inner.abort().await
+    }
+}
+
+#[async_trait]
+impl Sink for Arc<DeltaSink> {
+    async fn begin(&self, chunk: &Chunk, attempt: u32) -> Result<Box<dyn ChunkWriter>, SinkError> {
+        Ok(Box::new(DeltaChunkWriter {
+            inner: self.files.begin(chunk, attempt).await?,
+            sink: self.clone(),
+            ensured: false,
+        }))
+    }
+
+    async fn publish(&self, chunk: &Chunk, files: &[OwnedFile]) -> Result<(), SinkError> {
+        // Files first: in place but unknown to the log, readers ignore them.
+        self.files.publish(chunk, files).await?;
+        // An empty chunk adds nothing but still removes its old files.
+        let attempt = files.first().and_then(|f| attempt_of(&f.path));
+        let _guard = self.commits.lock().await;
+        let Some(table) = self.open().await? else {
+            return Err(SinkError::Lost {
+                path: self.shown.clone(),
+                staged: "(the Delta table does not exist)".into(),
+            });
+        };
+        let app_id = format!("backfill-{}", chunk.id);
+        let snapshot = table.snapshot().map_err(self.err())?;
+        let log_store = table.log_store();
+        if let Some(attempt) = attempt
+            && snapshot
+                .transaction_version(log_store.as_ref(), &app_id)
+                .await
+                .map_err(self.err())?
+                .is_some_and(|v| v >= attempt)
+        {
+            return Ok(());
+        }
+        let new: std::collections::HashSet<&str> = files.iter().map(|f| f.path.as_str()).collect();
+        let marker = format!("part-{}-", chunk.id);
+        let mut actions: Vec<Action> = snapshot
+            .snapshot()
+            .file_views(log_store.as_ref(), None)
+            .try_filter(|f| {
+                let p = f.path();
+                let name = p.rsplit('/').next().unwrap_or_default();
+                let ours = name.starts_with(&marker) && !new.contains(p.as_ref());
+                futures::future::ready(ours)
+            })
+            .map_ok(|f| Action::Remove(f.remove_action(true)))
+            .try_collect()
+            .await
+            .map_err(self.err())?;
+        let now = chrono::Utc::now().timestamp_millis();
+        for f in files {
+            let abs = self.root.join(&f.path);
+            let size = std::fs::metadata(&abs)
+                .map_err(|source| SinkError::Io {
+                    op: "reading size of",
+                    path: abs.clone(),
+                    source,
+                })?
+                .len();
+            actions.push(Action::Add(Add {
+                path: f.path.clone(),
+                partition_values: partition_values(&f.path),
+                size: size as i64,
+                modification_time: now,
+                data_change: true,
+                ..Default::default()
+            }));
+        }
+        if actions.is_empty() {
+            return Ok(());
+        }
+        let predicate = format!("chunk {} {}", chunk.id, chunk.bounds());
+        let mut props = CommitProperties::default();
+        if let Some(attempt) = attempt {
+            props = props.with_application_transaction(Transaction::new(app_id, attempt));
+        }
+        CommitBuilder::from(props)
+            .with_actions(actions)
+            .build(
+                Some(snapshot),
+                log_store.clone(),
+                DeltaOperation::Write {
+                    mode: SaveMode::Append,
+                    partition_by: (!self.partition_by.is_empty())
+                        .then(|| self.partition_by.clone()),
+                    predicate: Some(predicate),
+                },
+            )
+            .await
+            .map_err(self.err())?;
+        Ok(())
+    }
+
+    /// Staged files go; files a Delta commit removed stay for readers of
+    /// older versions until `VACUUM`.
+    async fn remove(&self, paths: &[String]) -> Result<(), SinkError> {
+        let staged: Vec<String> = paths
+            .iter()
+            .filter(|p| {
+                p.rsplit('/')
+                    .next()
+                    .is_some_and(|n| n.starts_with('.') && n.ends_with(".inprogress"))
+            })
+            .cloned()
+            .collect();
+        self.files.remove(&staged).await
+    }
+
+    async fn scan(&self) -> Result<TargetFiles, SinkError> {
+        self.files.scan().await
+    }
+
+    fn describe(&self) -> String {
+        self.shown.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_names_and_partition_directories() {
+        assert_eq!(
+            attempt_of("year=2023/month=1/part-0123456789ab-a12-0000.parquet"),
+            Some(12)
+        );
+        assert_eq!(attempt_of("x.parquet"), None);
+        let pv = partition_values(
+            "year=2023/region=a%2Fb/k=__HIVE_DEFAULT_PARTITION__/part-x-a1-0000.parquet",
+        );
+        assert_eq!(pv["year"].as_deref(), Some("2023"));
+        assert_eq!(pv["region"].as_deref(), Some("a/b"));
+        assert_eq!(pv["k"], None);
+    }
+}
