@@ -785,3 +785,29 @@ fn state_in_the_target_database_commits_and_publishes_in_one_transaction() {
     );
     assert!(commits(&pg).iter().all(|(_, n, _)| *n == 1));
 }
+
+#[test]
+fn merge_refuses_null_keys_that_every_rerun_would_insert_again() {
+    let pg = Pg::new("nullkey");
+    let demo = Demo::new(4_000, "\"1 month\"");
+    target_to_pg(&demo, &pg, "tx", "merge");
+    // Without the rule that quarantines NULL ids, they reach the merge.
+    demo.edit_job(|s| s.replace("check = \"transaction_id IS NOT NULL\"", "check = \"true\""));
+    let out = run_pg(&demo, &pg, &["run"]);
+    assert_eq!(code(&out), 1, "{}", text(&out));
+    let all = text(&out);
+    assert!(
+        all.contains("merge key \"transaction_id\" is NULL in") && all.contains("IS NOT NULL"),
+        "{all}"
+    );
+    // Chunks without NULL keys committed; the others failed, not retried.
+    let status = run_pg_ok(&demo, &pg, &["status", "--json"]);
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let failed = status["chunks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["status"] == "failed")
+        .count();
+    assert!(failed > 0, "{status}");
+}
