@@ -8,17 +8,21 @@
 use std::error::Error as StdError;
 use std::sync::Arc;
 
+use arrow::array::ListArray;
+use arrow::array::NullBufferBuilder;
 use arrow::array::{
     Array, ArrayRef, BinaryArray, BinaryBuilder, BooleanArray, BooleanBuilder, Date32Array,
     Date32Builder, Decimal128Array, Decimal128Builder, Float32Array, Float32Builder, Float64Array,
     Float64Builder, Int16Array, Int16Builder, Int32Array, Int32Builder, Int64Array, Int64Builder,
     StringArray, StringBuilder, TimestampMicrosecondArray, TimestampMicrosecondBuilder,
 };
+use arrow::buffer::{OffsetBuffer, ScalarBuffer};
 use arrow::compute::{CastOptions, cast_with_options};
-use arrow::datatypes::{DataType, TimeUnit};
+use arrow::datatypes::{DataType, Field, FieldRef, TimeUnit};
 use bytes::BytesMut;
+use fallible_iterator::FallibleIterator;
 use postgres_protocol::types as wire;
-use tokio_postgres::types::{FromSql, IsNull, ToSql, Type, to_sql_checked};
+use tokio_postgres::types::{FromSql, IsNull, Kind, ToSql, Type, to_sql_checked};
 
 type BoxError = Box<dyn StdError + Sync + Send>;
 
@@ -31,6 +35,12 @@ pub const UTC: &str = "UTC";
 /// The Arrow type rows of a PostgreSQL column decode into; `typmod` carries
 /// numeric's precision and scale. `Err` says why the type is not supported.
 pub fn arrow_type(ty: &Type, typmod: i32) -> Result<DataType, String> {
+    if let Kind::Array(elem) = ty.kind() {
+        // The modifier of `numeric(12,2)[]` is the elements'.
+        let inner =
+            arrow_type(elem, typmod).map_err(|e| format!("array of {}: {e}", elem.name()))?;
+        return Ok(DataType::List(Arc::new(Field::new_list_field(inner, true))));
+    }
     Ok(match *ty {
         Type::BOOL => DataType::Boolean,
         Type::INT2 => DataType::Int16,
@@ -117,10 +127,25 @@ pub enum Decoder {
     Ts(TimestampMicrosecondBuilder, Option<Arc<str>>),
     Numeric(Decimal128Builder, u8, i8),
     Bytea(BinaryBuilder),
+    /// A one-dimensional array: element values, and where each row's end.
+    List {
+        elements: Box<Decoder>,
+        offsets: Vec<i32>,
+        nulls: NullBufferBuilder,
+        field: FieldRef,
+    },
 }
 
 impl Decoder {
     pub fn new(ty: &Type, dt: &DataType) -> Decoder {
+        if let (Kind::Array(elem), DataType::List(field)) = (ty.kind(), dt) {
+            return Decoder::List {
+                elements: Box::new(Decoder::new(elem, field.data_type())),
+                offsets: vec![0],
+                nulls: NullBufferBuilder::new(0),
+                field: field.clone(),
+            };
+        }
         match (ty, dt) {
             (_, DataType::Boolean) => Decoder::Bool(BooleanBuilder::new()),
             (_, DataType::Int16) => Decoder::I16(Int16Builder::new()),
@@ -154,6 +179,10 @@ impl Decoder {
                 Decoder::Ts(x, _) => x.append_null(),
                 Decoder::Numeric(x, ..) => x.append_null(),
                 Decoder::Bytea(x) => x.append_null(),
+                Decoder::List { offsets, nulls, .. } => {
+                    offsets.push(offsets.last().copied().unwrap_or(0));
+                    nulls.append_null();
+                }
             }
             return Ok(());
         };
@@ -189,6 +218,26 @@ impl Decoder {
             }
             Decoder::Numeric(x, _, scale) => x.append_value(numeric_from_sql(b, *scale)?),
             Decoder::Bytea(x) => x.append_value(wire::bytea_from_sql(b)),
+            Decoder::List {
+                elements,
+                offsets,
+                nulls,
+                ..
+            } => {
+                let array = wire::array_from_sql(b)?;
+                if array.dimensions().count()? > 1 {
+                    return Err("multi-dimensional arrays are not supported".into());
+                }
+                let mut n: i32 = 0;
+                let mut values = array.values();
+                while let Some(v) = values.next()? {
+                    elements.push(v)?;
+                    n += 1;
+                }
+                let last = offsets.last().copied().unwrap_or(0);
+                offsets.push(last.checked_add(n).ok_or("array values overflow a list")?);
+                nulls.append_non_null();
+            }
         }
         Ok(())
     }
@@ -206,6 +255,22 @@ impl Decoder {
             Decoder::Ts(x, tz) => Arc::new(x.finish().with_timezone_opt(tz.clone())),
             Decoder::Numeric(x, p, s) => Arc::new(x.finish().with_precision_and_scale(*p, *s)?),
             Decoder::Bytea(x) => Arc::new(x.finish()),
+            Decoder::List {
+                elements,
+                offsets,
+                nulls,
+                field,
+            } => {
+                let values = elements.finish()?;
+                let offsets =
+                    OffsetBuffer::new(ScalarBuffer::from(std::mem::replace(offsets, vec![0])));
+                Arc::new(ListArray::try_new(
+                    field.clone(),
+                    offsets,
+                    values,
+                    nulls.finish(),
+                )?)
+            }
         })
     }
 }

@@ -393,12 +393,12 @@ fn postgres_types_map_to_arrow_and_back() {
     pg.exec(&format!(
         "CREATE TABLE {s}.typed (id bigint, i2 smallint, i4 integer, f4 real, f8 double precision, \
          n numeric(12,2), t text, v varchar(10), c char(3), b boolean, d date, ts timestamp, \
-         tz timestamptz, u uuid, j json, jb jsonb, by bytea);
+         tz timestamptz, u uuid, j json, jb jsonb, by bytea, ia integer[], ta text[], na numeric(6,2)[]);
          INSERT INTO {s}.typed VALUES
          (1, -2, 40000, 1.5, 2.25, 12345.67, 'héllo', 'v', 'abc', true, '2023-03-04', \
           '2023-03-04 05:06:07.123456', '2023-03-04 05:06:07+02', 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', \
-          '{{\"a\": 1}}', '{{\"b\": [1, 2]}}', '\\x00ff'),
-         (2, NULL, NULL, NULL, NULL, -0.01, NULL, NULL, NULL, NULL, NULL, '2023-06-01', NULL, NULL, NULL, NULL, NULL)"
+          '{{\"a\": 1}}', '{{\"b\": [1, 2]}}', '\\x00ff', '{{1,NULL,3}}', '{{\"x y\",z}}', '{{1.50}}'),
+         (2, NULL, NULL, NULL, NULL, -0.01, NULL, NULL, NULL, NULL, NULL, '2023-06-01', NULL, NULL, NULL, NULL, NULL, NULL, '{{}}', NULL)"
     ));
     let dir = tempfile::tempdir().unwrap();
     let job = dir.path().join("job.toml");
@@ -441,6 +441,9 @@ print(json.dumps({"types": {f.name: str(f.type) for f in t.schema},
         ("u", "string"),
         ("jb", "string"),
         ("by", "binary"),
+        ("ia", "list<item: int32>"),
+        ("ta", "list<item: string>"),
+        ("na", "list<item: decimal128(6, 2)>"),
     ] {
         assert_eq!(types[col], ty, "column {col}: {types}");
     }
@@ -454,6 +457,11 @@ print(json.dumps({"types": {f.name: str(f.type) for f in t.schema},
     assert_eq!(r["u"], "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11");
     assert_eq!(r["jb"], "{\"b\": [1, 2]}");
     assert_eq!(r["by"], "00ff");
+    assert_eq!(r["ia"], "[1, None, 3]");
+    assert_eq!(r["ta"], "['x y', 'z']");
+    assert_eq!(r["na"], "[Decimal('1.50')]");
+    assert_eq!(got["rows"][1]["ia"], "None");
+    assert_eq!(got["rows"][1]["ta"], "[]");
     assert_eq!(got["rows"][1]["n"], "-0.01");
     assert_eq!(got["rows"][1]["i4"], "None");
 
