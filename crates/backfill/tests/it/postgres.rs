@@ -819,3 +819,60 @@ fn merge_refuses_null_keys_that_every_rerun_would_insert_again() {
         .count();
     assert!(failed > 0, "{status}");
 }
+
+#[test]
+fn processes_killed_at_random_never_commit_a_shared_chunk_twice() {
+    let reference = {
+        let d = Demo::new(40_000, "\"7d\"");
+        d.run_ok(&[]);
+        target_fingerprint(&d)
+    };
+    let pg = Pg::new("chaos");
+    let demo = Demo::new(40_000, "\"7d\"");
+    state_to_pg(&demo, &pg, "2s");
+    // Rounds of three processes at once; one of each round is killed -9.
+    let mut killed = 0;
+    for (round, delay_ms) in [120u64, 250, 400].into_iter().enumerate() {
+        let mut procs: Vec<_> = (0..3).map(|_| spawn_run(&demo, &pg)).collect();
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        let _ = procs[round % 3].kill();
+        for p in procs {
+            let out = p.wait_with_output().unwrap();
+            if out.status.code().is_none() {
+                killed += 1;
+                continue;
+            }
+            assert_eq!(
+                code(&out),
+                0,
+                "round {round}: a surviving process failed: {}",
+                text(&out)
+            );
+        }
+    }
+    assert!(
+        killed >= 1,
+        "no process was killed before it finished; make the job bigger"
+    );
+    // Whatever is left (chunks leased to killed processes), one more run
+    // finishes after the leases run out.
+    let mut rounds = 0;
+    while !stdout(&run_pg_ok(&demo, &pg, &["run"])).contains("nothing to do") {
+        rounds += 1;
+        assert!(rounds < 6, "the job never finished");
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    assert_eq!(target_fingerprint(&demo), reference);
+    assert_eq!(duplicate_rows(&demo), 0);
+    let commits = commits(&pg);
+    assert_eq!(commits.len(), 53);
+    assert!(
+        commits.iter().all(|(_, n, _)| *n == 1),
+        "a chunk committed twice: {commits:?}"
+    );
+    let v = run_pg(&demo, &pg, &["validate"]);
+    assert_eq!(code(&v), 0, "{}", text(&v));
+    eprintln!(
+        "shared-state chaos: {killed} process(es) killed mid-run, every chunk committed once"
+    );
+}
