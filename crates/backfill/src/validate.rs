@@ -498,7 +498,12 @@ async fn check_chunk(
     files: Option<&Vec<String>>,
 ) -> Result<(ChunkCheck, BTreeMap<Vec<String>, GroupCheck>), Error> {
     let spec = &job.spec;
-    let parts = &spec.target.partition_by;
+    // A merged Delta chunk was staged (and checksummed) unpartitioned.
+    let parts: &[String] = if spec.target.merge_keys.is_empty() {
+        &spec.target.partition_by
+    } else {
+        &[]
+    };
     let sums = &spec.validate.sum;
     let mut all = Measure::new(parts, &opts.group_by, sums, false);
     let mut target = Measure::new(parts, &opts.group_by, sums, true);
@@ -525,36 +530,44 @@ async fn check_chunk(
     let mut actual = Measure::new(parts, &opts.group_by, sums, true);
     let mut actual_q = Measure::new(parts, &opts.group_by, &[], false);
     let mut problems = Vec::new();
-    // A database target is read back by the chunk's slice; a file target by
-    // the files its commit recorded.
-    let database = match (
-        job.sinks.target.read_chunk(chunk).await,
-        job.sinks.quarantine.read_chunk(chunk).await,
-    ) {
-        (Ok(Some(t)), Ok(Some(q))) => {
+    // A database target (or a merged Delta table) is read back by the
+    // chunk's slice; a file target by the files its commit recorded.
+    let mut from_files = (true, true);
+    match job.sinks.target.read_chunk(chunk).await {
+        Ok(Some(t)) => {
+            from_files.0 = false;
             if let Err(e) = actual.observe_stream(t, target.schema.clone()).await {
                 problems.push(format!("cannot read the chunk's rows back: {e}"));
             }
+        }
+        Ok(None) => {}
+        Err(e) => {
+            from_files.0 = false;
+            problems.push(format!("cannot read the chunk's rows back: {e}"));
+        }
+    }
+    match job.sinks.quarantine.read_chunk(chunk).await {
+        Ok(Some(q)) => {
+            from_files.1 = false;
             if let Err(e) = actual_q.observe_stream(q, None).await {
                 problems.push(format!(
                     "cannot read the chunk's quarantined rows back: {e}"
                 ));
             }
-            true
         }
-        (Err(e), _) | (_, Err(e)) => {
-            problems.push(format!("cannot read the chunk's rows back: {e}"));
-            true
+        Ok(None) => {}
+        Err(e) => {
+            from_files.1 = false;
+            problems.push(format!(
+                "cannot read the chunk's quarantined rows back: {e}"
+            ));
         }
-        _ => false,
-    };
+    }
     for f in files.map(Vec::as_slice).unwrap_or_default() {
-        if database {
-            break;
-        }
         let result = match f.strip_prefix(QUARANTINE_PREFIX) {
-            Some(q) => actual_q.observe_file(&spec.quarantine.path, q),
-            None => actual.observe_file(&spec.target.path, f),
+            Some(q) if from_files.1 => actual_q.observe_file(&spec.quarantine.path, q),
+            None if from_files.0 => actual.observe_file(&spec.target.path, f),
+            _ => continue,
         };
         if let Err(e) = result {
             problems.push(format!("cannot read committed file {f}: {e}"));

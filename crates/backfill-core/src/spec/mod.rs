@@ -235,6 +235,8 @@ pub struct TargetSpec {
     pub partition_by: Vec<String>,
     pub partition_loc: Loc,
     pub compression: Compression,
+    /// Delta `mode = "merge"`: the keys; empty for `replace`.
+    pub merge_keys: Vec<String>,
     /// Set exactly when `format = "postgres"` (then `path` is empty).
     pub postgres: Option<PgTargetSpec>,
 }
@@ -785,6 +787,7 @@ fn read_target(
             partition_by: Vec::new(),
             partition_loc: loc(text, &span),
             compression: Compression::None,
+            merge_keys: Vec::new(),
             postgres: Some(pg),
         });
     }
@@ -792,10 +795,19 @@ fn read_target(
     let partition_by = t.strings(d, env, "partition_by");
     let compression = t.string(d, env, "compression");
     let mode = t.string(d, env, "mode");
+    let keys = t.strings(d, env, "keys");
+    let keys_span = t.raw_span("keys");
     let partition_span = t.raw_span("partition_by");
     t.finish(
         d,
-        &["format", "path", "partition_by", "compression", "mode"],
+        &[
+            "format",
+            "path",
+            "partition_by",
+            "compression",
+            "mode",
+            "keys",
+        ],
     );
     let format = match format {
         Some(f) if f.value.eq_ignore_ascii_case("parquet") => Some(TargetFormat::Parquet),
@@ -813,19 +825,42 @@ fn read_target(
         }
         None => Some(TargetFormat::Parquet),
     };
+    let keys: Vec<String> = keys
+        .unwrap_or_default()
+        .into_iter()
+        .map(|k| k.value)
+        .collect();
+    let mut merge_keys = Vec::new();
     if let Some(m) = mode {
-        let ok = format == Some(TargetFormat::Delta) && m.value.eq_ignore_ascii_case("replace");
-        if !ok {
-            let message = if format == Some(TargetFormat::Delta) {
-                format!(
-                    "\"{}\" is not supported for delta targets yet (only replace: each chunk replaces its own files in one commit)",
-                    m.shown
-                )
-            } else {
-                "mode only applies to delta and postgres targets".to_string()
-            };
-            d.push(m.span, "target.mode", message);
+        let delta = format == Some(TargetFormat::Delta);
+        if !delta {
+            d.push(
+                m.span,
+                "target.mode",
+                "mode only applies to delta and postgres targets",
+            );
+        } else if m.value.eq_ignore_ascii_case("merge") {
+            if keys.is_empty() || keys.iter().any(|k| k.trim().is_empty()) {
+                d.push(
+                    keys_span.clone().unwrap_or(m.span.clone()),
+                    "target.keys",
+                    "mode = \"merge\" needs keys (the columns to merge on)",
+                );
+            }
+            merge_keys = keys.clone();
+        } else if !m.value.eq_ignore_ascii_case("replace") {
+            d.push(
+                m.span,
+                "target.mode",
+                format!("\"{}\" is not a mode (expected replace or merge)", m.shown),
+            );
         }
+    }
+    if merge_keys.is_empty()
+        && !keys.is_empty()
+        && let Some(span) = keys_span
+    {
+        d.push(span, "target.keys", "keys only apply with mode = \"merge\"");
     }
     let compression = match compression {
         Some(c) => {
@@ -886,6 +921,7 @@ fn read_target(
         partition_by: parts,
         partition_loc: loc(text, &partition_span.unwrap_or(0..0)),
         compression: compression?,
+        merge_keys,
         postgres: None,
     })
 }

@@ -33,10 +33,16 @@ use super::{
 
 #[derive(Debug)]
 pub struct DeltaSink {
+    /// Replace: the chunk's files, in the table's own layout. Merge: the
+    /// chunk's rows staged unpartitioned under `_backfill_staging/`, the
+    /// source of its MERGE, deleted once merged.
     files: ParquetSink,
     root: PathBuf,
     shown: String,
     partition_by: Vec<String>,
+    /// `mode = "merge"`: the keys; empty for replace.
+    merge_keys: Vec<String>,
+    range_column: Option<String>,
     /// One Delta commit at a time from this process: chunks touch disjoint
     /// files, but concurrent commits would only retry each other.
     commits: Arc<Mutex<()>>,
@@ -56,12 +62,28 @@ pub enum DeltaError {
 }
 
 impl DeltaSink {
-    pub fn new(spec: &TargetSpec) -> DeltaSink {
+    pub fn new(spec: &TargetSpec, range_column: Option<&str>) -> DeltaSink {
+        let files = if spec.merge_keys.is_empty() {
+            ParquetSink::new(spec)
+        } else {
+            let flat = TargetSpec {
+                partition_by: Vec::new(),
+                ..spec.clone()
+            };
+            ParquetSink::at(
+                &flat,
+                spec.path.join(STAGING),
+                spec.path_shown.clone(),
+                true,
+            )
+        };
         DeltaSink {
-            files: ParquetSink::new(spec),
+            files,
             root: spec.path.clone(),
             shown: spec.path_shown.clone(),
             partition_by: spec.partition_by.clone(),
+            merge_keys: spec.merge_keys.clone(),
+            range_column: range_column.map(str::to_string),
             commits: Arc::new(Mutex::new(())),
         }
     }
@@ -127,6 +149,91 @@ impl DeltaSink {
     }
 }
 
+impl DeltaSink {
+    /// One MERGE of the chunk's staged rows on the keys, carrying the
+    /// application transaction that makes it idempotent; the staged files
+    /// go once it is in the log.
+    async fn merge(&self, chunk: &Chunk, files: &[OwnedFile]) -> Result<(), SinkError> {
+        let Some(attempt) = files.first().and_then(|f| attempt_of(&f.path)) else {
+            return Ok(());
+        };
+        let paths: Vec<String> = files.iter().map(|f| f.path.clone()).collect();
+        let _guard = self.commits.lock().await;
+        let Some(table) = self.open().await? else {
+            return Err(SinkError::Lost {
+                path: self.shown.clone(),
+                staged: "(the Delta table does not exist)".into(),
+            });
+        };
+        let app_id = format!("backfill-{}", chunk.id);
+        let done = table
+            .snapshot()
+            .map_err(self.err())?
+            .transaction_version(table.log_store().as_ref(), &app_id)
+            .await
+            .map_err(self.err())?
+            .is_some_and(|v| v >= attempt);
+        if !done {
+            let staging = self.root.join(STAGING);
+            let abs: Vec<String> = paths
+                .iter()
+                .map(|p| staging.join(p).display().to_string())
+                .collect();
+            let ctx = datafusion::prelude::SessionContext::new();
+            let source = ctx
+                .read_parquet(abs, datafusion::prelude::ParquetReadOptions::default())
+                .await
+                .map_err(|e| {
+                    SinkError::Read(format!(
+                        "reading the staged rows of chunk {}: {e}",
+                        chunk.id
+                    ))
+                })?;
+            let columns: Vec<String> = source
+                .schema()
+                .fields()
+                .iter()
+                .map(|f| f.name().clone())
+                .collect();
+            let q = |c: &str| format!("\"{}\"", c.replace('"', "\"\""));
+            let predicate = self
+                .merge_keys
+                .iter()
+                .map(|k| format!("target.{0} = source.{0}", q(k)))
+                .collect::<Vec<_>>()
+                .join(" AND ");
+            let props = CommitProperties::default()
+                .with_application_transaction(Transaction::new(app_id, attempt));
+            table
+                .merge(source, predicate.as_str())
+                .with_source_alias("source")
+                .with_target_alias("target")
+                .with_commit_properties(props)
+                .when_matched_update(|mut u| {
+                    for c in &columns {
+                        u = u.update(q(c).as_str(), format!("source.{}", q(c)).as_str());
+                    }
+                    u
+                })
+                .map_err(self.err())?
+                .when_not_matched_insert(|mut i| {
+                    for c in &columns {
+                        i = i.set(q(c).as_str(), format!("source.{}", q(c)).as_str());
+                    }
+                    i
+                })
+                .map_err(self.err())?
+                .await
+                .map_err(self.err())?;
+        }
+        self.files.remove(&paths).await
+    }
+}
+
+/// Where merge mode stages a chunk's rows: inside the table directory, where
+/// Delta readers look only at files the log names.
+const STAGING: &str = "_backfill_staging";
+
 /// The attempt number in one of our file names (`part-<chunk>-a<N>-…`).
 fn attempt_of(path: &str) -> Option<i64> {
     let name = path.rsplit('/').next()?;
@@ -177,6 +284,17 @@ struct DeltaChunkWriter {
 #[async_trait]
 impl ChunkWriter for DeltaChunkWriter {
     async fn write(&mut self, batch: RecordBatch) -> Result<(), SinkError> {
+        for key in &self.sink.merge_keys {
+            let nulls = batch.column_by_name(key).map_or(0, |c| c.null_count());
+            if nulls > 0 {
+                return Err(SinkError::Delta(DeltaError::Invalid {
+                    shown: self.sink.shown.clone(),
+                    message: format!(
+                        "merge key \"{key}\" is NULL in {nulls} row(s), which never match and would be inserted again by every re-run; quarantine them with a rule such as check = \"{key} IS NOT NULL\""
+                    ),
+                }));
+            }
+        }
         if !self.ensured {
             self.sink.ensure(&batch.schema()).await?;
             self.ensured = true;
@@ -206,6 +324,9 @@ impl Sink for Arc<DeltaSink> {
     async fn publish(&self, chunk: &Chunk, files: &[OwnedFile]) -> Result<(), SinkError> {
         // Files first: in place but unknown to the log, readers ignore them.
         self.files.publish(chunk, files).await?;
+        if !self.merge_keys.is_empty() {
+            return self.merge(chunk, files).await;
+        }
         // An empty chunk adds nothing but still removes its old files.
         let attempt = files.first().and_then(|f| attempt_of(&f.path));
         let _guard = self.commits.lock().await;
@@ -303,6 +424,63 @@ impl Sink for Arc<DeltaSink> {
 
     async fn scan(&self) -> Result<TargetFiles, SinkError> {
         self.files.scan().await
+    }
+
+    /// Merge mode: the staged files are gone once merged, so `validate` reads
+    /// the chunk's range from the table itself. Replace mode keeps reading
+    /// the chunk's own files.
+    async fn read_chunk(
+        &self,
+        chunk: &Chunk,
+    ) -> Result<Option<datafusion::physical_plan::SendableRecordBatchStream>, SinkError> {
+        if self.merge_keys.is_empty() {
+            return Ok(None);
+        }
+        let read =
+            |e: &dyn std::fmt::Display| SinkError::Read(format!("reading {}: {e}", self.shown));
+        let ctx = datafusion::prelude::SessionContext::new();
+        let Some(table) = self.open().await? else {
+            return Ok(Some(
+                ctx.read_empty()
+                    .map_err(|e| read(&e))?
+                    .execute_stream()
+                    .await
+                    .map_err(|e| read(&e))?,
+            ));
+        };
+        table
+            .update_datafusion_session(&ctx.state())
+            .map_err(self.err())?;
+        let provider = table.table_provider().await.map_err(|e| read(&e))?;
+        let mut df = ctx.read_table(provider).map_err(|e| read(&e))?;
+        if let Some(col) = &self.range_column {
+            let c = format!("\"{}\"", col.replace('"', "\"\""));
+            let lit = |v: backfill_core::interval::RangeValue| match v {
+                backfill_core::interval::RangeValue::Int(i) => i.to_string(),
+                backfill_core::interval::RangeValue::Time(us) => {
+                    chrono::DateTime::from_timestamp_micros(us).map_or("NULL".into(), |t| {
+                        format!(
+                            "TIMESTAMP '{}'",
+                            t.naive_utc().format("%Y-%m-%d %H:%M:%S%.6f")
+                        )
+                    })
+                }
+            };
+            let mut parts = Vec::new();
+            if let Some(lo) = chunk.lo {
+                parts.push(format!("{c} >= {}", lit(lo)));
+            }
+            if let Some(hi) = chunk.hi {
+                parts.push(format!("{c} < {}", lit(hi)));
+            }
+            if !parts.is_empty() {
+                let expr = df
+                    .parse_sql_expr(&parts.join(" AND "))
+                    .map_err(|e| read(&e))?;
+                df = df.filter(expr).map_err(|e| read(&e))?;
+            }
+        }
+        Ok(Some(df.execute_stream().await.map_err(|e| read(&e))?))
     }
 
     fn describe(&self) -> String {

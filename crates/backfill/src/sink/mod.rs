@@ -223,7 +223,10 @@ impl Sinks {
             };
         }
         let target: Arc<dyn Sink> = match spec.target.format {
-            TargetFormat::Delta => Arc::new(Arc::new(delta::DeltaSink::new(&spec.target))),
+            TargetFormat::Delta => Arc::new(Arc::new(delta::DeltaSink::new(
+                &spec.target,
+                spec.range.as_ref().map(|r| r.column.as_str()),
+            ))),
             _ => Arc::new(ParquetSink::new(&spec.target)),
         };
         let quarantine: Arc<dyn Sink> = Arc::new(ParquetSink::at(

@@ -170,7 +170,7 @@ fn cases() -> Vec<Case> {
         case("pg_source_table_and_query", Job::Text("[source]\nformat = \"postgres\"\nurl = \"postgres://u:Hunter2pw@127.0.0.1:1/db\"\ntable = \"t\"\nquery = \"SELECT 1\"\n[target]\npath = \"out\"\n", &[]), 2),
         case("pg_table_three_parts", Job::Text("[source]\npath = \"in/\"\nformat = \"csv\"\n[target]\nformat = \"postgres\"\nurl = \"postgres://u@127.0.0.1:1/db\"\ntable = \"a.b.c\"\n", &[]), 2),
         case("pg_merge_without_keys", Job::Text("[source]\npath = \"in/\"\nformat = \"csv\"\n[target]\nformat = \"postgres\"\nurl = \"postgres://u@127.0.0.1:1/db\"\ntable = \"t\"\nmode = \"merge\"\n", &[]), 2),
-        case("delta_merge_not_yet", Job::Demo(|s| s.replace("format = \"parquet\"\npath = \"warehouse/transactions\"", "format = \"delta\"\nmode = \"merge\"\npath = \"warehouse/transactions\"")), 2),
+        case("delta_merge_without_keys", Job::Demo(|s| s.replace("format = \"parquet\"\npath = \"warehouse/transactions\"", "format = \"delta\"\nmode = \"merge\"\npath = \"warehouse/transactions\"")), 2),
         // Nothing listens on port 1: a clear connection error naming the masked URL.
         case("pg_unreachable", Job::Text("[source]\nformat = \"postgres\"\nurl = \"postgres://u:Hunter2pw@127.0.0.1:1/db\"\ntable = \"t\"\n[target]\npath = \"out\"\n", &[]), 1),
         case(
