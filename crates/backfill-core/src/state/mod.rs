@@ -70,11 +70,7 @@ pub enum StateError {
     UnknownChunk(String),
     /// A database-backed store's failure, already described.
     #[error("state store {store}: {message}")]
-    Remote {
-        store: String,
-        message: String,
-        transient: bool,
-    },
+    Remote { store: String, message: String },
     #[error(
         "chunk {chunk}: this process's lease expired and another process took the chunk over; its work here is discarded"
     )]

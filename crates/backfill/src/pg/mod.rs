@@ -40,8 +40,9 @@ pub enum PgError {
 }
 
 /// tokio-postgres's `Display` says only "db error"; the server's message,
-/// detail and hint are what a user needs.
-fn describe(e: &tokio_postgres::Error) -> String {
+/// detail and hint are what a user needs. (The blocking `postgres` client's
+/// error is the same type.)
+pub(crate) fn describe(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => {
             let mut s = format!("{}: {}", db.severity(), db.message());
@@ -74,31 +75,15 @@ impl PgError {
     /// Connection trouble, serialization failures, deadlocks and resource
     /// shortages are worth a retry; everything else is the job's fault.
     pub fn class(&self) -> ErrorClass {
-        let e = match self {
-            PgError::Connect { source, .. } | PgError::Sql { source, .. } => source,
-            _ => return ErrorClass::Permanent,
-        };
-        match e.code() {
-            None => {
-                if e.is_closed() || e.as_db_error().is_none() {
+        match self {
+            PgError::Connect { source, .. } | PgError::Sql { source, .. } => {
+                if is_transient(source) {
                     ErrorClass::Transient
                 } else {
                     ErrorClass::Permanent
                 }
             }
-            Some(code) => {
-                let c = code.code();
-                if c.starts_with("08")
-                    || c.starts_with("40")
-                    || c.starts_with("53")
-                    || c.starts_with("57P")
-                    || *code == SqlState::LOCK_NOT_AVAILABLE
-                {
-                    ErrorClass::Transient
-                } else {
-                    ErrorClass::Permanent
-                }
-            }
+            _ => ErrorClass::Permanent,
         }
     }
 
@@ -121,6 +106,22 @@ impl PgError {
                     || *c == SqlState::INSUFFICIENT_PRIVILEGE
             ),
             PgError::Column { .. } | PgError::Invalid(_) => true,
+        }
+    }
+}
+
+/// Connection trouble, serialization failures, deadlocks and resource
+/// shortages are worth a retry; everything else is the job's fault.
+fn is_transient(e: &tokio_postgres::Error) -> bool {
+    match e.code() {
+        None => e.is_closed() || e.as_db_error().is_none(),
+        Some(code) => {
+            let c = code.code();
+            c.starts_with("08")
+                || c.starts_with("40")
+                || c.starts_with("53")
+                || c.starts_with("57P")
+                || *code == SqlState::LOCK_NOT_AVAILABLE
         }
     }
 }

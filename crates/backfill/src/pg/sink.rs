@@ -11,6 +11,7 @@
 //! again, and a crash before it by dropping them.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::{Schema, SchemaRef};
@@ -119,7 +120,11 @@ impl Inner {
         Ok(connect(&self.url, &self.shown).await?)
     }
 
-    async fn table_exists(&self, client: &Client, name: &str) -> Result<bool, SinkError> {
+    async fn table_exists(
+        &self,
+        client: &impl tokio_postgres::GenericClient,
+        name: &str,
+    ) -> Result<bool, SinkError> {
         let sql = format!(
             "SELECT 1 FROM pg_catalog.pg_tables WHERE schemaname = {} AND tablename = $1",
             self.schema_literal()
@@ -191,6 +196,27 @@ impl Inner {
         Ok(())
     }
 
+    /// (Re)creates a staging table with `columns` of the target, typed as
+    /// the target's.
+    async fn create_stage(
+        &self,
+        client: &Client,
+        stage: &str,
+        columns: &str,
+        what: &str,
+    ) -> Result<(), SinkError> {
+        let staged = self.qualified(stage);
+        client
+            .batch_execute(&format!(
+                "DROP TABLE IF EXISTS {staged}; \
+                 CREATE UNLOGGED TABLE {staged} AS SELECT {columns} FROM {} WITH NO DATA",
+                self.table.quoted()
+            ))
+            .await
+            .map_err(PgError::sql(what))?;
+        Ok(())
+    }
+
     fn stage_name(&self, chunk: &str, attempt: u32) -> String {
         format!("{}{chunk}_a{attempt}", self.prefix)
     }
@@ -221,16 +247,7 @@ impl Inner {
         stage: &str,
     ) -> Result<Option<String>, SinkError> {
         let what = format!("publishing chunk {} into {}", chunk.id, self.table);
-        let sql = format!(
-            "SELECT 1 FROM pg_catalog.pg_tables WHERE schemaname = {} AND tablename = $1",
-            self.schema_literal()
-        );
-        let exists = !client
-            .query(&sql, &[&stage])
-            .await
-            .map_err(PgError::sql(&what))?
-            .is_empty();
-        if !exists {
+        if !self.table_exists(client, stage).await? {
             let sql = format!(
                 "SELECT 1 FROM {} WHERE stage = $1",
                 self.qualified(PUBLISHED)
@@ -422,15 +439,8 @@ impl PgChunkWriter {
             .map(|n| quote_ident(n))
             .collect::<Vec<_>>()
             .join(", ");
+        inner.create_stage(client, &stage, &list, &what).await?;
         let staged = inner.qualified(&stage);
-        client
-            .batch_execute(&format!(
-                "DROP TABLE IF EXISTS {staged}; \
-                 CREATE UNLOGGED TABLE {staged} AS SELECT {list} FROM {} WITH NO DATA",
-                inner.table.quoted()
-            ))
-            .await
-            .map_err(PgError::sql(&what))?;
         self.staged = true;
         let sink = client
             .copy_in(&format!(
@@ -510,12 +520,20 @@ impl ChunkWriter for PgChunkWriter {
             columns.push(col);
         }
         let what = format!("writing chunk {} into {}", self.chunk.id, self.inner.table);
-        let mut cells: Vec<Cell> = Vec::with_capacity(columns.len());
+        // One set of cells per batch, pointed at each row in turn: no
+        // allocation per row.
+        let current = AtomicUsize::new(0);
+        let cells: Vec<Cell> = columns
+            .iter()
+            .map(|column| Cell {
+                column,
+                row: &current,
+            })
+            .collect();
+        let refs: Vec<&(dyn ToSql + Sync)> =
+            cells.iter().map(|c| c as &(dyn ToSql + Sync)).collect();
         for row in 0..batch.num_rows() {
-            cells.clear();
-            cells.extend(columns.iter().map(|column| Cell { column, row }));
-            let refs: Vec<&(dyn ToSql + Sync)> =
-                cells.iter().map(|c| c as &(dyn ToSql + Sync)).collect();
+            current.store(row, Ordering::Relaxed);
             c.writer
                 .as_mut()
                 .write(&refs)
@@ -543,15 +561,7 @@ impl ChunkWriter for PgChunkWriter {
             if !inner.table_exists(client, &inner.table.name).await? {
                 return Ok(Staged::default());
             }
-            let staged = inner.qualified(&self.stage);
-            client
-                .batch_execute(&format!(
-                    "DROP TABLE IF EXISTS {staged}; \
-                     CREATE UNLOGGED TABLE {staged} AS SELECT * FROM {} WITH NO DATA",
-                    inner.table.quoted()
-                ))
-                .await
-                .map_err(PgError::sql(&what))?;
+            inner.create_stage(client, &self.stage, "*", &what).await?;
         }
         Ok(Staged {
             files: vec![OwnedFile {

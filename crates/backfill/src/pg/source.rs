@@ -368,20 +368,16 @@ impl Scan {
                 .map_err(PgError::sql(format!("reading {}", self.shared.shown)))
                 .map_err(ext)?;
             for (i, d) in self.decoders.iter_mut().enumerate() {
-                let raw: Option<Raw> = row.try_get(i).map_err(|e| {
+                let column_error = |reason: String| {
                     ext(PgError::Column {
                         what: format!("reading {}", self.shared.shown),
                         column: self.schema.field(i).name().clone(),
-                        reason: e.to_string(),
+                        reason,
                     })
-                })?;
-                d.push(raw.map(|r| r.0)).map_err(|e| {
-                    ext(PgError::Column {
-                        what: format!("reading {}", self.shared.shown),
-                        column: self.schema.field(i).name().clone(),
-                        reason: e.to_string(),
-                    })
-                })?;
+                };
+                let raw: Option<Raw> = row.try_get(i).map_err(|e| column_error(e.to_string()))?;
+                d.push(raw.map(|r| r.0))
+                    .map_err(|e| column_error(e.to_string()))?;
             }
             n += 1;
         }

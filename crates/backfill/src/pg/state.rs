@@ -25,6 +25,8 @@ use backfill_core::state::{
 };
 use postgres::{Client, NoTls, Transaction};
 
+use super::describe;
+
 type Task = Box<dyn FnOnce(&mut Client) + Send>;
 
 pub struct PgStateStore {
@@ -103,19 +105,6 @@ impl Tables {
     }
 }
 
-fn describe(e: &postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(db) => format!("{}: {}", db.severity(), db.message()),
-        None => {
-            let mut s = e.to_string();
-            if let Some(inner) = std::error::Error::source(e) {
-                s.push_str(&format!(": {inner}"));
-            }
-            s
-        }
-    }
-}
-
 impl PgStateStore {
     /// Connects, creates the state tables if needed and starts the lease
     /// heartbeat.
@@ -150,7 +139,6 @@ impl PgStateStore {
                         let _ = ready_tx.send(Err(StateError::Remote {
                             store: err_shown,
                             message: describe(&e),
-                            transient: false,
                         }));
                         return;
                     }
@@ -162,12 +150,10 @@ impl PgStateStore {
             .map_err(|e| StateError::Remote {
                 store: shown.clone(),
                 message: format!("cannot start the state thread: {e}"),
-                transient: false,
             })?;
         ready_rx.recv().map_err(|_| StateError::Remote {
             store: shown.clone(),
             message: "the state thread stopped".into(),
-            transient: true,
         })??;
         let store = PgStateStore {
             tx: Mutex::new(tx),
@@ -240,7 +226,6 @@ impl PgStateStore {
         let gone = || StateError::Remote {
             store: self.shown.clone(),
             message: "the state connection is gone".into(),
-            transient: true,
         };
         {
             let tx = self.tx.lock().map_err(|_| gone())?;
@@ -251,11 +236,6 @@ impl PgStateStore {
             Err(CallError::State(e)) => Err(e),
             Err(CallError::Pg(e)) => Err(StateError::Remote {
                 store: self.shown.clone(),
-                transient: e.is_closed()
-                    || e.code().is_some_and(|c| {
-                        let c = c.code();
-                        c.starts_with("08") || c.starts_with("40") || c.starts_with("57P")
-                    }),
                 message: describe(&e),
             }),
         }
@@ -391,6 +371,26 @@ fn commit_in(
         .into_iter()
         .filter(|p| !new.contains(p.as_str()))
         .collect())
+}
+
+/// The chunk's files are published: its lease is no longer needed to keep
+/// other processes from publishing them.
+fn published_in(t: &mut Transaction, x: &Ctx, chunk: &str) -> Result<(), postgres::Error> {
+    t.execute(
+        &format!(
+            "UPDATE {} SET published = true WHERE job = $1 AND chunk_id = $2",
+            x.t.files
+        ),
+        &[&x.job, &chunk],
+    )?;
+    t.execute(
+        &format!(
+            "UPDATE {} SET lease_until = NULL WHERE job = $1 AND chunk_id = $2 AND status = 'committed'",
+            x.t.chunks
+        ),
+        &[&x.job, &chunk],
+    )?;
+    Ok(())
 }
 
 impl StateStore for PgStateStore {
@@ -753,20 +753,7 @@ impl StateStore for PgStateStore {
             if let Err(e) = backfill_core::failpoint::hit("in_commit_txn", usize::MAX) {
                 tracing::debug!("ignoring {e} inside the commit transaction");
             }
-            t.execute(
-                &format!(
-                    "UPDATE {} SET published = true WHERE job = $1 AND chunk_id = $2",
-                    x.t.files
-                ),
-                &[&x.job, &chunk],
-            )?;
-            t.execute(
-                &format!(
-                    "UPDATE {} SET lease_until = NULL WHERE job = $1 AND chunk_id = $2",
-                    x.t.chunks
-                ),
-                &[&x.job, &chunk],
-            )?;
+            published_in(&mut t, x, &chunk)?;
             t.commit()?;
             Ok(Some(superseded))
         })
@@ -776,20 +763,7 @@ impl StateStore for PgStateStore {
         let chunk = chunk_id.to_string();
         self.call(move |c, x| {
             let mut t = c.transaction()?;
-            t.execute(
-                &format!(
-                    "UPDATE {} SET published = true WHERE job = $1 AND chunk_id = $2",
-                    x.t.files
-                ),
-                &[&x.job, &chunk],
-            )?;
-            t.execute(
-                &format!(
-                    "UPDATE {} SET lease_until = NULL WHERE job = $1 AND chunk_id = $2 AND status = 'committed'",
-                    x.t.chunks
-                ),
-                &[&x.job, &chunk],
-            )?;
+            published_in(&mut t, x, &chunk)?;
             t.commit()?;
             Ok(())
         })

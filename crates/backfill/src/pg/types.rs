@@ -509,16 +509,18 @@ impl Column {
     }
 }
 
-/// One value of a [`Column`], as the COPY writer wants it.
+/// One value of a [`Column`], as the COPY writer wants it: the row is
+/// shared by a batch's cells so they are built once per batch.
 #[derive(Debug)]
 pub struct Cell<'a> {
     pub column: &'a Column,
-    pub row: usize,
+    pub row: &'a std::sync::atomic::AtomicUsize,
 }
 
 impl ToSql for Cell<'_> {
     fn to_sql(&self, _: &Type, out: &mut BytesMut) -> Result<IsNull, BoxError> {
-        self.column.encode(self.row, out)
+        self.column
+            .encode(self.row.load(std::sync::atomic::Ordering::Relaxed), out)
     }
     fn accepts(_: &Type) -> bool {
         true

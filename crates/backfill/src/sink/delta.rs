@@ -46,6 +46,9 @@ pub struct DeltaSink {
     /// One Delta commit at a time from this process: chunks touch disjoint
     /// files, but concurrent commits would only retry each other.
     commits: Arc<Mutex<()>>,
+    /// The table is known to exist: later chunks need not read the log to
+    /// find out.
+    created: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -85,6 +88,7 @@ impl DeltaSink {
             merge_keys: spec.merge_keys.clone(),
             range_column: range_column.map(str::to_string),
             commits: Arc::new(Mutex::new(())),
+            created: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -124,8 +128,13 @@ impl DeltaSink {
 
     /// Creates the table with the rows' schema, if nobody has yet.
     async fn ensure(&self, schema: &SchemaRef) -> Result<(), SinkError> {
+        use std::sync::atomic::Ordering;
+        if self.created.load(Ordering::Acquire) {
+            return Ok(());
+        }
         let _guard = self.commits.lock().await;
         if self.open().await?.is_some() {
+            self.created.store(true, Ordering::Release);
             return Ok(());
         }
         std::fs::create_dir_all(&self.root).map_err(|source| SinkError::Io {
@@ -145,6 +154,7 @@ impl DeltaSink {
             .with_save_mode(SaveMode::Ignore)
             .await
             .map_err(self.err())?;
+        self.created.store(true, Ordering::Release);
         Ok(())
     }
 }

@@ -40,6 +40,15 @@ print(json.dumps({"months": [list(m) for m in months], "fp": [fp[0], fp[1]], "du
     )
 }
 
+/// A JSON array of rows as the row lists `assert_months_equal` takes.
+fn rows(v: &serde_json::Value) -> Vec<Vec<serde_json::Value>> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m.as_array().unwrap().clone())
+        .collect()
+}
+
 #[test]
 fn parquet_to_delta_matches_duckdb_and_reruns_replace_each_chunk() {
     let demo = Demo::new(10_000, "\"1 month\"");
@@ -47,13 +56,7 @@ fn parquet_to_delta_matches_duckdb_and_reruns_replace_each_chunk() {
     demo.run_ok(&[]);
     let (months, _) = expected_global(&demo);
     let first = read_delta(&demo);
-    let actual: Vec<Vec<serde_json::Value>> = first["months"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m.as_array().unwrap().clone())
-        .collect();
-    assert_months_equal(&months, &actual);
+    assert_months_equal(&months, &rows(&first["months"]));
     assert_eq!(first["dup_keys"], 0);
     // 12 chunk commits after the table's creation.
     assert_eq!(first["version"], 12, "{first}");
@@ -128,13 +131,7 @@ fn delta_merge_upserts_each_chunk_once_and_validates() {
     demo.run_ok(&[]);
     let (months, _) = expected_global(&demo);
     let first = read_delta(&demo);
-    let actual: Vec<Vec<serde_json::Value>> = first["months"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m.as_array().unwrap().clone())
-        .collect();
-    assert_months_equal(&months, &actual);
+    assert_months_equal(&months, &rows(&first["months"]));
     assert_eq!(first["dup_keys"], 0);
     let v = demo.run(&["validate", &demo.job_str()]);
     assert_eq!(code(&v), 0, "{}", text(&v));

@@ -733,64 +733,44 @@ fn state_in_the_target_database_commits_and_publishes_in_one_transaction() {
         state_to_pg(&demo, &pg, "30s");
         (pg, demo)
     };
+    // Aborts the run at `point`, checks that the table holds exactly the
+    // rows of the chunks the state calls committed, then finishes the job.
+    let crash = |name: &str, point: &str, committed: &str| {
+        let (pg, demo) = setup(name);
+        let out = demo.run_env(
+            &["run", &demo.job_str(), "--parallel", "1"],
+            &[(PG_ENV, &pg.url), ("BACKFILL_FAILPOINTS", point)],
+        );
+        assert_ne!(code(&out), 0, "{}", text(&out));
+        let s = format!("{}_state", pg.schema);
+        assert_eq!(
+            pg.one(&format!(
+                "SELECT count(*) FROM {s}.chunks WHERE status = 'committed'"
+            )),
+            committed
+        );
+        assert_eq!(
+            pg.one(&format!(
+                "SELECT count(*) FROM {s}.chunk_files WHERE NOT published"
+            )),
+            "0"
+        );
+        let written = pg.one(&format!(
+            "SELECT coalesce(sum((metrics::jsonb ->> 'rows_written')::bigint), 0) FROM {s}.chunks WHERE status = 'committed'"
+        ));
+        assert_eq!(pg.fingerprint("tx").0, written);
+        run_pg_ok(&demo, &pg, &["run"]);
+        assert_eq!(
+            (pg.fingerprint("tx"), pg.fingerprint("tx_quarantine")),
+            reference
+        );
+        pg
+    };
     // Aborted right after the transaction: the data and the state moved
     // together, with nothing left to publish.
-    let (pg, demo) = setup("onetx");
-    let job = demo.job_str();
-    let out = demo.run_env(
-        &["run", &job, "--parallel", "1"],
-        &[(PG_ENV, &pg.url), ("BACKFILL_FAILPOINTS", "after_commit:3")],
-    );
-    assert_ne!(code(&out), 0, "{}", text(&out));
-    let s = format!("{}_state", pg.schema);
-    let committed: i64 = pg
-        .one(&format!(
-            "SELECT count(*) FROM {s}.chunks WHERE status = 'committed'"
-        ))
-        .parse()
-        .unwrap();
-    assert_eq!(committed, 3);
-    assert_eq!(
-        pg.one(&format!(
-            "SELECT count(*) FROM {s}.chunk_files WHERE NOT published"
-        )),
-        "0"
-    );
-    let written = pg.one(&format!(
-        "SELECT coalesce(sum((metrics::jsonb ->> 'rows_written')::bigint), 0) FROM {s}.chunks WHERE status = 'committed'"
-    ));
-    assert_eq!(pg.fingerprint("tx").0, written);
-    run_pg_ok(&demo, &pg, &["run"]);
-    assert_eq!(
-        (pg.fingerprint("tx"), pg.fingerprint("tx_quarantine")),
-        reference
-    );
+    crash("onetx", "after_commit:3", "3");
     // Aborted inside the transaction: neither the rows nor the commit stay.
-    let (pg, demo) = setup("intx");
-    let out = demo.run_env(
-        &["run", &demo.job_str(), "--parallel", "1"],
-        &[
-            (PG_ENV, &pg.url),
-            ("BACKFILL_FAILPOINTS", "in_commit_txn:2"),
-        ],
-    );
-    assert_ne!(code(&out), 0, "{}", text(&out));
-    let s = format!("{}_state", pg.schema);
-    assert_eq!(
-        pg.one(&format!(
-            "SELECT count(*) FROM {s}.chunks WHERE status = 'committed'"
-        )),
-        "1"
-    );
-    let written = pg.one(&format!(
-        "SELECT coalesce(sum((metrics::jsonb ->> 'rows_written')::bigint), 0) FROM {s}.chunks WHERE status = 'committed'"
-    ));
-    assert_eq!(pg.fingerprint("tx").0, written);
-    run_pg_ok(&demo, &pg, &["run"]);
-    assert_eq!(
-        (pg.fingerprint("tx"), pg.fingerprint("tx_quarantine")),
-        reference
-    );
+    let pg = crash("intx", "in_commit_txn:2", "1");
     assert!(commits(&pg).iter().all(|(_, n, _)| *n == 1));
 }
 
