@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh machine: creates the Python virtual
-# environment with the oracle (DuckDB, pyarrow) if needed, starts a throwaway
+# environment with the oracle (DuckDB, pyarrow, deltalake) and moto (the
+# S3-compatible server the object-store tests start) if needed, starts a throwaway
 # PostgreSQL on loopback (installing the server if it is missing; stopped on
 # exit, even on failure), then cargo test.
 # Extra arguments go to `cargo test` (e.g. `scripts/test.sh crash`).
@@ -8,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 VENV="${BACKFILL_VENV:-$HOME/.cache/backfill-venv}"
-if ! "$VENV/bin/python" -c "import duckdb, pyarrow, deltalake" 2>/dev/null; then
+if ! "$VENV/bin/python" -c "import duckdb, pyarrow, deltalake, moto.server" 2>/dev/null; then
   echo "creating the oracle virtualenv in $VENV" >&2
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install --quiet --disable-pip-version-check -r tests/requirements.txt

@@ -30,6 +30,7 @@ pub mod report;
 pub mod runner;
 pub mod sink;
 pub mod source;
+pub mod store;
 pub mod validate;
 
 pub use backfill_core as core;

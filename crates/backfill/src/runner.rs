@@ -29,6 +29,7 @@ use crate::progress::{Progress, ProgressMode};
 use crate::quality::{self, DedupIndex};
 use crate::sink::{SinkError, Sinks};
 use crate::source::{self, Source};
+use crate::store::StoreError;
 
 /// A backfill job, ready to plan, run or inspect.
 ///
@@ -313,10 +314,16 @@ impl Backfill {
                 ));
             }
         }
+        let sinks = Sinks::open(&self.spec).map_err(|e| match e {
+            SinkError::Store(StoreError::Invalid { .. }) => {
+                self.job_error(self.spec.target.path_loc, "target.path", e.to_string())
+            }
+            e => e.into(),
+        })?;
         Ok(OpenJob {
             spec: self.spec.clone(),
             source,
-            sinks: Sinks::open(&self.spec),
+            sinks,
             transformed: out,
             range,
             chunks,
@@ -439,6 +446,10 @@ impl Backfill {
                 (&self.spec.target.path, "target.path"),
                 (&self.spec.quarantine.path, "quarantine.path"),
             ] {
+                // Object stores have no directories to create.
+                if dir.as_os_str().is_empty() {
+                    continue;
+                }
                 std::fs::create_dir_all(dir).map_err(|e| {
                     self.job_error(
                         self.spec.target.path_loc,

@@ -12,7 +12,6 @@
 //! run is reported as such.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::File;
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, Float64Array, RecordBatch, UInt32Array};
@@ -24,14 +23,15 @@ use async_trait::async_trait;
 use backfill_core::interval::RangeValue;
 use backfill_core::plan::Chunk;
 use backfill_core::state::{ChunkRecord, ChunkStatus};
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use futures::TryStreamExt;
+use parquet::arrow::ParquetRecordBatchStreamBuilder;
 use serde::Serialize;
 
 use crate::engine::{self, ChunkQuery};
 use crate::error::{ChunkError, Error};
 use crate::runner::{Backfill, OpenJob, dedup_index};
 use crate::sink::{
-    ChunkWriter, QUARANTINE_PREFIX, SinkError, Staged, checksum_rows, partition_seed,
+    ChunkWriter, QUARANTINE_PREFIX, Sink, SinkError, Staged, checksum_rows, partition_seed,
     partition_value,
 };
 
@@ -293,18 +293,14 @@ impl Measure {
     }
 
     /// Tallies a published file; partition values come from its directory.
-    fn observe_file(&mut self, root: &std::path::Path, rel: &str) -> Result<(), SinkError> {
-        let path = root.join(rel);
-        let file = File::open(&path).map_err(|source| SinkError::Io {
-            op: "reading",
-            path: path.clone(),
-            source,
-        })?;
+    async fn observe_file(&mut self, sink: &dyn Sink, rel: &str) -> Result<(), SinkError> {
+        let file = sink.open_file(rel).await?;
         let pq = |source| SinkError::Parquet {
-            path: path.clone(),
+            path: rel.into(),
             source,
         };
-        let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+        let mut reader = ParquetRecordBatchStreamBuilder::new(file)
+            .await
             .map_err(pq)?
             .build()
             .map_err(pq)?;
@@ -317,8 +313,7 @@ impl Measure {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         let seed = partition_seed(&dir);
-        for batch in reader {
-            let batch = batch?;
+        while let Some(batch) = reader.try_next().await.map_err(pq)? {
             if self.with_checksum {
                 let sum = checksum_rows(self.encoder(&batch.schema())?, &batch, seed)?;
                 self.checksum = self.checksum.wrapping_add(sum);
@@ -565,8 +560,12 @@ async fn check_chunk(
     }
     for f in files.map(Vec::as_slice).unwrap_or_default() {
         let result = match f.strip_prefix(QUARANTINE_PREFIX) {
-            Some(q) if from_files.1 => actual_q.observe_file(&spec.quarantine.path, q),
-            None if from_files.0 => actual.observe_file(&spec.target.path, f),
+            Some(q) if from_files.1 => {
+                actual_q
+                    .observe_file(job.sinks.quarantine.as_ref(), q)
+                    .await
+            }
+            None if from_files.0 => actual.observe_file(job.sinks.target.as_ref(), f).await,
             _ => continue,
         };
         if let Err(e) = result {

@@ -155,6 +155,8 @@ pub struct SourceSpec {
     /// As written in the job file, for messages.
     pub path_shown: String,
     pub path_loc: Loc,
+    /// An object-store location (`s3://bucket/prefix`); then `path` is empty.
+    pub url: Option<String>,
     pub has_header: bool,
     pub delimiter: u8,
     pub columns: Vec<(String, ColumnType)>,
@@ -232,6 +234,8 @@ pub struct TargetSpec {
     pub path: PathBuf,
     pub path_shown: String,
     pub path_loc: Loc,
+    /// An object-store location (`s3://bucket/prefix`); then `path` is empty.
+    pub url: Option<String>,
     pub partition_by: Vec<String>,
     pub partition_loc: Loc,
     pub compression: Compression,
@@ -491,6 +495,7 @@ fn read_source(
             path: PathBuf::new(),
             path_shown: shown,
             path_loc: loc(text, &span),
+            url: None,
             has_header: false,
             delimiter: b',',
             columns: Vec::new(),
@@ -590,10 +595,18 @@ fn read_source(
             None
         }
     }?;
+    let (local, url) = match resolve_location(base, &path.value) {
+        Ok(l) => l,
+        Err(e) => {
+            d.push(path.span, "source.path", e);
+            return None;
+        }
+    };
     Some(SourceSpec {
         format: format?,
         path_loc: loc(text, &path.span),
-        path: base.join(&path.value),
+        path: local,
+        url,
         path_shown: path.shown,
         has_header: has_header.unwrap_or(true),
         delimiter: delimiter?,
@@ -784,6 +797,7 @@ fn read_target(
             path: PathBuf::new(),
             path_shown: shown,
             path_loc: loc(text, &span),
+            url: None,
             partition_by: Vec::new(),
             partition_loc: loc(text, &span),
             compression: Compression::None,
@@ -913,10 +927,18 @@ fn read_target(
             None
         }
     }?;
+    let (local, url) = match resolve_location(base, &path.value) {
+        Ok(l) => l,
+        Err(e) => {
+            d.push(path.span, "target.path", e);
+            return None;
+        }
+    };
     Some(TargetSpec {
         format: format?,
         path_loc: loc(text, &path.span),
-        path: base.join(&path.value),
+        path: local,
+        url,
         path_shown: path.shown,
         partition_by: parts,
         partition_loc: loc(text, &partition_span.unwrap_or(0..0)),
@@ -924,6 +946,39 @@ fn read_target(
         merge_keys,
         postgres: None,
     })
+}
+
+/// URL schemes served by object stores (credentials from the environment).
+pub const OBJECT_STORE_SCHEMES: &[&str] = &["s3", "s3a", "gs", "az", "abfs", "abfss"];
+
+/// A `path` value as a local path (relative to the job file) or an
+/// object-store URL. `file://` URLs are local paths.
+pub fn resolve_location(base: &Path, value: &str) -> Result<(PathBuf, Option<String>), String> {
+    let Some((scheme, rest)) = value.split_once("://") else {
+        return Ok((base.join(value), None));
+    };
+    let scheme = scheme.to_ascii_lowercase();
+    if scheme == "file" {
+        if !rest.starts_with('/') {
+            return Err(format!(
+                "\"{value}\": a file:// URL needs an absolute path (file:///data/x)"
+            ));
+        }
+        return Ok((PathBuf::from(rest), None));
+    }
+    if !OBJECT_STORE_SCHEMES.contains(&scheme.as_str()) {
+        return Err(format!(
+            "\"{scheme}://\" is not a supported location (use a local path, file://, s3://, gs:// or az://)"
+        ));
+    }
+    let bucket = rest.split('/').next().unwrap_or_default();
+    if bucket.is_empty() {
+        return Err(format!("\"{value}\" names no bucket or container"));
+    }
+    if rest.split('/').any(|seg| seg == "..") {
+        return Err(format!("\"{value}\" must not contain \"..\""));
+    }
+    Ok((PathBuf::new(), Some(format!("{scheme}://{rest}"))))
 }
 
 impl Default for RunSpec {

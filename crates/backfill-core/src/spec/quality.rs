@@ -120,6 +120,8 @@ pub struct QuarantineSpec {
     pub path: PathBuf,
     pub path_shown: String,
     pub max_ratio: Option<f64>,
+    /// An object-store location; then `path` is empty.
+    pub url: Option<String>,
     /// With a PostgreSQL target the quarantine is a table in the same
     /// database (default: the target's name + `_quarantine`); `path` is empty.
     pub table: Option<super::QualifiedName>,
@@ -350,24 +352,42 @@ pub(super) fn read_quarantine(
         return Some(QuarantineSpec {
             path: PathBuf::new(),
             path_shown: format!("postgres table {table}"),
+            url: None,
             max_ratio,
             table: Some(table),
         });
     }
-    let (path, shown) = match path {
-        Some(p) => (base.join(&p.value), p.shown),
+    let (path, url, shown) = match path {
+        Some(p) => match super::resolve_location(base, &p.value) {
+            Ok((path, url)) => (path, url, p.shown),
+            Err(e) => {
+                d.push(p.span, "quarantine.path", e);
+                return None;
+            }
+        },
         None => {
             let target = target?;
-            let (target, shown) = (target.path.as_path(), target.path_shown.as_str());
-            let trimmed = target.to_string_lossy().trim_end_matches('/').to_string();
-            (
-                PathBuf::from(format!("{trimmed}_quarantine")),
-                format!("{}_quarantine", shown.trim_end_matches('/')),
-            )
+            let shown = format!("{}_quarantine", target.path_shown.trim_end_matches('/'));
+            match &target.url {
+                Some(u) => (
+                    PathBuf::new(),
+                    Some(format!("{}_quarantine", u.trim_end_matches('/'))),
+                    shown,
+                ),
+                None => {
+                    let trimmed = target
+                        .path
+                        .to_string_lossy()
+                        .trim_end_matches('/')
+                        .to_string();
+                    (PathBuf::from(format!("{trimmed}_quarantine")), None, shown)
+                }
+            }
         }
     };
     Some(QuarantineSpec {
         path,
+        url,
         path_shown: shown,
         max_ratio,
         table: None,

@@ -10,8 +10,7 @@
 //! Files a commit removes stay on disk for time travel until `VACUUM`.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Once};
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
@@ -28,8 +27,10 @@ use futures::TryStreamExt;
 use tokio::sync::Mutex;
 
 use super::{
-    ChunkWriter, HIVE_DEFAULT_PARTITION, ParquetSink, Sink, SinkError, Staged, TargetFiles,
+    ChunkWriter, HIVE_DEFAULT_PARTITION, Location, ParquetSink, Sink, SinkError, Staged,
+    TargetFiles,
 };
+use crate::store::Remote;
 
 #[derive(Debug)]
 pub struct DeltaSink {
@@ -37,7 +38,7 @@ pub struct DeltaSink {
     /// chunk's rows staged unpartitioned under `_backfill_staging/`, the
     /// source of its MERGE, deleted once merged.
     files: ParquetSink,
-    root: PathBuf,
+    location: Location,
     shown: String,
     partition_by: Vec<String>,
     /// `mode = "merge"`: the keys; empty for replace.
@@ -65,9 +66,13 @@ pub enum DeltaError {
 }
 
 impl DeltaSink {
-    pub fn new(spec: &TargetSpec, range_column: Option<&str>) -> DeltaSink {
+    pub fn new(spec: &TargetSpec, range_column: Option<&str>) -> Result<DeltaSink, SinkError> {
+        let location = Location::of(&spec.path, spec.url.as_deref(), &spec.path_shown)?;
+        if let Location::Remote(_) = &location {
+            register_object_store_schemes();
+        }
         let files = if spec.merge_keys.is_empty() {
-            ParquetSink::new(spec)
+            ParquetSink::at(spec, location.clone(), spec.path_shown.clone(), true)
         } else {
             let flat = TargetSpec {
                 partition_by: Vec::new(),
@@ -75,21 +80,21 @@ impl DeltaSink {
             };
             ParquetSink::at(
                 &flat,
-                spec.path.join(STAGING),
+                location.child(STAGING)?,
                 spec.path_shown.clone(),
                 true,
             )
         };
-        DeltaSink {
+        Ok(DeltaSink {
             files,
-            root: spec.path.clone(),
+            location,
             shown: spec.path_shown.clone(),
             partition_by: spec.partition_by.clone(),
             merge_keys: spec.merge_keys.clone(),
             range_column: range_column.map(str::to_string),
             commits: Arc::new(Mutex::new(())),
             created: std::sync::atomic::AtomicBool::new(false),
-        }
+        })
     }
 
     fn err(&self) -> impl Fn(deltalake::DeltaTableError) -> SinkError + '_ {
@@ -102,22 +107,39 @@ impl DeltaSink {
     }
 
     fn url(&self) -> Result<url::Url, SinkError> {
-        let abs = std::path::absolute(&self.root).map_err(|source| SinkError::Io {
-            op: "resolving",
-            path: self.root.clone(),
-            source,
-        })?;
-        url::Url::from_directory_path(&abs).map_err(|_| {
-            SinkError::Delta(DeltaError::Invalid {
-                shown: self.shown.clone(),
-                message: "not an absolute local path".into(),
-            })
-        })
+        match &self.location {
+            Location::Remote(r) => Ok(r.url.clone()),
+            Location::Local(root) => {
+                let abs = std::path::absolute(root).map_err(|source| SinkError::Io {
+                    op: "resolving",
+                    path: root.clone(),
+                    source,
+                })?;
+                url::Url::from_directory_path(&abs).map_err(|_| {
+                    SinkError::Delta(DeltaError::Invalid {
+                        shown: self.shown.clone(),
+                        message: "not an absolute local path".into(),
+                    })
+                })
+            }
+        }
     }
 
     /// The table, or `None` when it was never created.
     async fn open(&self) -> Result<Option<DeltaTable>, SinkError> {
-        if !self.root.join("_delta_log").is_dir() {
+        let exists = match &self.location {
+            Location::Local(root) => root.join("_delta_log").is_dir(),
+            Location::Remote(r) => {
+                use futures::StreamExt;
+                let key = r.key("_delta_log")?;
+                match r.store.list(Some(&key)).next().await {
+                    None => false,
+                    Some(Ok(_)) => true,
+                    Some(Err(e)) => return Err(r.err("listing", &key)(e).into()),
+                }
+            }
+        };
+        if !exists {
             return Ok(None);
         }
         deltalake::open_table(self.url()?)
@@ -137,11 +159,13 @@ impl DeltaSink {
             self.created.store(true, Ordering::Release);
             return Ok(());
         }
-        std::fs::create_dir_all(&self.root).map_err(|source| SinkError::Io {
-            op: "creating",
-            path: self.root.clone(),
-            source,
-        })?;
+        if let Location::Local(root) = &self.location {
+            std::fs::create_dir_all(root).map_err(|source| SinkError::Io {
+                op: "creating",
+                path: root.clone(),
+                source,
+            })?;
+        }
         let st: StructType =
             deltalake::kernel::engine::arrow_conversion::TryIntoKernel::try_into_kernel(
                 schema.as_ref(),
@@ -184,12 +208,17 @@ impl DeltaSink {
             .map_err(self.err())?
             .is_some_and(|v| v >= attempt);
         if !done {
-            let staging = self.root.join(STAGING);
-            let abs: Vec<String> = paths
-                .iter()
-                .map(|p| staging.join(p).display().to_string())
-                .collect();
+            let staging = self.url()?.join(&format!("{STAGING}/")).map_err(|e| {
+                SinkError::Delta(DeltaError::Invalid {
+                    shown: self.shown.clone(),
+                    message: e.to_string(),
+                })
+            })?;
+            let abs: Vec<String> = paths.iter().map(|p| format!("{staging}{p}")).collect();
             let ctx = datafusion::prelude::SessionContext::new();
+            if let Location::Remote(r) = &self.location {
+                r.register(&ctx);
+            }
             let source = ctx
                 .read_parquet(abs, datafusion::prelude::ParquetReadOptions::default())
                 .await
@@ -237,6 +266,58 @@ impl DeltaSink {
                 .map_err(self.err())?;
         }
         self.files.remove(&paths).await
+    }
+}
+
+/// Lets deltalake open `s3://`, `gs://` and `az://` tables with our
+/// object-store clients (credentials from the environment, see
+/// [`crate::store`]) and its default log store, which commits a version with
+/// a conditional put (`If-None-Match`), so two writers never both win.
+fn register_object_store_schemes() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        for scheme in backfill_core::spec::OBJECT_STORE_SCHEMES {
+            let Ok(url) = url::Url::parse(&format!("{scheme}://")) else {
+                continue;
+            };
+            deltalake::logstore::object_store_factories()
+                .insert(url.clone(), Arc::new(StoreFactory));
+            deltalake::logstore::logstore_factories().insert(url, Arc::new(StoreFactory));
+        }
+    });
+}
+
+struct StoreFactory;
+
+impl deltalake::logstore::ObjectStoreFactory for StoreFactory {
+    fn parse_url_opts(
+        &self,
+        url: &url::Url,
+        _config: &deltalake::logstore::StorageConfig,
+    ) -> deltalake::DeltaResult<(
+        deltalake::logstore::ObjectStoreRef,
+        object_store::path::Path,
+    )> {
+        let remote = Remote::open(url.as_str(), url.as_str())
+            .map_err(|e| deltalake::DeltaTableError::Generic(e.to_string()))?;
+        Ok((remote.store, remote.prefix))
+    }
+}
+
+impl deltalake::logstore::LogStoreFactory for StoreFactory {
+    fn with_options(
+        &self,
+        prefixed_store: deltalake::logstore::ObjectStoreRef,
+        root_store: deltalake::logstore::ObjectStoreRef,
+        location: &url::Url,
+        options: &deltalake::logstore::StorageConfig,
+    ) -> deltalake::DeltaResult<Arc<dyn deltalake::logstore::LogStore>> {
+        Ok(deltalake::logstore::default_logstore(
+            prefixed_store,
+            root_store,
+            location,
+            options,
+        ))
     }
 }
 
@@ -375,14 +456,7 @@ impl Sink for Arc<DeltaSink> {
             .map_err(self.err())?;
         let now = chrono::Utc::now().timestamp_millis();
         for f in files {
-            let abs = self.root.join(&f.path);
-            let size = std::fs::metadata(&abs)
-                .map_err(|source| SinkError::Io {
-                    op: "reading size of",
-                    path: abs.clone(),
-                    source,
-                })?
-                .len();
+            let size = self.files.size(&f.path).await?;
             actions.push(Action::Add(Add {
                 path: f.path.clone(),
                 partition_values: partition_values(&f.path),
@@ -434,6 +508,13 @@ impl Sink for Arc<DeltaSink> {
 
     async fn scan(&self) -> Result<TargetFiles, SinkError> {
         self.files.scan().await
+    }
+
+    async fn open_file(
+        &self,
+        rel: &str,
+    ) -> Result<Box<dyn parquet::arrow::async_reader::AsyncFileReader>, SinkError> {
+        self.files.open_file(rel).await
     }
 
     /// Merge mode: the staged files are gone once merged, so `validate` reads

@@ -20,8 +20,8 @@ use crate::pg;
 use crate::pg::sink::PgSink;
 
 pub use parquet::{
-    HIVE_DEFAULT_PARTITION, ParquetSink, checksum_rows, escape_partition_value, partition_seed,
-    partition_value,
+    HIVE_DEFAULT_PARTITION, Location, ParquetSink, checksum_rows, escape_partition_value,
+    partition_seed, partition_value,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +57,8 @@ pub enum SinkError {
     Read(String),
     #[error(transparent)]
     Delta(#[from] delta::DeltaError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
     #[error("the chunk writer stopped unexpectedly")]
     WriterGone,
     #[error("{0}")]
@@ -82,6 +84,7 @@ impl SinkError {
             },
             SinkError::WriterGone => ErrorClass::Transient,
             SinkError::Postgres(e) => e.class(),
+            SinkError::Store(e) => e.class(),
             SinkError::Delta(delta::DeltaError::Delta { source, .. }) => match **source {
                 deltalake::DeltaTableError::ObjectStore { .. }
                 | deltalake::DeltaTableError::Io { .. }
@@ -134,6 +137,17 @@ pub trait Sink: Send + Sync + std::fmt::Debug {
     /// Lists the files of this tool in the target, to find orphans after a crash.
     async fn scan(&self) -> Result<TargetFiles, SinkError>;
     fn describe(&self) -> String;
+
+    /// A published file of a file target, for `validate` to read.
+    async fn open_file(
+        &self,
+        rel: &str,
+    ) -> Result<Box<dyn ::parquet::arrow::async_reader::AsyncFileReader>, SinkError> {
+        Err(SinkError::Read(format!(
+            "{}: {rel} is not a file this target holds",
+            self.describe()
+        )))
+    }
 
     /// For a database target: the rows the chunk owns now, read back for
     /// `validate`. `None` for file targets (their files are read instead).
@@ -193,7 +207,7 @@ fn strip(p: &str) -> String {
 }
 
 impl Sinks {
-    pub fn open(spec: &backfill_core::spec::JobSpec) -> Sinks {
+    pub fn open(spec: &backfill_core::spec::JobSpec) -> Result<Sinks, SinkError> {
         if let (TargetFormat::Postgres, Some(pg), Some(q)) = (
             spec.target.format,
             &spec.target.postgres,
@@ -217,25 +231,26 @@ impl Sinks {
                 range,
                 true,
             );
-            return Sinks {
+            return Ok(Sinks {
                 target: Arc::new(target),
                 quarantine: Arc::new(quarantine),
-            };
+            });
         }
         let target: Arc<dyn Sink> = match spec.target.format {
             TargetFormat::Delta => Arc::new(Arc::new(delta::DeltaSink::new(
                 &spec.target,
                 spec.range.as_ref().map(|r| r.column.as_str()),
-            ))),
-            _ => Arc::new(ParquetSink::new(&spec.target)),
+            )?)),
+            _ => Arc::new(ParquetSink::new(&spec.target)?),
         };
+        let q = &spec.quarantine;
         let quarantine: Arc<dyn Sink> = Arc::new(ParquetSink::at(
             &spec.target,
-            spec.quarantine.path.clone(),
-            spec.quarantine.path_shown.clone(),
+            Location::of(&q.path, q.url.as_deref(), &q.path_shown)?,
+            q.path_shown.clone(),
             false,
         ));
-        Sinks { target, quarantine }
+        Ok(Sinks { target, quarantine })
     }
 
     pub fn prefix_quarantine(files: Vec<OwnedFile>) -> Vec<OwnedFile> {

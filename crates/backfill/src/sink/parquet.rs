@@ -6,6 +6,12 @@
 //! rename once the commit is recorded. Re-running a chunk publishes its new
 //! files, then deletes the old ones: on a plain filesystem there is a short
 //! window in which a reader listing the directory may see both.
+//!
+//! On an object store (`s3://…`) the writer spools each file to a local
+//! temporary directory (as Spark's S3A does by default), uploads it under
+//! its staged key when the attempt finishes, and publishes it with a
+//! server-side copy to the published key. Memory stays bounded by the row
+//! group size either way.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -29,8 +35,13 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use twox_hash::XxHash3_64;
 
+use object_store::{ObjectStore, ObjectStoreExt};
+use parquet::arrow::async_reader::AsyncFileReader;
+use tokio::io::AsyncWriteExt;
+
 use super::{ChunkWriter, Sink, SinkError, Staged, TargetFiles};
 use crate::failpoint;
+use crate::store::{Remote, StoreError};
 
 /// What Hive, Spark, DuckDB and pyarrow call a NULL partition value.
 pub const HIVE_DEFAULT_PARTITION: &str = "__HIVE_DEFAULT_PARTITION__";
@@ -38,10 +49,50 @@ const STAGED_SUFFIX: &str = ".inprogress";
 const ROW_GROUP_ROWS: usize = 128 * 1024;
 /// Caps the memory one open file holds before it flushes a row group.
 const ROW_GROUP_BYTES: usize = 32 * 1024 * 1024;
+/// Upload part size: S3's minimum is 5 MiB.
+const UPLOAD_BUFFER: usize = 8 * 1024 * 1024;
+
+/// Where a file table lives.
+#[derive(Debug, Clone)]
+pub enum Location {
+    Local(PathBuf),
+    Remote(Box<Remote>),
+}
+
+impl Location {
+    /// The location of a table from its job-file settings.
+    pub fn of(path: &Path, url: Option<&str>, shown: &str) -> Result<Location, SinkError> {
+        match url {
+            Some(u) => Ok(Location::Remote(Box::new(Remote::open(u, shown)?))),
+            None => Ok(Location::Local(path.to_path_buf())),
+        }
+    }
+
+    /// A directory inside this one.
+    pub fn child(&self, name: &str) -> Result<Location, SinkError> {
+        match self {
+            Location::Local(p) => Ok(Location::Local(p.join(name))),
+            Location::Remote(r) => {
+                let url = r.url.join(name).map_err(|e| {
+                    SinkError::Store(StoreError::Invalid {
+                        shown: r.shown.clone(),
+                        message: e.to_string(),
+                    })
+                })?;
+                let mut child = Remote::open(url.as_str(), &r.shown)?;
+                child.store = r.store.clone();
+                Ok(Location::Remote(Box::new(child)))
+            }
+        }
+    }
+}
 
 #[derive(Debug)]
 pub struct ParquetSink {
+    /// Where attempts write: the table directory, or the local spool of a
+    /// remote table.
     root: PathBuf,
+    remote: Option<Remote>,
     shown: String,
     partition_by: Vec<String>,
     props: WriterProperties,
@@ -50,12 +101,13 @@ pub struct ParquetSink {
 
 impl ParquetSink {
     /// The target table, which checksums what it writes.
-    pub fn new(spec: &TargetSpec) -> ParquetSink {
-        Self::at(spec, spec.path.clone(), spec.path_shown.clone(), true)
+    pub fn new(spec: &TargetSpec) -> Result<ParquetSink, SinkError> {
+        let location = Location::of(&spec.path, spec.url.as_deref(), &spec.path_shown)?;
+        Ok(Self::at(spec, location, spec.path_shown.clone(), true))
     }
 
     /// Another table with the target's layout and codec (the quarantine).
-    pub fn at(spec: &TargetSpec, root: PathBuf, shown: String, checksum: bool) -> ParquetSink {
+    pub fn at(spec: &TargetSpec, location: Location, shown: String, checksum: bool) -> ParquetSink {
         let compression = match spec.compression {
             Compression::Zstd(level) => {
                 PqCompression::ZSTD(ZstdLevel::try_new(level).unwrap_or_default())
@@ -70,8 +122,23 @@ impl ParquetSink {
             .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
             .set_max_row_group_bytes(Some(ROW_GROUP_BYTES))
             .build();
+        let (root, remote) = match location {
+            Location::Local(root) => (root, None),
+            Location::Remote(r) => {
+                let r = *r;
+                // One directory per sink: dropping a sink removes its own.
+                static SINKS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+                let spool = std::env::temp_dir().join(format!(
+                    "backfill-spool-{}-{}",
+                    std::process::id(),
+                    SINKS.fetch_add(1, Ordering::Relaxed)
+                ));
+                (spool, Some(r))
+            }
+        };
         ParquetSink {
             root,
+            remote,
             shown,
             partition_by: spec.partition_by.clone(),
             props,
@@ -82,6 +149,92 @@ impl ParquetSink {
     fn abs(&self, rel: &str) -> PathBuf {
         self.root.join(rel)
     }
+
+    /// The object store behind a remote table.
+    pub fn remote(&self) -> Option<&Remote> {
+        self.remote.as_ref()
+    }
+
+    /// The table as a URL (`file:///…` for a local one).
+    pub fn url(&self) -> Result<url::Url, SinkError> {
+        if let Some(r) = &self.remote {
+            return Ok(r.url.clone());
+        }
+        let abs = std::path::absolute(&self.root).map_err(io("resolving", &self.root))?;
+        url::Url::from_directory_path(&abs)
+            .map_err(|_| SinkError::Read(format!("{}: not an absolute local path", self.shown)))
+    }
+
+    /// The size of a published file.
+    pub async fn size(&self, rel: &str) -> Result<u64, SinkError> {
+        match &self.remote {
+            Some(r) => {
+                let key = r.key(rel)?;
+                let meta = r
+                    .store
+                    .head(&key)
+                    .await
+                    .map_err(r.err("reading size of", &key))?;
+                Ok(meta.size)
+            }
+            None => {
+                let abs = self.abs(rel);
+                Ok(std::fs::metadata(&abs)
+                    .map_err(io("reading size of", &abs))?
+                    .len())
+            }
+        }
+    }
+
+    /// Whether anything exists under the directory `rel`.
+    pub async fn has_dir(&self, rel: &str) -> Result<bool, SinkError> {
+        use futures::StreamExt;
+        match &self.remote {
+            Some(r) => {
+                let key = r.key(rel)?;
+                match r.store.list(Some(&key)).next().await {
+                    None => Ok(false),
+                    Some(Ok(_)) => Ok(true),
+                    Some(Err(e)) => Err(r.err("listing", &key)(e).into()),
+                }
+            }
+            None => Ok(self.abs(rel).is_dir()),
+        }
+    }
+}
+
+impl Drop for ParquetSink {
+    fn drop(&mut self) {
+        if self.remote.is_some() {
+            let _ = std::fs::remove_dir_all(&self.root);
+        }
+    }
+}
+
+/// Copies a spooled file to its key; multipart for large files.
+async fn upload(remote: &Remote, local: &Path, rel: &str) -> Result<(), SinkError> {
+    let key = remote.key(rel)?;
+    let mut file = tokio::fs::File::open(local)
+        .await
+        .map_err(io("reading spooled file", local))?;
+    let mut w = object_store::buffered::BufWriter::with_capacity(
+        remote.store.clone(),
+        key.clone(),
+        UPLOAD_BUFFER,
+    );
+    let copied = match tokio::io::copy(&mut file, &mut w).await {
+        Ok(_) => w.shutdown().await,
+        Err(e) => Err(e),
+    };
+    if let Err(e) = copied {
+        let _ = w.abort().await;
+        return Err(SinkError::Io {
+            op: "uploading",
+            path: PathBuf::from(format!("{}/{rel}", remote.shown.trim_end_matches('/'))),
+            source: e,
+        });
+    }
+    Ok(())
 }
 
 fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> SinkError + 'a {
@@ -436,6 +589,8 @@ struct ParquetChunkWriter {
     worker: Option<JoinHandle<Result<Staged, SinkError>>>,
     aborted: Arc<AtomicBool>,
     chunk_index: usize,
+    /// A remote table: the spool directory and where its files go.
+    upload: Option<(PathBuf, Remote)>,
 }
 
 impl ParquetChunkWriter {
@@ -466,7 +621,28 @@ impl ChunkWriter for ParquetChunkWriter {
     }
 
     async fn finish(mut self: Box<Self>) -> Result<Staged, SinkError> {
-        self.join().await
+        let staged = self.join().await?;
+        let Some((spool, remote)) = &self.upload else {
+            return Ok(staged);
+        };
+        let mut result = Ok(());
+        for (i, f) in staged.files.iter().enumerate() {
+            let local = spool.join(&f.staged);
+            if result.is_ok() {
+                result = upload(remote, &local, &f.staged).await;
+                if result.is_err() {
+                    // What was uploaded is staged garbage for recovery,
+                    // but need not wait for it.
+                    for done in &staged.files[..i] {
+                        if let Ok(key) = remote.key(&done.staged) {
+                            let _ = remote.store.delete(&key).await;
+                        }
+                    }
+                }
+            }
+            let _ = std::fs::remove_file(&local);
+        }
+        result.map(|()| staged)
     }
 
     async fn abort(mut self: Box<Self>) {
@@ -520,10 +696,14 @@ impl Sink for ParquetSink {
             worker: Some(worker),
             aborted,
             chunk_index: chunk.index,
+            upload: self.remote.clone().map(|r| (self.root.clone(), r)),
         }))
     }
 
     async fn publish(&self, chunk: &Chunk, files: &[OwnedFile]) -> Result<(), SinkError> {
+        if let Some(r) = &self.remote {
+            return publish_remote(r, chunk, files).await;
+        }
         let mut dirs = Vec::new();
         for (i, f) in files.iter().enumerate() {
             let staged = self.abs(&f.staged);
@@ -560,6 +740,16 @@ impl Sink for ParquetSink {
     }
 
     async fn remove(&self, paths: &[String]) -> Result<(), SinkError> {
+        if let Some(r) = &self.remote {
+            for p in paths {
+                let key = r.key(p)?;
+                match r.store.delete(&key).await {
+                    Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                    Err(e) => return Err(r.err("deleting", &key)(e).into()),
+                }
+            }
+            return Ok(());
+        }
         for p in paths {
             let abs = self.abs(p);
             match std::fs::remove_file(&abs) {
@@ -573,6 +763,25 @@ impl Sink for ParquetSink {
 
     async fn scan(&self) -> Result<TargetFiles, SinkError> {
         let mut found = TargetFiles::default();
+        if let Some(r) = &self.remote {
+            use futures::TryStreamExt;
+            let mut listing = r.store.list(Some(&r.prefix));
+            while let Some(meta) = listing
+                .try_next()
+                .await
+                .map_err(r.err("listing", &r.prefix))?
+            {
+                if let Some(rel) = r.relative(&meta.location) {
+                    let name = rel.rsplit('/').next().unwrap_or(rel);
+                    classify(&mut found, name, rel.to_string());
+                }
+            }
+            for files in found.published.values_mut() {
+                files.sort();
+            }
+            found.staged.sort();
+            return Ok(found);
+        }
         if !self.root.exists() {
             return Ok(found);
         }
@@ -588,20 +797,7 @@ impl Sink for ParquetSink {
                 if ft.is_dir() {
                     stack.push((entry.path(), format!("{rel_path}/")));
                 } else if ft.is_file() {
-                    if let Some(published) = name
-                        .strip_prefix('.')
-                        .and_then(|n| n.strip_suffix(STAGED_SUFFIX))
-                    {
-                        if chunk_of(published).is_some() {
-                            found.staged.push(rel_path);
-                        }
-                    } else if let Some(id) = chunk_of(&name) {
-                        found
-                            .published
-                            .entry(id.to_string())
-                            .or_default()
-                            .push(rel_path);
-                    }
+                    classify(&mut found, &name, rel_path);
                 }
             }
         }
@@ -615,6 +811,73 @@ impl Sink for ParquetSink {
     fn describe(&self) -> String {
         self.shown.clone()
     }
+
+    async fn open_file(&self, rel: &str) -> Result<Box<dyn AsyncFileReader>, SinkError> {
+        match &self.remote {
+            Some(r) => {
+                let key = r.key(rel)?;
+                let meta = r.store.head(&key).await.map_err(r.err("reading", &key))?;
+                Ok(Box::new(crate::store::ObjectFile {
+                    store: r.store.clone(),
+                    key,
+                    size: meta.size,
+                }))
+            }
+            None => {
+                let abs = self.abs(rel);
+                let file = tokio::fs::File::open(&abs)
+                    .await
+                    .map_err(io("reading", &abs))?;
+                Ok(Box::new(file))
+            }
+        }
+    }
+}
+
+/// Sorts one of our files into published (by chunk) or staged.
+fn classify(found: &mut TargetFiles, name: &str, rel: String) {
+    if let Some(published) = name
+        .strip_prefix('.')
+        .and_then(|n| n.strip_suffix(STAGED_SUFFIX))
+    {
+        if chunk_of(published).is_some() {
+            found.staged.push(rel);
+        }
+    } else if let Some(id) = chunk_of(name) {
+        found.published.entry(id.to_string()).or_default().push(rel);
+    }
+}
+
+/// Object stores have no rename: each staged object is copied to its
+/// published key on the server, then deleted. Idempotent like the local
+/// publish: a file already copied is recognised by its published key.
+async fn publish_remote(r: &Remote, chunk: &Chunk, files: &[OwnedFile]) -> Result<(), SinkError> {
+    for (i, f) in files.iter().enumerate() {
+        let staged = r.key(&f.staged)?;
+        let published = r.key(&f.path)?;
+        match r.store.copy(&staged, &published).await {
+            Ok(()) => {}
+            Err(object_store::Error::NotFound { .. }) => match r.store.head(&published).await {
+                Ok(_) => {}
+                Err(object_store::Error::NotFound { .. }) => {
+                    return Err(SinkError::Lost {
+                        path: f.path.clone(),
+                        staged: f.staged.clone(),
+                    });
+                }
+                Err(e) => return Err(r.err("reading", &published)(e).into()),
+            },
+            Err(e) => return Err(r.err("publishing", &published)(e).into()),
+        }
+        match r.store.delete(&staged).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(r.err("deleting", &staged)(e).into()),
+        }
+        if i == 0 && files.len() > 1 {
+            failpoint::hit("mid_publish", chunk.index)?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

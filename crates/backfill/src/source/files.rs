@@ -36,12 +36,17 @@ fn has_glob(s: &str) -> bool {
 impl FileSource {
     pub async fn open(spec: &SourceSpec, ctx: &SessionContext) -> Result<FileSource, SourceError> {
         let shown = spec.path_shown.clone();
-        let path = spec.path.to_string_lossy().into_owned();
-        let globbed = has_glob(&path);
-        let is_dir = spec.path.is_dir();
-        if !globbed && !spec.path.exists() {
-            return Err(SourceError::NotFound { shown });
-        }
+        let (path, globbed, is_dir) = match &spec.url {
+            Some(u) => remote_location(u, &shown, ctx).await?,
+            None => {
+                let path = spec.path.to_string_lossy().into_owned();
+                let globbed = has_glob(&path);
+                if !globbed && !spec.path.exists() {
+                    return Err(SourceError::NotFound { shown });
+                }
+                (path, globbed, spec.path.is_dir())
+            }
+        };
         let (format, ext): (Arc<dyn FileFormat>, &str) = match spec.format {
             SourceFormat::Parquet => {
                 let mut opts = TableParquetOptions::default();
@@ -124,6 +129,29 @@ impl FileSource {
             fingerprint,
         })
     }
+}
+
+/// Registers the bucket's store with DataFusion and tells a file from a
+/// directory (a prefix): `(url, globbed, is_dir)`.
+async fn remote_location(
+    text: &str,
+    shown: &str,
+    ctx: &SessionContext,
+) -> Result<(String, bool, bool), SourceError> {
+    use object_store::ObjectStoreExt;
+    let remote = crate::store::Remote::open(text, shown)?;
+    remote.register(ctx);
+    if has_glob(text) {
+        return Ok((text.to_string(), true, false));
+    }
+    let trimmed = text.trim_end_matches('/');
+    let is_file = !text.ends_with('/')
+        && match remote.store.head(&remote.prefix).await {
+            Ok(_) => true,
+            Err(object_store::Error::NotFound { .. }) => false,
+            Err(e) => return Err(remote.err("reading", &remote.prefix)(e).into()),
+        };
+    Ok((trimmed.to_string(), false, !is_file))
 }
 
 enum FooterError {

@@ -34,6 +34,8 @@ pub enum SourceError {
     },
     #[error(transparent)]
     Postgres(#[from] crate::pg::PgError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
     #[error("source.columns.{column}: no such column in source {shown} (columns: {available})")]
     UnknownColumn {
         shown: String,
@@ -47,6 +49,7 @@ impl SourceError {
     pub fn is_configuration(&self) -> bool {
         match self {
             SourceError::Postgres(e) => e.is_configuration(),
+            SourceError::Store(e) => matches!(e, crate::store::StoreError::Invalid { .. }),
             _ => matches!(
                 self,
                 SourceError::NotFound { .. }

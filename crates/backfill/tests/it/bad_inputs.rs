@@ -67,6 +67,8 @@ fn cases() -> Vec<Case> {
         case("range_column_missing", Job::Demo(|s| s.replace("column = \"created_at\"", "column = \"created\"")), 2),
         case("range_column_wrong_type", Job::Demo(|s| s.replace("column = \"created_at\"", "column = \"status\"")), 2),
         case("source_path_missing", Job::Demo(|s| s.replace("path = \"source/\"", "path = \"nowhere/\"")), 2),
+        case("target_path_unsupported_scheme", Job::Demo(|s| s.replace("path = \"warehouse/transactions\"", "path = \"hdfs://namenode/warehouse/transactions\"")), 2),
+        case("source_url_without_bucket", Job::Demo(|s| s.replace("path = \"source/\"", "path = \"s3:///raw/\"")), 2),
         Case {
             prepare: Some(|d| std::fs::create_dir_all(d.join("empty")).unwrap()),
             ..case("empty_source", Job::Demo(|s| s.replace("path = \"source/\"", "path = \"empty/\"")), 2)

@@ -152,7 +152,7 @@ pub fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn python() -> String {
+pub fn python() -> String {
     match std::env::var("BACKFILL_TEST_PYTHON") {
         Ok(p) => p,
         Err(_) => panic!(

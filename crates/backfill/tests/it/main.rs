@@ -11,4 +11,5 @@ mod harness;
 mod postgres;
 mod quality;
 mod reliability;
+mod s3;
 mod sequence;
