@@ -1113,6 +1113,9 @@ async fn attempt_chunk(
     if let Ok(mut orphans) = shared.orphans.lock() {
         doomed.extend(orphans.remove(&chunk.id).unwrap_or_default());
     }
+    // An orphan can carry the very name this attempt just published (a
+    // state store that was reset starts again at attempt 1).
+    doomed.retain(|d| !files.iter().any(|f| &f.path == d));
     if !doomed.is_empty() {
         job.sinks.remove(&doomed).await?;
         shared.state.forget_garbage(&superseded)?;
