@@ -211,3 +211,27 @@ fn wrong_types() {
         "[source]\nformat = 1\npath = [\"a\"]\n[target]\npath = \"t\"\npartition_by = [\"y\", 3, \"y\"]\n[run]\nretries = -1\nretry_backoff = \"soon\"\n[range]\ncolumn = \"d\"\nstart = true\nend = 5\nchunk = 1\n"
     ));
 }
+
+#[test]
+fn object_store_urls_stay_urls_and_quarantine_follows_the_target() {
+    let spec = parse(
+        "[source]\nformat = \"parquet\"\npath = \"file:///data/raw\"\n[target]\npath = \"s3://lake/tx/\"\n",
+    )
+    .unwrap();
+    assert_eq!(spec.source.path, PathBuf::from("/data/raw"));
+    assert_eq!(spec.source.url, None);
+    assert_eq!(spec.target.url.as_deref(), Some("s3://lake/tx/"));
+    assert!(spec.target.path.as_os_str().is_empty());
+    assert_eq!(
+        spec.quarantine.url.as_deref(),
+        Some("s3://lake/tx_quarantine")
+    );
+    let base = Path::new("/jobs");
+    assert_eq!(
+        resolve_location(base, "rel/dir").unwrap(),
+        (PathBuf::from("/jobs/rel/dir"), None)
+    );
+    for bad in ["hdfs://nn/x", "s3:///x", "gs://b/../etc", "file://relative"] {
+        assert!(resolve_location(base, bad).is_err(), "{bad}");
+    }
+}
