@@ -72,7 +72,7 @@ pub fn fingerprint(range: Option<&RangeSpec>) -> String {
                 "column={}|start={}|end={}|chunk={}",
                 r.column,
                 opt(r.start),
-                opt(r.end),
+                if r.end_now { "now".into() } else { opt(r.end) },
                 r.chunk
             );
             format!("{text}|{:016x}", XxHash3_64::oneshot(text.as_bytes()))
@@ -100,7 +100,10 @@ fn chunk_id(
 /// guards and `plan` summaries); `None` when there is no range.
 pub fn estimate(range: Option<&RangeSpec>) -> Option<u64> {
     let r = range?;
-    let (Some(start), Some(end)) = (r.start, r.end) else {
+    let Some(start) = r.start else {
+        return Some(1);
+    };
+    let Some(end) = [r.end, r.extend_to].into_iter().flatten().max() else {
         return Some(1);
     };
     let span = end.raw().saturating_sub(start.raw()).max(0) as u64;
@@ -127,6 +130,16 @@ pub fn plan(range: Option<&RangeSpec>) -> Result<Vec<Chunk>, PlanError> {
         return Err(PlanError::TooManyChunks);
     }
     match (r.start, r.end) {
+        (Some(start), end) if r.extend_to.is_some() => {
+            let mut chunks = match end {
+                Some(end) => plan_bounds(&r.column, start, end, r.chunk)?,
+                None => Vec::new(),
+            };
+            if let Some(to) = r.extend_to {
+                extend(&mut chunks, &r.column, start, to, r.chunk)?;
+            }
+            Ok(chunks)
+        }
         (Some(start), Some(end)) => plan_bounds(&r.column, start, end, r.chunk),
         _ => Ok(vec![Chunk {
             index: 0,
@@ -135,6 +148,45 @@ pub fn plan(range: Option<&RangeSpec>) -> Result<Vec<Chunk>, PlanError> {
             hi: None,
         }]),
     }
+}
+
+/// Continues a plan past its last chunk (or from `start`) along the chunk
+/// grid anchored at `start`, up to the chunk that holds `to`. The first new
+/// chunk may be short when the old end was not on the grid: the chunks
+/// already planned, and so committed ones, keep their bounds and ids.
+fn extend(
+    chunks: &mut Vec<Chunk>,
+    column: &str,
+    start: RangeValue,
+    to: RangeValue,
+    chunk: ChunkSize,
+) -> Result<(), PlanError> {
+    let mut lo = chunks.last().and_then(|c| c.hi).unwrap_or(start);
+    if chunk == ChunkSize::All || chunk.kind() != Some(start.kind()) {
+        return Err(PlanError::KindMismatch {
+            chunk: chunk.to_string(),
+            kind: start.kind().to_string(),
+        });
+    }
+    let mut k: u64 = 0;
+    while lo < to {
+        k += 1;
+        let hi = chunk.step(start, k).ok_or(PlanError::Overflow)?;
+        if hi <= lo {
+            continue;
+        }
+        if chunks.len() >= MAX_CHUNKS {
+            return Err(PlanError::TooManyChunks);
+        }
+        chunks.push(Chunk {
+            index: chunks.len(),
+            id: chunk_id(column, chunk, Some(lo), Some(hi)),
+            lo: Some(lo),
+            hi: Some(hi),
+        });
+        lo = hi;
+    }
+    Ok(())
 }
 
 /// Chunks of `[start, end)`; empty when `end <= start`.
@@ -320,6 +372,40 @@ mod tests {
     }
 
     #[test]
+    fn extending_keeps_every_planned_chunk_and_follows_the_grid() {
+        use crate::spec::RangeSpec;
+        let week = ChunkSize::Fixed(7 * MICROS_PER_DAY);
+        let mut r = RangeSpec {
+            column: "c".into(),
+            column_loc: Default::default(),
+            start: Some(t("2023-01-01")),
+            end: Some(t("2024-01-01")),
+            chunk: week,
+            ordered: false,
+            end_now: false,
+            lookback: 1,
+            extend_to: None,
+        };
+        let fixed = plan(Some(&r)).unwrap();
+        r.extend_to = Some(t("2024-01-10"));
+        let extended = plan(Some(&r)).unwrap();
+        assert_eq!(&extended[..fixed.len()], &fixed[..]);
+        // [2023-12-31, 2024-01-01) stays; then [2024-01-01, 2024-01-07), [2024-01-07, 2024-01-14).
+        let tail: Vec<String> = extended[fixed.len()..].iter().map(|c| c.bounds()).collect();
+        assert_eq!(
+            tail,
+            ["[2024-01-01, 2024-01-07)", "[2024-01-07, 2024-01-14)"]
+        );
+        // end = "now": the grid from the start, up to the chunk holding now.
+        r.end = None;
+        r.end_now = true;
+        let now = plan(Some(&r)).unwrap();
+        assert_eq!(now.len(), 54);
+        assert_eq!(now[53].bounds(), "[2024-01-07, 2024-01-14)");
+        assert_ne!(fingerprint(Some(&r)), fingerprint(None));
+    }
+
+    #[test]
     fn estimates_bound_the_plan() {
         use crate::spec::RangeSpec;
         let r = |chunk, start, end| RangeSpec {
@@ -329,6 +415,9 @@ mod tests {
             end: Some(end),
             chunk,
             ordered: false,
+            end_now: false,
+            lookback: 1,
+            extend_to: None,
         };
         let weekly = r(
             ChunkSize::Fixed(7 * MICROS_PER_DAY),

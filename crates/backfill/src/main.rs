@@ -12,6 +12,7 @@ use anyhow::Context;
 use backfill::core::interval::{RangeValue, ValueKind, parse_time};
 use backfill::core::spec::EXAMPLE_JOB;
 use backfill::demo::{self, DemoManifest};
+use backfill::gaps::{Cadence, GapOptions};
 use backfill::progress::BarAwareStderr;
 use backfill::redact::redact;
 use backfill::{Backfill, Error, ProgressMode, RunOptions, ValidateOptions, report};
@@ -82,6 +83,32 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Find periods missing or thin in the target and the chunks behind them.
+    ///
+    /// Counts the target's rows per period of the expected cadence along
+    /// the range column; a period with no rows is missing, one under
+    /// --min-ratio times its neighbours' median is thin. Adds chunks never
+    /// committed and chunks committed empty while the source now has rows.
+    /// Exit 4 when gaps exist and --fix was not given.
+    Gaps {
+        /// The job file (TOML).
+        job: PathBuf,
+        /// hourly, daily, weekly or monthly (default: hourly for chunks
+        /// under a day, else daily).
+        #[arg(long)]
+        expect: Option<String>,
+        /// Thin: fewer rows than this times the neighbours' median.
+        #[arg(long, default_value_t = 0.5)]
+        min_ratio: f64,
+        /// Mark the chunks behind the gaps to run again.
+        #[arg(long)]
+        fix: bool,
+        /// With --fix: run them now, then look again.
+        #[arg(long, requires = "fix")]
+        run: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// Mark chunks to run again (files stay visible until they do).
     Reset {
         /// The job file (TOML).
@@ -127,6 +154,10 @@ struct RunArgs {
     /// Only chunks whose last attempt failed.
     #[arg(long)]
     only_failed: bool,
+    /// Extend the plan to now along the chunk grid, and re-run the last
+    /// `[range] lookback` committed chunks for rows that arrived late.
+    #[arg(long)]
+    incremental: bool,
     /// Print the summary as JSON on stdout.
     #[arg(long)]
     json: bool,
@@ -204,6 +235,14 @@ async fn dispatch(command: Command, progress: ProgressMode) -> u8 {
             window,
             json,
         } => cmd_validate(&job, group_by, chunks, &window, json).await,
+        Command::Gaps {
+            job,
+            expect,
+            min_ratio,
+            fix,
+            run,
+            json,
+        } => cmd_gaps(&job, expect, min_ratio, fix, run, json, progress).await,
         Command::Reset { job, window, all } => cmd_reset(&job, &window, all),
         Command::Unlock { job } => cmd_unlock(&job),
     };
@@ -307,7 +346,10 @@ async fn cmd_plan(job: &Path, json: bool) -> anyhow::Result<u8> {
 }
 
 async fn cmd_run(a: RunArgs, progress: ProgressMode) -> anyhow::Result<u8> {
-    let bf = load(&a.job)?;
+    let mut bf = load(&a.job)?;
+    if a.incremental {
+        bf = bf.incremental()?;
+    }
     let (from, to) = window(&bf, &a.window)?;
     let opts = RunOptions {
         from,
@@ -397,6 +439,63 @@ async fn cmd_validate(
         emit(&redact(&report::validate_text(&report)));
     }
     Ok(if report.ok { 0 } else { 3 })
+}
+
+async fn cmd_gaps(
+    job: &Path,
+    expect: Option<String>,
+    min_ratio: f64,
+    fix: bool,
+    run: bool,
+    json: bool,
+    progress: ProgressMode,
+) -> anyhow::Result<u8> {
+    let bf = load(job)?;
+    let expect = match expect {
+        None => None,
+        Some(e) => Some(Cadence::parse(&e).ok_or_else(|| {
+            Error::Usage(format!(
+                "--expect {e}: expected hourly, daily, weekly or monthly"
+            ))
+        })?),
+    };
+    let opts = GapOptions {
+        expect,
+        min_ratio,
+        fix,
+    };
+    let show = |r: &backfill::gaps::GapReport| -> anyhow::Result<()> {
+        if json {
+            emit(&format!("{}\n", redact(&serde_json::to_string_pretty(r)?)));
+        } else {
+            emit(&redact(&backfill::gaps::gaps_text(r)));
+        }
+        Ok(())
+    };
+    let report = bf.gaps(&opts).await?;
+    show(&report)?;
+    if !fix {
+        return Ok(if report.has_gaps() { 4 } else { 0 });
+    }
+    if !run || !report.has_gaps() {
+        return Ok(0);
+    }
+    let summary = bf
+        .run_with(RunOptions {
+            progress,
+            handle_signals: true,
+            ..Default::default()
+        })
+        .await?;
+    if !json {
+        emit(&redact(&report::run_text(&summary)));
+    }
+    if summary.interrupted {
+        return Ok(130);
+    }
+    let after = bf.gaps(&GapOptions { fix: false, ..opts }).await?;
+    show(&after)?;
+    Ok(if after.has_gaps() { 4 } else { 0 })
 }
 
 fn cmd_reset(job: &Path, w: &Window, all: bool) -> anyhow::Result<u8> {

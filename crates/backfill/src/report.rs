@@ -16,7 +16,7 @@ fn bound(v: Option<RangeValue>) -> String {
 }
 
 /// Lays out rows under a header with columns padded to their widest cell.
-fn table(header: &[&str], rows: &[Vec<String>], right: &[bool]) -> String {
+pub(crate) fn table(header: &[&str], rows: &[Vec<String>], right: &[bool]) -> String {
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
     for r in rows {
         for (i, c) in r.iter().enumerate() {

@@ -336,7 +336,7 @@ impl Backfill {
         open_state(&self.spec)
     }
 
-    fn open_state_existing(&self) -> Result<Option<Arc<dyn StateStore>>, Error> {
+    pub(crate) fn open_state_existing(&self) -> Result<Option<Arc<dyn StateStore>>, Error> {
         open_state_existing(&self.spec)
     }
 
@@ -397,6 +397,40 @@ impl Backfill {
             .map(|c| c.id)
             .collect();
         Ok(state.reset(&ids)?)
+    }
+
+    /// The same job planned up to now along its chunk grid (`run
+    /// --incremental`): chunks past `[range] end` are added, the planned
+    /// ones keep their bounds, and runs re-run the last `lookback` committed
+    /// chunks. `BACKFILL_NOW` (a date or timestamp) stands in for the clock.
+    pub fn incremental(&self) -> Result<Backfill, Error> {
+        let mut spec = self.spec.clone();
+        let Some(r) = spec.range.as_mut() else {
+            return Err(Error::Usage(
+                "--incremental needs a [range] over a time column".into(),
+            ));
+        };
+        if r.start
+            .is_some_and(|s| s.kind() != backfill_core::ValueKind::Time)
+            || r.chunk.kind() != Some(backfill_core::ValueKind::Time)
+        {
+            return Err(Error::Usage(
+                "--incremental needs a time [range] with a chunk width such as \"1d\"".into(),
+            ));
+        }
+        let now = match std::env::var("BACKFILL_NOW") {
+            Ok(v) => backfill_core::interval::parse_time(&v)
+                .map_err(|e| Error::Usage(format!("BACKFILL_NOW: {e}")))?,
+            Err(_) => chrono::Utc::now().timestamp_micros(),
+        };
+        r.extend_to = Some(RangeValue::Time(now));
+        Ok(Backfill { spec })
+    }
+
+    /// Incremental jobs re-run their last committed chunks.
+    fn lookback(&self) -> Option<u32> {
+        let r = self.spec.range.as_ref()?;
+        r.extend_to.map(|_| r.lookback)
     }
 
     /// Removes the job's lock, whoever holds it.
@@ -465,7 +499,7 @@ impl Backfill {
                 Some(s) => s.chunks()?.into_iter().map(|c| (c.id.clone(), c)).collect(),
                 None => BTreeMap::new(),
             };
-            summary.would_run = select(&job.chunks, &records, &opts);
+            summary.would_run = select(&job.chunks, &records, &opts, self.lookback());
             summary.selected = summary.would_run.len();
             summary.elapsed_secs = started.elapsed().as_secs_f64();
             return Ok(summary);
@@ -533,7 +567,7 @@ impl Backfill {
             .into_iter()
             .map(|c| (c.id.clone(), c))
             .collect();
-        let selected = select(&job.chunks, &records, opts);
+        let selected = select(&job.chunks, &records, opts, self.lookback());
         summary.selected = selected.len();
         if selected.is_empty() {
             return Ok(());
@@ -665,25 +699,41 @@ pub(crate) fn open_state_existing(spec: &JobSpec) -> Result<Option<Arc<dyn State
 
 /// The chunks a run picks: without --from/--to those not yet committed; with
 /// them every chunk overlapping the window (committed ones run again).
+/// The chunks a run takes on. `lookback`: in an incremental run, that many
+/// of the last committed chunks run again too, for rows that arrived late.
 fn select(
     chunks: &[Chunk],
     records: &BTreeMap<String, ChunkRecord>,
     opts: &RunOptions,
+    lookback: Option<u32>,
 ) -> Vec<Chunk> {
     let narrowed = opts.from.is_some() || opts.to.is_some();
+    let status = |c: &Chunk| {
+        records
+            .get(&c.id)
+            .map(|r| r.status)
+            .unwrap_or(ChunkStatus::Pending)
+    };
+    let again: HashSet<usize> = match lookback {
+        Some(n) if !narrowed && !opts.only_failed => chunks
+            .iter()
+            .rev()
+            .filter(|c| status(c) == ChunkStatus::Committed)
+            .take(n as usize)
+            .map(|c| c.index)
+            .collect(),
+        _ => HashSet::new(),
+    };
     chunks
         .iter()
         .filter(|c| {
-            let status = records
-                .get(&c.id)
-                .map(|r| r.status)
-                .unwrap_or(ChunkStatus::Pending);
+            let status = status(c);
             if opts.only_failed {
                 status == ChunkStatus::Failed && c.overlaps(opts.from, opts.to)
             } else if narrowed {
                 c.overlaps(opts.from, opts.to)
             } else {
-                status != ChunkStatus::Committed
+                status != ChunkStatus::Committed || again.contains(&c.index)
             }
         })
         .cloned()

@@ -173,6 +173,15 @@ pub struct RangeSpec {
     pub end: Option<RangeValue>,
     pub chunk: ChunkSize,
     pub ordered: bool,
+    /// `end = "now"`: an incremental job, planned up to the present.
+    pub end_now: bool,
+    /// Incremental runs also re-run this many of the last committed chunks,
+    /// for rows that arrived late.
+    pub lookback: u32,
+    /// Plan on past `end` (or from `start`, without one) along the same
+    /// chunk grid, up to the chunk holding this instant: set from the clock
+    /// for `end = "now"` and by `run --incremental`.
+    pub extend_to: Option<RangeValue>,
 }
 
 impl RangeSpec {
@@ -656,10 +665,58 @@ fn range_value(
 fn read_range(d: &mut Diags, env: Env, t: &mut TableReader, text: &str) -> Option<RangeSpec> {
     let column = t.string(d, env, "column");
     let start = range_value(d, env, t, "start");
-    let end = range_value(d, env, t, "end");
+    let end_now = t
+        .raw("end")
+        .and_then(|v| {
+            v.get_ref()
+                .as_str()
+                .map(|s| s.trim().eq_ignore_ascii_case("now"))
+        })
+        .unwrap_or(false);
+    let end = if end_now {
+        None
+    } else {
+        range_value(d, env, t, "end")
+    };
     let chunk_raw = t.raw("chunk");
     let ordered = t.bool(d, "ordered");
-    t.finish(d, &["column", "start", "end", "chunk", "ordered"]);
+    let lookback_raw = t.raw("lookback");
+    t.finish(
+        d,
+        &["column", "start", "end", "chunk", "ordered", "lookback"],
+    );
+    let lookback = match lookback_raw {
+        None => 1,
+        Some(raw) => match reader::int_value(raw.get_ref()) {
+            Some(Ok(n)) if (0..=10_000).contains(&n) => n as u32,
+            _ => {
+                d.push(
+                    raw.span(),
+                    "range.lookback",
+                    "must be a number of chunks from 0 to 10000",
+                );
+                1
+            }
+        },
+    };
+    let now = if end_now {
+        match env("BACKFILL_NOW") {
+            Some(v) => match parse_time(&v) {
+                Ok(us) => Some(us),
+                Err(e) => {
+                    d.push(
+                        t.raw_span("end").unwrap_or_else(|| t.span()),
+                        "range.end",
+                        format!("\"now\" from BACKFILL_NOW: {e}"),
+                    );
+                    None
+                }
+            },
+            None => Some(chrono::Utc::now().timestamp_micros()),
+        }
+    } else {
+        None
+    };
 
     let chunk = match chunk_raw {
         None => {
@@ -744,7 +801,7 @@ fn read_range(d: &mut Diags, env: Env, t: &mut TableReader, text: &str) -> Optio
         if start.is_none() && !t.has("start") {
             d.push(t.span(), "range.start", "missing (inclusive lower bound)");
         }
-        if end.is_none() && !t.has("end") {
+        if end.is_none() && !end_now && !t.has("end") {
             d.push(t.span(), "range.end", "missing (exclusive upper bound)");
         }
     }
@@ -768,6 +825,24 @@ fn read_range(d: &mut Diags, env: Env, t: &mut TableReader, text: &str) -> Optio
         };
         d.push(chunk_span.clone(), "range.chunk", msg);
     }
+    if end_now {
+        if all {
+            d.push(
+                chunk_span.clone(),
+                "range.chunk",
+                "end = \"now\" needs a chunk width: a single chunk would change every run",
+            );
+        } else if start
+            .as_ref()
+            .is_some_and(|s| s.value.kind() != ValueKind::Time)
+        {
+            d.push(
+                t.span(),
+                "range.end",
+                "\"now\" is a time; the range is integers",
+            );
+        }
+    }
     Some(RangeSpec {
         column_loc: loc(text, &column.as_ref()?.span),
         column: column?.value,
@@ -775,6 +850,9 @@ fn read_range(d: &mut Diags, env: Env, t: &mut TableReader, text: &str) -> Optio
         end: end.map(|e| e.value),
         chunk,
         ordered: ordered.unwrap_or(false),
+        end_now,
+        lookback,
+        extend_to: now.map(RangeValue::Time),
     })
 }
 

@@ -49,7 +49,7 @@ pub enum StateError {
         known: i64,
     },
     #[error(
-        "the range definition changed since chunks were committed ({committed} committed)\n  was: {old}\n  now: {new}\nchunk ids depend on the range, so the committed slices no longer line up with the new plan; \
+        "the range definition changed: {committed} committed chunk(s) are not in the new plan\n  was: {old}\n  now: {new}\nchunk ids depend on the range, so the committed slices no longer line up with the new plan; \
          run with --replan to retire the old chunks (their files are removed) and plan anew, or restore the old [range]"
     )]
     RangeChanged {
@@ -280,8 +280,10 @@ pub trait StateStore: Send + Sync {
     fn force_unlock(&self) -> Result<Option<LockHolder>, StateError>;
 
     /// Makes the stored chunks match `chunks`. Refuses with
-    /// [`StateError::RangeChanged`] when the fingerprint differs and chunks were
-    /// committed, unless `replan`; then retired chunks' files become garbage.
+    /// [`StateError::RangeChanged`] when committed chunks are not in
+    /// `chunks`, unless `replan`; then retired chunks' files become garbage.
+    /// A plan that only adds chunks (a range extended past its end) is
+    /// accepted as it is.
     fn sync_plan(
         &self,
         job: &str,

@@ -320,34 +320,32 @@ impl StateStore for SqliteStateStore {
             .optional()
             .map_err(self.err())?;
         let mut sync = PlanSync::default();
-        let changed = old.as_deref().is_some_and(|o| o != fingerprint);
-        if changed {
-            let committed: i64 = tx
-                .query_row(
-                    "SELECT count(*) FROM chunks WHERE status = 'committed'",
-                    [],
-                    |r| r.get(0),
-                )
-                .map_err(self.err())?;
-            if committed > 0 && !replan {
-                return Err(StateError::RangeChanged {
-                    old: old.unwrap_or_default(),
-                    new: fingerprint.to_string(),
-                    committed: committed as usize,
-                });
-            }
-        }
-        // Chunks that are not in the new plan: with an unchanged fingerprint
-        // there are none; after a replan their files go to garbage.
+        // Chunk ids hash the slice they cover, so a plan that keeps every
+        // committed id (one extended past its old end) changes nothing
+        // committed; one that drops committed chunks needs --replan.
         let wanted: std::collections::HashSet<&str> =
             chunks.iter().map(|c| c.id.as_str()).collect();
-        let existing: Vec<String> = {
+        let rows: Vec<(String, String)> = {
             let mut stmt = tx
-                .prepare("SELECT chunk_id FROM chunks")
+                .prepare("SELECT chunk_id, status FROM chunks")
                 .map_err(self.err())?;
-            let rows = stmt.query_map([], |r| r.get(0)).map_err(self.err())?;
+            let rows = stmt
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+                .map_err(self.err())?;
             rows.collect::<Result<_, _>>().map_err(self.err())?
         };
+        let dropped = rows
+            .iter()
+            .filter(|(id, status)| status == "committed" && !wanted.contains(id.as_str()))
+            .count();
+        if dropped > 0 && !replan {
+            return Err(StateError::RangeChanged {
+                old: old.unwrap_or_default(),
+                new: fingerprint.to_string(),
+                committed: dropped,
+            });
+        }
+        let existing: Vec<String> = rows.into_iter().map(|(id, _)| id).collect();
         for id in existing.iter().filter(|id| !wanted.contains(id.as_str())) {
             let ts = now();
             tx.execute(

@@ -709,6 +709,29 @@ impl Sink for PgSink {
         Ok(Some(stream))
     }
 
+    /// The table through the PostgreSQL source: filters and the projection
+    /// go to the server, so `gaps` streams only the range column.
+    async fn table(
+        &self,
+        _ctx: &datafusion::prelude::SessionContext,
+    ) -> Result<Option<Arc<dyn datafusion::catalog::TableProvider>>, SinkError> {
+        let inner = &self.inner;
+        let client = inner.connect().await?;
+        if !inner.table_exists(&client, &inner.table.name).await? {
+            return Ok(None);
+        }
+        let spec = backfill_core::spec::PgSourceSpec {
+            url: inner.url.clone(),
+            relation: backfill_core::spec::PgRelation::Table(inner.table.clone()),
+            max_rows_per_second: None,
+            max_connections: 1,
+        };
+        let source = super::source::PgSource::open(&spec, &inner.shown)
+            .await
+            .map_err(|e| SinkError::Read(e.to_string()))?;
+        Ok(Some(crate::source::Source::table(&source)))
+    }
+
     async fn publish_statements(
         &self,
         chunk: &Chunk,

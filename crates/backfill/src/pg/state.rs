@@ -456,33 +456,28 @@ impl StateStore for PgStateStore {
                 )?
                 .map(|r| r.get(0));
             let mut sync = PlanSync::default();
-            if old.as_deref().is_some_and(|o| o != fingerprint) {
-                let committed: i64 = t
-                    .query_one(
-                        &format!(
-                            "SELECT count(*) FROM {} WHERE job = $1 AND status = 'committed'",
-                            x.t.chunks
-                        ),
-                        &[&x.job],
-                    )?
-                    .get(0);
-                if committed > 0 && !replan {
-                    return Err(CallError::State(StateError::RangeChanged {
-                        old: old.unwrap_or_default(),
-                        new: fingerprint.clone(),
-                        committed: committed as usize,
-                    }));
-                }
-            }
+            // As in the SQLite store: only dropping committed chunks needs --replan.
             let wanted: HashSet<&str> = chunks.iter().map(|c| c.id.as_str()).collect();
-            let existing: Vec<String> = t
+            let rows: Vec<(String, String)> = t
                 .query(
-                    &format!("SELECT chunk_id FROM {} WHERE job = $1", x.t.chunks),
+                    &format!("SELECT chunk_id, status FROM {} WHERE job = $1", x.t.chunks),
                     &[&x.job],
                 )?
                 .iter()
-                .map(|r| r.get(0))
+                .map(|r| (r.get(0), r.get(1)))
                 .collect();
+            let dropped = rows
+                .iter()
+                .filter(|(id, status)| status == "committed" && !wanted.contains(id.as_str()))
+                .count();
+            if dropped > 0 && !replan {
+                return Err(CallError::State(StateError::RangeChanged {
+                    old: old.unwrap_or_default(),
+                    new: fingerprint.clone(),
+                    committed: dropped,
+                }));
+            }
+            let existing: Vec<String> = rows.into_iter().map(|(id, _)| id).collect();
             for id in existing.iter().filter(|id| !wanted.contains(id.as_str())) {
                 move_to_garbage(&mut t, x, id)?;
                 t.execute(

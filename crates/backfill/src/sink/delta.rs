@@ -517,6 +517,24 @@ impl Sink for Arc<DeltaSink> {
         self.files.open_file(rel).await
     }
 
+    /// The table's current version, as the log describes it.
+    async fn table(
+        &self,
+        ctx: &datafusion::prelude::SessionContext,
+    ) -> Result<Option<Arc<dyn datafusion::catalog::TableProvider>>, SinkError> {
+        let Some(table) = self.open().await? else {
+            return Ok(None);
+        };
+        table
+            .update_datafusion_session(&ctx.state())
+            .map_err(self.err())?;
+        let provider = table
+            .table_provider()
+            .await
+            .map_err(|e| SinkError::Read(format!("scanning {}: {e}", self.shown)))?;
+        Ok(Some(provider))
+    }
+
     /// Merge mode: the staged files are gone once merged, so `validate` reads
     /// the chunk's range from the table itself. Replace mode keeps reading
     /// the chunk's own files.

@@ -138,6 +138,19 @@ pub trait Sink: Send + Sync + std::fmt::Debug {
     async fn scan(&self) -> Result<TargetFiles, SinkError>;
     fn describe(&self) -> String;
 
+    /// The whole target as a table, for `gaps` to scan; `None` when it does
+    /// not exist yet.
+    async fn table(
+        &self,
+        ctx: &datafusion::prelude::SessionContext,
+    ) -> Result<Option<Arc<dyn datafusion::catalog::TableProvider>>, SinkError> {
+        let _ = ctx;
+        Err(SinkError::Read(format!(
+            "{} cannot be scanned as a table",
+            self.describe()
+        )))
+    }
+
     /// A published file of a file target, for `validate` to read.
     async fn open_file(
         &self,

@@ -812,6 +812,44 @@ impl Sink for ParquetSink {
         self.shown.clone()
     }
 
+    /// Published files only: staged ones end in `.inprogress`. Partition
+    /// directories become text columns.
+    async fn table(
+        &self,
+        ctx: &datafusion::prelude::SessionContext,
+    ) -> Result<Option<Arc<dyn datafusion::catalog::TableProvider>>, SinkError> {
+        use datafusion::datasource::file_format::parquet::ParquetFormat;
+        use datafusion::datasource::listing::{
+            ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
+        };
+        match &self.remote {
+            Some(r) => r.register(ctx),
+            None if !self.root.exists() => return Ok(None),
+            None => {}
+        }
+        let read = |e: datafusion::error::DataFusionError| {
+            SinkError::Read(format!("scanning {}: {e}", self.shown))
+        };
+        let url = ListingTableUrl::parse(self.url()?.as_str()).map_err(read)?;
+        let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
+            .with_file_extension(".parquet")
+            .with_table_partition_cols(
+                self.partition_by
+                    .iter()
+                    .map(|c| (c.clone(), DataType::Utf8))
+                    .collect(),
+            );
+        let schema = match options.infer_schema(&ctx.state(), &url).await {
+            Ok(s) => s,
+            Err(e) if e.to_string().contains("No files found") => return Ok(None),
+            Err(e) => return Err(read(e)),
+        };
+        let config = ListingTableConfig::new(url)
+            .with_listing_options(options)
+            .with_schema(schema);
+        Ok(Some(Arc::new(ListingTable::try_new(config).map_err(read)?)))
+    }
+
     async fn open_file(&self, rel: &str) -> Result<Box<dyn AsyncFileReader>, SinkError> {
         match &self.remote {
             Some(r) => {
