@@ -52,22 +52,46 @@ pub(crate) fn table(header: &[&str], rows: &[Vec<String>], right: &[bool]) -> St
 }
 
 pub fn plan_text(job: &str, chunks: &[PlannedChunk]) -> String {
+    let estimated = chunks.iter().any(|c| c.estimate.is_some());
     let rows: Vec<Vec<String>> = chunks
         .iter()
         .map(|c| {
-            vec![
+            let mut row = vec![
                 c.chunk.index.to_string(),
                 c.chunk.id.clone(),
                 bound(c.chunk.lo),
                 bound(c.chunk.hi),
                 c.status.to_string(),
-            ]
+            ];
+            if estimated {
+                let (rows, bytes) = match c.estimate {
+                    Some(e) if e.empty => ("0".to_string(), "-".to_string()),
+                    Some(e) => (human_count(e.rows), human_bytes(e.bytes)),
+                    None => ("?".into(), "?".into()),
+                };
+                row.push(rows);
+                row.push(bytes);
+            }
+            let mut notes = Vec::new();
+            if c.estimate.is_some_and(|e| e.empty) {
+                notes.push("empty: committed without a scan".to_string());
+            }
+            if let Some(n) = c.overwrites {
+                notes.push(format!("a run replaces its {} rows", human_count(n)));
+            }
+            row.push(notes.join("; "));
+            row
         })
         .collect();
+    let mut header = vec!["#", "chunk", "from (incl.)", "to (excl.)", "status"];
+    if estimated {
+        header.extend(["~rows", "~bytes"]);
+    }
+    header.push("");
     let mut out = table(
-        &["#", "chunk", "from (incl.)", "to (excl.)", "status"],
+        &header,
         &rows,
-        &[true],
+        &[true, false, false, false, false, true, true],
     );
     let count = |s| chunks.iter().filter(|c| c.status == s).count();
     let _ = writeln!(
@@ -78,6 +102,20 @@ pub fn plan_text(job: &str, chunks: &[PlannedChunk]) -> String {
         count(ChunkStatus::Pending) + count(ChunkStatus::Running),
         count(ChunkStatus::Failed)
     );
+    if estimated {
+        let (rows, bytes, empty) = chunks
+            .iter()
+            .filter_map(|c| c.estimate)
+            .fold((0, 0, 0), |(r, b, e), x| {
+                (r + x.rows, b + x.bytes, e + usize::from(x.empty))
+            });
+        let _ = writeln!(
+            out,
+            "estimated from Parquet statistics: {} rows, {} to read; {empty} chunk(s) empty",
+            human_count(rows),
+            human_bytes(bytes)
+        );
+    }
     out
 }
 
@@ -327,6 +365,13 @@ pub fn run_text(s: &RunSummary) -> String {
             out,
             "shared state: {} chunk(s) were run by other processes",
             s.taken
+        );
+    }
+    if s.empty > 0 {
+        let _ = writeln!(
+            out,
+            "{} chunk(s) committed empty without a scan: the source's statistics hold no row in their range",
+            s.empty
         );
     }
 

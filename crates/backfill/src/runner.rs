@@ -84,6 +84,8 @@ pub struct RunSummary {
     pub left: usize,
     /// Chunks another process sharing the state store ran instead.
     pub taken: usize,
+    /// Chunks committed empty without a scan: statistics proved them empty.
+    pub empty: usize,
     pub rows_read: u64,
     pub rows_written: u64,
     pub rows_quarantined: u64,
@@ -132,6 +134,12 @@ pub struct PlannedChunk {
     #[serde(flatten)]
     pub chunk: Chunk,
     pub status: ChunkStatus,
+    /// From source metadata (Parquet statistics); `None` without any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub estimate: Option<crate::source::Estimate>,
+    /// Committed chunks: the rows a run would replace.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub overwrites: Option<u64>,
 }
 
 /// A job opened against its source: the schema is checked, the plan made.
@@ -344,16 +352,29 @@ impl Backfill {
     /// has no record yet). Checks the job against the source.
     pub async fn plan(&self) -> Result<Vec<PlannedChunk>, Error> {
         let job = self.open().await?;
-        let known: BTreeMap<String, ChunkStatus> = match self.open_state_existing()? {
-            Some(s) => s.chunks()?.into_iter().map(|c| (c.id, c.status)).collect(),
+        let known: BTreeMap<String, ChunkRecord> = match self.open_state_existing()? {
+            Some(s) => s.chunks()?.into_iter().map(|c| (c.id.clone(), c)).collect(),
             None => BTreeMap::new(),
+        };
+        let estimates = match &job.range {
+            Some(range) => job.source.estimate(range, &job.chunks).await?,
+            None => None,
         };
         Ok(job
             .chunks
             .into_iter()
-            .map(|c| PlannedChunk {
-                status: known.get(&c.id).copied().unwrap_or(ChunkStatus::Pending),
-                chunk: c,
+            .enumerate()
+            .map(|(i, c)| {
+                let record = known.get(&c.id);
+                PlannedChunk {
+                    status: record.map_or(ChunkStatus::Pending, |r| r.status),
+                    overwrites: record
+                        .filter(|r| r.status == ChunkStatus::Committed)
+                        .and_then(|r| r.metrics.as_ref())
+                        .map(|m| m.rows_written),
+                    estimate: estimates.as_ref().and_then(|e| e.get(i).copied()),
+                    chunk: c,
+                }
             })
             .collect())
     }
@@ -572,6 +593,7 @@ impl Backfill {
         if selected.is_empty() {
             return Ok(());
         }
+        let empty = provably_empty(&job, &records, &selected).await;
 
         let index = dedup_index(&job).await?;
         let ordered = job.spec.range.as_ref().is_some_and(|r| r.ordered);
@@ -593,6 +615,7 @@ impl Backfill {
             policy: RetryPolicy::new(job.spec.run.retries, job.spec.run.retry_backoff),
             cancel: cancel_rx.clone(),
             orphans: Mutex::new(pending_orphans),
+            empty,
             index,
             rerun_committed: opts.from.is_some() || opts.to.is_some(),
             same_database: match (&job.spec.state.postgres, &job.spec.target.postgres) {
@@ -628,6 +651,9 @@ impl Backfill {
             match outcome {
                 Outcome::Committed(m) => {
                     summary.committed += 1;
+                    if shared.empty.contains(&chunk.id) {
+                        summary.empty += 1;
+                    }
                     summary.rows_read += m.rows_read;
                     summary.rows_written += m.rows_written;
                     summary.rows_quarantined += m.rows_quarantined;
@@ -954,11 +980,51 @@ struct Shared {
     cancel: watch::Receiver<bool>,
     /// Files of chunks the state did not record, removed when the chunk commits.
     orphans: Mutex<BTreeMap<String, Vec<String>>>,
+    /// Chunks to commit empty without a scan (see [`provably_empty`]).
+    empty: HashSet<String>,
     index: Option<Arc<DedupIndex>>,
     /// A narrowed run runs committed chunks again.
     rerun_committed: bool,
     /// The state store and the target are one PostgreSQL database.
     same_database: bool,
+}
+
+/// Selected chunks that never committed and that the source's statistics
+/// prove empty. File targets only: a never-committed chunk owns nothing
+/// there, while a database target's replace would also delete rows already
+/// in its range, which only running the chunk does.
+async fn provably_empty(
+    job: &OpenJob,
+    records: &BTreeMap<String, ChunkRecord>,
+    selected: &[Chunk],
+) -> HashSet<String> {
+    let Some(range) = &job.range else {
+        return HashSet::new();
+    };
+    if job.spec.target.format == backfill_core::spec::TargetFormat::Postgres {
+        return HashSet::new();
+    }
+    let fresh: Vec<Chunk> = selected
+        .iter()
+        .filter(|c| records.get(&c.id).is_none_or(|r| r.metrics.is_none()))
+        .cloned()
+        .collect();
+    if fresh.is_empty() {
+        return HashSet::new();
+    }
+    match job.source.estimate(range, &fresh).await {
+        Ok(Some(estimates)) => fresh
+            .into_iter()
+            .zip(estimates)
+            .filter(|(_, e)| e.empty)
+            .map(|(c, _)| c.id)
+            .collect(),
+        Ok(None) => HashSet::new(),
+        Err(e) => {
+            tracing::warn!("cannot read source statistics, every chunk is scanned: {e}");
+            HashSet::new()
+        }
+    }
 }
 
 async fn cancelled(mut rx: watch::Receiver<bool>) {
@@ -1042,70 +1108,81 @@ async fn attempt_chunk(
 ) -> Result<ChunkMetrics, ChunkError> {
     let job = &shared.job;
     let started = Instant::now();
-    let mut target = job.sinks.target.begin(chunk, attempt).await?;
-    let mut quarantine = match job.sinks.quarantine.begin(chunk, attempt).await {
-        Ok(w) => w,
-        Err(e) => {
-            target.abort().await;
+    // Statistics prove the source has no row here and the chunk never
+    // committed anything: commit it empty without a scan.
+    let (files, metrics, staged_paths) = if shared.empty.contains(&chunk.id) {
+        let metrics = ChunkMetrics {
+            duration_ms: started.elapsed().as_millis() as u64,
+            ..Default::default()
+        };
+        (Vec::new(), metrics, Vec::new())
+    } else {
+        let mut target = job.sinks.target.begin(chunk, attempt).await?;
+        let mut quarantine = match job.sinks.quarantine.begin(chunk, attempt).await {
+            Ok(w) => w,
+            Err(e) => {
+                target.abort().await;
+                return Err(e.into());
+            }
+        };
+        let query = ChunkQuery {
+            spec: &job.spec,
+            source: &job.source,
+            range: job.range.as_ref(),
+            config: &job.config,
+            runtime: &job.runtime,
+            index: shared.index.clone(),
+            run_id: shared.run_id,
+        };
+        let executed = tokio::select! {
+            r = engine::execute_chunk(&query, chunk, target.as_mut(), quarantine.as_mut()) => r,
+            _ = cancelled(shared.cancel.clone()) => Err(ChunkError::Interrupted),
+        };
+        let stats = match executed {
+            Ok(s) => s,
+            Err(e) => {
+                target.abort().await;
+                quarantine.abort().await;
+                return Err(e);
+            }
+        };
+        let staged = match target.finish().await {
+            Ok(s) => s,
+            Err(e) => {
+                quarantine.abort().await;
+                return Err(e.into());
+            }
+        };
+        let mut files = staged.files.clone();
+        let q_staged = match quarantine.finish().await {
+            Ok(q) => q,
+            Err(e) => {
+                let paths: Vec<String> = files.iter().map(|f| f.staged.clone()).collect();
+                let _ = job.sinks.remove(&paths).await;
+                return Err(e.into());
+            }
+        };
+        files.extend(Sinks::prefix_quarantine(q_staged.files));
+        let staged_paths: Vec<String> = files.iter().map(|f| f.staged.clone()).collect();
+        if let Err(e) = failpoint::hit("after_write", chunk.index) {
+            let _ = job.sinks.remove(&staged_paths).await;
             return Err(e.into());
         }
-    };
-    let query = ChunkQuery {
-        spec: &job.spec,
-        source: &job.source,
-        range: job.range.as_ref(),
-        config: &job.config,
-        runtime: &job.runtime,
-        index: shared.index.clone(),
-        run_id: shared.run_id,
-    };
-    let executed = tokio::select! {
-        r = engine::execute_chunk(&query, chunk, target.as_mut(), quarantine.as_mut()) => r,
-        _ = cancelled(shared.cancel.clone()) => Err(ChunkError::Interrupted),
-    };
-    let stats = match executed {
-        Ok(s) => s,
-        Err(e) => {
-            target.abort().await;
-            quarantine.abort().await;
-            return Err(e);
-        }
-    };
-    let staged = match target.finish().await {
-        Ok(s) => s,
-        Err(e) => {
-            quarantine.abort().await;
-            return Err(e.into());
-        }
-    };
-    let mut files = staged.files.clone();
-    let q_staged = match quarantine.finish().await {
-        Ok(q) => q,
-        Err(e) => {
-            let paths: Vec<String> = files.iter().map(|f| f.staged.clone()).collect();
-            let _ = job.sinks.remove(&paths).await;
-            return Err(e.into());
-        }
-    };
-    files.extend(Sinks::prefix_quarantine(q_staged.files));
-    let staged_paths: Vec<String> = files.iter().map(|f| f.staged.clone()).collect();
-    if let Err(e) = failpoint::hit("after_write", chunk.index) {
-        let _ = job.sinks.remove(&staged_paths).await;
-        return Err(e.into());
-    }
-    let q = stats.quality;
-    let metrics = ChunkMetrics {
-        rows_read: stats.rows_read,
-        rows_written: staged.rows,
-        rows_quarantined: q.quarantined,
-        rows_dropped: q.dropped,
-        duplicates: q.duplicates,
-        bytes_read: stats.bytes_read,
-        bytes_written: staged.bytes + q_staged.bytes,
-        files: files.len() as u64,
-        duration_ms: started.elapsed().as_millis() as u64,
-        checksum: staged.checksum,
-        rules: q.per_rule,
+        let q = stats.quality;
+        let metrics = ChunkMetrics {
+            rows_read: stats.rows_read,
+            rows_written: staged.rows,
+            rows_quarantined: q.quarantined,
+            rows_dropped: q.dropped,
+            duplicates: q.duplicates,
+            bytes_read: stats.bytes_read,
+            bytes_written: staged.bytes + q_staged.bytes,
+            files: files.len() as u64,
+            duration_ms: started.elapsed().as_millis() as u64,
+            checksum: staged.checksum,
+            rules: q.per_rule,
+        };
+        (files, metrics, staged_paths)
     };
     if shared.same_database {
         // State and target share a database: one transaction commits the

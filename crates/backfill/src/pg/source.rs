@@ -94,6 +94,7 @@ impl PgSource {
     }
 }
 
+#[async_trait::async_trait]
 impl Source for PgSource {
     fn schema(&self) -> SchemaRef {
         self.schema.clone()

@@ -19,7 +19,7 @@ use datafusion::prelude::SessionContext;
 
 use futures::TryStreamExt;
 
-use super::{Source, SourceError};
+use super::{Estimate, Source, SourceError};
 
 #[derive(Debug)]
 pub struct FileSource {
@@ -27,6 +27,20 @@ pub struct FileSource {
     schema: SchemaRef,
     shown: String,
     fingerprint: String,
+    format: SourceFormat,
+    store: Arc<dyn object_store::ObjectStore>,
+    files: Vec<object_store::ObjectMeta>,
+    /// Row groups' range-column bounds, read from the footers once.
+    row_groups: tokio::sync::OnceCell<Vec<RowGroupSpan>>,
+}
+
+/// One row group as its statistics describe it.
+#[derive(Debug, Clone, Copy)]
+struct RowGroupSpan {
+    /// Range column min and max (micros or integers); `None` without statistics.
+    bounds: Option<(i64, i64)>,
+    rows: u64,
+    bytes: u64,
 }
 
 fn has_glob(s: &str) -> bool {
@@ -115,9 +129,11 @@ impl FileSource {
             Err(e) => return Err(read_err(e)),
         };
         let schema = apply_overrides(&inferred, spec, &shown)?;
-        let fingerprint = listing_fingerprint(&url, &state, &options.file_extension)
+        let files = list_files(&url, &state, &options.file_extension)
             .await
             .map_err(read_err)?;
+        let fingerprint = listing_fingerprint(&files);
+        let store = state.runtime_env().object_store(&url).map_err(read_err)?;
         let config = ListingTableConfig::new(url)
             .with_listing_options(options)
             .with_schema(schema.clone());
@@ -127,8 +143,129 @@ impl FileSource {
             schema,
             shown,
             fingerprint,
+            format: spec.format,
+            store,
+            files,
+            row_groups: tokio::sync::OnceCell::new(),
         })
     }
+
+    /// Reads every Parquet footer once for the range column's statistics.
+    async fn row_groups(&self, range: &str) -> Result<&Vec<RowGroupSpan>, SourceError> {
+        self.row_groups
+            .get_or_try_init(|| async {
+                let mut out = Vec::new();
+                for meta in &self.files {
+                    let mut file = crate::store::ObjectFile {
+                        store: self.store.clone(),
+                        key: meta.location.clone(),
+                        size: meta.size,
+                    };
+                    let size = meta.size;
+                    let md = parquet::file::metadata::ParquetMetaDataReader::new()
+                        .load_and_finish(&mut file, size)
+                        .await
+                        .map_err(|e| SourceError::Corrupt {
+                            shown: self.shown.clone(),
+                            file: format!("/{}", meta.location),
+                            reason: e.to_string(),
+                        })?;
+                    out.extend(spans(&md, range));
+                }
+                Ok(out)
+            })
+            .await
+    }
+}
+
+/// The range column's bounds per row group, as microseconds (times, dates)
+/// or integers; unknown where a file lacks the column or its statistics.
+fn spans(md: &parquet::file::metadata::ParquetMetaData, column: &str) -> Vec<RowGroupSpan> {
+    use arrow::array::{Array, AsArray};
+    use arrow::datatypes::Int64Type;
+    use parquet::arrow::arrow_reader::statistics::StatisticsConverter;
+    let groups = md.row_groups();
+    let unknown = || {
+        groups
+            .iter()
+            .map(|g| RowGroupSpan {
+                bounds: None,
+                rows: g.num_rows().max(0) as u64,
+                bytes: g.compressed_size().max(0) as u64,
+            })
+            .collect()
+    };
+    let descr = md.file_metadata().schema_descr();
+    let Ok(schema) =
+        parquet::arrow::parquet_to_arrow_schema(descr, md.file_metadata().key_value_metadata())
+    else {
+        return unknown();
+    };
+    let Ok(conv) = StatisticsConverter::try_new(column, &schema, descr) else {
+        return unknown();
+    };
+    let as_i64 = |a: arrow::array::ArrayRef| -> Option<arrow::array::ArrayRef> {
+        let target = match a.data_type() {
+            DataType::Timestamp(..) | DataType::Date32 | DataType::Date64 => {
+                DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
+            }
+            dt if dt.is_integer() => DataType::Int64,
+            _ => return None,
+        };
+        let cast = arrow::compute::cast(&a, &target).ok()?;
+        arrow::compute::cast(&cast, &DataType::Int64).ok()
+    };
+    let (Some(mins), Some(maxes)) = (
+        conv.row_group_mins(groups.iter()).ok().and_then(as_i64),
+        conv.row_group_maxes(groups.iter()).ok().and_then(as_i64),
+    ) else {
+        return unknown();
+    };
+    let (mins, maxes) = (
+        mins.as_primitive::<Int64Type>(),
+        maxes.as_primitive::<Int64Type>(),
+    );
+    groups
+        .iter()
+        .enumerate()
+        .map(|(i, g)| RowGroupSpan {
+            bounds: (mins.is_valid(i) && maxes.is_valid(i))
+                .then(|| (mins.value(i), maxes.value(i))),
+            rows: g.num_rows().max(0) as u64,
+            bytes: g.compressed_size().max(0) as u64,
+        })
+        .collect()
+}
+
+/// Rows and bytes of row groups overlapping `[lo, hi)`, pro rata to the
+/// overlap of their `[min, max]` (values assumed spread evenly).
+fn estimate_chunk(spans: &[RowGroupSpan], lo: Option<i64>, hi: Option<i64>) -> Estimate {
+    let mut est = Estimate {
+        empty: true,
+        ..Default::default()
+    };
+    let (mut rows, mut bytes) = (0f64, 0f64);
+    for s in spans {
+        let Some((min, max)) = s.bounds else {
+            est.empty = false;
+            rows += s.rows as f64;
+            bytes += s.bytes as f64;
+            continue;
+        };
+        let from = lo.map_or(min, |l| l.max(min));
+        let to = hi.map_or(max.saturating_add(1), |h| h.min(max.saturating_add(1)));
+        if to <= from {
+            continue;
+        }
+        est.empty = false;
+        let width = (max as f64 - min as f64 + 1.0).max(1.0);
+        let share = ((to as f64 - from as f64) / width).min(1.0);
+        rows += s.rows as f64 * share;
+        bytes += s.bytes as f64 * share;
+    }
+    est.rows = rows.round() as u64;
+    est.bytes = bytes.round() as u64;
+    est
 }
 
 /// Registers the bucket's store with DataFusion and tells a file from a
@@ -214,16 +351,10 @@ async fn check_parquet_footers(
 
 /// Names, sizes and modification times of the files: when any changes, data
 /// derived from the whole source (the global dedup index) is rebuilt.
-async fn listing_fingerprint(
-    url: &ListingTableUrl,
-    state: &datafusion::execution::SessionState,
-    extension: &str,
-) -> datafusion::error::Result<String> {
-    let store = state.runtime_env().object_store(url)?;
-    let mut files: Vec<String> = url
-        .list_all_files(state, store.as_ref(), extension)
-        .await?
-        .map_ok(|m| {
+fn listing_fingerprint(metas: &[object_store::ObjectMeta]) -> String {
+    let mut files: Vec<String> = metas
+        .iter()
+        .map(|m| {
             format!(
                 "{}|{}|{}",
                 m.location,
@@ -231,14 +362,29 @@ async fn listing_fingerprint(
                 m.last_modified.timestamp_micros()
             )
         })
-        .try_collect()
-        .await?;
+        .collect();
     files.sort();
-    Ok(format!(
+    format!(
         "{}:{:016x}",
         files.len(),
         twox_hash::XxHash3_64::oneshot(files.join("\n").as_bytes())
-    ))
+    )
+}
+
+/// The source's files, in name order.
+async fn list_files(
+    url: &ListingTableUrl,
+    state: &datafusion::execution::SessionState,
+    extension: &str,
+) -> datafusion::error::Result<Vec<object_store::ObjectMeta>> {
+    let store = state.runtime_env().object_store(url)?;
+    let mut files: Vec<object_store::ObjectMeta> = url
+        .list_all_files(state, store.as_ref(), extension)
+        .await?
+        .try_collect()
+        .await?;
+    files.sort_by(|a, b| a.location.cmp(&b.location));
+    Ok(files)
 }
 
 /// `[source.columns]` replaces inferred types, e.g. text timestamps in CSV.
@@ -278,6 +424,7 @@ fn apply_overrides(
     Ok(Arc::new(Schema::new(fields)))
 }
 
+#[async_trait::async_trait]
 impl Source for FileSource {
     fn schema(&self) -> SchemaRef {
         self.schema.clone()
@@ -293,5 +440,49 @@ impl Source for FileSource {
 
     fn fingerprint(&self) -> String {
         self.fingerprint.clone()
+    }
+
+    /// Parquet only: CSV and JSON files carry no statistics.
+    async fn estimate(
+        &self,
+        range: &crate::engine::RangeColumn,
+        chunks: &[backfill_core::plan::Chunk],
+    ) -> Result<Option<Vec<Estimate>>, SourceError> {
+        if self.format != SourceFormat::Parquet {
+            return Ok(None);
+        }
+        let spans = self.row_groups(&range.name).await?;
+        Ok(Some(
+            chunks
+                .iter()
+                .map(|c| estimate_chunk(spans, c.lo.map(|v| v.raw()), c.hi.map(|v| v.raw())))
+                .collect(),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn estimates_share_row_groups_by_overlap_and_prove_emptiness() {
+        let g = |lo, hi, rows| RowGroupSpan {
+            bounds: Some((lo, hi)),
+            rows,
+            bytes: rows * 10,
+        };
+        let spans = [g(0, 99, 100), g(100, 199, 100)];
+        let half = estimate_chunk(&spans, Some(50), Some(150));
+        assert_eq!((half.rows, half.bytes, half.empty), (100, 1000, false));
+        let none = estimate_chunk(&spans, Some(200), Some(300));
+        assert!(none.empty);
+        assert_eq!(none.rows, 0);
+        let unknown = [RowGroupSpan {
+            bounds: None,
+            rows: 5,
+            bytes: 5,
+        }];
+        assert!(!estimate_chunk(&unknown, Some(200), Some(300)).empty);
     }
 }

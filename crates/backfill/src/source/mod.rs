@@ -60,7 +60,17 @@ impl SourceError {
     }
 }
 
+/// About what a chunk will read, from metadata alone.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct Estimate {
+    pub rows: u64,
+    pub bytes: u64,
+    /// Proven empty: the statistics of every row group exclude the chunk.
+    pub empty: bool,
+}
+
 /// A source of rows for a backfill.
+#[async_trait::async_trait]
 pub trait Source: Send + Sync + std::fmt::Debug {
     /// The raw rows' schema (before the transform).
     fn schema(&self) -> SchemaRef;
@@ -70,6 +80,17 @@ pub trait Source: Send + Sync + std::fmt::Debug {
     fn describe(&self) -> String;
     /// Changes whenever the source's data may have changed.
     fn fingerprint(&self) -> String;
+
+    /// Per chunk (in order): rows and bytes it will read, from metadata
+    /// only; `None` when the source has no statistics to go by.
+    async fn estimate(
+        &self,
+        range: &crate::engine::RangeColumn,
+        chunks: &[backfill_core::plan::Chunk],
+    ) -> Result<Option<Vec<Estimate>>, SourceError> {
+        let _ = (range, chunks);
+        Ok(None)
+    }
 }
 
 /// Opens the source a job file describes.

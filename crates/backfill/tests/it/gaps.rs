@@ -203,3 +203,43 @@ fn run_incremental_extends_a_fixed_range_and_a_plain_run_keeps_the_extension() {
     assert!(text(&plain).contains("--replan"), "{}", text(&plain));
     assert_eq!(late_rows_in_target(&demo), 3);
 }
+
+#[test]
+fn plan_estimates_rows_from_statistics_and_empty_chunks_skip_the_scan() {
+    let demo = Demo::new(8_000, "\"1 month\"");
+    demo.edit_job(|s| s.replace("end = \"2024-01-01\"", "end = \"now\""));
+    let now = "2024-04-01T00:00:01Z";
+    let chunks = planned(&demo, now);
+    assert_eq!(chunks.len(), 16, "Jan 2023 to the month holding now");
+    let actual = duckdb(&format!(
+        "SELECT month(created_at), count(*) FROM read_parquet('{}') GROUP BY 1 ORDER BY 1",
+        demo.source_glob()
+    ));
+    for (c, m) in chunks.iter().zip(&actual) {
+        let est = int(&c["estimate"]["rows"]) as f64;
+        let real = int(&m[1]) as f64;
+        assert!((est - real).abs() <= real * 0.05, "{c} vs {m:?}");
+        assert_eq!(c["estimate"]["empty"], false);
+    }
+    for c in &chunks[12..] {
+        assert_eq!(c["estimate"]["empty"], true, "{c}");
+        assert_eq!(int(&c["estimate"]["rows"]), 0);
+    }
+    let text_plan = demo.run_env(&["plan", &demo.job_str()], &[("BACKFILL_NOW", now)]);
+    assert!(
+        stdout(&text_plan).contains("4 chunk(s) empty"),
+        "{}",
+        text(&text_plan)
+    );
+
+    let out = demo.run_env(
+        &["run", &demo.job_str(), "--json"],
+        &[("BACKFILL_NOW", now)],
+    );
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(summary["empty"], 4, "{summary}");
+    assert_eq!(summary["committed"], 16);
+    let v = demo.run_env(&["validate", &demo.job_str()], &[("BACKFILL_NOW", now)]);
+    assert_eq!(code(&v), 0, "{}", text(&v));
+}
