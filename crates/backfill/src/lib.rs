@@ -22,6 +22,7 @@
 pub mod demo;
 pub mod engine;
 pub mod error;
+pub mod evolve;
 pub mod gaps;
 pub mod pg;
 pub mod progress;

@@ -170,6 +170,37 @@ impl Backfill {
         &self.spec
     }
 
+    /// Compares the transformed rows' columns with the target's under
+    /// `[target] schema` and evolves the target (and a database quarantine)
+    /// when the mode accepts the difference. Nothing is written otherwise.
+    async fn check_schema(&self, job: &OpenJob) -> Result<(), Error> {
+        let target = &job.sinks.target;
+        let ctx = SessionContext::new_with_config_rt(job.config.clone(), job.runtime.clone());
+        let Some(current) = target.current_schema(&ctx).await? else {
+            return Ok(());
+        };
+        let mut diff = crate::evolve::diff(&current, &job.transformed, &target.derived_columns());
+        if target.casts_on_insert() {
+            diff.changed
+                .retain(|(_, _, _, c)| *c == crate::evolve::Change::Widen);
+        }
+        let mode = job.spec.target.schema;
+        if let Some(message) = crate::evolve::refused(mode, &diff) {
+            return Err(self.job_error(job.spec.target.schema_loc, "target.schema", message));
+        }
+        if diff.is_empty() {
+            return Ok(());
+        }
+        tracing::info!(
+            "evolving the target's schema (schema = \"{}\"):\n{}",
+            mode.name(),
+            diff.render().trim_end()
+        );
+        target.evolve(&job.transformed, &diff).await?;
+        job.sinks.quarantine.evolve(&job.transformed, &diff).await?;
+        Ok(())
+    }
+
     fn job_error(&self, loc: backfill_core::spec::Loc, key: &str, message: String) -> Error {
         Error::Job {
             file: self.spec.file.clone(),
@@ -566,6 +597,7 @@ impl Backfill {
             );
         }
         let pending_orphans = recover(&job, state.as_ref(), &mut summary.recovered).await?;
+        self.check_schema(&job).await?;
         if let Some(range) = &job.range {
             summary.null_range_rows =
                 engine::count_null_range(&job.source, range, &job.config, &job.runtime)

@@ -237,9 +237,35 @@ impl Compression {
     }
 }
 
+/// `[target] schema`: what a run does when the transformed rows' columns
+/// differ from the target's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SchemaMode {
+    /// Any difference fails the run, showing it.
+    #[default]
+    Strict,
+    /// New columns are added (older rows read them as NULL).
+    AddColumns,
+    /// New columns are added and compatible types widened (int32 to int64,
+    /// float32 to float64, a wider decimal).
+    Merge,
+}
+
+impl SchemaMode {
+    pub fn name(&self) -> &'static str {
+        match self {
+            SchemaMode::Strict => "strict",
+            SchemaMode::AddColumns => "add_columns",
+            SchemaMode::Merge => "merge",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct TargetSpec {
     pub format: TargetFormat,
+    pub schema: SchemaMode,
+    pub schema_loc: Loc,
     pub path: PathBuf,
     pub path_shown: String,
     pub path_loc: Loc,
@@ -864,6 +890,27 @@ fn read_target(
     text: &str,
 ) -> Option<TargetSpec> {
     let format = t.string(d, env, "format");
+    let schema_raw = t.string(d, env, "schema");
+    let schema_loc = loc(text, &t.raw_span("schema").unwrap_or_else(|| t.span()));
+    let schema = match schema_raw {
+        None => SchemaMode::Strict,
+        Some(s) => match s.value.to_ascii_lowercase().as_str() {
+            "strict" => SchemaMode::Strict,
+            "add_columns" | "add-columns" => SchemaMode::AddColumns,
+            "merge" => SchemaMode::Merge,
+            _ => {
+                d.push(
+                    s.span,
+                    "target.schema",
+                    format!(
+                        "\"{}\" is not a schema mode (expected strict, add_columns or merge)",
+                        s.shown
+                    ),
+                );
+                SchemaMode::Strict
+            }
+        },
+    };
     if format
         .as_ref()
         .is_some_and(|f| f.value.eq_ignore_ascii_case("postgres"))
@@ -872,6 +919,8 @@ fn read_target(
         let (pg, shown) = postgres::read_target(d, env, t)?;
         return Some(TargetSpec {
             format: TargetFormat::Postgres,
+            schema,
+            schema_loc,
             path: PathBuf::new(),
             path_shown: shown,
             path_loc: loc(text, &span),
@@ -899,6 +948,7 @@ fn read_target(
             "compression",
             "mode",
             "keys",
+            "schema",
         ],
     );
     let format = match format {
@@ -1014,6 +1064,8 @@ fn read_target(
     };
     Some(TargetSpec {
         format: format?,
+        schema,
+        schema_loc,
         path_loc: loc(text, &path.span),
         path: local,
         url,

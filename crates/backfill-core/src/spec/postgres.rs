@@ -302,7 +302,10 @@ pub(super) fn read_target(
     let keys = t.strings(d, env, "keys");
     let keys_span = t.raw_span("keys");
     let create = t.bool(d, "create");
-    t.finish(d, &["format", "url", "table", "mode", "keys", "create"]);
+    t.finish(
+        d,
+        &["format", "url", "table", "mode", "keys", "create", "schema"],
+    );
     let table = match table {
         Some(l) => table_name(d, "target.table", l),
         None => {

@@ -517,6 +517,70 @@ impl Sink for Arc<DeltaSink> {
         self.files.open_file(rel).await
     }
 
+    /// Added columns go into the table's schema in one metadata commit
+    /// (nullable: older files have no values for them). Delta cannot widen
+    /// a column's type without the `typeWidening` table feature, which this
+    /// writer does not set.
+    async fn evolve(
+        &self,
+        rows: &SchemaRef,
+        diff: &crate::evolve::SchemaDiff,
+    ) -> Result<(), SinkError> {
+        if let Some((n, from, to, _)) = diff.changed.first() {
+            return Err(SinkError::Delta(DeltaError::Invalid {
+                shown: self.shown.clone(),
+                message: format!(
+                    "column \"{n}\" would change from {from} to {to}: Delta tables written by backfill cannot change a column's type; cast it in the SELECT"
+                ),
+            }));
+        }
+        if diff.added.is_empty() {
+            return Ok(());
+        }
+        let _guard = self.commits.lock().await;
+        let Some(table) = self.open().await? else {
+            return Ok(());
+        };
+        let snapshot = table.snapshot().map_err(self.err())?;
+        let current = snapshot.schema();
+        let mut fields: Vec<deltalake::kernel::StructField> = current.fields().cloned().collect();
+        let mut added = Vec::new();
+        for (name, _) in &diff.added {
+            let Ok(f) = rows.field_with_name(name) else {
+                continue;
+            };
+            let nullable = f.as_ref().clone().with_nullable(true);
+            let one = arrow::datatypes::Schema::new(vec![nullable]);
+            let st: StructType =
+                deltalake::kernel::engine::arrow_conversion::TryIntoKernel::try_into_kernel(&one)
+                    .map_err(|e| self.err()(e.into()))?;
+            let field = st.fields().next().cloned().ok_or_else(|| {
+                self.err()(deltalake::DeltaTableError::Generic(format!(
+                    "column {name} has no Delta type"
+                )))
+            })?;
+            added.push(field.clone());
+            fields.push(field);
+        }
+        let schema = StructType::try_new(fields).map_err(|e| self.err()(e.into()))?;
+        use deltalake::kernel::MetadataExt;
+        let metadata = snapshot
+            .metadata()
+            .clone()
+            .with_schema(&schema)
+            .map_err(|e| self.err()(e.into()))?;
+        CommitBuilder::default()
+            .with_actions(vec![Action::Metadata(metadata)])
+            .build(
+                Some(snapshot),
+                table.log_store(),
+                DeltaOperation::AddColumn { fields: added },
+            )
+            .await
+            .map_err(self.err())?;
+        Ok(())
+    }
+
     /// The table's current version, as the log describes it.
     async fn table(
         &self,

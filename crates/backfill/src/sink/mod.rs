@@ -151,6 +151,39 @@ pub trait Sink: Send + Sync + std::fmt::Debug {
         )))
     }
 
+    /// The target's columns now; `None` while it has none (no table, no
+    /// files yet).
+    async fn current_schema(
+        &self,
+        ctx: &datafusion::prelude::SessionContext,
+    ) -> Result<Option<arrow::datatypes::SchemaRef>, SinkError> {
+        Ok(self.table(ctx).await?.map(|t| t.schema()))
+    }
+
+    /// Columns the target does not store (Hive partition directories),
+    /// left out of schema comparisons.
+    fn derived_columns(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// A database casts values on insert: only a column too narrow for the
+    /// new values matters, not a representation that differs.
+    fn casts_on_insert(&self) -> bool {
+        false
+    }
+
+    /// Prepares the target for rows with the accepted differences `diff`
+    /// (adds columns, widens types). File targets need nothing: new files
+    /// carry the new columns.
+    async fn evolve(
+        &self,
+        rows: &arrow::datatypes::SchemaRef,
+        diff: &crate::evolve::SchemaDiff,
+    ) -> Result<(), SinkError> {
+        let _ = (rows, diff);
+        Ok(())
+    }
+
     /// A published file of a file target, for `validate` to read.
     async fn open_file(
         &self,

@@ -850,6 +850,49 @@ impl Sink for ParquetSink {
         Ok(Some(Arc::new(ListingTable::try_new(config).map_err(read)?)))
     }
 
+    /// The union of the published files' schemas, the widest type winning,
+    /// from one footer per chunk (a chunk's files share one schema).
+    async fn current_schema(
+        &self,
+        _ctx: &datafusion::prelude::SessionContext,
+    ) -> Result<Option<SchemaRef>, SinkError> {
+        use futures::{StreamExt, TryStreamExt};
+        let found = self.scan().await?;
+        let firsts: Vec<String> = found
+            .published
+            .values()
+            .filter_map(|files| files.first().cloned())
+            .collect();
+        let schemas: Vec<Schema> = futures::stream::iter(firsts)
+            .map(|rel| async move { self.file_schema(&rel).await })
+            .buffer_unordered(16)
+            .try_collect()
+            .await?;
+        let mut fields: Vec<arrow::datatypes::Field> = Vec::new();
+        for s in schemas {
+            for f in s.fields() {
+                match fields.iter_mut().find(|x| x.name() == f.name()) {
+                    None => fields.push(f.as_ref().clone()),
+                    Some(x) => {
+                        if crate::evolve::change(x.data_type(), f.data_type())
+                            == Some(crate::evolve::Change::Widen)
+                        {
+                            *x = f.as_ref().clone();
+                        }
+                    }
+                }
+            }
+        }
+        if fields.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(Arc::new(Schema::new(fields))))
+    }
+
+    fn derived_columns(&self) -> Vec<String> {
+        self.partition_by.clone()
+    }
+
     async fn open_file(&self, rel: &str) -> Result<Box<dyn AsyncFileReader>, SinkError> {
         match &self.remote {
             Some(r) => {
@@ -869,6 +912,21 @@ impl Sink for ParquetSink {
                 Ok(Box::new(file))
             }
         }
+    }
+}
+
+impl ParquetSink {
+    /// A published file's Arrow schema, from its footer.
+    async fn file_schema(&self, rel: &str) -> Result<Schema, SinkError> {
+        let mut file = self.open_file(rel).await?;
+        let pq = |source| SinkError::Parquet {
+            path: PathBuf::from(rel),
+            source,
+        };
+        let md = file.get_metadata(None).await.map_err(pq)?;
+        let fm = md.file_metadata();
+        parquet::arrow::parquet_to_arrow_schema(fm.schema_descr(), fm.key_value_metadata())
+            .map_err(pq)
     }
 }
 

@@ -7,6 +7,7 @@ mod cli;
 mod crash;
 mod delta;
 mod end_to_end;
+mod evolution;
 mod gaps;
 mod harness;
 mod postgres;

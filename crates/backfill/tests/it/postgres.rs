@@ -856,3 +856,36 @@ fn processes_killed_at_random_never_commit_a_shared_chunk_twice() {
         "shared-state chaos: {killed} process(es) killed mid-run, every chunk committed once"
     );
 }
+
+#[test]
+fn a_postgres_target_and_its_quarantine_gain_a_column() {
+    let pg = Pg::new("evolve");
+    let demo = Demo::new(3_000, "\"1 month\"");
+    target_to_pg(&demo, &pg, "tx", "replace");
+    run_pg_ok(&demo, &pg, &["run"]);
+    demo.edit_job(|s| {
+        s.replace(
+            "date_part('day', created_at) AS day FROM source",
+            "date_part('day', created_at) AS day, CAST(amount * 100 AS BIGINT) AS cents FROM source",
+        )
+    });
+    let all = ["run", "--from", "2023-01-01", "--to", "2024-01-01"];
+    let out = run_pg(&demo, &pg, &all);
+    assert_eq!(code(&out), 2, "{}", text(&out));
+    assert!(text(&out).contains("+ cents: Int64"), "{}", text(&out));
+    demo.edit_job(|s| s.replace("[target]\n", "[target]\nschema = \"add_columns\"\n"));
+    run_pg_ok(&demo, &pg, &all);
+    let s = &pg.schema;
+    assert_eq!(
+        pg.one(&format!("SELECT count(*) FROM {s}.tx WHERE cents IS NULL")),
+        "0"
+    );
+    assert_eq!(
+        pg.one(&format!(
+            "SELECT data_type FROM information_schema.columns WHERE table_schema = '{s}' AND table_name = 'tx_quarantine' AND column_name = 'cents'"
+        )),
+        "bigint"
+    );
+    let v = run_pg(&demo, &pg, &["validate"]);
+    assert_eq!(code(&v), 0, "{}", text(&v));
+}
