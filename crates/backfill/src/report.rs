@@ -111,7 +111,7 @@ pub fn plan_text(job: &str, chunks: &[PlannedChunk]) -> String {
             });
         let _ = writeln!(
             out,
-            "estimated from Parquet statistics: {} rows, {} to read; {empty} chunk(s) empty",
+            "estimated from the source's metadata: {} rows, {} to read; {empty} chunk(s) empty",
             human_count(rows),
             human_bytes(bytes)
         );

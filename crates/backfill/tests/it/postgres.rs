@@ -889,3 +889,26 @@ fn a_postgres_target_and_its_quarantine_gain_a_column() {
     let v = run_pg(&demo, &pg, &["validate"]);
     assert_eq!(code(&v), 0, "{}", text(&v));
 }
+
+#[test]
+fn plan_estimates_postgres_chunks_with_explain() {
+    let pg = Pg::new("estimate");
+    let demo = Demo::new(12_000, "\"1 month\"");
+    pg.load_demo(&demo);
+    pg.exec(&format!("ANALYZE {}.raw", pg.schema));
+    source_to_pg(&demo, &pg, "");
+    let out = run_pg_ok(&demo, &pg, &["plan", "--json"]);
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).expect("plan json");
+    let chunks = plan["chunks"].as_array().expect("chunks");
+    assert_eq!(chunks.len(), 12);
+    let mut total = 0i64;
+    for c in chunks {
+        let rows = int(&c["estimate"]["rows"]);
+        // A month holds about 1,000 rows; the planner's histogram is coarse.
+        assert!((500..=1_500).contains(&rows), "{c}");
+        assert!(int(&c["estimate"]["bytes"]) > 0, "{c}");
+        assert_eq!(c["estimate"]["empty"], false);
+        total += rows;
+    }
+    assert!((10_800..=13_200).contains(&total), "{total}");
+}
