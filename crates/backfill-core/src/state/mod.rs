@@ -211,7 +211,9 @@ impl LockHolder {
     }
 }
 
-fn process_alive(pid: u32) -> bool {
+/// Whether a process of this host is running (always true where that
+/// cannot be told).
+pub fn process_alive(pid: u32) -> bool {
     if cfg!(target_os = "linux") {
         match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
             // A zombie has exited; it only waits for its parent to reap it.

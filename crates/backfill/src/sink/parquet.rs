@@ -126,8 +126,11 @@ impl ParquetSink {
             Location::Local(root) => (root, None),
             Location::Remote(r) => {
                 let r = *r;
-                // One directory per sink: dropping a sink removes its own.
+                // One directory per sink: dropping a sink removes its own,
+                // and the first sink of a process those of dead processes.
                 static SINKS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+                static SWEEP: std::sync::Once = std::sync::Once::new();
+                SWEEP.call_once(sweep_dead_spools);
                 let spool = std::env::temp_dir().join(format!(
                     "backfill-spool-{}-{}",
                     std::process::id(),
@@ -207,6 +210,27 @@ impl Drop for ParquetSink {
     fn drop(&mut self) {
         if self.remote.is_some() {
             let _ = std::fs::remove_dir_all(&self.root);
+        }
+    }
+}
+
+/// Removes spool directories (`backfill-spool-<pid>-<n>`) of processes that
+/// are gone, e.g. killed while uploading.
+fn sweep_dead_spools() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix("backfill-spool-")
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !backfill_core::state::process_alive(pid) {
+            let _ = std::fs::remove_dir_all(e.path());
         }
     }
 }

@@ -415,6 +415,12 @@ fn a_crash_while_writing_to_s3_is_repaired_exactly() {
             assert_eq!(mirror_fingerprint(&demo), reference);
         }
     }
+    // A spool left by a process that is gone is swept by the next one.
+    let mut gone = Command::new("true").spawn().expect("spawn true");
+    let gone_pid = gone.id();
+    let _ = gone.wait();
+    let stale = std::env::temp_dir().join(format!("backfill-spool-{gone_pid}-7"));
+    std::fs::create_dir_all(stale.join("year=2023")).expect("stale spool");
     // kill -9 while chunks upload and publish.
     for delay_ms in [150u64, 400] {
         let demo = Demo::new(8_000, "\"1 month\"");
@@ -434,10 +440,20 @@ fn a_crash_while_writing_to_s3_is_repaired_exactly() {
             cmd.env(k, v);
         }
         let mut child = cmd.spawn().expect("spawn");
+        let pid = child.id();
         std::thread::sleep(Duration::from_millis(delay_ms));
         let _ = child.kill();
         let _ = child.wait();
         run_s3_ok(&demo, &s3, &[]);
+        // The next process sweeps the killed one's local spool.
+        let spool = format!("backfill-spool-{pid}-");
+        let left: Vec<_> = std::fs::read_dir(std::env::temp_dir())
+            .expect("temp dir")
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with(&spool))
+            .collect();
+        assert!(left.is_empty(), "spool of pid {pid} left: {left:?}");
+        assert!(!stale.exists(), "{} was not swept", stale.display());
         let dest = demo.path().join("mirror");
         let keys = s3.download(&format!("{prefix}/"), &dest);
         assert!(
