@@ -22,6 +22,10 @@ pub struct Chunk {
     pub lo: Option<RangeValue>,
     /// Exclusive upper bound.
     pub hi: Option<RangeValue>,
+    /// A partition chunk (`[range] partitions`): the rows whose range column
+    /// equals this value; `lo` and `hi` are `None`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
 }
 
 impl Chunk {
@@ -39,6 +43,9 @@ impl Chunk {
     }
 
     pub fn bounds(&self) -> String {
+        if let Some(v) = &self.value {
+            return format!("= {v}");
+        }
         match (self.lo, self.hi) {
             (Some(lo), Some(hi)) => format!("[{lo}, {hi})"),
             _ => "all rows".to_string(),
@@ -68,13 +75,17 @@ pub fn fingerprint(range: Option<&RangeSpec>) -> String {
     match range {
         None => "all".to_string(),
         Some(r) => {
-            let text = format!(
-                "column={}|start={}|end={}|chunk={}",
-                r.column,
-                opt(r.start),
-                if r.end_now { "now".into() } else { opt(r.end) },
-                r.chunk
-            );
+            let text = match &r.partitions {
+                // Adding partitions only adds chunks; sync_plan accepts that.
+                Some(_) => format!("column={}|partitions", r.column),
+                None => format!(
+                    "column={}|start={}|end={}|chunk={}",
+                    r.column,
+                    opt(r.start),
+                    if r.end_now { "now".into() } else { opt(r.end) },
+                    r.chunk
+                ),
+            };
             format!("{text}|{:016x}", XxHash3_64::oneshot(text.as_bytes()))
         }
     }
@@ -116,14 +127,48 @@ pub fn estimate(range: Option<&RangeSpec>) -> Option<u64> {
     Some(span.div_ceil(width))
 }
 
+/// One chunk per partition value, sorted, duplicates dropped.
+pub fn plan_values(column: &str, values: &[String]) -> Vec<Chunk> {
+    let mut sorted: Vec<&String> = values.iter().collect();
+    sorted.sort();
+    sorted.dedup();
+    sorted
+        .into_iter()
+        .enumerate()
+        .map(|(index, v)| {
+            let text = format!("v1|{column}|partition|{v}");
+            let h = XxHash3_64::oneshot(text.as_bytes());
+            Chunk {
+                index,
+                id: format!("{:012x}", h >> 16),
+                lo: None,
+                hi: None,
+                value: Some(v.clone()),
+            }
+        })
+        .collect()
+}
+
 /// Plans the chunks of a range. No range means one chunk over all rows.
+/// `partitions = "source"` plans nothing here: the values come from the
+/// source (see [`plan_values`]).
 pub fn plan(range: Option<&RangeSpec>) -> Result<Vec<Chunk>, PlanError> {
+    if let Some(r) = range {
+        match &r.partitions {
+            Some(crate::spec::Partitions::List(values)) => {
+                return Ok(plan_values(&r.column, values));
+            }
+            Some(crate::spec::Partitions::Source) => return Ok(Vec::new()),
+            None => {}
+        }
+    }
     let Some(r) = range else {
         return Ok(vec![Chunk {
             index: 0,
             id: chunk_id("", ChunkSize::All, None, None),
             lo: None,
             hi: None,
+            value: None,
         }]);
     };
     if estimate(Some(r)).is_some_and(|n| n > MAX_CHUNKS as u64 * 2) {
@@ -146,6 +191,7 @@ pub fn plan(range: Option<&RangeSpec>) -> Result<Vec<Chunk>, PlanError> {
             id: chunk_id(&r.column, ChunkSize::All, None, None),
             lo: None,
             hi: None,
+            value: None,
         }]),
     }
 }
@@ -183,6 +229,7 @@ fn extend(
             id: chunk_id(column, chunk, Some(lo), Some(hi)),
             lo: Some(lo),
             hi: Some(hi),
+            value: None,
         });
         lo = hi;
     }
@@ -205,6 +252,7 @@ pub fn plan_bounds(
             id: chunk_id(column, chunk, Some(start), Some(end)),
             lo: Some(start),
             hi: Some(end),
+            value: None,
         }]);
     }
     if chunk.kind() != Some(start.kind()) || start.kind() != end.kind() {
@@ -231,6 +279,7 @@ pub fn plan_bounds(
             id: chunk_id(column, chunk, Some(lo), Some(hi)),
             lo: Some(lo),
             hi: Some(hi),
+            value: None,
         });
         lo = hi;
     }
@@ -385,6 +434,7 @@ mod tests {
             end_now: false,
             lookback: 1,
             extend_to: None,
+            partitions: None,
         };
         let fixed = plan(Some(&r)).unwrap();
         r.extend_to = Some(t("2024-01-10"));
@@ -418,6 +468,7 @@ mod tests {
             end_now: false,
             lookback: 1,
             extend_to: None,
+            partitions: None,
         };
         let weekly = r(
             ChunkSize::Fixed(7 * MICROS_PER_DAY),

@@ -115,6 +115,12 @@ fn bound_literal(col: &RangeColumn, v: RangeValue) -> Result<ScalarValue, DataFu
 /// `column >= lo AND column < hi` for a chunk; `None` for a full load.
 pub fn chunk_predicate(col: &RangeColumn, chunk: &Chunk) -> Result<Option<Expr>, DataFusionError> {
     let column = || Expr::Column(Column::new_unqualified(col.name.clone()));
+    if let Some(v) = &chunk.value {
+        // A partition chunk: the value as the column's type (a Hive
+        // directory value is text; a listed one is cast like SQL would).
+        let value = ScalarValue::Utf8(Some(v.clone())).cast_to(&col.data_type)?;
+        return Ok(Some(column().eq(lit(value))));
+    }
     let mut pred: Option<Expr> = None;
     if let Some(lo) = chunk.lo {
         pred = Some(column().gt_eq(lit(bound_literal(col, lo)?)));

@@ -389,6 +389,7 @@ async fn target_counts(
         id: String::new(),
         lo: Some(RangeValue::Time(start)),
         hi: Some(RangeValue::Time(end)),
+        value: None,
     };
     let df = match engine::chunk_predicate(&column, &whole) {
         Ok(Some(p)) => df.filter(p).map_err(fail)?,

@@ -217,13 +217,21 @@ impl Backfill {
         let config = engine::session_config();
         let runtime = engine::runtime_env()?;
         let ctx = SessionContext::new_with_config_rt(config.clone(), runtime.clone());
-        let source = source::open(&self.spec.source, &ctx).await.map_err(|e| {
-            if e.is_configuration() {
-                self.job_error(self.spec.source.path_loc, "source.path", e.to_string())
-            } else {
-                e.into()
-            }
-        })?;
+        let hive_column = self
+            .spec
+            .range
+            .as_ref()
+            .filter(|r| r.partitions == Some(backfill_core::spec::Partitions::Source))
+            .map(|r| r.column.as_str());
+        let source = source::open(&self.spec.source, &ctx, hive_column)
+            .await
+            .map_err(|e| {
+                if e.is_configuration() {
+                    self.job_error(self.spec.source.path_loc, "source.path", e.to_string())
+                } else {
+                    e.into()
+                }
+            })?;
         let schema = source.schema();
         let range = match &self.spec.range {
             None => None,
@@ -319,7 +327,27 @@ impl Backfill {
                     self.job_error(rule.check_loc, &format!("rules[{i}].check"), e.to_string())
                 })?;
         }
-        let chunks = plan::plan(self.spec.range.as_ref())?;
+        let mut chunks = plan::plan(self.spec.range.as_ref())?;
+        if let Some(column) = hive_column {
+            let values = source.partition_values();
+            if values.is_empty() {
+                let r = self
+                    .spec
+                    .range
+                    .as_ref()
+                    .map(|r| r.column_loc)
+                    .unwrap_or_default();
+                return Err(self.job_error(
+                    r,
+                    "range.partitions",
+                    format!(
+                        "no {column}=<value>/ directories under source {}",
+                        source.describe()
+                    ),
+                ));
+            }
+            chunks = plan::plan_values(column, &values);
+        }
         if let Some(dedup) = &self.spec.dedup {
             let cols: Vec<_> = out.fields().iter().map(|f| f.name().as_str()).collect();
             for (key, col) in dedup
@@ -338,6 +366,17 @@ impl Backfill {
                         ),
                     ));
                 }
+            }
+            if let Some(r) = &self.spec.range
+                && r.partitions.is_some()
+                && chunks.len() > 1
+                && dedup.scope == backfill_core::spec::DedupScope::Global
+            {
+                return Err(self.job_error(
+                    dedup.loc,
+                    "dedup.scope",
+                    "global dedup follows a key across ranges; with [range] partitions use scope = \"chunk\" (each partition deduplicated on its own)".into(),
+                ));
             }
             if let Some(r) = &self.spec.range
                 && chunks.len() > 1
@@ -427,6 +466,7 @@ impl Backfill {
                 index: c.index,
                 lo: c.lo,
                 hi: c.hi,
+                value: c.value,
                 status: ChunkStatus::Pending,
                 attempts: 0,
                 metrics: None,
@@ -516,6 +556,11 @@ impl Backfill {
             )));
         }
         if let Some(r) = &self.spec.range {
+            if r.partitions.is_some() && (opts.from.is_some() || opts.to.is_some()) {
+                return Err(Error::Usage(
+                    "--from/--to select ranges; this job's chunks are partitions (use `reset --all` or --only-failed)".into(),
+                ));
+            }
             for (flag, v) in [("--from", opts.from), ("--to", opts.to)] {
                 if let (Some(v), Some(kind)) = (v, r.kind())
                     && v.kind() != kind
@@ -865,6 +910,7 @@ pub(crate) async fn dedup_index(job: &OpenJob) -> Result<Option<Arc<DedupIndex>>
         id: String::new(),
         lo: first.lo,
         hi: last.hi,
+        value: None,
     };
     let t = Instant::now();
     let stream = engine::index_rows(
@@ -910,6 +956,7 @@ async fn recover(
                 id: chunk_id.clone(),
                 lo: None,
                 hi: None,
+                value: None,
             });
         match job.sinks.publish(&chunk, &files).await {
             Ok(()) => {

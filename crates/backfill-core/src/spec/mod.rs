@@ -164,6 +164,15 @@ pub struct SourceSpec {
     pub postgres: Option<PgSourceSpec>,
 }
 
+/// `[range] partitions`: one chunk per value of the range column.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Partitions {
+    /// The Hive partitions (`column=value/` directories) of a file source.
+    Source,
+    /// These values.
+    List(Vec<String>),
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct RangeSpec {
     pub column: String,
@@ -182,6 +191,8 @@ pub struct RangeSpec {
     /// chunk grid, up to the chunk holding this instant: set from the clock
     /// for `end = "now"` and by `run --incremental`.
     pub extend_to: Option<RangeValue>,
+    /// One chunk per partition value instead of ranges.
+    pub partitions: Option<Partitions>,
 }
 
 impl RangeSpec {
@@ -707,10 +718,61 @@ fn read_range(d: &mut Diags, env: Env, t: &mut TableReader, text: &str) -> Optio
     let chunk_raw = t.raw("chunk");
     let ordered = t.bool(d, "ordered");
     let lookback_raw = t.raw("lookback");
+    let partitions_raw = t.raw("partitions");
     t.finish(
         d,
-        &["column", "start", "end", "chunk", "ordered", "lookback"],
+        &[
+            "column",
+            "start",
+            "end",
+            "chunk",
+            "ordered",
+            "lookback",
+            "partitions",
+        ],
     );
+    let partitions = match partitions_raw {
+        None => None,
+        Some(raw) => {
+            let parsed = match raw.get_ref() {
+                DeValue::String(s) if s.trim().eq_ignore_ascii_case("source") => {
+                    Ok(Partitions::Source)
+                }
+                DeValue::Array(items) => {
+                    let values: Vec<String> = items
+                        .iter()
+                        .filter_map(|v| v.get_ref().as_str().map(str::to_string))
+                        .collect();
+                    if values.len() != items.len() || values.is_empty() {
+                        Err("must be \"source\" or a non-empty list of strings".to_string())
+                    } else if values.iter().any(|v| v.is_empty()) {
+                        Err("partition values must not be empty".to_string())
+                    } else {
+                        Ok(Partitions::List(values))
+                    }
+                }
+                _ => Err(
+                    "must be \"source\" or a list of strings, e.g. [\"eu\", \"us\"]".to_string(),
+                ),
+            };
+            match parsed {
+                Ok(p) => {
+                    if start.is_some() || end.is_some() || end_now || chunk_raw.is_some() {
+                        d.push(
+                            raw.span(),
+                            "range.partitions",
+                            "plans one chunk per value: leave out start, end and chunk",
+                        );
+                    }
+                    Some(p)
+                }
+                Err(e) => {
+                    d.push(raw.span(), "range.partitions", e);
+                    None
+                }
+            }
+        }
+    };
     let lookback = match lookback_raw {
         None => 1,
         Some(raw) => match reader::int_value(raw.get_ref()) {
@@ -745,6 +807,7 @@ fn read_range(d: &mut Diags, env: Env, t: &mut TableReader, text: &str) -> Optio
     };
 
     let chunk = match chunk_raw {
+        None if partitions.is_some() => Some((ChunkSize::All, 0..0)),
         None => {
             if !t.has("chunk") {
                 d.push(
@@ -823,7 +886,7 @@ fn read_range(d: &mut Diags, env: Env, t: &mut TableReader, text: &str) -> Optio
     }
     let (chunk, chunk_span) = chunk?;
     let all = chunk == ChunkSize::All;
-    if !all {
+    if !all && partitions.is_none() {
         if start.is_none() && !t.has("start") {
             d.push(t.span(), "range.start", "missing (inclusive lower bound)");
         }
@@ -879,6 +942,7 @@ fn read_range(d: &mut Diags, env: Env, t: &mut TableReader, text: &str) -> Optio
         end_now,
         lookback,
         extend_to: now.map(RangeValue::Time),
+        partitions,
     })
 }
 

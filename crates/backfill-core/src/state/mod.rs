@@ -170,6 +170,8 @@ pub struct ChunkRecord {
     pub index: usize,
     pub lo: Option<RangeValue>,
     pub hi: Option<RangeValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
     pub status: ChunkStatus,
     pub attempts: u32,
     pub metrics: Option<ChunkMetrics>,
@@ -184,6 +186,7 @@ impl ChunkRecord {
             id: self.id.clone(),
             lo: self.lo,
             hi: self.hi,
+            value: self.value.clone(),
         }
     }
 }
@@ -242,6 +245,22 @@ pub fn encode_bound(v: Option<RangeValue>) -> Option<String> {
         RangeValue::Time(t) => format!("t:{t}"),
         RangeValue::Int(i) => format!("i:{i}"),
     })
+}
+
+/// A chunk's lower bound as stored, or `=<value>` for a partition chunk.
+pub fn encode_lo(c: &Chunk) -> Option<String> {
+    match &c.value {
+        Some(v) => Some(format!("={v}")),
+        None => encode_bound(c.lo),
+    }
+}
+
+/// The stored lower bound back: `(lo, partition value)`.
+pub fn decode_lo(s: Option<String>) -> Result<(Option<RangeValue>, Option<String>), StateError> {
+    match s {
+        Some(text) if text.starts_with('=') => Ok((None, Some(text[1..].to_string()))),
+        other => Ok((decode_bound(other)?, None)),
+    }
 }
 
 pub fn decode_bound(s: Option<String>) -> Result<Option<RangeValue>, StateError> {

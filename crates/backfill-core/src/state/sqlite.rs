@@ -374,7 +374,12 @@ impl StateStore for SqliteStateStore {
             let before = existing.len() - sync.retired.len();
             for c in chunks {
                 insert
-                    .execute(params![c.id, c.index as i64, encode(c.lo), encode(c.hi)])
+                    .execute(params![
+                        c.id,
+                        c.index as i64,
+                        super::encode_lo(c),
+                        encode(c.hi)
+                    ])
                     .map_err(self.err())?;
             }
             sync.inserted = chunks.len().saturating_sub(before);
@@ -469,10 +474,12 @@ impl StateStore for SqliteStateStore {
                     rules: quality.rules.clone(),
                 }
             });
+            let (lo, value) = super::decode_lo(lo)?;
             out.push(ChunkRecord {
                 id,
                 index: idx.max(0) as usize,
-                lo: decode(lo)?,
+                lo,
+                value,
                 hi: decode(hi)?,
                 status,
                 attempts: attempts.max(0) as u32,

@@ -342,6 +342,10 @@ fn range_predicate(col: &str, chunk: &Chunk) -> Result<String, SinkError> {
         });
     }
     let c = quote_ident(col);
+    if let Some(v) = &chunk.value {
+        // The server casts the literal to the column's type.
+        return Ok(format!("{c} = {}", quote_literal(v)));
+    }
     let mut parts = Vec::new();
     if let Some(lo) = chunk.lo {
         parts.push(format!("{c} >= {}", range_literal(lo)));

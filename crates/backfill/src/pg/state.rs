@@ -509,7 +509,7 @@ impl StateStore for PgStateStore {
                         &x.job,
                         &ch.id,
                         &(ch.index as i64),
-                        &encode_bound(ch.lo),
+                        &backfill_core::state::encode_lo(ch),
                         &encode_bound(ch.hi),
                     ],
                 )?;
@@ -581,9 +581,11 @@ impl StateStore for PgStateStore {
                 ),
                 None => None,
             };
+            let (lo, value) = backfill_core::state::decode_lo(r.get(2))?;
             out.push(ChunkRecord {
                 index: r.get::<_, i64>(1).max(0) as usize,
-                lo: decode_bound(r.get(2))?,
+                lo,
+                value,
                 hi: decode_bound(r.get(3))?,
                 status,
                 attempts: r.get::<_, i32>(5).max(0) as u32,

@@ -28,7 +28,7 @@ use tokio::sync::Mutex;
 
 use super::{
     ChunkWriter, HIVE_DEFAULT_PARTITION, Location, ParquetSink, Sink, SinkError, Staged,
-    TargetFiles,
+    TargetFiles, unescape_partition_value,
 };
 use crate::store::Remote;
 
@@ -333,34 +333,14 @@ fn attempt_of(path: &str) -> Option<i64> {
     tail.split('-').next()?.parse().ok()
 }
 
-fn unescape(v: &str) -> String {
-    let bytes = v.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%'
-            && i + 2 < bytes.len() + 1
-            && let Some(hex) = v.get(i + 1..i + 3)
-            && let Ok(b) = u8::from_str_radix(hex, 16)
-        {
-            out.push(b);
-            i += 3;
-            continue;
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 /// Partition values from a file's directories (`year=2023/month=1/…`).
 fn partition_values(path: &str) -> HashMap<String, Option<String>> {
     let mut out = HashMap::new();
     let dirs = path.rsplit_once('/').map_or("", |(d, _)| d);
     for seg in dirs.split('/') {
         if let Some((k, v)) = seg.split_once('=') {
-            let value = (v != HIVE_DEFAULT_PARTITION).then(|| unescape(v));
-            out.insert(unescape(k), value);
+            let value = (v != HIVE_DEFAULT_PARTITION).then(|| unescape_partition_value(v));
+            out.insert(unescape_partition_value(k), value);
         }
     }
     out
@@ -640,6 +620,9 @@ impl Sink for Arc<DeltaSink> {
                 }
             };
             let mut parts = Vec::new();
+            if let Some(v) = &chunk.value {
+                parts.push(format!("{c} = '{}'", v.replace('\'', "''")));
+            }
             if let Some(lo) = chunk.lo {
                 parts.push(format!("{c} >= {}", lit(lo)));
             }

@@ -21,7 +21,7 @@ use crate::pg::sink::PgSink;
 
 pub use parquet::{
     HIVE_DEFAULT_PARTITION, Location, ParquetSink, checksum_rows, escape_partition_value,
-    partition_seed, partition_value,
+    partition_seed, partition_value, unescape_partition_value,
 };
 
 #[derive(Debug, thiserror::Error)]

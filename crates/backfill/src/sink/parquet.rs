@@ -319,6 +319,27 @@ pub fn escape_partition_value(value: &str) -> String {
     out
 }
 
+/// The value a Hive directory name encodes (`%XX` escapes undone).
+pub fn unescape_partition_value(v: &str) -> String {
+    let bytes = v.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len() + 1
+            && let Some(hex) = v.get(i + 1..i + 3)
+            && let Ok(b) = u8::from_str_radix(hex, 16)
+        {
+            out.push(b);
+            i += 3;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 pub fn partition_value(array: &dyn Array, row: usize) -> Result<String, SinkError> {
     if array.is_null(row) {
         return Ok(HIVE_DEFAULT_PARTITION.to_string());

@@ -32,6 +32,31 @@ pub struct FileSource {
     files: Vec<object_store::ObjectMeta>,
     /// Row groups' range-column bounds, read from the footers once.
     row_groups: tokio::sync::OnceCell<Vec<RowGroupSpan>>,
+    partition_values: Vec<String>,
+}
+
+/// The distinct values of `column=value/` directories under the source,
+/// percent-decoded as Hive writers encode them.
+fn hive_values(
+    files: &[object_store::ObjectMeta],
+    column: &str,
+    url: &ListingTableUrl,
+) -> Vec<String> {
+    let prefix = format!("{column}=");
+    let base = url.prefix().as_ref().to_string();
+    let mut values: Vec<String> = files
+        .iter()
+        .filter_map(|m| {
+            let key = m.location.as_ref();
+            let rel = key.strip_prefix(base.as_str()).unwrap_or(key);
+            rel.split('/')
+                .find_map(|seg| seg.strip_prefix(prefix.as_str()))
+                .map(crate::sink::unescape_partition_value)
+        })
+        .collect();
+    values.sort();
+    values.dedup();
+    values
 }
 
 /// One row group as its statistics describe it.
@@ -48,7 +73,11 @@ fn has_glob(s: &str) -> bool {
 }
 
 impl FileSource {
-    pub async fn open(spec: &SourceSpec, ctx: &SessionContext) -> Result<FileSource, SourceError> {
+    pub async fn open(
+        spec: &SourceSpec,
+        ctx: &SessionContext,
+        hive_column: Option<&str>,
+    ) -> Result<FileSource, SourceError> {
         let shown = spec.path_shown.clone();
         let (path, globbed, is_dir) = match &spec.url {
             Some(u) => remote_location(u, &shown, ctx).await?,
@@ -101,7 +130,10 @@ impl FileSource {
             source,
         };
         let url = ListingTableUrl::parse(&url_text).map_err(read_err)?;
-        let options = ListingOptions::new(format).with_file_extension(extension);
+        let mut options = ListingOptions::new(format).with_file_extension(extension);
+        if let Some(c) = hive_column {
+            options = options.with_table_partition_cols(vec![(c.to_string(), DataType::Utf8)]);
+        }
         let state = ctx.state();
         if spec.format == SourceFormat::Parquet {
             check_parquet_footers(&url, &state, &options.file_extension)
@@ -133,20 +165,26 @@ impl FileSource {
             .await
             .map_err(read_err)?;
         let fingerprint = listing_fingerprint(&files);
+        let partition_values = match hive_column {
+            Some(c) => hive_values(&files, c, &url),
+            None => Vec::new(),
+        };
         let store = state.runtime_env().object_store(&url).map_err(read_err)?;
         let config = ListingTableConfig::new(url)
             .with_listing_options(options)
-            .with_schema(schema.clone());
+            .with_schema(schema);
         let table = ListingTable::try_new(config).map_err(read_err)?;
         Ok(FileSource {
+            // The files' columns, plus a Hive partition column if any.
+            schema: table.schema(),
             table: Arc::new(table),
-            schema,
             shown,
             fingerprint,
             format: spec.format,
             store,
             files,
             row_groups: tokio::sync::OnceCell::new(),
+            partition_values,
         })
     }
 
@@ -442,13 +480,18 @@ impl Source for FileSource {
         self.fingerprint.clone()
     }
 
+    fn partition_values(&self) -> Vec<String> {
+        self.partition_values.clone()
+    }
+
     /// Parquet only: CSV and JSON files carry no statistics.
     async fn estimate(
         &self,
         range: &crate::engine::RangeColumn,
         chunks: &[backfill_core::plan::Chunk],
     ) -> Result<Option<Vec<Estimate>>, SourceError> {
-        if self.format != SourceFormat::Parquet {
+        // Partition chunks are pruned by directory, not by statistics.
+        if self.format != SourceFormat::Parquet || chunks.iter().any(|c| c.value.is_some()) {
             return Ok(None);
         }
         let spans = self.row_groups(&range.name).await?;

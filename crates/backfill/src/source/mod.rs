@@ -81,6 +81,11 @@ pub trait Source: Send + Sync + std::fmt::Debug {
     /// Changes whenever the source's data may have changed.
     fn fingerprint(&self) -> String;
 
+    /// The values of the Hive partition column it was opened with, sorted.
+    fn partition_values(&self) -> Vec<String> {
+        Vec::new()
+    }
+
     /// Per chunk (in order): rows and bytes it will read, from metadata
     /// only; `None` when the source has no statistics to go by.
     async fn estimate(
@@ -93,12 +98,22 @@ pub trait Source: Send + Sync + std::fmt::Debug {
     }
 }
 
-/// Opens the source a job file describes.
-pub async fn open(spec: &SourceSpec, ctx: &SessionContext) -> Result<Arc<dyn Source>, SourceError> {
+/// Opens the source a job file describes. `hive_column`: a column the
+/// files' `column=value/` directories hold (`[range] partitions = "source"`).
+pub async fn open(
+    spec: &SourceSpec,
+    ctx: &SessionContext,
+    hive_column: Option<&str>,
+) -> Result<Arc<dyn Source>, SourceError> {
     match spec.format {
         SourceFormat::Parquet | SourceFormat::Csv | SourceFormat::Json => {
-            Ok(Arc::new(FileSource::open(spec, ctx).await?))
+            Ok(Arc::new(FileSource::open(spec, ctx, hive_column).await?))
         }
+        SourceFormat::Postgres if hive_column.is_some() => Err(SourceError::Postgres(
+            crate::pg::PgError::Invalid(
+                "range.partitions = \"source\" needs a Hive-partitioned file source (column=value/ directories); list the values instead".into(),
+            ),
+        )),
         SourceFormat::Postgres => match &spec.postgres {
             Some(pg) => Ok(Arc::new(
                 crate::pg::source::PgSource::open(pg, &spec.path_shown).await?,
