@@ -8,7 +8,7 @@ use crate::harness::*;
 use crate::quality::{assert_months_equal, expected_global};
 
 /// Points the demo job's target at a Delta table.
-fn target_to_delta(demo: &Demo) {
+pub fn target_to_delta(demo: &Demo) {
     demo.edit_job(|s| {
         s.replace(
             "format = \"parquet\"\npath = \"warehouse/transactions\"",

@@ -1,5 +1,6 @@
 //! `[target] schema`: the transform gains, drops or widens a column.
 
+use crate::delta::target_to_delta;
 use crate::harness::*;
 
 const CENTS: &str = "date_part('day', created_at) AS day FROM source";
@@ -13,6 +14,13 @@ fn set_mode(demo: &Demo, mode: &str) {
             .replace("\nschema = \"merge\"", "");
         s.replace("[target]\n", &format!("[target]\nschema = \"{mode}\"\n"))
     });
+}
+
+/// `run --from FROM --to TO` must be refused (exit 2) saying `why`.
+fn refused(demo: &Demo, from: &str, to: &str, why: &str) {
+    let out = demo.run(&["run", &demo.job_str(), "--from", from, "--to", to]);
+    assert_eq!(code(&out), 2, "{}", text(&out));
+    assert!(text(&out).contains(why), "{}", text(&out));
 }
 
 fn parquet_count(demo: &Demo, filter: &str) -> i64 {
@@ -31,20 +39,8 @@ fn a_parquet_target_refuses_then_adds_a_column_and_a_rerun_brings_old_chunks_alo
     demo.edit_job(|s| s.replace(CENTS, WITH_CENTS));
 
     // strict (the default): nothing runs, the difference is shown.
-    let out = demo.run(&[
-        "run",
-        &demo.job_str(),
-        "--from",
-        "2023-03-01",
-        "--to",
-        "2023-04-01",
-    ]);
-    assert_eq!(code(&out), 2, "{}", text(&out));
-    let t = text(&out);
-    assert!(
-        t.contains("target.schema") && t.contains("+ cents: Int64"),
-        "{t}"
-    );
+    refused(&demo, "2023-03-01", "2023-04-01", "target.schema");
+    refused(&demo, "2023-03-01", "2023-04-01", "+ cents: Int64");
     assert_eq!(parquet_count(&demo, "true"), total);
 
     set_mode(&demo, "add_columns");
@@ -64,20 +60,7 @@ fn a_parquet_target_refuses_then_adds_a_column_and_a_rerun_brings_old_chunks_alo
     // A column that disappears is an error naming it, in every mode.
     demo.edit_job(|s| s.replace("SELECT *,", "SELECT * EXCLUDE (category),"));
     set_mode(&demo, "merge");
-    let out = demo.run(&[
-        "run",
-        &demo.job_str(),
-        "--from",
-        "2023-03-01",
-        "--to",
-        "2023-04-01",
-    ]);
-    assert_eq!(code(&out), 2, "{}", text(&out));
-    assert!(
-        text(&out).contains("\"category\" is missing"),
-        "{}",
-        text(&out)
-    );
+    refused(&demo, "2023-03-01", "2023-04-01", "\"category\" is missing");
 }
 
 #[test]
@@ -91,19 +74,11 @@ fn merge_widens_an_integer_column_and_refuses_to_narrow_it() {
     demo.run_ok(&[]);
     demo.edit_job(|s| s.replace(int32, int64));
     set_mode(&demo, "add_columns");
-    let out = demo.run(&[
-        "run",
-        &demo.job_str(),
-        "--from",
+    refused(
+        &demo,
         "2023-01-01",
-        "--to",
         "2024-01-01",
-    ]);
-    assert_eq!(code(&out), 2, "{}", text(&out));
-    assert!(
-        text(&out).contains("widens from Int32 to Int64"),
-        "{}",
-        text(&out)
+        "widens from Int32 to Int64",
     );
     set_mode(&demo, "merge");
     demo.run_ok(&["--from", "2023-01-01", "--to", "2024-01-01"]);
@@ -116,42 +91,21 @@ fn merge_widens_an_integer_column_and_refuses_to_narrow_it() {
     assert_eq!(types, vec![vec![serde_json::json!("BIGINT")]]);
     // Narrowing back is refused even by merge.
     demo.edit_job(|s| s.replace(int64, int16));
-    let out = demo.run(&[
-        "run",
-        &demo.job_str(),
-        "--from",
+    refused(
+        &demo,
         "2023-01-01",
-        "--to",
         "2023-02-01",
-    ]);
-    assert_eq!(code(&out), 2, "{}", text(&out));
-    assert!(
-        text(&out).contains("narrows from Int64 to Int16"),
-        "{}",
-        text(&out)
+        "narrows from Int64 to Int16",
     );
 }
 
 #[test]
 fn a_delta_table_gains_a_column_in_its_schema() {
     let demo = Demo::new(4_000, "\"1 month\"");
-    demo.edit_job(|s| {
-        s.replace(
-            "format = \"parquet\"\npath = \"warehouse/transactions\"",
-            "format = \"delta\"\nmode = \"replace\"\npath = \"warehouse/transactions_delta\"",
-        )
-    });
+    target_to_delta(&demo);
     demo.run_ok(&[]);
     demo.edit_job(|s| s.replace(CENTS, WITH_CENTS));
-    let out = demo.run(&[
-        "run",
-        &demo.job_str(),
-        "--from",
-        "2023-01-01",
-        "--to",
-        "2024-01-01",
-    ]);
-    assert_eq!(code(&out), 2, "{}", text(&out));
+    refused(&demo, "2023-01-01", "2024-01-01", "+ cents: Int64");
     set_mode(&demo, "add_columns");
     demo.run_ok(&["--from", "2023-01-01", "--to", "2024-01-01"]);
     let snippet = r#"
