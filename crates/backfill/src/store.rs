@@ -112,6 +112,27 @@ impl Remote {
         })
     }
 
+    /// A directory below this location, on the same client.
+    pub fn child(&self, name: &str) -> Result<Remote, StoreError> {
+        let invalid = |message: String| StoreError::Invalid {
+            shown: self.shown.clone(),
+            message,
+        };
+        let url = self
+            .url
+            .join(&format!("{name}/"))
+            .map_err(|e| invalid(e.to_string()))?;
+        let prefix = ObjPath::from_url_path(url.path())
+            .map_err(|e| invalid(format!("not a valid object path: {e}")))?;
+        Ok(Remote {
+            store: self.store.clone(),
+            base: self.base.clone(),
+            url,
+            prefix,
+            shown: self.shown.clone(),
+        })
+    }
+
     /// The key of `rel` (a `/`-separated path below the location), kept
     /// byte for byte: partition directories are already escaped.
     pub fn key(&self, rel: &str) -> Result<ObjPath, StoreError> {
@@ -207,6 +228,12 @@ mod tests {
         assert_eq!(k.as_ref(), "lake/tx/region=a%2Fb/part-x.parquet");
         assert_eq!(r.relative(&k), Some("region=a%2Fb/part-x.parquet"));
         assert!(r.key("../x").is_err());
+        let staging = r.child("_backfill_staging").unwrap();
+        assert_eq!(
+            staging.url.as_str(),
+            "s3://bucket-one/lake/tx/_backfill_staging/"
+        );
+        assert_eq!(staging.prefix.as_ref(), "lake/tx/_backfill_staging");
         let other = ObjPath::parse("lake/txx/part.parquet").unwrap();
         assert_eq!(r.relative(&other), None);
     }

@@ -223,6 +223,23 @@ impl Inner {
 
     /// `WHERE` text selecting the rows the chunk owns; `None`: it owns none
     /// (merge).
+    /// The target's rows through the PostgreSQL source (binary COPY, one
+    /// connection), for `validate` and `gaps`.
+    async fn read_back(
+        &self,
+        relation: backfill_core::spec::PgRelation,
+    ) -> Result<super::source::PgSource, SinkError> {
+        let spec = backfill_core::spec::PgSourceSpec {
+            url: self.url.clone(),
+            relation,
+            max_rows_per_second: None,
+            max_connections: 1,
+        };
+        super::source::PgSource::open(&spec, &self.shown)
+            .await
+            .map_err(|e| SinkError::Read(e.to_string()))
+    }
+
     fn slice_predicate(&self, chunk: &Chunk) -> Result<Option<String>, SinkError> {
         match &self.slice {
             Slice::Merge(_) => Ok(None),
@@ -690,18 +707,12 @@ impl Sink for PgSink {
                 .slice_predicate(chunk)?
                 .unwrap_or_else(|| "true".into()),
         };
-        let spec = backfill_core::spec::PgSourceSpec {
-            url: inner.url.clone(),
-            relation: backfill_core::spec::PgRelation::Query(format!(
+        let source = inner
+            .read_back(backfill_core::spec::PgRelation::Query(format!(
                 "SELECT * FROM {} WHERE {predicate}",
                 inner.table.quoted()
-            )),
-            max_rows_per_second: None,
-            max_connections: 1,
-        };
-        let source = super::source::PgSource::open(&spec, &inner.shown)
-            .await
-            .map_err(|e| SinkError::Read(e.to_string()))?;
+            )))
+            .await?;
         let ctx = datafusion::prelude::SessionContext::new();
         let df = ctx
             .read_table(crate::source::Source::table(&source))
@@ -783,15 +794,9 @@ impl Sink for PgSink {
         if !inner.table_exists(&client, &inner.table.name).await? {
             return Ok(None);
         }
-        let spec = backfill_core::spec::PgSourceSpec {
-            url: inner.url.clone(),
-            relation: backfill_core::spec::PgRelation::Table(inner.table.clone()),
-            max_rows_per_second: None,
-            max_connections: 1,
-        };
-        let source = super::source::PgSource::open(&spec, &inner.shown)
-            .await
-            .map_err(|e| SinkError::Read(e.to_string()))?;
+        let source = inner
+            .read_back(backfill_core::spec::PgRelation::Table(inner.table.clone()))
+            .await?;
         Ok(Some(crate::source::Source::table(&source)))
     }
 

@@ -107,39 +107,12 @@ impl DeltaSink {
     }
 
     fn url(&self) -> Result<url::Url, SinkError> {
-        match &self.location {
-            Location::Remote(r) => Ok(r.url.clone()),
-            Location::Local(root) => {
-                let abs = std::path::absolute(root).map_err(|source| SinkError::Io {
-                    op: "resolving",
-                    path: root.clone(),
-                    source,
-                })?;
-                url::Url::from_directory_path(&abs).map_err(|_| {
-                    SinkError::Delta(DeltaError::Invalid {
-                        shown: self.shown.clone(),
-                        message: "not an absolute local path".into(),
-                    })
-                })
-            }
-        }
+        self.location.url()
     }
 
     /// The table, or `None` when it was never created.
     async fn open(&self) -> Result<Option<DeltaTable>, SinkError> {
-        let exists = match &self.location {
-            Location::Local(root) => root.join("_delta_log").is_dir(),
-            Location::Remote(r) => {
-                use futures::StreamExt;
-                let key = r.key("_delta_log")?;
-                match r.store.list(Some(&key)).next().await {
-                    None => false,
-                    Some(Ok(_)) => true,
-                    Some(Err(e)) => return Err(r.err("listing", &key)(e).into()),
-                }
-            }
-        };
-        if !exists {
+        if !self.location.has_dir("_delta_log").await? {
             return Ok(None);
         }
         deltalake::open_table(self.url()?)
@@ -193,20 +166,7 @@ impl DeltaSink {
         };
         let paths: Vec<String> = files.iter().map(|f| f.path.clone()).collect();
         let _guard = self.commits.lock().await;
-        let Some(table) = self.open().await? else {
-            return Err(SinkError::Lost {
-                path: self.shown.clone(),
-                staged: "(the Delta table does not exist)".into(),
-            });
-        };
-        let app_id = format!("backfill-{}", chunk.id);
-        let done = table
-            .snapshot()
-            .map_err(self.err())?
-            .transaction_version(table.log_store().as_ref(), &app_id)
-            .await
-            .map_err(self.err())?
-            .is_some_and(|v| v >= attempt);
+        let (table, done) = self.table_for_commit(chunk, Some(attempt)).await?;
         if !done {
             let staging = self.url()?.join(&format!("{STAGING}/")).map_err(|e| {
                 SinkError::Delta(DeltaError::Invalid {
@@ -242,7 +202,7 @@ impl DeltaSink {
                 .collect::<Vec<_>>()
                 .join(" AND ");
             let props = CommitProperties::default()
-                .with_application_transaction(Transaction::new(app_id, attempt));
+                .with_application_transaction(Transaction::new(app_id(chunk), attempt));
             table
                 .merge(source, predicate.as_str())
                 .with_source_alias("source")
@@ -318,6 +278,39 @@ impl deltalake::logstore::LogStoreFactory for StoreFactory {
             location,
             options,
         ))
+    }
+}
+
+/// The application transaction a chunk's commits carry.
+fn app_id(chunk: &Chunk) -> String {
+    format!("backfill-{}", chunk.id)
+}
+
+impl DeltaSink {
+    /// The table a chunk's commit goes into, and whether the log already
+    /// holds that commit (the chunk's transaction at `attempt` or later).
+    async fn table_for_commit(
+        &self,
+        chunk: &Chunk,
+        attempt: Option<i64>,
+    ) -> Result<(DeltaTable, bool), SinkError> {
+        let Some(table) = self.open().await? else {
+            return Err(SinkError::Lost {
+                path: self.shown.clone(),
+                staged: "(the Delta table does not exist)".into(),
+            });
+        };
+        let Some(attempt) = attempt else {
+            return Ok((table, false));
+        };
+        let done = table
+            .snapshot()
+            .map_err(self.err())?
+            .transaction_version(table.log_store().as_ref(), &app_id(chunk))
+            .await
+            .map_err(self.err())?
+            .is_some_and(|v| v >= attempt);
+        Ok((table, done))
     }
 }
 
@@ -401,24 +394,12 @@ impl Sink for Arc<DeltaSink> {
         // An empty chunk adds nothing but still removes its old files.
         let attempt = files.first().and_then(|f| attempt_of(&f.path));
         let _guard = self.commits.lock().await;
-        let Some(table) = self.open().await? else {
-            return Err(SinkError::Lost {
-                path: self.shown.clone(),
-                staged: "(the Delta table does not exist)".into(),
-            });
-        };
-        let app_id = format!("backfill-{}", chunk.id);
-        let snapshot = table.snapshot().map_err(self.err())?;
-        let log_store = table.log_store();
-        if let Some(attempt) = attempt
-            && snapshot
-                .transaction_version(log_store.as_ref(), &app_id)
-                .await
-                .map_err(self.err())?
-                .is_some_and(|v| v >= attempt)
-        {
+        let (table, done) = self.table_for_commit(chunk, attempt).await?;
+        if done {
             return Ok(());
         }
+        let snapshot = table.snapshot().map_err(self.err())?;
+        let log_store = table.log_store();
         let new: std::collections::HashSet<&str> = files.iter().map(|f| f.path.as_str()).collect();
         let marker = format!("part-{}-", chunk.id);
         let mut actions: Vec<Action> = snapshot
@@ -452,7 +433,7 @@ impl Sink for Arc<DeltaSink> {
         let predicate = format!("chunk {} {}", chunk.id, chunk.bounds());
         let mut props = CommitProperties::default();
         if let Some(attempt) = attempt {
-            props = props.with_application_transaction(Transaction::new(app_id, attempt));
+            props = props.with_application_transaction(Transaction::new(app_id(chunk), attempt));
         }
         CommitBuilder::from(props)
             .with_actions(actions)

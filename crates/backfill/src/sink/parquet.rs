@@ -41,7 +41,7 @@ use tokio::io::AsyncWriteExt;
 
 use super::{ChunkWriter, Sink, SinkError, Staged, TargetFiles};
 use crate::failpoint;
-use crate::store::{Remote, StoreError};
+use crate::store::Remote;
 
 /// What Hive, Spark, DuckDB and pyarrow call a NULL partition value.
 pub const HIVE_DEFAULT_PARTITION: &str = "__HIVE_DEFAULT_PARTITION__";
@@ -68,21 +68,40 @@ impl Location {
         }
     }
 
+    /// As a directory URL (`file:///…` for a local one).
+    pub fn url(&self) -> Result<url::Url, SinkError> {
+        match self {
+            Location::Remote(r) => Ok(r.url.clone()),
+            Location::Local(root) => {
+                let abs = std::path::absolute(root).map_err(io("resolving", root))?;
+                url::Url::from_directory_path(&abs).map_err(|_| {
+                    SinkError::Read(format!("{}: not an absolute local path", root.display()))
+                })
+            }
+        }
+    }
+
+    /// Whether anything exists under the directory `rel`.
+    pub async fn has_dir(&self, rel: &str) -> Result<bool, SinkError> {
+        use futures::StreamExt;
+        match self {
+            Location::Remote(r) => {
+                let key = r.key(rel)?;
+                match r.store.list(Some(&key)).next().await {
+                    None => Ok(false),
+                    Some(Ok(_)) => Ok(true),
+                    Some(Err(e)) => Err(r.err("listing", &key)(e).into()),
+                }
+            }
+            Location::Local(root) => Ok(root.join(rel).is_dir()),
+        }
+    }
+
     /// A directory inside this one.
     pub fn child(&self, name: &str) -> Result<Location, SinkError> {
         match self {
             Location::Local(p) => Ok(Location::Local(p.join(name))),
-            Location::Remote(r) => {
-                let url = r.url.join(name).map_err(|e| {
-                    SinkError::Store(StoreError::Invalid {
-                        shown: r.shown.clone(),
-                        message: e.to_string(),
-                    })
-                })?;
-                let mut child = Remote::open(url.as_str(), &r.shown)?;
-                child.store = r.store.clone();
-                Ok(Location::Remote(Box::new(child)))
-            }
+            Location::Remote(r) => Ok(Location::Remote(Box::new(r.child(name)?))),
         }
     }
 }
@@ -153,19 +172,12 @@ impl ParquetSink {
         self.root.join(rel)
     }
 
-    /// The object store behind a remote table.
-    pub fn remote(&self) -> Option<&Remote> {
-        self.remote.as_ref()
-    }
-
     /// The table as a URL (`file:///…` for a local one).
-    pub fn url(&self) -> Result<url::Url, SinkError> {
-        if let Some(r) = &self.remote {
-            return Ok(r.url.clone());
+    fn url(&self) -> Result<url::Url, SinkError> {
+        match &self.remote {
+            Some(r) => Ok(r.url.clone()),
+            None => Location::Local(self.root.clone()).url(),
         }
-        let abs = std::path::absolute(&self.root).map_err(io("resolving", &self.root))?;
-        url::Url::from_directory_path(&abs)
-            .map_err(|_| SinkError::Read(format!("{}: not an absolute local path", self.shown)))
     }
 
     /// The size of a published file.
@@ -186,22 +198,6 @@ impl ParquetSink {
                     .map_err(io("reading size of", &abs))?
                     .len())
             }
-        }
-    }
-
-    /// Whether anything exists under the directory `rel`.
-    pub async fn has_dir(&self, rel: &str) -> Result<bool, SinkError> {
-        use futures::StreamExt;
-        match &self.remote {
-            Some(r) => {
-                let key = r.key(rel)?;
-                match r.store.list(Some(&key)).next().await {
-                    None => Ok(false),
-                    Some(Ok(_)) => Ok(true),
-                    Some(Err(e)) => Err(r.err("listing", &key)(e).into()),
-                }
-            }
-            None => Ok(self.abs(rel).is_dir()),
         }
     }
 }

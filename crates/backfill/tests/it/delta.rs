@@ -1,11 +1,16 @@
 //! Delta Lake targets, read back with the Python `deltalake` package (as
 //! users' tools would) and compared with DuckDB's figures for the same job.
 
-use std::process::{Command, Stdio};
-use std::time::Duration;
-
 use crate::harness::*;
 use crate::quality::{assert_months_equal, expected_global};
+
+/// Where [`target_to_delta`] puts the table.
+pub fn delta_path(demo: &Demo) -> String {
+    demo.path()
+        .join("warehouse/transactions_delta")
+        .display()
+        .to_string()
+}
 
 /// Points the demo job's target at a Delta table.
 pub fn target_to_delta(demo: &Demo) {
@@ -30,14 +35,7 @@ months = con.execute("SELECT month::INT, count(*), round(sum(amount), 2) FROM t 
 fp = con.execute("SELECT count(*), sum(hash(transaction_id, customer_id, created_at, amount, status, region, category, email, year::INT, month::INT, day))::VARCHAR, count(*) - count(DISTINCT transaction_id) FROM t").fetchall()[0]
 print(json.dumps({"months": [list(m) for m in months], "fp": [fp[0], fp[1]], "dup_keys": fp[2], "version": dt.version(), "files": len(dt.file_uris())}))
 "#;
-    pyarrow(
-        snippet,
-        &demo
-            .path()
-            .join("warehouse/transactions_delta")
-            .display()
-            .to_string(),
-    )
+    pyarrow(snippet, &delta_path(demo))
 }
 
 /// A JSON array of rows as the row lists `assert_months_equal` takes.
@@ -100,16 +98,7 @@ fn a_crash_at_any_step_of_a_delta_commit_is_repaired() {
     for delay_ms in [200u64, 500, 900] {
         let demo = Demo::new(8_000, "\"1 month\"");
         target_to_delta(&demo);
-        let mut child = Command::new(BIN)
-            .args(["-q", "run", &demo.job_str()])
-            .env_remove("BACKFILL_FAILPOINTS")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn");
-        std::thread::sleep(Duration::from_millis(delay_ms));
-        let _ = child.kill();
-        let _ = child.wait();
+        demo.run_killed_after(&[], delay_ms);
         demo.run_ok(&[]);
         assert_eq!(
             read_delta(&demo)["fp"],

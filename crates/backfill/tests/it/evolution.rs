@@ -1,6 +1,6 @@
 //! `[target] schema`: the transform gains, drops or widens a column.
 
-use crate::delta::target_to_delta;
+use crate::delta::{delta_path, target_to_delta};
 use crate::harness::*;
 
 const CENTS: &str = "date_part('day', created_at) AS day FROM source";
@@ -115,14 +115,7 @@ t = dt.to_pyarrow_table()
 print(json.dumps({"rows": t.num_rows, "cents": t.column("cents").null_count, "fields": [f.name for f in dt.schema().fields]}), flush=True)
 import os; os._exit(0)
 "#;
-    let got = pyarrow(
-        snippet,
-        &demo
-            .path()
-            .join("warehouse/transactions_delta")
-            .display()
-            .to_string(),
-    );
+    let got = pyarrow(snippet, &delta_path(&demo));
     assert!(
         got["fields"]
             .as_array()

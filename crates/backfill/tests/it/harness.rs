@@ -94,6 +94,24 @@ impl Demo {
         cmd.output().expect("run backfill")
     }
 
+    /// Starts `backfill -q run JOB` with `env`, SIGKILLs it after
+    /// `delay_ms` and reaps it; returns its pid.
+    pub fn run_killed_after(&self, env: &[(&str, &str)], delay_ms: u64) -> u32 {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["-q", "run", &self.job_str()])
+            .env_remove("BACKFILL_FAILPOINTS")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn backfill");
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        let _ = child.kill();
+        let _ = child.wait();
+        child.id()
+    }
+
     /// `backfill run JOB ARGS...`, asserting success.
     pub fn run_ok(&self, extra: &[&str]) -> Output {
         let job = self.job();

@@ -366,17 +366,7 @@ fn a_crash_at_any_step_of_a_postgres_commit_is_repaired() {
         let pg = Pg::new("kill");
         let demo = Demo::new(8_000, "\"1 month\"");
         target_to_pg(&demo, &pg, "tx", "replace");
-        let mut child = Command::new(BIN)
-            .args(["-q", "run", &demo.job_str()])
-            .env(PG_ENV, &pg.url)
-            .env_remove("BACKFILL_FAILPOINTS")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn");
-        std::thread::sleep(Duration::from_millis(delay_ms));
-        let _ = child.kill();
-        let _ = child.wait();
+        demo.run_killed_after(&[(PG_ENV, &pg.url)], delay_ms);
         run_pg_ok(&demo, &pg, &["run"]);
         assert_eq!(
             (pg.fingerprint("tx"), pg.fingerprint("tx_quarantine")),

@@ -431,19 +431,9 @@ fn a_crash_while_writing_to_s3_is_repaired_exactly() {
                 &format!("path = \"s3://{BUCKET}/{prefix}/transactions\""),
             )
         });
-        let mut cmd = Command::new(BIN);
-        cmd.args(["-q", "run", &demo.job_str()])
-            .env_remove("BACKFILL_FAILPOINTS")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        for (k, v) in s3.env() {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().expect("spawn");
-        let pid = child.id();
-        std::thread::sleep(Duration::from_millis(delay_ms));
-        let _ = child.kill();
-        let _ = child.wait();
+        let env = s3.env();
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let pid = demo.run_killed_after(&env, delay_ms);
         run_s3_ok(&demo, &s3, &[]);
         // The next process sweeps the killed one's local spool.
         let spool = format!("backfill-spool-{pid}-");
