@@ -304,6 +304,18 @@ async fn run_chunk(
         }
     }
     let counts = splitter.counts;
+    quality_verdict(q.spec, &counts)?;
+    Ok(ExecStats {
+        rows_read: rows.load(Ordering::Relaxed),
+        bytes_read: bytes_scanned(&scan),
+        quality: counts,
+    })
+}
+
+/// A chunk fails when a `fail` rule caught rows, or when more rows were
+/// rejected than `quarantine.max_ratio` allows; both engines ask this after
+/// counting and before publishing.
+pub fn quality_verdict(spec: &JobSpec, counts: &QualityCounts) -> Result<(), ChunkError> {
     if let Some((rule, (count, examples))) = counts.failed.iter().next() {
         return Err(ChunkError::RuleFailed {
             rule: rule.clone(),
@@ -311,7 +323,7 @@ async fn run_chunk(
             examples: examples.join("; "),
         });
     }
-    if let Some(max) = q.spec.quarantine.max_ratio {
+    if let Some(max) = spec.quarantine.max_ratio {
         let rejected = counts.quarantined + counts.dropped;
         if counts.rows_in > 0 && rejected as f64 > max * counts.rows_in as f64 {
             let detail = counts
@@ -328,11 +340,7 @@ async fn run_chunk(
             });
         }
     }
-    Ok(ExecStats {
-        rows_read: rows.load(Ordering::Relaxed),
-        bytes_read: bytes_scanned(&scan),
-        quality: counts,
-    })
+    Ok(())
 }
 
 /// Streams the passing rows of the whole job range that the dedup index

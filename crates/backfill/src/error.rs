@@ -36,6 +36,9 @@ pub enum Error {
     Sink(#[from] SinkError),
     #[error("{0}")]
     Query(#[from] DataFusionError),
+    #[cfg(feature = "spark")]
+    #[error(transparent)]
+    Spark(#[from] crate::spark::SparkError),
 }
 
 impl Error {
@@ -62,6 +65,9 @@ pub enum ChunkError {
     Injected(#[from] Injected),
     #[error("interrupted")]
     Interrupted,
+    #[cfg(feature = "spark")]
+    #[error(transparent)]
+    Spark(#[from] crate::spark::SparkError),
     #[error("rule \"{rule}\" (action = \"fail\") failed for {count} row(s), e.g. {examples}")]
     RuleFailed {
         rule: String,
@@ -93,6 +99,8 @@ impl ChunkError {
             // The state store is local; a failure there is worth one more try.
             ChunkError::State(_) => ErrorClass::Transient,
             ChunkError::Injected(i) => i.class,
+            #[cfg(feature = "spark")]
+            ChunkError::Spark(e) => e.class(),
             ChunkError::Interrupted
             | ChunkError::RuleFailed { .. }
             | ChunkError::TooManyRejected { .. } => ErrorClass::Permanent,

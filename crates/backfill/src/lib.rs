@@ -32,6 +32,8 @@ pub mod report;
 pub mod runner;
 pub mod sink;
 pub mod source;
+#[cfg(feature = "spark")]
+pub mod spark;
 pub mod store;
 pub mod validate;
 

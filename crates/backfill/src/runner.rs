@@ -153,6 +153,9 @@ pub(crate) struct OpenJob {
     pub chunks: Vec<Chunk>,
     pub config: SessionConfig,
     pub runtime: Arc<RuntimeEnv>,
+    /// `[engine] kind = "spark"`: the connection and the job as Spark sees it.
+    #[cfg(feature = "spark")]
+    pub spark: Option<Arc<crate::spark::SparkJob>>,
 }
 
 impl Backfill {
@@ -295,18 +298,35 @@ impl Backfill {
                 })
             }
         };
+        #[cfg(feature = "spark")]
+        let spark = self.open_spark(&schema, range.as_ref()).await?;
+        #[cfg(not(feature = "spark"))]
+        if let Some(s) = &self.spec.engine.spark {
+            return Err(self.job_error(
+                s.loc,
+                "engine.kind",
+                "this backfill was built without the Spark engine; build it with `cargo build --release --features spark` (needs protoc, Debian's protobuf-compiler)".into(),
+            ));
+        }
         let sql = self.spec.transform.as_ref().map(|t| t.sql.as_str());
-        let out = engine::check_transform(schema.clone(), sql, &config, &runtime)
-            .await
-            .map_err(|e| {
-                let loc = self
-                    .spec
-                    .transform
-                    .as_ref()
-                    .map(|t| t.loc)
-                    .unwrap_or_default();
-                self.job_error(loc, "transform.sql", e.to_string())
-            })?;
+        #[cfg(feature = "spark")]
+        let spark_out = spark.as_ref().map(|s| s.transformed.clone());
+        #[cfg(not(feature = "spark"))]
+        let spark_out: Option<arrow::datatypes::SchemaRef> = None;
+        let out = match spark_out {
+            Some(out) => out,
+            None => engine::check_transform(schema.clone(), sql, &config, &runtime)
+                .await
+                .map_err(|e| {
+                    let loc = self
+                        .spec
+                        .transform
+                        .as_ref()
+                        .map(|t| t.loc)
+                        .unwrap_or_default();
+                    self.job_error(loc, "transform.sql", e.to_string())
+                })?,
+        };
         for p in &self.spec.target.partition_by {
             if out.field_with_name(p).is_err() {
                 let cols: Vec<_> = out.fields().iter().map(|f| f.name().as_str()).collect();
@@ -320,7 +340,13 @@ impl Backfill {
                 ));
             }
         }
-        for (i, rule) in self.spec.rules.iter().enumerate() {
+        // Spark checked the rules in its own dialect.
+        let local_rules = if self.spec.engine.spark.is_some() {
+            &[][..]
+        } else {
+            &self.spec.rules[..]
+        };
+        for (i, rule) in local_rules.iter().enumerate() {
             engine::check_rule(out.clone(), &rule.check, &config, &runtime)
                 .await
                 .map_err(|e| {
@@ -407,7 +433,48 @@ impl Backfill {
             chunks,
             config,
             runtime,
+            #[cfg(feature = "spark")]
+            spark,
         })
+    }
+
+    /// Connects to Spark and checks the transform and rules there.
+    #[cfg(feature = "spark")]
+    async fn open_spark(
+        &self,
+        schema: &arrow::datatypes::SchemaRef,
+        range: Option<&RangeColumn>,
+    ) -> Result<Option<Arc<crate::spark::SparkJob>>, Error> {
+        use crate::spark::{CheckError, SparkJob};
+        let Some(s) = &self.spec.engine.spark else {
+            return Ok(None);
+        };
+        match SparkJob::open(&self.spec, schema.clone(), range.cloned()).await {
+            Ok(j) => Ok(Some(Arc::new(j))),
+            Err(CheckError::Unsupported(m)) => Err(self.job_error(s.loc, "engine.kind", m)),
+            Err(CheckError::Transform(e)) => {
+                let loc = self.spec.transform.as_ref().map(|t| t.loc).unwrap_or(s.loc);
+                // A server that is down is not the job file's fault.
+                if e.class() == backfill_core::ErrorClass::Transient {
+                    return Err(e.into());
+                }
+                Err(self.job_error(loc, "transform.sql", e.to_string()))
+            }
+            Err(CheckError::Rule(i, m)) => Err(self.job_error(
+                self.spec.rules[i].check_loc,
+                &format!("rules[{i}].check"),
+                m,
+            )),
+            Err(CheckError::Source(e)) => Err(self.job_error(
+                self.spec.source.path_loc,
+                "source.path",
+                format!("Spark cannot read the source: {e}"),
+            )),
+            Err(CheckError::Settings(e)) => {
+                Err(self.job_error(s.loc, "engine.conf", e.to_string()))
+            }
+            Err(CheckError::Spark(e)) => Err(e.into()),
+        }
     }
 
     fn open_state(&self) -> Result<Arc<dyn StateStore>, Error> {
@@ -894,14 +961,6 @@ pub(crate) async fn dedup_index(job: &OpenJob) -> Result<Option<Arc<DedupIndex>>
         .collect();
     let key_schema = Arc::new(arrow::datatypes::Schema::new(key_fields));
     let fp = quality::index_fingerprint(&job.spec, &job.source.fingerprint(), &key_schema);
-    let path = job.spec.state.path.with_extension("dedup-index");
-    if let Some(index) = DedupIndex::load(&path, &fp) {
-        tracing::debug!(
-            "dedup index loaded: {} keys with several versions",
-            index.len()
-        );
-        return Ok(Some(Arc::new(index)));
-    }
     let (Some(first), Some(last)) = (job.chunks.first(), job.chunks.last()) else {
         return Ok(None);
     };
@@ -912,6 +971,19 @@ pub(crate) async fn dedup_index(job: &OpenJob) -> Result<Option<Arc<DedupIndex>>
         hi: last.hi,
         value: None,
     };
+    #[cfg(feature = "spark")]
+    if let Some(spark) = &job.spark {
+        spark.prepare(&whole, &fp, job.chunks.len() > 1).await?;
+        return Ok(None);
+    }
+    let path = job.spec.state.path.with_extension("dedup-index");
+    if let Some(index) = DedupIndex::load(&path, &fp) {
+        tracing::debug!(
+            "dedup index loaded: {} keys with several versions",
+            index.len()
+        );
+        return Ok(Some(Arc::new(index)));
+    }
     let t = Instant::now();
     let stream = engine::index_rows(
         &job.spec,
@@ -1213,8 +1285,23 @@ async fn attempt_chunk(
             index: shared.index.clone(),
             run_id: shared.run_id,
         };
+        let work = async {
+            #[cfg(feature = "spark")]
+            if let Some(spark) = &job.spark {
+                return spark
+                    .execute_chunk(
+                        chunk,
+                        attempt,
+                        shared.run_id,
+                        target.as_mut(),
+                        quarantine.as_mut(),
+                    )
+                    .await;
+            }
+            engine::execute_chunk(&query, chunk, target.as_mut(), quarantine.as_mut()).await
+        };
         let executed = tokio::select! {
-            r = engine::execute_chunk(&query, chunk, target.as_mut(), quarantine.as_mut()) => r,
+            r = work => r,
             _ = cancelled(shared.cancel.clone()) => Err(ChunkError::Interrupted),
         };
         let stats = match executed {

@@ -2,6 +2,7 @@
 //! filesystem, no network) and with every problem reported at once, each
 //! naming the file, line, column and key.
 
+mod engine;
 mod postgres;
 mod quality;
 mod reader;
@@ -13,6 +14,7 @@ use std::time::Duration;
 use toml::de::{DeTable, DeValue};
 
 use crate::interval::{ChunkSize, RangeValue, ValueKind, parse_duration, parse_time};
+pub use engine::{ConnectUrl, EngineKind, EngineSpec, SparkSpec, parse_connect_url};
 pub use postgres::{
     PgRelation, PgSourceSpec, PgTargetSpec, PgWriteMode, QualifiedName, mask_url, quote_ident,
     url_password,
@@ -99,6 +101,8 @@ pub struct JobSpec {
     pub dedup: Option<DedupSpec>,
     pub quarantine: QuarantineSpec,
     pub validate: ValidateSpec,
+    /// `[engine]`: DataFusion in-process (default) or Spark Connect.
+    pub engine: EngineSpec,
     /// Values substituted from `${VAR}`: never to be printed or stored.
     pub secrets: Vec<String>,
 }
@@ -326,6 +330,7 @@ const TOP_KEYS: &[&str] = &[
     "target",
     "run",
     "state",
+    "engine",
 ];
 impl JobSpec {
     /// Reads and checks a job file, interpolating `${VAR}` from the process
@@ -501,6 +506,10 @@ fn read_job(
         Some(mut t) => quality::read_validate(d, env, &mut t),
         None => ValidateSpec::default(),
     };
+    let engine = match section(d, top, "engine", false) {
+        Some(mut t) => engine::read_engine(d, env, &mut t, base, text),
+        None => Some(EngineSpec::default()),
+    };
     Some(JobSpec {
         file: file.to_path_buf(),
         name,
@@ -514,6 +523,7 @@ fn read_job(
         dedup: dedup?,
         quarantine: quarantine?,
         validate,
+        engine: engine?,
         secrets: Vec::new(),
     })
 }
