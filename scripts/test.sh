@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh machine: creates the Python virtual
-# environment with the oracle (DuckDB, pyarrow, deltalake) and moto (the
-# S3-compatible server the object-store tests start) if needed, starts a throwaway
+# environment with the oracle (DuckDB, pyarrow, deltalake), moto (the
+# S3-compatible server the object-store tests start) and PySpark (the Spark
+# Connect server of the Spark engine tests) if needed, installs protoc and
+# Java when missing, starts a throwaway
 # PostgreSQL on loopback (installing the server if it is missing; stopped on
 # exit, even on failure), then cargo test.
 # Extra arguments go to `cargo test` (e.g. `scripts/test.sh crash`).
@@ -9,12 +11,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 VENV="${BACKFILL_VENV:-$HOME/.cache/backfill-venv}"
-if ! "$VENV/bin/python" -c "import duckdb, pyarrow, deltalake, moto.server" 2>/dev/null; then
+if ! "$VENV/bin/python" -c "import duckdb, pyarrow, deltalake, moto.server, pyspark" 2>/dev/null; then
   echo "creating the oracle virtualenv in $VENV" >&2
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install --quiet --disable-pip-version-check -r tests/requirements.txt
 fi
 export BACKFILL_TEST_PYTHON="$VENV/bin/python"
+scripts/deps.sh
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/backfill-target}"
 # Snapshots are compared, never rewritten, when CI=true.
 log="$(mktemp)"
@@ -29,7 +32,7 @@ if [ -z "${BACKFILL_TEST_PG_URL:-}" ]; then
   eval "$(scripts/pg.sh start)"
   pg_dir="$BACKFILL_TEST_PG_DIR"
 fi
-cargo test --workspace --locked "$@" 2>&1 | tee "$log"
+cargo test --workspace --locked --features backfill/spark "$@" 2>&1 | tee "$log"
 
 # The whole suite also fuzzes the job-file parser briefly (skipped when a
 # filter was given, or with BACKFILL_SKIP_FUZZ=1).

@@ -739,7 +739,7 @@ impl Backfill {
         }
         let empty = provably_empty(&job, &records, &selected).await;
 
-        let index = dedup_index(&job).await?;
+        let index = dedup_index(&job, true).await?;
         let ordered = job.spec.range.as_ref().is_some_and(|r| r.ordered);
         let parallelism = if ordered {
             1
@@ -941,7 +941,10 @@ async fn next_signal(term: &mut Option<tokio::signal::unix::Signal>) {
 
 /// The global dedup index over the whole job range (also when the run is
 /// narrowed), loaded from the state directory or rebuilt when stale.
-pub(crate) async fn dedup_index(job: &OpenJob) -> Result<Option<Arc<DedupIndex>>, Error> {
+pub(crate) async fn dedup_index(
+    job: &OpenJob,
+    for_run: bool,
+) -> Result<Option<Arc<DedupIndex>>, Error> {
     let Some(dedup) = &job.spec.dedup else {
         return Ok(None);
     };
@@ -971,8 +974,10 @@ pub(crate) async fn dedup_index(job: &OpenJob) -> Result<Option<Arc<DedupIndex>>
         hi: last.hi,
         value: None,
     };
+    // The Spark engine keeps its winners' index on the cluster side; validate
+    // (which measures with the local engine) builds the local one.
     #[cfg(feature = "spark")]
-    if let Some(spark) = &job.spark {
+    if let (Some(spark), true) = (&job.spark, for_run) {
         spark.prepare(&whole, &fp, job.chunks.len() > 1).await?;
         return Ok(None);
     }

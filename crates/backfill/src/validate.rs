@@ -404,7 +404,7 @@ impl Backfill {
                 ),
                 None => (BTreeMap::new(), BTreeMap::new()),
             };
-        let index = dedup_index(&job).await?;
+        let index = dedup_index(&job, false).await?;
         let selected: Vec<&Chunk> = job
             .chunks
             .iter()

@@ -345,6 +345,11 @@ impl SparkJob {
                 "spark.sql.parquet.outputTimestampType".to_string(),
                 "TIMESTAMP_MICROS".to_string(),
             ),
+            // A chunk is a slice of the job: Spark's default of 200 shuffle
+            // partitions turns each small chunk into hundreds of tiny tasks
+            // (adaptive coalescing does not reach the cached chunk). Raise
+            // it in `conf` for very large chunks.
+            ("spark.sql.shuffle.partitions".to_string(), "8".to_string()),
         ];
         conf.extend(self.spec.conf.iter().cloned());
         let ready = async {

@@ -16,3 +16,5 @@ mod quality;
 mod reliability;
 mod s3;
 mod sequence;
+#[cfg(feature = "spark")]
+mod spark;

@@ -1,0 +1,355 @@
+//! The Spark engine against a real Spark Connect server: the one PySpark
+//! ships (`pip install pyspark`), started by the test on a random loopback
+//! port with `spark-submit --master local[2]` and killed when the test ends,
+//! even on failure. Results are compared with the local engine's for the
+//! same data, chunk by chunk, and with DuckDB reading both targets.
+
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::harness::*;
+
+/// A Spark Connect server from the test virtualenv's PySpark.
+pub struct SparkServer {
+    child: Option<Child>,
+    pub port: u16,
+    work: tempfile::TempDir,
+}
+
+fn spark_home() -> String {
+    let out = Command::new(python())
+        .args([
+            "-c",
+            "import os, pyspark; print(os.path.dirname(pyspark.__file__))",
+        ])
+        .output()
+        .expect("start python");
+    assert!(
+        out.status.success(),
+        "pyspark is missing from the test virtualenv (scripts/test.sh installs it):\n{}",
+        text(&out)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+impl SparkServer {
+    pub fn start() -> SparkServer {
+        let mut s = SparkServer {
+            child: None,
+            port: free_port(),
+            work: tempfile::tempdir().expect("temp dir"),
+        };
+        s.launch();
+        s
+    }
+
+    /// Starts the server on `self.port` and waits until it accepts
+    /// connections.
+    fn launch(&mut self) {
+        let home = spark_home();
+        let submit = format!("{home}/bin/spark-submit");
+        let log = std::fs::File::create(self.work.path().join("server.log")).expect("log");
+        let port = self.port.to_string();
+        let local = self.work.path().join("local");
+        // `sh` keeps the server's lifetime tied to this process: when the
+        // test process dies, its end of the pipe closes, `cat` returns and
+        // the trap kills the server.
+        let mut cmd = Command::new("sh");
+        cmd.args([
+            "-c",
+            "\"$@\" </dev/null & p=$!; trap 'kill -9 $p 2>/dev/null' EXIT; cat >/dev/null",
+            "sh",
+            &submit,
+            "--class",
+            "org.apache.spark.sql.connect.service.SparkConnectServer",
+            "--master",
+            "local[2]",
+            "--driver-memory",
+            "1g",
+            "--conf",
+            "spark.connect.grpc.binding.address=127.0.0.1",
+            "--conf",
+            &format!("spark.connect.grpc.binding.port={port}"),
+            "--conf",
+            "spark.driver.host=127.0.0.1",
+            "--conf",
+            "spark.driver.bindAddress=127.0.0.1",
+            "--conf",
+            "spark.ui.enabled=false",
+            "--conf",
+            &format!("spark.local.dir={}", local.display()),
+            "--conf",
+            &format!(
+                "spark.sql.warehouse.dir={}",
+                self.work.path().join("warehouse").display()
+            ),
+            "spark-internal",
+        ])
+        .current_dir(self.work.path())
+        .env("SPARK_HOME", &home)
+        .env("SPARK_LOCAL_IP", "127.0.0.1")
+        .env_remove("PYSPARK_PYTHON")
+        .stdin(Stdio::piped())
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log);
+        let mut child = cmd.spawn().expect("start spark-submit");
+        let deadline = Instant::now() + Duration::from_secs(180);
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!(
+                    "the Spark Connect server exited ({status}) before listening:\n{}",
+                    self.log()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the Spark Connect server did not listen within 180 s:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        self.child = Some(child);
+    }
+
+    pub fn log(&self) -> String {
+        let text = std::fs::read_to_string(self.work.path().join("server.log")).unwrap_or_default();
+        let tail: Vec<&str> = text.lines().rev().take(40).collect();
+        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+    }
+
+    pub fn url(&self) -> String {
+        format!("sc://127.0.0.1:{}", self.port)
+    }
+
+    /// SIGKILLs the server: closing the pipe ends `cat`, and the shell's
+    /// exit trap kills the JVM.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            drop(child.stdin.take());
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        // The port is free once the JVM is gone.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(("127.0.0.1", self.port)).is_ok() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Starts the server again on the same port.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.launch();
+    }
+}
+
+impl Drop for SparkServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Appends `[engine]` for `server` to the demo job.
+fn use_spark(demo: &Demo, server: &SparkServer) {
+    demo.edit_job(|s| {
+        format!(
+            "{s}\n[engine]\nkind = \"spark\"\nremote = \"{}\"\nconf = {{ \"spark.sql.shuffle.partitions\" = \"4\" }}\n",
+            server.url()
+        )
+    });
+}
+
+/// Per chunk: the counts and checksum the state store recorded.
+fn chunk_metrics(demo: &Demo) -> Vec<(String, serde_json::Value)> {
+    let status = demo.status_json();
+    let mut out: Vec<(String, serde_json::Value)> = status["chunks"]
+        .as_array()
+        .expect("chunks")
+        .iter()
+        .map(|c| {
+            let m = &c["metrics"];
+            (
+                c["id"].as_str().unwrap_or_default().to_string(),
+                serde_json::json!({
+                    "rows_read": m["rows_read"],
+                    "rows_written": m["rows_written"],
+                    "rows_quarantined": m["rows_quarantined"],
+                    "duplicates": m["duplicates"],
+                    "checksum": m["checksum"],
+                    "rules": m["rules"],
+                }),
+            )
+        })
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+fn per_month(demo: &Demo) -> Vec<Vec<serde_json::Value>> {
+    duckdb(&format!(
+        "SELECT month, count(*), round(sum(amount), 2) FROM read_parquet('{}', hive_partitioning = true)
+         GROUP BY month ORDER BY month",
+        demo.target_glob()
+    ))
+}
+
+fn quarantine_by_rule(demo: &Demo) -> Vec<Vec<serde_json::Value>> {
+    duckdb(&format!(
+        "SELECT _rule, count(*) FROM read_parquet('{}') GROUP BY _rule ORDER BY _rule",
+        demo.quarantine_glob()
+    ))
+}
+
+const ROWS: u64 = 20_000;
+const CHUNK: &str = "\"1 month\"";
+
+#[test]
+fn the_demo_job_on_spark_equals_the_local_engine_and_spark_errors_are_reported() {
+    let mut server = SparkServer::start();
+    let local = Demo::new(ROWS, CHUNK);
+    local.run_ok(&[]);
+    let spark = Demo::new(ROWS, CHUNK);
+    use_spark(&spark, &server);
+    let out = spark.run_ok(&[]);
+    assert!(
+        stdout(&out).contains("12 of 12 selected chunks committed"),
+        "{}",
+        text(&out)
+    );
+
+    // The same rows read, written, quarantined and removed, and the same
+    // checksum over the files, chunk by chunk.
+    let (l, s) = (chunk_metrics(&local), chunk_metrics(&spark));
+    assert_eq!(l.len(), 12);
+    assert_eq!(l, s, "per-chunk metrics differ between the engines");
+    // Global dedup reached across chunks: some duplicates were removed.
+    let dups: u64 = s
+        .iter()
+        .map(|(_, m)| m["duplicates"].as_u64().unwrap_or(0))
+        .sum();
+    assert!(dups > 0, "no duplicate removed");
+
+    // DuckDB reads both targets and quarantines alike.
+    assert_eq!(per_month(&local), per_month(&spark));
+    assert_eq!(per_month(&spark).len(), 12);
+    assert_eq!(quarantine_by_rule(&local), quarantine_by_rule(&spark));
+    assert_eq!(target_fingerprint(&local), target_fingerprint(&spark));
+    assert_eq!(duplicate_rows(&spark), 0);
+
+    // validate reconciles the Spark-written target against the source.
+    let job = spark.job_str();
+    let v = spark.run(&["validate", &job]);
+    assert_eq!(code(&v), 0, "{}", text(&v));
+
+    // An error Spark finds when analysing the transform stops the run
+    // before any chunk, naming the key and quoting Spark.
+    spark.edit_job(|s| {
+        s.replace(
+            "date_part('day', created_at) AS day",
+            "no_such_function(created_at) AS day",
+        )
+    });
+    let out = spark.run(&["run", &job, "--from", "2023-03-01", "--to", "2023-04-01"]);
+    assert_eq!(code(&out), 2, "{}", text(&out));
+    let err = text(&out);
+    assert!(err.contains("transform.sql"), "{err}");
+    assert!(err.contains("UNRESOLVED_ROUTINE"), "{err}");
+
+    // An error only the data reveals fails its chunk once: permanent, not
+    // retried (retries = 3 in the job).
+    spark.edit_job(|s| {
+        s.replace(
+            "no_such_function(created_at) AS day",
+            "CAST(status AS INT) AS day",
+        )
+    });
+    let out = spark.run(&["run", &job, "--from", "2023-03-01", "--to", "2023-04-01"]);
+    assert_eq!(code(&out), 1, "{}", text(&out));
+    let err = text(&out);
+    assert!(err.contains("CAST_INVALID_INPUT"), "{err}");
+    assert!(err.contains("not retried: permanent error"), "{err}");
+    let status = spark.status_json();
+    let march = status["chunks"]
+        .as_array()
+        .expect("chunks")
+        .iter()
+        .find(|c| c["index"] == 2)
+        .cloned()
+        .expect("the March chunk");
+    assert_eq!(march["attempts"], 2, "{march}");
+    // The earlier, committed output of March is untouched.
+    assert_eq!(per_month(&local), per_month(&spark));
+    server.kill();
+}
+
+#[test]
+fn a_spark_server_killed_mid_chunk_fails_the_chunk_as_transient_and_the_retry_is_exact() {
+    let mut server = SparkServer::start();
+    let local = Demo::new(ROWS, CHUNK);
+    local.run_ok(&[]);
+    let spark = Demo::new(ROWS, CHUNK);
+    spark.write_job(CHUNK, "");
+    spark.edit_job(|s| {
+        s.replace("retries = 3", "retries = 8")
+            .replace("retry_backoff = \"10ms\"", "retry_backoff = \"1s\"")
+            .replace("parallelism = 2", "parallelism = 1")
+    });
+    use_spark(&spark, &server);
+    let job = spark.job_str();
+    let run = Command::new(BIN)
+        .args(["-q", "run", &job])
+        .env_remove("BACKFILL_FAILPOINTS")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start backfill");
+    // Kill the server once a few chunks are in, while the next one runs.
+    let deadline = Instant::now() + Duration::from_secs(240);
+    loop {
+        let committed = spark.status_json()["totals"]["committed"]
+            .as_u64()
+            .unwrap_or(0);
+        if committed >= 3 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no progress on Spark:\n{}",
+            server.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    server.restart();
+    let out = run.wait_with_output().expect("backfill ends");
+    assert_eq!(code(&out), 0, "{}\n{}", text(&out), server.log());
+    assert!(
+        text(&out).contains("retrying"),
+        "no attempt was retried:\n{}",
+        text(&out)
+    );
+    let status = spark.status_json();
+    assert!(
+        status["totals"]["attempts"].as_u64().unwrap_or(0) > 12,
+        "{}",
+        status["totals"]
+    );
+    assert_eq!(chunk_metrics(&local), chunk_metrics(&spark));
+    assert_eq!(target_fingerprint(&local), target_fingerprint(&spark));
+    // No staging left behind.
+    let staging = spark.path().join(".backfill/spark-staging/transactions");
+    let left: Vec<_> = std::fs::read_dir(&staging)
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "staging left: {left:?}");
+}
