@@ -171,23 +171,30 @@ impl std::fmt::Debug for Spark {
 }
 
 impl Spark {
-    /// Connects (HTTP/2, no TLS in this build; see the README).
+    /// Connects over HTTP/2, with TLS (the system's root certificates) when
+    /// the URL says `use_ssl=true` or carries a token.
     pub async fn connect(spec: &SparkSpec) -> Result<Spark, SparkError> {
         let endpoint = spec.shown.clone();
-        if spec.use_ssl {
-            return Err(SparkError::Protocol(format!(
-                "{endpoint} asks for TLS (use_ssl=true, or a token, which implies it), which this build does not include; use ;use_ssl=false on a trusted network"
-            )));
-        }
-        let ep = Endpoint::from_shared(format!("http://{}:{}", spec.host, spec.port))
-            .map_err(|e| SparkError::Connect {
-                endpoint: endpoint.clone(),
-                message: e.to_string(),
-            })?
+        let scheme = if spec.use_ssl { "https" } else { "http" };
+        let bad = |e: tonic::transport::Error| SparkError::Connect {
+            endpoint: endpoint.clone(),
+            message: crate::error::error_chain(&e),
+        };
+        let mut ep = Endpoint::from_shared(format!("{scheme}://{}:{}", spec.host, spec.port))
+            .map_err(bad)?
             .connect_timeout(Duration::from_secs(10))
             .tcp_keepalive(Some(Duration::from_secs(30)))
             .http2_keep_alive_interval(Duration::from_secs(30))
             .keep_alive_while_idle(true);
+        if spec.use_ssl {
+            ep = ep
+                .tls_config(
+                    tonic::transport::ClientTlsConfig::new()
+                        .with_native_roots()
+                        .domain_name(spec.host.clone()),
+                )
+                .map_err(bad)?;
+        }
         let channel = ep.connect().await.map_err(|e| SparkError::Connect {
             endpoint: endpoint.clone(),
             message: crate::error::error_chain(&e),

@@ -15,6 +15,8 @@ pub struct SparkServer {
     child: Option<Child>,
     pub port: u16,
     work: tempfile::TempDir,
+    /// The pre-shared bearer token the server demands, if any.
+    token: Option<String>,
 }
 
 fn spark_home() -> String {
@@ -39,11 +41,12 @@ fn free_port() -> u16 {
 }
 
 impl SparkServer {
-    pub fn start() -> SparkServer {
+    pub fn start(token: Option<&str>) -> SparkServer {
         let mut s = SparkServer {
             child: None,
             port: free_port(),
             work: tempfile::tempdir().expect("temp dir"),
+            token: token.map(str::to_string),
         };
         s.launch();
         s
@@ -95,9 +98,13 @@ impl SparkServer {
         .env("SPARK_HOME", &home)
         .env("SPARK_LOCAL_IP", "127.0.0.1")
         .env_remove("PYSPARK_PYTHON")
+        .env_remove("SPARK_CONNECT_AUTHENTICATE_TOKEN")
         .stdin(Stdio::piped())
         .stdout(log.try_clone().expect("log"))
         .stderr(log);
+        if let Some(t) = &self.token {
+            cmd.env("SPARK_CONNECT_AUTHENTICATE_TOKEN", t);
+        }
         let mut child = cmd.spawn().expect("start spark-submit");
         let deadline = Instant::now() + Duration::from_secs(180);
         while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
@@ -123,8 +130,13 @@ impl SparkServer {
         tail.into_iter().rev().collect::<Vec<_>>().join("\n")
     }
 
+    /// The URL a job uses; with a token, plain HTTP on loopback is asked
+    /// for explicitly (a token otherwise implies TLS).
     pub fn url(&self) -> String {
-        format!("sc://127.0.0.1:{}", self.port)
+        match &self.token {
+            Some(t) => format!("sc://127.0.0.1:{}/;use_ssl=false;token={t}", self.port),
+            None => format!("sc://127.0.0.1:{}", self.port),
+        }
     }
 
     /// SIGKILLs the server: closing the pipe ends `cat`, and the shell's
@@ -211,16 +223,25 @@ fn quarantine_by_rule(demo: &Demo) -> Vec<Vec<serde_json::Value>> {
 }
 
 const ROWS: u64 = 20_000;
+/// Checked against every output of the token test.
+const TOKEN: &str = "bf-spark-token-7319";
 const CHUNK: &str = "\"1 month\"";
 
 #[test]
 fn the_demo_job_on_spark_equals_the_local_engine_and_spark_errors_are_reported() {
-    let mut server = SparkServer::start();
+    let mut server = SparkServer::start(Some(TOKEN));
     let local = Demo::new(ROWS, CHUNK);
     local.run_ok(&[]);
     let spark = Demo::new(ROWS, CHUNK);
     use_spark(&spark, &server);
-    let out = spark.run_ok(&[]);
+    let job = spark.job_str();
+    let out = spark.run(&["run", &job]);
+    assert_eq!(code(&out), 0, "{}\n{}", text(&out), server.log());
+    assert!(
+        !text(&out).contains(TOKEN),
+        "the token was printed:\n{}",
+        text(&out)
+    );
     assert!(
         stdout(&out).contains("12 of 12 selected chunks committed"),
         "{}",
@@ -247,7 +268,6 @@ fn the_demo_job_on_spark_equals_the_local_engine_and_spark_errors_are_reported()
     assert_eq!(duplicate_rows(&spark), 0);
 
     // validate reconciles the Spark-written target against the source.
-    let job = spark.job_str();
     let v = spark.run(&["validate", &job]);
     assert_eq!(code(&v), 0, "{}", text(&v));
 
@@ -264,6 +284,7 @@ fn the_demo_job_on_spark_equals_the_local_engine_and_spark_errors_are_reported()
     let err = text(&out);
     assert!(err.contains("transform.sql"), "{err}");
     assert!(err.contains("UNRESOLVED_ROUTINE"), "{err}");
+    assert!(!err.contains(TOKEN), "the token was printed:\n{err}");
 
     // An error only the data reveals fails its chunk once: permanent, not
     // retried (retries = 3 in the job).
@@ -287,14 +308,29 @@ fn the_demo_job_on_spark_equals_the_local_engine_and_spark_errors_are_reported()
         .cloned()
         .expect("the March chunk");
     assert_eq!(march["attempts"], 2, "{march}");
+    assert!(!err.contains(TOKEN), "the token was printed:\n{err}");
     // The earlier, committed output of March is untouched.
     assert_eq!(per_month(&local), per_month(&spark));
+
+    // A wrong token is refused by the server, and neither token is shown.
+    spark.edit_job(|s| s.replace(TOKEN, "wrong-token-0000"));
+    let out = spark.run(&["run", &job, "--from", "2023-03-01", "--to", "2023-04-01"]);
+    assert_ne!(code(&out), 0, "{}", text(&out));
+    let err = text(&out);
+    assert!(
+        err.to_lowercase().contains("unauthenticated") || err.contains("token"),
+        "{err}"
+    );
+    assert!(
+        !err.contains(TOKEN) && !err.contains("wrong-token-0000"),
+        "a token was printed:\n{err}"
+    );
     server.kill();
 }
 
 #[test]
 fn a_spark_server_killed_mid_chunk_fails_the_chunk_as_transient_and_the_retry_is_exact() {
-    let mut server = SparkServer::start();
+    let mut server = SparkServer::start(None);
     let local = Demo::new(ROWS, CHUNK);
     local.run_ok(&[]);
     let spark = Demo::new(ROWS, CHUNK);
