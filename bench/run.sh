@@ -31,7 +31,8 @@ done
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/backfill-target}"
 if [ -n "$SMOKE" ]; then
-  cargo build --locked -q -p backfill
+  # CI passes the test suite's features, so the smoke run shares its build.
+  cargo build --locked -q -p backfill ${BACKFILL_FEATURES:+--features "$BACKFILL_FEATURES"}
   BIN="$CARGO_TARGET_DIR/debug/backfill"
   RESULTS="${BACKFILL_BENCH_RESULTS:-$(mktemp -d)}"
 elif [ -n "${BACKFILL_BIN:-}" ]; then

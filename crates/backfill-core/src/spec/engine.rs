@@ -33,6 +33,9 @@ pub struct SparkSpec {
     pub token: Option<String>,
     /// `;user_id=` in the URL; the user running backfill otherwise.
     pub user_id: Option<String>,
+    /// Other `;key=value` URL parameters, sent as gRPC headers (e.g.
+    /// `x-databricks-cluster-id`), as Spark Connect's URL format defines.
+    pub headers: Vec<(String, String)>,
     /// `sc://host:port`, without parameters, for messages.
     pub shown: String,
     /// Spark SQL settings for every session (`conf = { ... }`).
@@ -80,18 +83,15 @@ pub fn parse_connect_url(url: &str) -> Result<ConnectUrl, String> {
             .split_once('=')
             .ok_or_else(|| "parameters are ;key=value pairs".to_string())?;
         let k = k.trim().to_ascii_lowercase();
-        match k.as_str() {
-            "token"
-            | "user_id"
-            | "use_ssl"
-            | "user_agent"
-            | "session_id"
-            | "grpc_max_message_size" => {}
-            _ => {
-                return Err(format!(
-                    "unknown parameter \"{k}\" (known: token, user_id, use_ssl, user_agent)"
-                ));
-            }
+        let header_safe = |s: &str| {
+            !s.is_empty()
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        };
+        if !header_safe(&k) {
+            return Err(format!(
+                "parameter name \"{k}\" is not a header name (letters, digits, - _ .)"
+            ));
         }
         out.push((k, v.to_string()));
     }
@@ -215,6 +215,17 @@ pub(super) fn read_engine(
             use_ssl,
             token,
             user_id: param("user_id"),
+            headers: url
+                .params
+                .iter()
+                .filter(|(k, _)| {
+                    !matches!(
+                        k.as_str(),
+                        "token" | "user_id" | "use_ssl" | "user_agent" | "session_id"
+                    )
+                })
+                .cloned()
+                .collect(),
             conf: pairs,
             staging,
             staging_shown,
@@ -237,7 +248,12 @@ mod tests {
         assert!(parse_connect_url("http://x:1").is_err());
         assert!(parse_connect_url("sc://x:port").is_err());
         assert!(parse_connect_url("sc://:15002").is_err());
-        let e = parse_connect_url("sc://h/;secret=hunter2").unwrap_err();
+        let e = parse_connect_url("sc://h/;bad name=hunter2").unwrap_err();
         assert!(!e.contains("hunter2"), "{e}");
+        let u = parse_connect_url("sc://h:443/;x-databricks-cluster-id=0123").unwrap();
+        assert_eq!(
+            u.params,
+            vec![("x-databricks-cluster-id".into(), "0123".into())]
+        );
     }
 }

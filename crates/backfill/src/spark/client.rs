@@ -12,7 +12,7 @@ use backfill_core::spec::SparkSpec;
 use futures::StreamExt;
 use spark_connect_proto as pb;
 use spark_connect_proto::spark_connect_service_client::SparkConnectServiceClient;
-use tonic::metadata::MetadataValue;
+use tonic::metadata::{Ascii, MetadataKey, MetadataValue};
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
@@ -138,14 +138,14 @@ impl SparkError {
     }
 }
 
-/// Adds the bearer token to every call.
+/// Adds the bearer token and the URL's extra headers to every call.
 #[derive(Clone)]
-pub struct Auth(Option<MetadataValue<tonic::metadata::Ascii>>);
+pub struct Auth(Vec<(MetadataKey<Ascii>, MetadataValue<Ascii>)>);
 
 impl Interceptor for Auth {
     fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        if let Some(v) = &self.0 {
-            req.metadata_mut().insert("authorization", v.clone());
+        for (k, v) in &self.0 {
+            req.metadata_mut().insert(k.clone(), v.clone());
         }
         Ok(req)
     }
@@ -199,13 +199,24 @@ impl Spark {
             endpoint: endpoint.clone(),
             message: crate::error::error_chain(&e),
         })?;
-        let token = match &spec.token {
-            Some(t) => Some(MetadataValue::try_from(format!("Bearer {t}")).map_err(|_| {
+        let mut headers = Vec::new();
+        if let Some(t) = &spec.token {
+            let v = MetadataValue::try_from(format!("Bearer {t}")).map_err(|_| {
                 SparkError::Protocol("the token holds characters a header cannot carry".into())
-            })?),
-            None => None,
-        };
-        let grpc = SparkConnectServiceClient::with_interceptor(channel, Auth(token))
+            })?;
+            headers.push((MetadataKey::from_static("authorization"), v));
+        }
+        for (k, v) in &spec.headers {
+            let key = MetadataKey::from_bytes(k.as_bytes())
+                .map_err(|_| SparkError::Protocol(format!("\"{k}\" is not a header name")))?;
+            let value = MetadataValue::try_from(v.as_str()).map_err(|_| {
+                SparkError::Protocol(format!(
+                    "the value of URL parameter \"{k}\" is not a header value"
+                ))
+            })?;
+            headers.push((key, value));
+        }
+        let grpc = SparkConnectServiceClient::with_interceptor(channel, Auth(headers))
             .max_decoding_message_size(256 * 1024 * 1024)
             .max_encoding_message_size(64 * 1024 * 1024);
         let user_id = spec

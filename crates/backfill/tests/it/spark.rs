@@ -5,14 +5,65 @@
 //! same data, chunk by chunk, and with DuckDB reading both targets.
 
 use std::net::TcpStream;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::harness::*;
 
-/// A Spark Connect server from the test virtualenv's PySpark.
+/// A JVM tied to this test process: `sh` starts it and waits on a pipe
+/// from us; when the pipe closes (we drop it, or the test process dies) the
+/// shell's exit trap SIGKILLs the JVM.
+struct Guarded {
+    child: Child,
+}
+
+impl Guarded {
+    fn spawn(args: &[String], env: &[(&str, String)], log: &Path, cwd: &Path) -> Guarded {
+        let log = std::fs::File::create(log).expect("log file");
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg("\"$@\" </dev/null & p=$!; trap 'kill -9 $p 2>/dev/null' EXIT; cat >/dev/null")
+            .arg("sh")
+            .args(args)
+            .current_dir(cwd)
+            .env("SPARK_HOME", spark_home())
+            .env("SPARK_LOCAL_IP", "127.0.0.1")
+            .env_remove("PYSPARK_PYTHON")
+            .env_remove("SPARK_CONNECT_AUTHENTICATE_TOKEN")
+            .stdin(Stdio::piped())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        Guarded {
+            child: cmd.spawn().expect("start a Spark process"),
+        }
+    }
+
+    fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    fn stop(mut self) {
+        drop(self.child.stdin.take());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.exited().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A Spark Connect server from the test virtualenv's PySpark: `local[2]`, or
+/// the driver of a standalone cluster (a Master and Workers, each a JVM of
+/// its own, whose executors are further JVMs).
 pub struct SparkServer {
-    child: Option<Child>,
+    server: Option<Guarded>,
+    cluster: Vec<Guarded>,
+    master: Option<String>,
     pub port: u16,
     work: tempfile::TempDir,
     /// The pre-shared bearer token the server demands, if any.
@@ -20,19 +71,23 @@ pub struct SparkServer {
 }
 
 fn spark_home() -> String {
-    let out = Command::new(python())
-        .args([
-            "-c",
-            "import os, pyspark; print(os.path.dirname(pyspark.__file__))",
-        ])
-        .output()
-        .expect("start python");
-    assert!(
-        out.status.success(),
-        "pyspark is missing from the test virtualenv (scripts/test.sh installs it):\n{}",
-        text(&out)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+    static HOME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    HOME.get_or_init(|| {
+        let out = Command::new(python())
+            .args([
+                "-c",
+                "import os, pyspark; print(os.path.dirname(pyspark.__file__))",
+            ])
+            .output()
+            .expect("start python");
+        assert!(
+            out.status.success(),
+            "pyspark is missing from the test virtualenv (scripts/test.sh installs it):\n{}",
+            text(&out)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    })
+    .clone()
 }
 
 fn free_port() -> u16 {
@@ -40,88 +95,145 @@ fn free_port() -> u16 {
     l.local_addr().expect("addr").port()
 }
 
+fn wait_for_port(port: u16, what: &str, process: &mut Guarded, log: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        let tail = || {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().rev().take(40).collect();
+            lines.into_iter().rev().collect::<Vec<_>>().join("\n")
+        };
+        if let Some(status) = process.exited() {
+            panic!("{what} exited ({status}) before listening:\n{}", tail());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not listen within 180 s:\n{}",
+            tail()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
 impl SparkServer {
-    pub fn start(token: Option<&str>) -> SparkServer {
-        let mut s = SparkServer {
-            child: None,
+    fn new(token: Option<&str>) -> SparkServer {
+        SparkServer {
+            server: None,
+            cluster: Vec::new(),
+            master: None,
             port: free_port(),
             work: tempfile::tempdir().expect("temp dir"),
             token: token.map(str::to_string),
-        };
+        }
+    }
+
+    /// A Connect server running Spark in-process (`local[2]`).
+    pub fn start(token: Option<&str>) -> SparkServer {
+        let mut s = SparkServer::new(token);
         s.launch();
         s
     }
 
-    /// Starts the server on `self.port` and waits until it accepts
+    /// A standalone cluster on loopback: a Master, `workers` Workers (one
+    /// core, 1 GiB each) and a Connect server whose executors run in the
+    /// Workers' own processes.
+    pub fn standalone(workers: usize) -> SparkServer {
+        let mut s = SparkServer::new(None);
+        let home = spark_home();
+        let class = format!("{home}/bin/spark-class");
+        let port = free_port();
+        let log = s.work.path().join("master.log");
+        let mut master = Guarded::spawn(
+            &[
+                class.clone(),
+                "org.apache.spark.deploy.master.Master".into(),
+                "--host".into(),
+                "127.0.0.1".into(),
+                "--port".into(),
+                port.to_string(),
+                "--webui-port".into(),
+                free_port().to_string(),
+            ],
+            &[],
+            &log,
+            s.work.path(),
+        );
+        wait_for_port(port, "the Spark Master", &mut master, &log);
+        s.cluster.push(master);
+        let url = format!("spark://127.0.0.1:{port}");
+        for w in 0..workers {
+            let dir = s.work.path().join(format!("worker{w}"));
+            std::fs::create_dir_all(&dir).expect("worker dir");
+            let worker = Guarded::spawn(
+                &[
+                    class.clone(),
+                    "org.apache.spark.deploy.worker.Worker".into(),
+                    "--host".into(),
+                    "127.0.0.1".into(),
+                    "--cores".into(),
+                    "1".into(),
+                    "--memory".into(),
+                    "1g".into(),
+                    "--webui-port".into(),
+                    free_port().to_string(),
+                    "--work-dir".into(),
+                    dir.display().to_string(),
+                    url.clone(),
+                ],
+                &[],
+                &s.work.path().join(format!("worker{w}.log")),
+                s.work.path(),
+            );
+            s.cluster.push(worker);
+        }
+        s.master = Some(url);
+        s.launch();
+        s
+    }
+
+    /// Starts the Connect server on `self.port` and waits until it accepts
     /// connections.
     fn launch(&mut self) {
         let home = spark_home();
-        let submit = format!("{home}/bin/spark-submit");
-        let log = std::fs::File::create(self.work.path().join("server.log")).expect("log");
-        let port = self.port.to_string();
         let local = self.work.path().join("local");
-        // `sh` keeps the server's lifetime tied to this process: when the
-        // test process dies, its end of the pipe closes, `cat` returns and
-        // the trap kills the server.
-        let mut cmd = Command::new("sh");
-        cmd.args([
-            "-c",
-            "\"$@\" </dev/null & p=$!; trap 'kill -9 $p 2>/dev/null' EXIT; cat >/dev/null",
-            "sh",
-            &submit,
-            "--class",
-            "org.apache.spark.sql.connect.service.SparkConnectServer",
-            "--master",
-            "local[2]",
-            "--driver-memory",
-            "1g",
-            "--conf",
-            "spark.connect.grpc.binding.address=127.0.0.1",
-            "--conf",
-            &format!("spark.connect.grpc.binding.port={port}"),
-            "--conf",
-            "spark.driver.host=127.0.0.1",
-            "--conf",
-            "spark.driver.bindAddress=127.0.0.1",
-            "--conf",
-            "spark.ui.enabled=false",
-            "--conf",
-            &format!("spark.local.dir={}", local.display()),
-            "--conf",
-            &format!(
-                "spark.sql.warehouse.dir={}",
-                self.work.path().join("warehouse").display()
-            ),
-            "spark-internal",
-        ])
-        .current_dir(self.work.path())
-        .env("SPARK_HOME", &home)
-        .env("SPARK_LOCAL_IP", "127.0.0.1")
-        .env_remove("PYSPARK_PYTHON")
-        .env_remove("SPARK_CONNECT_AUTHENTICATE_TOKEN")
-        .stdin(Stdio::piped())
-        .stdout(log.try_clone().expect("log"))
-        .stderr(log);
+        let warehouse = self.work.path().join("warehouse");
+        let mut args: Vec<String> = vec![
+            format!("{home}/bin/spark-submit"),
+            "--class".into(),
+            "org.apache.spark.sql.connect.service.SparkConnectServer".into(),
+            "--master".into(),
+            self.master.clone().unwrap_or_else(|| "local[2]".into()),
+            "--driver-memory".into(),
+            "1g".into(),
+        ];
+        let mut conf = vec![
+            "spark.connect.grpc.binding.address=127.0.0.1".to_string(),
+            format!("spark.connect.grpc.binding.port={}", self.port),
+            "spark.driver.host=127.0.0.1".into(),
+            "spark.driver.bindAddress=127.0.0.1".into(),
+            "spark.ui.enabled=false".into(),
+            format!("spark.local.dir={}", local.display()),
+            format!("spark.sql.warehouse.dir={}", warehouse.display()),
+        ];
+        if self.master.is_some() {
+            conf.extend([
+                "spark.executor.memory=512m".to_string(),
+                "spark.executor.cores=1".into(),
+            ]);
+        }
+        for c in conf {
+            args.push("--conf".into());
+            args.push(c);
+        }
+        args.push("spark-internal".into());
+        let mut env = Vec::new();
         if let Some(t) = &self.token {
-            cmd.env("SPARK_CONNECT_AUTHENTICATE_TOKEN", t);
+            env.push(("SPARK_CONNECT_AUTHENTICATE_TOKEN", t.clone()));
         }
-        let mut child = cmd.spawn().expect("start spark-submit");
-        let deadline = Instant::now() + Duration::from_secs(180);
-        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!(
-                    "the Spark Connect server exited ({status}) before listening:\n{}",
-                    self.log()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the Spark Connect server did not listen within 180 s:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(250));
-        }
-        self.child = Some(child);
+        let log = self.work.path().join("server.log");
+        let mut server = Guarded::spawn(&args, &env, &log, self.work.path());
+        wait_for_port(self.port, "the Spark Connect server", &mut server, &log);
+        self.server = Some(server);
     }
 
     pub fn log(&self) -> String {
@@ -139,35 +251,50 @@ impl SparkServer {
         }
     }
 
-    /// SIGKILLs the server: closing the pipe ends `cat`, and the shell's
-    /// exit trap kills the JVM.
+    /// SIGKILLs the Connect server (not the cluster) and waits until its
+    /// port is free.
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            drop(child.stdin.take());
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
+        if let Some(server) = self.server.take() {
+            server.stop();
         }
-        // The port is free once the JVM is gone.
         let deadline = Instant::now() + Duration::from_secs(20);
         while TcpStream::connect(("127.0.0.1", self.port)).is_ok() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
 
-    /// Starts the server again on the same port.
+    /// Starts the Connect server again on the same port.
     pub fn restart(&mut self) {
         self.kill();
         self.launch();
+    }
+
+    /// Executor directories the Workers created (`app-*/N`), one per
+    /// executor process they launched.
+    pub fn executor_dirs(&self) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for w in 0..self.cluster.len().saturating_sub(1) {
+            let dir = self.work.path().join(format!("worker{w}"));
+            for app in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                for exec in std::fs::read_dir(app.path())
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                {
+                    out.push(exec.path());
+                }
+            }
+        }
+        out
     }
 }
 
 impl Drop for SparkServer {
     fn drop(&mut self) {
         self.kill();
+        for p in self.cluster.drain(..).rev() {
+            p.stop();
+        }
     }
 }
 
@@ -388,4 +515,25 @@ fn a_spark_server_killed_mid_chunk_fails_the_chunk_as_transient_and_the_retry_is
         .map(|d| d.flatten().map(|e| e.file_name()).collect())
         .unwrap_or_default();
     assert!(left.is_empty(), "staging left: {left:?}");
+}
+
+#[test]
+fn the_demo_job_runs_on_a_standalone_cluster_with_executors_in_their_own_processes() {
+    let server = SparkServer::standalone(2);
+    let local = Demo::new(ROWS, CHUNK);
+    local.run_ok(&[]);
+    let spark = Demo::new(ROWS, CHUNK);
+    use_spark(&spark, &server);
+    let job = spark.job_str();
+    let out = spark.run(&["run", &job]);
+    assert_eq!(code(&out), 0, "{}\n{}", text(&out), server.log());
+    assert_eq!(chunk_metrics(&local), chunk_metrics(&spark));
+    assert_eq!(target_fingerprint(&local), target_fingerprint(&spark));
+    // The work ran in executor processes the Workers launched.
+    let executors = server.executor_dirs();
+    assert!(
+        executors.len() >= 2,
+        "expected an executor per Worker, found {executors:?}\n{}",
+        server.log()
+    );
 }
