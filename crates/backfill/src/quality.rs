@@ -315,6 +315,16 @@ impl Splitter {
     }
 }
 
+/// The quarantine table's columns: the transformed row's, then `_rule`,
+/// `_chunk` and `_run`.
+pub fn quarantine_schema(data: &Schema) -> Schema {
+    let mut fields: Vec<Field> = data.fields().iter().map(|f| f.as_ref().clone()).collect();
+    fields.push(Field::new("_rule", DataType::Utf8, true));
+    fields.push(Field::new("_chunk", DataType::Utf8, false));
+    fields.push(Field::new("_run", DataType::Int64, false));
+    Schema::new(fields)
+}
+
 /// The quarantine table's rows: the transformed row plus `_rule`, `_chunk`, `_run`.
 fn add_quarantine_columns(
     data: &RecordBatch,
@@ -323,20 +333,12 @@ fn add_quarantine_columns(
     run_id: i64,
 ) -> Result<RecordBatch, DataFusionError> {
     let n = data.num_rows();
-    let mut fields: Vec<Field> = data
-        .schema()
-        .fields()
-        .iter()
-        .map(|f| f.as_ref().clone())
-        .collect();
-    fields.push(Field::new("_rule", DataType::Utf8, true));
-    fields.push(Field::new("_chunk", DataType::Utf8, false));
-    fields.push(Field::new("_run", DataType::Int64, false));
+    let schema = quarantine_schema(&data.schema());
     let mut cols = data.columns().to_vec();
     cols.push(rules);
     cols.push(Arc::new(StringArray::from(vec![chunk_id; n])));
     cols.push(Arc::new(Int64Array::from(vec![run_id; n])));
-    Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), cols)?)
+    Ok(RecordBatch::try_new(Arc::new(schema), cols)?)
 }
 
 fn key_converter(keys: &[ArrayRef]) -> Result<RowConverter, DataFusionError> {

@@ -30,7 +30,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow::array::{Array, RecordBatch};
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::datatypes::{DataType, Schema, SchemaRef};
 use backfill_core::interval::{MICROS_PER_DAY, RangeValue};
 use backfill_core::plan::Chunk;
 use backfill_core::spec::{DedupScope, JobSpec, RuleAction, SourceFormat, SparkSpec};
@@ -546,15 +546,7 @@ impl SparkJob {
             ))));
         }
         if quarantined > 0 {
-            let mut fields: Vec<Field> = expected
-                .fields()
-                .iter()
-                .map(|f| f.as_ref().clone())
-                .collect();
-            fields.push(Field::new("_rule", DataType::Utf8, true));
-            fields.push(Field::new("_chunk", DataType::Utf8, false));
-            fields.push(Field::new("_run", DataType::Int64, false));
-            let q_schema = Arc::new(Schema::new(fields));
+            let q_schema = Arc::new(crate::quality::quarantine_schema(&expected));
             let n = stream_files(&dir.join("quarantine"), &q_schema, quarantine).await?;
             if n != quarantined {
                 return Err(ChunkError::Spark(SparkError::Protocol(format!(

@@ -349,6 +349,16 @@ fn quarantine_by_rule(demo: &Demo) -> Vec<Vec<serde_json::Value>> {
     ))
 }
 
+/// Runs March again with the transform's `day` expression `from` replaced
+/// by `to`; returns the output after checking the exit code.
+fn run_march_with_day(demo: &Demo, from: &str, to: &str, exit: i32) -> String {
+    demo.edit_job(|s| s.replace(&format!("{from} AS day"), &format!("{to} AS day")));
+    let job = demo.job_str();
+    let out = demo.run(&["run", &job, "--from", "2023-03-01", "--to", "2023-04-01"]);
+    assert_eq!(code(&out), exit, "{}", text(&out));
+    text(&out)
+}
+
 const ROWS: u64 = 20_000;
 /// Checked against every output of the token test.
 const TOKEN: &str = "bf-spark-token-7319";
@@ -400,30 +410,20 @@ fn the_demo_job_on_spark_equals_the_local_engine_and_spark_errors_are_reported()
 
     // An error Spark finds when analysing the transform stops the run
     // before any chunk, naming the key and quoting Spark.
-    spark.edit_job(|s| {
-        s.replace(
-            "date_part('day', created_at) AS day",
-            "no_such_function(created_at) AS day",
-        )
-    });
-    let out = spark.run(&["run", &job, "--from", "2023-03-01", "--to", "2023-04-01"]);
-    assert_eq!(code(&out), 2, "{}", text(&out));
-    let err = text(&out);
+    let day = "date_part('day', created_at)";
+    let err = run_march_with_day(&spark, day, "no_such_function(created_at)", 2);
     assert!(err.contains("transform.sql"), "{err}");
     assert!(err.contains("UNRESOLVED_ROUTINE"), "{err}");
     assert!(!err.contains(TOKEN), "the token was printed:\n{err}");
 
     // An error only the data reveals fails its chunk once: permanent, not
     // retried (retries = 3 in the job).
-    spark.edit_job(|s| {
-        s.replace(
-            "no_such_function(created_at) AS day",
-            "CAST(status AS INT) AS day",
-        )
-    });
-    let out = spark.run(&["run", &job, "--from", "2023-03-01", "--to", "2023-04-01"]);
-    assert_eq!(code(&out), 1, "{}", text(&out));
-    let err = text(&out);
+    let err = run_march_with_day(
+        &spark,
+        "no_such_function(created_at)",
+        "CAST(status AS INT)",
+        1,
+    );
     assert!(err.contains("CAST_INVALID_INPUT"), "{err}");
     assert!(err.contains("not retried: permanent error"), "{err}");
     let status = spark.status_json();
