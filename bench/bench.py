@@ -103,6 +103,61 @@ def job_file(data_dir: Path, chunk: str, name: str) -> Path:
     return p
 
 
+def spark_job(data_dir: Path, chunk: str, name: str, url: str) -> Path:
+    """The demo job with [engine] kind = "spark" against the server at url."""
+    p = job_file(data_dir, chunk, name)
+    p.write_text(p.read_text() + f'\n[engine]\nkind = "spark"\nremote = "{url}"\nstaging = "out/{name}/staging"\n')
+    return p
+
+
+class ConnectServer:
+    """PySpark's Spark Connect server (local[2]) on a free loopback port."""
+
+    def __init__(self, work: Path):
+        import pyspark
+        import socket
+
+        home = os.path.dirname(pyspark.__file__)
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        work.mkdir(parents=True, exist_ok=True)
+        self.log = open(work / "spark-connect.log", "w")
+        env = dict(os.environ, SPARK_HOME=home, SPARK_LOCAL_IP="127.0.0.1")
+        self.proc = subprocess.Popen(
+            [f"{home}/bin/spark-submit", "--class", "org.apache.spark.sql.connect.service.SparkConnectServer",
+             "--master", "local[2]", "--driver-memory", "4g",
+             "--conf", "spark.connect.grpc.binding.address=127.0.0.1",
+             "--conf", f"spark.connect.grpc.binding.port={self.port}",
+             "--conf", "spark.driver.host=127.0.0.1", "--conf", "spark.driver.bindAddress=127.0.0.1",
+             "--conf", "spark.ui.enabled=false", "spark-internal"],
+            cwd=work, env=env, stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.time() + 180
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                break
+            except OSError:
+                if self.proc.poll() is not None or time.time() > deadline:
+                    sys.exit(f"the Spark Connect server did not start; see {work / 'spark-connect.log'}")
+                time.sleep(0.5)
+        self.url = f"sc://127.0.0.1:{self.port}"
+
+    def peak_rss_mib(self) -> float:
+        """The JVM's peak resident memory (spark-submit execs into it)."""
+        try:
+            for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+        except OSError:
+            pass
+        return float("nan")
+
+    def stop(self):
+        self.proc.kill()
+        self.proc.wait()
+
+
 def check(out: Path, py: str):
     import duckdb
 
@@ -118,6 +173,7 @@ def main():
     ap.add_argument("--rows", type=int, default=10_000_000)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--with-spark", action="store_true")
+    ap.add_argument("--spark-engine", action="store_true", help="also run backfill with [engine] kind = spark")
     ap.add_argument("--bin", required=True)
     ap.add_argument("--work", required=True)
     ap.add_argument("--results", required=True)
@@ -137,6 +193,13 @@ def main():
     }
     if a.with_spark:
         tools["pyspark local[2]"] = lambda out: [sys.executable, "-c", PYSPARK, str(src), str(out)]
+    server = None
+    if a.spark_engine:
+        server = ConnectServer(work / "spark-connect")
+        tools["backfill on Spark weekly"] = lambda out: [
+            a.bin, "-q", "run", str(spark_job(data, '"7d"', out.name, server.url))]
+        tools["backfill on Spark one-shot"] = lambda out: [
+            a.bin, "-q", "run", str(spark_job(data, '"all"', out.name, server.url))]
 
     results = {}
     for name, cmd in tools.items():
@@ -160,6 +223,13 @@ def main():
             "runs": runs,
         }
 
+    notes = []
+    if server is not None:
+        notes.append(
+            f"backfill on Spark: peak RSS is backfill's own; the Spark Connect server (local[2], "
+            f"4 GiB driver) peaked at {server.peak_rss_mib():.0f} MiB."
+        )
+        server.stop()
     base = results["backfill weekly"]
     outputs = {(r["rows_out"], r["sum_amount"]) for r in results.values()}
     agree = len(outputs) == 1
@@ -176,6 +246,7 @@ def main():
         )
     lines.append("")
     lines.append("outputs agree (rows and sum)" if agree else "OUTPUTS DIFFER: " + repr(outputs))
+    lines.extend(notes)
     table = "\n".join(lines)
     print(table)
     res = Path(a.results)

@@ -3,7 +3,11 @@
 # DuckDB and Polars (PySpark with --with-spark), in one run, outputs checked
 # against each other. Writes bench/results/bench-<rows>.{md,json}.
 #
-#   bench/run.sh [--rows N] [--repeat K] [--with-spark]
+#   bench/run.sh [--rows N] [--repeat K] [--with-spark] [--spark-engine]
+#     --with-spark: the same job hand-written in PySpark, as a peer
+#     --spark-engine: backfill itself with [engine] kind = "spark" against a
+#       Spark Connect server (local[2]) the script starts; builds with the
+#       `spark` feature
 #   bench/run.sh --smoke        # 100k rows, one repetition, debug build (CI)
 #   bench/run.sh --scale        # backfill alone at 1M, 10M and 50M rows, with a plot
 #   bench/run.sh --postgres [--rows N]   # PostgreSQL replace/merge against COPY (default 1M rows)
@@ -17,11 +21,13 @@ SCALE=
 POSTGRES=
 ROWS_SET=
 EXTRA=()
+FEATURES=
 while [ $# -gt 0 ]; do
   case "$1" in
     --rows) ROWS="$2"; ROWS_SET=1; shift 2 ;;
     --repeat) REPEAT="$2"; shift 2 ;;
     --with-spark) EXTRA+=(--with-spark); shift ;;
+    --spark-engine) EXTRA+=(--spark-engine); FEATURES=spark; shift ;;
     --smoke) SMOKE=1; ROWS=100000; REPEAT=1; shift ;;
     --scale) SCALE=1; shift ;;
     --postgres) POSTGRES=1; shift ;;
@@ -39,14 +45,15 @@ elif [ -n "${BACKFILL_BIN:-}" ]; then
   BIN="$BACKFILL_BIN"
   RESULTS=bench/results
 else
-  cargo build --locked --release -q -p backfill
+  if [ -n "$FEATURES" ]; then scripts/deps.sh; fi
+  cargo build --locked --release -q -p backfill ${FEATURES:+--features "$FEATURES"}
   BIN="$CARGO_TARGET_DIR/release/backfill"
   RESULTS=bench/results
 fi
 
 VENV="${BACKFILL_BENCH_VENV:-$HOME/.cache/backfill-bench-venv}"
 PKGS=(-r bench/requirements.txt)
-if [ ${#EXTRA[@]} -gt 0 ]; then PKGS+=(pyspark==4.0.1); fi
+if [ ${#EXTRA[@]} -gt 0 ]; then PKGS+=(pyspark==4.3.0); fi
 if ! "$VENV/bin/python" -c "import duckdb, polars" 2>/dev/null || { [ ${#EXTRA[@]} -gt 0 ] && ! "$VENV/bin/python" -c "import pyspark" 2>/dev/null; }; then
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install --quiet --disable-pip-version-check "${PKGS[@]}"
