@@ -530,10 +530,12 @@ impl SparkJob {
         target: &mut dyn ChunkWriter,
         quarantine: &mut dyn ChunkWriter,
     ) -> Result<ExecStats, ChunkError> {
+        let started = std::time::Instant::now();
         let mut s = self.session(Some(chunk)).await?;
         let ran = self.run_in_session(&mut s, chunk, run_id, dir).await;
         s.release().await;
         let (stats, kept, quarantined) = ran?;
+        let on_spark = started.elapsed();
         let expected = self.transformed.clone();
         let written = if kept > 0 {
             stream_files(&dir.join("target"), &expected, target).await?
@@ -545,6 +547,12 @@ impl SparkJob {
                 "Spark counted {kept} rows to keep but its files hold {written}"
             ))));
         }
+        tracing::debug!(
+            "chunk {}: {:.2}s on Spark, {:.2}s reading its {kept} rows back",
+            chunk.id,
+            on_spark.as_secs_f64(),
+            (started.elapsed() - on_spark).as_secs_f64()
+        );
         if quarantined > 0 {
             let q_schema = Arc::new(crate::quality::quarantine_schema(&expected));
             let n = stream_files(&dir.join("quarantine"), &q_schema, quarantine).await?;
