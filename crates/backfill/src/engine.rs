@@ -67,7 +67,7 @@ pub struct RangeColumn {
     pub data_type: DataType,
 }
 
-fn ceil_div(a: i64, b: i64) -> i64 {
+pub(crate) fn ceil_div(a: i64, b: i64) -> i64 {
     let q = a.div_euclid(b);
     if a.rem_euclid(b) == 0 { q } else { q + 1 }
 }
@@ -219,7 +219,7 @@ async fn with_quality_columns(ctx: &SessionContext, spec: &JobSpec) -> DfResult<
         return Ok(transformed);
     }
     ctx.register_table("__bf_t", transformed.into_view())?;
-    let rule = quality::rule_case(&spec.rules).unwrap_or_else(|| "CAST(NULL AS INT)".to_string());
+    let rule = quality::rule_case(&spec.rules);
     let ruled = ctx
         .sql(&format!(
             "SELECT *, {rule} AS {} FROM \"__bf_t\"",

@@ -42,10 +42,12 @@ pub fn ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
-/// `CASE WHEN NOT coalesce((check0), false) THEN 0 ... END`, or `None` without rules.
-pub fn rule_case(rules: &[RuleSpec]) -> Option<String> {
+/// `CASE WHEN NOT coalesce((check0), false) THEN 0 ... END`: the index of
+/// the first rule a row fails, NULL when it passes them all (always NULL
+/// without rules). Valid in DataFusion's and Spark's SQL alike.
+pub fn rule_case(rules: &[RuleSpec]) -> String {
     if rules.is_empty() {
-        return None;
+        return "CAST(NULL AS INT)".to_string();
     }
     let mut sql = String::from("CASE");
     for (i, r) in rules.iter().enumerate() {
@@ -55,7 +57,7 @@ pub fn rule_case(rules: &[RuleSpec]) -> Option<String> {
         ));
     }
     sql.push_str(" ELSE CAST(NULL AS INT) END");
-    Some(sql)
+    sql
 }
 
 /// The condition "passes every rule".

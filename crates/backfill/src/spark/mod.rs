@@ -77,11 +77,6 @@ pub fn spark_type(dt: &DataType) -> Option<String> {
     )
 }
 
-fn ceil_div(a: i64, b: i64) -> i64 {
-    let q = a.div_euclid(b);
-    if a.rem_euclid(b) == 0 { q } else { q + 1 }
-}
-
 /// A chunk bound as a Spark literal of the column's kind. Spark reads every
 /// timestamp at microsecond precision, so `v >= lo` compares exactly; a date
 /// column's bound is rounded up to a day, as the local engine does.
@@ -99,7 +94,7 @@ fn bound_literal(col: &RangeColumn, v: RangeValue) -> Result<String, SparkError>
             format!("TIMESTAMP '{}+00:00'", time(us)?)
         }
         (RangeValue::Time(us), DataType::Date32 | DataType::Date64) => {
-            let day = ceil_div(us, MICROS_PER_DAY) * MICROS_PER_DAY;
+            let day = crate::engine::ceil_div(us, MICROS_PER_DAY) * MICROS_PER_DAY;
             format!("DATE '{}'", &time(day)?[..10])
         }
         (RangeValue::Int(i), dt) if dt.is_integer() => format!("CAST({i} AS BIGINT)"),
@@ -131,12 +126,6 @@ pub fn chunk_predicate(
         parts.push(format!("{expr} < {}", bound_literal(col, hi)?));
     }
     Ok((!parts.is_empty()).then(|| parts.join(" AND ")))
-}
-
-/// `CASE WHEN NOT coalesce((check0), false) THEN 0 ... END`: the index of
-/// the first rule a row fails, NULL when it passes them all.
-fn rule_case(spec: &JobSpec) -> String {
-    crate::quality::rule_case(&spec.rules).unwrap_or_else(|| "CAST(NULL AS INT)".to_string())
 }
 
 fn order_sql(spec: &JobSpec, prefix: &str) -> Vec<String> {
@@ -459,7 +448,7 @@ impl SparkJob {
 
     /// `__bf_m`: the transformed rows with `__bf_rule` and `__bf_keep`.
     fn marked_view(&self, chunk: &Chunk) -> Result<String, SparkError> {
-        let rule = rule_case(&self.job);
+        let rule = crate::quality::rule_case(&self.job.rules);
         let ruled = format!("SELECT *, {rule} AS __bf_rule FROM __bf_t");
         if self.job.dedup.is_none() {
             return Ok(format!(
@@ -507,7 +496,7 @@ impl SparkJob {
     ) -> Result<ExecStats, ChunkError> {
         let dir = self.spec.staging.join(format!(
             "{}/chunk-{}-a{attempt}-{}",
-            safe_name(&self.job.name),
+            crate::sink::escape_partition_value(&self.job.name),
             chunk.id,
             &uuid::Uuid::new_v4().simple().to_string()[..8]
         ));
@@ -669,7 +658,7 @@ impl SparkJob {
         crate::engine::quality_verdict(&self.job, &counts)?;
         let options = self.write_options();
         if kept > 0 {
-            failpoint_hit("spark_write", chunk.index)?;
+            crate::failpoint::hit("spark_write", chunk.index)?;
             s.write_parquet(
                 "SELECT * FROM __bf_c WHERE __bf_rule IS NULL AND __bf_keep",
                 &["__bf_rule", "__bf_keep"],
@@ -679,22 +668,13 @@ impl SparkJob {
             .await?;
         }
         if counts.quarantined > 0 {
-            let names: Vec<String> = self
-                .job
-                .rules
-                .iter()
-                .enumerate()
-                .filter(|(_, r)| r.action == RuleAction::Quarantine)
-                .map(|(i, r)| format!("WHEN {i} THEN {}", string_lit(&r.name)))
-                .collect();
-            let idx: Vec<String> = self
-                .job
-                .rules
-                .iter()
-                .enumerate()
-                .filter(|(_, r)| r.action == RuleAction::Quarantine)
-                .map(|(i, _)| i.to_string())
-                .collect();
+            let (mut names, mut idx) = (Vec::new(), Vec::new());
+            for (i, r) in self.job.rules.iter().enumerate() {
+                if r.action == RuleAction::Quarantine {
+                    names.push(format!("WHEN {i} THEN {}", string_lit(&r.name)));
+                    idx.push(i.to_string());
+                }
+            }
             s.write_parquet(
                 &format!(
                     "SELECT *, CASE __bf_rule {} END AS _rule, {} AS _chunk, CAST({run_id} AS BIGINT) AS _run \
@@ -767,11 +747,6 @@ impl SparkJob {
     }
 }
 
-/// A job name as one path segment.
-fn safe_name(name: &str) -> String {
-    crate::sink::escape_partition_value(name)
-}
-
 /// A local path as Spark's Hadoop filesystem names it.
 fn spark_path(p: &Path) -> String {
     format!("file://{}", absolute(p).display())
@@ -789,10 +764,6 @@ fn first_int(batches: &[RecordBatch]) -> Option<i64> {
     (!c.is_null(0)).then(|| c.value(0))
 }
 
-fn failpoint_hit(point: &'static str, chunk: usize) -> Result<(), ChunkError> {
-    crate::failpoint::hit(point, chunk).map_err(ChunkError::from)
-}
-
 /// Streams every Parquet file Spark wrote under `dir` into `writer`, each
 /// batch cast to `schema` (Spark may type a column differently, e.g. a
 /// string as Utf8 where the local engine has Utf8View). Returns the rows.
@@ -801,34 +772,22 @@ async fn stream_files(
     schema: &SchemaRef,
     writer: &mut dyn ChunkWriter,
 ) -> Result<u64, ChunkError> {
-    let mut files: Vec<PathBuf> = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let entries = match std::fs::read_dir(&d) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(source) => {
-                return Err(crate::sink::SinkError::Io {
-                    op: "listing Spark output",
-                    path: d,
-                    source,
-                }
-                .into());
-            }
-        };
-        for e in entries.flatten() {
-            let p = e.path();
-            let name = e.file_name().to_string_lossy().into_owned();
-            if name.starts_with('.') || name.starts_with('_') {
-                continue;
-            }
-            if p.is_dir() {
-                stack.push(p);
-            } else if name.ends_with(".parquet") {
-                files.push(p);
-            }
-        }
-    }
+    // Spark writes without partitioning: the part files lie flat in `dir`,
+    // beside `_SUCCESS` and hidden checksum files.
+    let entries = std::fs::read_dir(dir).map_err(|source| crate::sink::SinkError::Io {
+        op: "listing Spark output",
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let mut files: Vec<PathBuf> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| !n.starts_with(['.', '_']) && n.ends_with(".parquet"))
+        })
+        .collect();
     files.sort();
     let mut rows = 0u64;
     for path in files {

@@ -359,6 +359,18 @@ fn run_march_with_day(demo: &Demo, from: &str, to: &str, exit: i32) -> String {
     text(&out)
 }
 
+/// The demo job run by the local engine and, on the same data, by `server`;
+/// the Spark run must succeed. Returns both demos and the Spark run's output.
+fn local_and_spark(server: &SparkServer) -> (Demo, Demo, std::process::Output) {
+    let local = Demo::new(ROWS, CHUNK);
+    local.run_ok(&[]);
+    let spark = Demo::new(ROWS, CHUNK);
+    use_spark(&spark, server);
+    let out = spark.run(&["run", &spark.job_str()]);
+    assert_eq!(code(&out), 0, "{}\n{}", text(&out), server.log());
+    (local, spark, out)
+}
+
 const ROWS: u64 = 20_000;
 /// Checked against every output of the token test.
 const TOKEN: &str = "bf-spark-token-7319";
@@ -367,13 +379,8 @@ const CHUNK: &str = "\"1 month\"";
 #[test]
 fn the_demo_job_on_spark_equals_the_local_engine_and_spark_errors_are_reported() {
     let mut server = SparkServer::start(Some(TOKEN));
-    let local = Demo::new(ROWS, CHUNK);
-    local.run_ok(&[]);
-    let spark = Demo::new(ROWS, CHUNK);
-    use_spark(&spark, &server);
+    let (local, spark, out) = local_and_spark(&server);
     let job = spark.job_str();
-    let out = spark.run(&["run", &job]);
-    assert_eq!(code(&out), 0, "{}\n{}", text(&out), server.log());
     assert!(
         !text(&out).contains(TOKEN),
         "the token was printed:\n{}",
@@ -520,13 +527,7 @@ fn a_spark_server_killed_mid_chunk_fails_the_chunk_as_transient_and_the_retry_is
 #[test]
 fn the_demo_job_runs_on_a_standalone_cluster_with_executors_in_their_own_processes() {
     let server = SparkServer::standalone(2);
-    let local = Demo::new(ROWS, CHUNK);
-    local.run_ok(&[]);
-    let spark = Demo::new(ROWS, CHUNK);
-    use_spark(&spark, &server);
-    let job = spark.job_str();
-    let out = spark.run(&["run", &job]);
-    assert_eq!(code(&out), 0, "{}\n{}", text(&out), server.log());
+    let (local, spark, _) = local_and_spark(&server);
     assert_eq!(chunk_metrics(&local), chunk_metrics(&spark));
     assert_eq!(target_fingerprint(&local), target_fingerprint(&spark));
     // The work ran in executor processes the Workers launched.
