@@ -390,6 +390,52 @@ pub fn partition_seed(dir: &str) -> u64 {
     XxHash3_64::oneshot(dir.as_bytes())
 }
 
+/// Rows of the first batch a chunk writer samples to choose encodings.
+const DICTIONARY_SAMPLE: usize = 8192;
+/// Below this many non-null values the sample says too little; the column
+/// keeps Parquet's default (dictionary).
+const DICTIONARY_MIN_SAMPLE: usize = 512;
+
+/// Turns dictionary encoding off for columns whose sampled values are mostly
+/// distinct (ids, timestamps, amounts, e-mails). For those the writer would
+/// intern every value, give up only when the dictionary page passes 1 MiB
+/// (more than a row group of such values fills), and store a dictionary as
+/// large as the data: a third of the encoding time for no gain in size.
+/// Decided once per chunk writer from its first batch, as DuckDB decides
+/// from a sample; readers see the same values either way.
+fn tune_dictionary(
+    props: WriterProperties,
+    batch: &RecordBatch,
+) -> Result<WriterProperties, SinkError> {
+    let mut builder = None;
+    let sample = batch.slice(0, batch.num_rows().min(DICTIONARY_SAMPLE));
+    for (field, array) in sample.schema().fields().iter().zip(sample.columns()) {
+        let dt = field.data_type();
+        if dt.is_nested() || matches!(dt, DataType::Dictionary(..) | DataType::Boolean) {
+            continue;
+        }
+        let values = array.len() - array.null_count();
+        if values < DICTIONARY_MIN_SAMPLE {
+            continue;
+        }
+        let rows = RowConverter::new(vec![SortField::new(dt.clone())])?
+            .convert_columns(std::slice::from_ref(array))?;
+        let mut distinct = std::collections::HashSet::with_capacity(values);
+        for i in (0..array.len()).filter(|&i| array.is_valid(i)) {
+            distinct.insert(rows.row(i));
+        }
+        if distinct.len() * 2 > values {
+            let path = parquet::schema::types::ColumnPath::new(vec![field.name().clone()]);
+            builder = Some(
+                builder
+                    .unwrap_or_else(|| props.clone().into_builder())
+                    .set_column_dictionary_enabled(path, false),
+            );
+        }
+    }
+    Ok(builder.map_or(props, |b| b.build()))
+}
+
 struct OpenFile {
     writer: ArrowWriter<File>,
     owned: OwnedFile,
@@ -423,8 +469,9 @@ struct Layout {
 }
 
 impl PartitionedWriter {
-    fn layout(&mut self, schema: &Schema) -> Result<&Layout, SinkError> {
+    fn layout(&mut self, batch: &RecordBatch) -> Result<&Layout, SinkError> {
         if self.layout.is_none() {
+            let schema = batch.schema();
             let mut part_cols = Vec::new();
             for name in &self.partition_by {
                 let idx = schema
@@ -451,6 +498,7 @@ impl PartitionedWriter {
                 .filter(|i| !part_cols.contains(i))
                 .collect();
             let data_schema = Arc::new(schema.project(&data_cols)?);
+            self.props = tune_dictionary(self.props.clone(), &batch.project(&data_cols)?)?;
             let converter = if part_cols.is_empty() {
                 None
             } else {
@@ -483,7 +531,7 @@ impl PartitionedWriter {
         if batch.num_rows() == 0 {
             return Ok(());
         }
-        self.layout(&batch.schema())?;
+        self.layout(batch)?;
         let Some(layout) = self.layout.as_ref() else {
             return Err(SinkError::WriterGone);
         };
@@ -1020,6 +1068,7 @@ async fn publish_remote(r: &Remote, chunk: &Chunk, files: &[OwnedFile]) -> Resul
 #[cfg(test)]
 mod tests {
     use super::*;
+    use arrow::array::ArrayRef;
 
     #[test]
     fn hostile_partition_values_stay_one_level_deep() {
@@ -1047,6 +1096,35 @@ mod tests {
         assert_eq!(escape_partition_value("a/b"), "a%2Fb");
         assert_eq!(escape_partition_value(".."), "%2E.");
         assert_eq!(escape_partition_value("é"), "é");
+    }
+
+    #[test]
+    fn dictionary_only_for_repeating_columns() {
+        use arrow::array::{Int64Array, StringArray};
+        use parquet::schema::types::ColumnPath;
+        let n = 4096;
+        let ids = Int64Array::from_iter_values(0..n as i64);
+        let status = StringArray::from_iter_values((0..n).map(|i| ["a", "b", "c"][i % 3]));
+        // Half the values NULL, the rest distinct: judged on the values.
+        let sparse = Int64Array::from_iter((0..n as i64).map(|i| (i % 2 == 0).then_some(i)));
+        let few = Int64Array::from_iter((0..n as i64).map(|i| (i < 100).then_some(i)));
+        let batch = RecordBatch::try_from_iter([
+            ("id", Arc::new(ids) as ArrayRef),
+            ("status", Arc::new(status) as ArrayRef),
+            ("sparse", Arc::new(sparse) as ArrayRef),
+            ("few", Arc::new(few) as ArrayRef),
+        ])
+        .unwrap();
+        let props = tune_dictionary(WriterProperties::default(), &batch).unwrap();
+        let dict = |c: &str| props.dictionary_enabled(&ColumnPath::new(vec![c.to_string()]));
+        assert!(!dict("id"));
+        assert!(dict("status"));
+        assert!(!dict("sparse"));
+        // Too few values to judge: Parquet's default stays.
+        assert!(dict("few"));
+        // A small first batch changes nothing.
+        let props = tune_dictionary(WriterProperties::default(), &batch.slice(0, 100)).unwrap();
+        assert!(props.dictionary_enabled(&ColumnPath::new(vec!["id".to_string()])));
     }
 
     #[test]
