@@ -343,10 +343,13 @@ pub fn quality_verdict(spec: &JobSpec, counts: &QualityCounts) -> Result<(), Chu
     Ok(())
 }
 
-/// Streams the passing rows of the whole job range that the dedup index
-/// needs: key columns, order columns, then the range value `__bf_r` (when
-/// given), only for keys with more than one version. Reads only the columns
-/// those need.
+/// The dedup index's input over the whole job range: a sketch of the keys
+/// met more than once (a first pass reading only what the keys need), then
+/// for the rows whose key the sketch names, when they pass the rules, the
+/// key columns, order columns and the range value `__bf_r` (when given),
+/// for [`DedupIndex::build`]. Each pass reads only the columns it needs.
+///
+/// [`DedupIndex::build`]: crate::quality::DedupIndex::build
 pub async fn index_rows(
     spec: &JobSpec,
     dedup: &DedupSpec,
@@ -367,10 +370,8 @@ pub async fn index_rows(
     let transformed = ctx.sql(transform_sql(spec)).await?;
     ctx.register_table("__bf_t", transformed.into_view())?;
     let mut select = Vec::new();
-    let mut key_aliases = Vec::new();
     for (i, k) in dedup.keys.iter().enumerate() {
         select.push(format!("{} AS \"__bf_k{i}\"", quality::ident(k)));
-        key_aliases.push(format!("\"__bf_k{i}\""));
     }
     for (i, o) in dedup.order_by.iter().enumerate() {
         select.push(format!("{} AS \"__bf_o{i}\"", quality::ident(&o.column)));
@@ -379,17 +380,35 @@ pub async fn index_rows(
     if let Some(range) = range {
         select.push(format!("{} AS \"__bf_r\"", quality::ident(&range.name)));
     }
-    let join: Vec<String> = key_aliases
+    // Every row's key, passing or not: a superset of the passing repeats.
+    let keys = dedup
+        .keys
         .iter()
-        .map(|k| format!("p.{k} IS NOT DISTINCT FROM m.{k}"))
-        .collect();
+        .map(|k| quality::ident(k))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let started = std::time::Instant::now();
+    let mut sketch = quality::KeySketch::new(quality::SKETCH_BITS_LOG2);
+    sketch
+        .fill(
+            ctx.sql(&format!("SELECT {keys} FROM \"__bf_t\""))
+                .await?
+                .execute_stream()
+                .await?,
+        )
+        .await?;
+    tracing::debug!(
+        "dedup index: key sketch in {:.2}s",
+        started.elapsed().as_secs_f64()
+    );
+    ctx.register_udf(datafusion::logical_expr::ScalarUDF::new_from_impl(
+        quality::CandidateUdf::new(Arc::new(sketch)),
+    ));
     let sql = format!(
-        "WITH p AS (SELECT {} FROM \"__bf_t\" WHERE {}) \
-         SELECT p.* FROM p JOIN (SELECT {keys} FROM p GROUP BY {keys} HAVING count(*) > 1) m ON {}",
+        "SELECT {} FROM \"__bf_t\" WHERE {}({keys}) AND {}",
         select.join(", "),
+        quality::CANDIDATE_UDF,
         quality::all_rules_pass(&spec.rules),
-        join.join(" AND "),
-        keys = key_aliases.join(", "),
     );
     ctx.sql(&sql).await?.execute_stream().await
 }

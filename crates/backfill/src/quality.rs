@@ -5,11 +5,13 @@
 //! [`Splitter`] then routes each row to the target, the quarantine table, a
 //! per-rule drop count or the duplicate count, batch by batch.
 //!
-//! Dedup never sorts a chunk. Before the chunks run, [`DedupIndex::build`]
-//! reads only the key, ordering and range columns of passing rows over the
-//! whole job range and keeps the keys that occur more than once (about 2% of
-//! rows on the demo data), with each key's best ordering values per chunk
-//! and overall. A passing row whose key is not in the index is the only
+//! Dedup never sorts a chunk. Before the chunks run, two passes over the
+//! whole job range find the keys that occur more than once (about 2% of rows
+//! on the demo data): the first reads only the key columns into a
+//! [`KeySketch`], a fixed-size filter that names a superset of the repeated
+//! keys; the second reads the key, ordering, range and rule columns, and
+//! [`DedupIndex::build`] keeps, for the sketch's candidates only, each
+//! key's best ordering values per chunk and overall. A passing row whose key is not in the index is the only
 //! version of its key and is kept; otherwise it is kept only if it carries
 //! the winning values (and, for global scope, lives in the winning chunk;
 //! ties go to the lowest chunk, then to the first row seen). Chunks stay
@@ -394,10 +396,180 @@ impl KeyVersions {
     }
 }
 
+/// The hash a key's row encoding goes into the sketch with.
+pub fn key_hash(row: &[u8]) -> u64 {
+    twox_hash::XxHash3_64::oneshot(row)
+}
+
+/// Two Bloom filters over key hashes: `seen` holds every key met, `repeated`
+/// every key met while `seen` already held it. A key met twice is always
+/// in `repeated`; a key met once is there only by a false positive, which
+/// costs the exact pass a little work and never a wrong answer. Memory is
+/// fixed (2^`bits_log2` bits per filter), whatever the row count.
+///
+/// The filters are blocked: a key's probes all fall in one 64-bit word, and
+/// its `seen` and `repeated` words sit side by side, so a key costs one
+/// cache miss rather than one per probe.
+pub struct KeySketch {
+    /// `[seen, repeated]` per block.
+    blocks: Vec<[u64; 2]>,
+}
+
+/// Bits a key sets in its block of a blocked Bloom filter.
+const BLOOM_PROBES: u32 = 3;
+
+/// A key's block among `blocks` (a power of two) and the bits it sets
+/// there: the low half of the hash picks the block, 6-bit slices of the
+/// high half the bits.
+fn bloom_probe(hash: u64, blocks: usize) -> (usize, u64) {
+    let block = (hash as usize) & (blocks - 1);
+    let high = hash >> 32;
+    let bits = (0..BLOOM_PROBES).fold(0u64, |m, i| m | 1 << ((high >> (6 * i)) & 63));
+    (block, bits)
+}
+/// 2^28 bits = 32 MiB per filter: at 50M distinct keys a key met once is
+/// still a candidate with a probability near 1e-4.
+pub const SKETCH_BITS_LOG2: u32 = 28;
+
+impl std::fmt::Debug for KeySketch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "KeySketch({} blocks)", self.blocks.len())
+    }
+}
+
+impl KeySketch {
+    pub fn new(bits_log2: u32) -> KeySketch {
+        KeySketch {
+            blocks: vec![[0, 0]; 1usize << bits_log2.saturating_sub(6)],
+        }
+    }
+
+    fn probe(&self, hash: u64) -> (usize, u64) {
+        bloom_probe(hash, self.blocks.len())
+    }
+
+    pub fn insert(&mut self, hash: u64) {
+        let (b, bits) = self.probe(hash);
+        let [seen, repeated] = &mut self.blocks[b];
+        if *seen & bits == bits {
+            *repeated |= bits;
+        }
+        *seen |= bits;
+    }
+
+    /// False for a key met once (up to false positives); true for every key
+    /// met more than once.
+    pub fn maybe_repeated(&self, hash: u64) -> bool {
+        let (b, bits) = self.probe(hash);
+        self.blocks[b][1] & bits == bits
+    }
+
+    /// Adds every key of a stream of key columns.
+    pub async fn fill(
+        &mut self,
+        mut keys: datafusion::physical_plan::SendableRecordBatchStream,
+    ) -> Result<(), DataFusionError> {
+        let mut conv: Option<RowConverter> = None;
+        while let Some(batch) = keys.next().await {
+            let batch = batch?;
+            if batch.num_rows() == 0 {
+                continue;
+            }
+            let conv = match &mut conv {
+                Some(c) => c,
+                None => conv.insert(key_converter(batch.columns())?),
+            };
+            // Hashing first, probing after: the probes of a batch are then
+            // independent loads the CPU overlaps, not one miss at a time.
+            let hashes: Vec<u64> = conv
+                .convert_columns(batch.columns())?
+                .iter()
+                .map(|row| key_hash(row.as_ref()))
+                .collect();
+            for h in hashes {
+                self.insert(h);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `__bf_candidate(key columns...)`: true for the rows whose key the sketch
+/// holds as met more than once. The index pass filters on it before the
+/// rules, so the rules and the ordering values are evaluated for the few
+/// candidate rows only (DataFusion evaluates the right side of an AND on
+/// the rows the left side kept when those are few).
+#[derive(Debug)]
+pub struct CandidateUdf {
+    sketch: Arc<KeySketch>,
+    signature: datafusion::logical_expr::Signature,
+}
+
+pub const CANDIDATE_UDF: &str = "__bf_candidate";
+
+impl CandidateUdf {
+    pub fn new(sketch: Arc<KeySketch>) -> CandidateUdf {
+        CandidateUdf {
+            sketch,
+            signature: datafusion::logical_expr::Signature::variadic_any(
+                datafusion::logical_expr::Volatility::Immutable,
+            ),
+        }
+    }
+}
+
+impl PartialEq for CandidateUdf {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.sketch, &other.sketch)
+    }
+}
+
+impl Eq for CandidateUdf {}
+
+impl std::hash::Hash for CandidateUdf {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        Arc::as_ptr(&self.sketch).hash(state);
+    }
+}
+
+impl datafusion::logical_expr::ScalarUDFImpl for CandidateUdf {
+    fn name(&self) -> &str {
+        CANDIDATE_UDF
+    }
+
+    fn signature(&self) -> &datafusion::logical_expr::Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _: &[DataType]) -> Result<DataType, DataFusionError> {
+        Ok(DataType::Boolean)
+    }
+
+    fn invoke_with_args(
+        &self,
+        args: datafusion::logical_expr::ScalarFunctionArgs,
+    ) -> Result<datafusion::logical_expr::ColumnarValue, DataFusionError> {
+        let keys = datafusion::logical_expr::ColumnarValue::values_to_arrays(&args.args)?;
+        let rows = key_converter(&keys)?.convert_columns(&keys)?;
+        let hashes: Vec<u64> = rows.iter().map(|r| key_hash(r.as_ref())).collect();
+        let hit: BooleanArray = hashes
+            .into_iter()
+            .map(|h| Some(self.sketch.maybe_repeated(h)))
+            .collect();
+        Ok(datafusion::logical_expr::ColumnarValue::Array(Arc::new(
+            hit,
+        )))
+    }
+}
+
 /// Keys with several passing versions over the whole job range.
 #[derive(Debug, Default)]
 pub struct DedupIndex {
     keys: HashMap<Box<[u8]>, KeyVersions>,
+    /// A Bloom filter of `keys` small enough to stay in cache: most rows'
+    /// keys are not in the index, and a miss in the map itself costs a
+    /// cache miss or two per row.
+    filter: Vec<u64>,
     /// Versions of multi-version keys seen while building.
     pub versions: u64,
 }
@@ -414,12 +586,35 @@ impl DedupIndex {
     }
 
     pub fn get(&self, key: &[u8]) -> Option<&KeyVersions> {
+        if self.filter.is_empty() {
+            return None;
+        }
+        let (word, bits) = bloom_probe(key_hash(key), self.filter.len());
+        if self.filter[word] & bits != bits {
+            return None;
+        }
         self.keys.get(key)
+    }
+
+    fn new(keys: HashMap<Box<[u8]>, KeyVersions>, versions: u64) -> DedupIndex {
+        // About 16 bits per key, at least one word.
+        let words = (keys.len() / 4).max(1).next_power_of_two();
+        let mut filter = vec![0u64; words];
+        for k in keys.keys() {
+            let (word, bits) = bloom_probe(key_hash(k), words);
+            filter[word] |= bits;
+        }
+        DedupIndex {
+            keys,
+            filter,
+            versions,
+        }
     }
 
     /// Builds the index from a stream of passing rows carrying the key
     /// columns (first), the order columns, and, when the job has several
-    /// chunks, the range value `__bf_r` last.
+    /// chunks, the range value `__bf_r` last: all versions of the repeated
+    /// keys, and maybe some keys met once, which are dropped.
     pub async fn build(
         mut stream: datafusion::physical_plan::SendableRecordBatchStream,
         dedup: &DedupSpec,
@@ -433,8 +628,7 @@ impl DedupIndex {
             .collect();
         let mut key_conv: Option<RowConverter> = None;
         let mut order_conv: Option<RowConverter> = None;
-        let mut keys: HashMap<Box<[u8]>, KeyVersions> = HashMap::new();
-        let mut versions = 0u64;
+        let mut keys: HashMap<Box<[u8]>, (u64, KeyVersions)> = HashMap::new();
         while let Some(batch) = stream.next().await {
             let batch = batch?;
             if batch.num_rows() == 0 {
@@ -459,14 +653,14 @@ impl DedupIndex {
                 let Some(pos) = positions.get(i).copied().flatten() else {
                     continue;
                 };
+                let key_row = key_rows.row(i);
                 // The chunk whose [lo, hi) holds the row: the last lo <= pos.
                 let chunk = bounds.partition_point(|&lo| lo <= pos).saturating_sub(1) as u32;
-                versions += 1;
                 let order_row = order_rows.row(i);
                 let order: &[u8] = order_row.as_ref();
-                let key_row = key_rows.row(i);
                 match keys.get_mut(key_row.as_ref()) {
-                    Some(v) => {
+                    Some((count, v)) => {
+                        *count += 1;
                         if (order, chunk) < (v.order.as_ref(), v.chunk) {
                             v.order = order.into();
                             v.chunk = chunk;
@@ -480,17 +674,29 @@ impl DedupIndex {
                     None => {
                         keys.insert(
                             key_row.as_ref().into(),
-                            KeyVersions {
-                                chunk,
-                                order: order.into(),
-                                per_chunk: vec![(chunk, order.into())],
-                            },
+                            (
+                                1,
+                                KeyVersions {
+                                    chunk,
+                                    order: order.into(),
+                                    per_chunk: vec![(chunk, order.into())],
+                                },
+                            ),
                         );
                     }
                 }
             }
         }
-        Ok(DedupIndex { keys, versions })
+        let mut versions = 0;
+        let keys = keys
+            .into_iter()
+            .filter(|(_, (count, _))| *count > 1)
+            .map(|(k, (count, v))| {
+                versions += count;
+                (k, v)
+            })
+            .collect();
+        Ok(DedupIndex::new(keys, versions))
     }
 
     pub fn save(&self, path: &Path, fingerprint: &str) -> std::io::Result<()> {
@@ -564,7 +770,7 @@ impl DedupIndex {
                 },
             );
         }
-        Some(DedupIndex { keys, versions: 0 })
+        Some(DedupIndex::new(keys, 0))
     }
 }
 
@@ -608,4 +814,39 @@ pub fn index_fingerprint(
             .collect::<Vec<_>>(),
     );
     format!("{:016x}", twox_hash::XxHash3_64::oneshot(text.as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sketch_names_every_repeat_and_few_singles() {
+        // Small filters (2^20 bits) so that false positives can occur at all.
+        let mut sketch = KeySketch::new(20);
+        let hash = |k: u64| key_hash(&k.to_le_bytes());
+        for k in 0..50_000u64 {
+            sketch.insert(hash(k));
+        }
+        for k in 0..500u64 {
+            sketch.insert(hash(k * 7));
+        }
+        for k in 0..500u64 {
+            assert!(
+                sketch.maybe_repeated(hash(k * 7)),
+                "repeat {} missed",
+                k * 7
+            );
+        }
+        let false_positives = (0..50_000u64)
+            .filter(|k| k % 7 != 0 || *k >= 3500)
+            .filter(|&k| sketch.maybe_repeated(hash(k)))
+            .count();
+        assert!(false_positives < 500, "{false_positives} singles flagged");
+        // Keys never inserted are not candidates either (up to the same rate).
+        let strangers = (1_000_000..1_050_000u64)
+            .filter(|&k| sketch.maybe_repeated(hash(k)))
+            .count();
+        assert!(strangers < 500, "{strangers} strangers flagged");
+    }
 }
