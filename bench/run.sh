@@ -10,6 +10,7 @@
 #       `spark` feature
 #   bench/run.sh --smoke        # 100k rows, one repetition, debug build (CI)
 #   bench/run.sh --scale        # backfill alone at 1M, 10M and 50M rows, with a plot
+#   bench/run.sh --state        # checkpointing cost: plan and state store over 87,648 hourly chunks
 #   bench/run.sh --postgres [--rows N]   # PostgreSQL replace/merge against COPY (default 1M rows)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,6 +19,7 @@ ROWS=10000000
 REPEAT=3
 SMOKE=
 SCALE=
+STATE=
 POSTGRES=
 ROWS_SET=
 EXTRA=()
@@ -30,6 +32,7 @@ while [ $# -gt 0 ]; do
     --spark-engine) EXTRA+=(--spark-engine); FEATURES=spark; shift ;;
     --smoke) SMOKE=1; ROWS=100000; REPEAT=1; shift ;;
     --scale) SCALE=1; shift ;;
+    --state) STATE=1; shift ;;
     --postgres) POSTGRES=1; shift ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
@@ -71,6 +74,9 @@ if [ -n "$POSTGRES" ]; then
   "$VENV/bin/python" bench/pg.py --rows "$ROWS" --bin "$BIN" --python "$VENV/bin/python" \
     --work "$WORK" --results "$RESULTS"
   exit 0
+fi
+if [ -n "$STATE" ]; then
+  exec "$VENV/bin/python" bench/state.py --bin "$BIN" --work "$WORK" --results "$RESULTS"
 fi
 if [ -n "$SCALE" ]; then
   "$VENV/bin/python" -c "import matplotlib" 2>/dev/null || "$VENV/bin/pip" install --quiet matplotlib

@@ -696,12 +696,18 @@ impl Backfill {
         summary: &mut RunSummary,
     ) -> Result<(), Error> {
         let fp = fingerprint(job.spec.range.as_ref());
+        let t = Instant::now();
         let sync = state.sync_plan(
             &crate::redact::redact(&job.spec.name),
             &fp,
             &job.chunks,
             opts.replan,
         )?;
+        tracing::debug!(
+            "state: plan of {} chunks synced in {:.0} ms",
+            job.chunks.len(),
+            t.elapsed().as_secs_f64() * 1000.0
+        );
         if !sync.retired.is_empty() {
             tracing::warn!(
                 "--replan retired {} chunk(s) of the previous plan; their files are removed",
@@ -766,6 +772,8 @@ impl Backfill {
                 (Some(s), Some(t)) => s.url == t.url,
                 _ => false,
             },
+            state_nanos: Default::default(),
+            state_chunks: Default::default(),
         });
 
         let mut queue = selected.into_iter();
@@ -829,6 +837,19 @@ impl Backfill {
             }
         }
         progress.finish();
+        let chunks = shared
+            .state_chunks
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if chunks > 0 {
+            let nanos = shared
+                .state_nanos
+                .load(std::sync::atomic::Ordering::Relaxed);
+            tracing::debug!(
+                "state: {:.2} ms per committed chunk in the state store ({} chunks)",
+                nanos as f64 / 1e6 / chunks as f64,
+                chunks
+            );
+        }
         summary.left += queue.len();
         summary.interrupted = *cancel_rx.borrow();
         summary.failed.sort_by_key(|f| f.index);
@@ -1143,6 +1164,23 @@ struct Shared {
     rerun_committed: bool,
     /// The state store and the target are one PostgreSQL database.
     same_database: bool,
+    /// Time spent in the state store's per-chunk calls, and how many.
+    state_nanos: std::sync::atomic::AtomicU64,
+    state_chunks: std::sync::atomic::AtomicU64,
+}
+
+impl Shared {
+    /// Runs a per-chunk state store call, adding its time to the run's
+    /// account (reported with `-v`: the cost checkpointing adds per chunk).
+    fn timed<T>(&self, call: impl FnOnce(&dyn StateStore) -> T) -> T {
+        let t = Instant::now();
+        let out = call(self.state.as_ref());
+        self.state_nanos.fetch_add(
+            t.elapsed().as_nanos() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        out
+    }
 }
 
 /// Selected chunks that never committed and that the source's statistics
@@ -1195,16 +1233,19 @@ async fn run_chunk(shared: &Shared, chunk: &Chunk) -> Outcome {
     let mut tries = 0u32;
     loop {
         tries += 1;
-        let claimed = shared
-            .state
-            .claim(shared.run_id, &chunk.id, shared.rerun_committed);
+        let claimed = shared.timed(|s| s.claim(shared.run_id, &chunk.id, shared.rerun_committed));
         let attempt = match claimed {
             Ok(Some(a)) => a,
             Ok(None) => return Outcome::Taken,
             Err(e) => return Outcome::Failed(format!("state store: {e}")),
         };
         match attempt_chunk(shared, chunk, attempt).await {
-            Ok(m) => return Outcome::Committed(m),
+            Ok(m) => {
+                shared
+                    .state_chunks
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                return Outcome::Committed(m);
+            }
             Err(ChunkError::State(StateError::LeaseLost { .. })) => {
                 tracing::warn!(
                     "chunk {}: another process took it over while this one ran it; leaving it to that process",
@@ -1366,20 +1407,22 @@ async fn attempt_chunk(
             }
         };
         if let Some((url, sql)) = statements {
-            match shared.state.commit_and_publish(
-                shared.run_id,
-                &chunk.id,
-                attempt,
-                &metrics,
-                &files,
-                &url,
-                &sql,
-            ) {
+            match shared.timed(|s| {
+                s.commit_and_publish(
+                    shared.run_id,
+                    &chunk.id,
+                    attempt,
+                    &metrics,
+                    &files,
+                    &url,
+                    &sql,
+                )
+            }) {
                 Ok(Some(superseded)) => {
                     post_commit_point("after_commit", chunk);
                     // Superseded "files" of a database target are rows the
                     // transaction already replaced.
-                    shared.state.forget_garbage(&superseded)?;
+                    shared.timed(|s| s.forget_garbage(&superseded))?;
                     post_commit_point("after_cleanup", chunk);
                     return Ok(metrics);
                 }
@@ -1391,21 +1434,19 @@ async fn attempt_chunk(
             }
         }
     }
-    let superseded =
-        match shared
-            .state
-            .commit_chunk(shared.run_id, &chunk.id, attempt, &metrics, &files)
-        {
-            Ok(s) => s,
-            Err(e) => {
-                let _ = job.sinks.remove(&staged_paths).await;
-                return Err(e.into());
-            }
-        };
+    let superseded = match shared
+        .timed(|s| s.commit_chunk(shared.run_id, &chunk.id, attempt, &metrics, &files))
+    {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = job.sinks.remove(&staged_paths).await;
+            return Err(e.into());
+        }
+    };
     // Committed. Failures from here on are repaired by the next run's recovery.
     post_commit_point("after_commit", chunk);
     publish_with_retries(&job.sinks, chunk, &files).await?;
-    shared.state.mark_published(&chunk.id)?;
+    shared.timed(|s| s.mark_published(&chunk.id))?;
     post_commit_point("after_publish", chunk);
     let mut doomed = superseded.clone();
     if let Ok(mut orphans) = shared.orphans.lock() {
@@ -1416,7 +1457,7 @@ async fn attempt_chunk(
     doomed.retain(|d| !files.iter().any(|f| &f.path == d));
     if !doomed.is_empty() {
         job.sinks.remove(&doomed).await?;
-        shared.state.forget_garbage(&superseded)?;
+        shared.timed(|s| s.forget_garbage(&superseded))?;
     }
     post_commit_point("after_cleanup", chunk);
     Ok(metrics)
