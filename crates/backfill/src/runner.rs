@@ -773,7 +773,6 @@ impl Backfill {
                 _ => false,
             },
             state_nanos: Default::default(),
-            state_chunks: Default::default(),
         });
 
         let mut queue = selected.into_iter();
@@ -837,9 +836,7 @@ impl Backfill {
             }
         }
         progress.finish();
-        let chunks = shared
-            .state_chunks
-            .load(std::sync::atomic::Ordering::Relaxed);
+        let chunks = summary.committed;
         if chunks > 0 {
             let nanos = shared
                 .state_nanos
@@ -1164,9 +1161,8 @@ struct Shared {
     rerun_committed: bool,
     /// The state store and the target are one PostgreSQL database.
     same_database: bool,
-    /// Time spent in the state store's per-chunk calls, and how many.
+    /// Time spent in the state store's per-chunk calls.
     state_nanos: std::sync::atomic::AtomicU64,
-    state_chunks: std::sync::atomic::AtomicU64,
 }
 
 impl Shared {
@@ -1240,12 +1236,7 @@ async fn run_chunk(shared: &Shared, chunk: &Chunk) -> Outcome {
             Err(e) => return Outcome::Failed(format!("state store: {e}")),
         };
         match attempt_chunk(shared, chunk, attempt).await {
-            Ok(m) => {
-                shared
-                    .state_chunks
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                return Outcome::Committed(m);
-            }
+            Ok(m) => return Outcome::Committed(m),
             Err(ChunkError::State(StateError::LeaseLost { .. })) => {
                 tracing::warn!(
                     "chunk {}: another process took it over while this one ran it; leaving it to that process",

@@ -407,7 +407,7 @@ fn tune_dictionary(
     props: WriterProperties,
     batch: &RecordBatch,
 ) -> Result<WriterProperties, SinkError> {
-    let mut builder = None;
+    let mut builder = props.into_builder();
     let sample = batch.slice(0, batch.num_rows().min(DICTIONARY_SAMPLE));
     for (field, array) in sample.schema().fields().iter().zip(sample.columns()) {
         let dt = field.data_type();
@@ -426,14 +426,10 @@ fn tune_dictionary(
         }
         if distinct.len() * 2 > values {
             let path = parquet::schema::types::ColumnPath::new(vec![field.name().clone()]);
-            builder = Some(
-                builder
-                    .unwrap_or_else(|| props.clone().into_builder())
-                    .set_column_dictionary_enabled(path, false),
-            );
+            builder = builder.set_column_dictionary_enabled(path, false);
         }
     }
-    Ok(builder.map_or(props, |b| b.build()))
+    Ok(builder.build())
 }
 
 struct OpenFile {
