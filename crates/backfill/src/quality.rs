@@ -383,16 +383,51 @@ pub struct KeyVersions {
     /// Winner over the whole range: its chunk and encoded ordering values.
     pub chunk: u32,
     pub order: Box<[u8]>,
-    /// Best encoded ordering values per chunk (chunk scope).
+    /// Best encoded ordering values in each other chunk that holds a
+    /// version (chunk scope). The winner's chunk is left out: its best is
+    /// `order`. Most keys the index pass meets have one version, and this
+    /// stays an empty `Vec` that allocates nothing.
     pub per_chunk: Vec<(u32, Box<[u8]>)>,
 }
 
 impl KeyVersions {
+    fn new(chunk: u32, order: &[u8]) -> KeyVersions {
+        KeyVersions {
+            chunk,
+            order: order.into(),
+            per_chunk: Vec::new(),
+        }
+    }
+
     pub fn best_in(&self, chunk: u32) -> Option<&[u8]> {
+        if chunk == self.chunk {
+            return Some(&self.order);
+        }
         self.per_chunk
             .iter()
             .find(|(c, _)| *c == chunk)
             .map(|(_, o)| o.as_ref())
+    }
+
+    /// Takes in one more version.
+    fn add(&mut self, chunk: u32, order: &[u8]) {
+        if (order, chunk) < (self.order.as_ref(), self.chunk) {
+            // The new overall winner is also its own chunk's best.
+            self.per_chunk.retain(|(c, _)| *c != chunk);
+            if chunk != self.chunk {
+                let old = std::mem::replace(&mut self.order, order.into());
+                self.per_chunk.push((self.chunk, old));
+                self.chunk = chunk;
+            } else {
+                self.order = order.into();
+            }
+        } else if chunk != self.chunk {
+            match self.per_chunk.iter_mut().find(|(c, _)| *c == chunk) {
+                Some((_, best)) if order < best.as_ref() => *best = order.into(),
+                Some(_) => {}
+                None => self.per_chunk.push((chunk, order.into())),
+            }
+        }
     }
 }
 
@@ -574,7 +609,8 @@ pub struct DedupIndex {
     pub versions: u64,
 }
 
-const INDEX_MAGIC: &[u8; 8] = b"BFDXv2\n\0";
+/// v3: `per_chunk` leaves out the winner's chunk.
+const INDEX_MAGIC: &[u8; 8] = b"BFDXv3\n\0";
 
 impl DedupIndex {
     pub fn is_empty(&self) -> bool {
@@ -661,34 +697,17 @@ impl DedupIndex {
                 match keys.get_mut(key_row.as_ref()) {
                     Some((count, v)) => {
                         *count += 1;
-                        if (order, chunk) < (v.order.as_ref(), v.chunk) {
-                            v.order = order.into();
-                            v.chunk = chunk;
-                        }
-                        match v.per_chunk.iter_mut().find(|(c, _)| *c == chunk) {
-                            Some((_, best)) if order < best.as_ref() => *best = order.into(),
-                            Some(_) => {}
-                            None => v.per_chunk.push((chunk, order.into())),
-                        }
+                        v.add(chunk, order);
                     }
                     None => {
-                        keys.insert(
-                            key_row.as_ref().into(),
-                            (
-                                1,
-                                KeyVersions {
-                                    chunk,
-                                    order: order.into(),
-                                    per_chunk: vec![(chunk, order.into())],
-                                },
-                            ),
-                        );
+                        keys.insert(key_row.as_ref().into(), (1, KeyVersions::new(chunk, order)));
                     }
                 }
             }
         }
         let mut versions = 0;
-        let keys = keys
+        let candidates = keys.len();
+        let keys: HashMap<Box<[u8]>, KeyVersions> = keys
             .into_iter()
             .filter(|(_, (count, _))| *count > 1)
             .map(|(k, (count, v))| {
@@ -696,6 +715,10 @@ impl DedupIndex {
                 (k, v)
             })
             .collect();
+        tracing::debug!(
+            "dedup index: {} of {candidates} candidate keys have several versions",
+            keys.len()
+        );
         Ok(DedupIndex::new(keys, versions))
     }
 
@@ -819,6 +842,44 @@ pub fn index_fingerprint(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn key_versions_track_the_winner_and_each_chunks_best() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(7);
+        for _ in 0..2000 {
+            let versions: Vec<(u32, [u8; 1])> = (0..rng.random_range(1..8))
+                .map(|_| (rng.random_range(0..4), [rng.random_range(0..5)]))
+                .collect();
+            let (c0, o0) = versions[0];
+            let mut v = KeyVersions::new(c0, &o0);
+            for (c, o) in &versions[1..] {
+                v.add(*c, o);
+            }
+            let winner = versions.iter().map(|(c, o)| (*o, *c)).min();
+            assert_eq!(
+                Some((v.order.as_ref(), v.chunk)),
+                winner.as_ref().map(|(o, c)| (&o[..], *c)),
+                "{versions:?}"
+            );
+            for chunk in 0..4 {
+                let best = versions
+                    .iter()
+                    .filter(|(c, _)| *c == chunk)
+                    .map(|(_, o)| o)
+                    .min();
+                assert_eq!(
+                    v.best_in(chunk),
+                    best.map(|o| &o[..]),
+                    "chunk {chunk} of {versions:?}"
+                );
+            }
+            assert!(
+                v.per_chunk.iter().all(|(c, _)| *c != v.chunk),
+                "{versions:?}"
+            );
+        }
+    }
 
     #[test]
     fn sketch_names_every_repeat_and_few_singles() {

@@ -4,6 +4,7 @@
 
 pub mod delta;
 mod parquet;
+mod rowgroups;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -28,7 +28,6 @@ use async_trait::async_trait;
 use backfill_core::plan::Chunk;
 use backfill_core::spec::{Compression, TargetSpec};
 use backfill_core::state::OwnedFile;
-use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression as PqCompression, GzipLevel, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 use tokio::sync::mpsc;
@@ -39,6 +38,7 @@ use object_store::{ObjectStore, ObjectStoreExt};
 use parquet::arrow::async_reader::AsyncFileReader;
 use tokio::io::AsyncWriteExt;
 
+use super::rowgroups::RowGroupWriter;
 use super::{ChunkWriter, Sink, SinkError, Staged, TargetFiles};
 use crate::failpoint;
 use crate::store::Remote;
@@ -46,9 +46,6 @@ use crate::store::Remote;
 /// What Hive, Spark, DuckDB and pyarrow call a NULL partition value.
 pub const HIVE_DEFAULT_PARTITION: &str = "__HIVE_DEFAULT_PARTITION__";
 const STAGED_SUFFIX: &str = ".inprogress";
-const ROW_GROUP_ROWS: usize = 128 * 1024;
-/// Caps the memory one open file holds before it flushes a row group.
-const ROW_GROUP_BYTES: usize = 32 * 1024 * 1024;
 /// Upload part size: S3's minimum is 5 MiB.
 const UPLOAD_BUFFER: usize = 8 * 1024 * 1024;
 
@@ -138,8 +135,6 @@ impl ParquetSink {
         };
         let props = WriterProperties::builder()
             .set_compression(compression)
-            .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
-            .set_max_row_group_bytes(Some(ROW_GROUP_BYTES))
             .build();
         let (root, remote) = match location {
             Location::Local(root) => (root, None),
@@ -432,13 +427,6 @@ fn tune_dictionary(
     Ok(builder.build())
 }
 
-struct OpenFile {
-    writer: ArrowWriter<File>,
-    owned: OwnedFile,
-    /// Seeds each row's hash with its partition, which is not inside the file.
-    seed: u64,
-}
-
 /// Splits batches by partition values into one open file per partition.
 struct PartitionedWriter {
     root: PathBuf,
@@ -447,21 +435,21 @@ struct PartitionedWriter {
     props: WriterProperties,
     partition_by: Vec<String>,
     layout: Option<Layout>,
-    files: Vec<OpenFile>,
+    /// Index `i` names the file `RowGroupWriter` knows as `i`.
+    files: Vec<OwnedFile>,
     by_key: HashMap<Box<[u8]>, usize>,
     rows: u64,
     /// Every path created, so an abort can remove them all.
     created: Vec<PathBuf>,
-    checksum: Option<u64>,
+    checksum: bool,
+    runtime: tokio::runtime::Handle,
 }
 
 struct Layout {
     part_cols: Vec<usize>,
     data_cols: Vec<usize>,
-    data_schema: SchemaRef,
     converter: Option<RowConverter>,
-    /// Canonical row encoding of the data columns, for the checksum.
-    row_encoder: RowConverter,
+    groups: RowGroupWriter,
 }
 
 impl PartitionedWriter {
@@ -505,19 +493,23 @@ impl PartitionedWriter {
                         .collect(),
                 )?)
             };
-            let row_encoder = RowConverter::new(
-                data_schema
-                    .fields()
-                    .iter()
-                    .map(|f| SortField::new(f.data_type().clone()))
-                    .collect(),
-            )?;
+            // The canonical row encoding of the data columns.
+            let row_encoder = if self.checksum {
+                Some(Arc::new(RowConverter::new(
+                    data_schema
+                        .fields()
+                        .iter()
+                        .map(|f| SortField::new(f.data_type().clone()))
+                        .collect(),
+                )?))
+            } else {
+                None
+            };
             self.layout = Some(Layout {
                 part_cols,
                 data_cols,
-                data_schema,
                 converter,
-                row_encoder,
+                groups: RowGroupWriter::new(self.runtime.clone(), data_schema.clone(), row_encoder),
             });
         }
         self.layout.as_ref().ok_or(SinkError::WriterGone)
@@ -534,13 +526,14 @@ impl PartitionedWriter {
         let data = batch.project(&layout.data_cols)?;
         let Some(converter) = layout.converter.as_ref() else {
             let f = self.file_for(&[], batch, 0)?;
-            return self.write_to(f, &data);
+            return self.write_to(f, data);
         };
         let part_arrays: Vec<_> = layout
             .part_cols
             .iter()
             .map(|&i| batch.column(i).clone())
             .collect();
+        let started = std::time::Instant::now();
         let rows = converter.convert_columns(&part_arrays)?;
         // Input is usually sorted by time, so most batches hold one or two
         // partitions: group contiguous runs, then merge runs per key.
@@ -566,6 +559,7 @@ impl PartitionedWriter {
                 groups[g].1.push(i as u32);
             }
         }
+        let mut writing = std::time::Duration::ZERO;
         for (key, idx) in groups {
             let first = idx[0] as usize;
             let part = if idx.len() == batch.num_rows() {
@@ -574,26 +568,24 @@ impl PartitionedWriter {
                 take_record_batch(&data, &UInt32Array::from(idx))?
             };
             let f = self.file_for(&key, batch, first)?;
-            self.write_to(f, &part)?;
+            let start = std::time::Instant::now();
+            self.write_to(f, part)?;
+            writing += start.elapsed();
+        }
+        if let Some(layout) = self.layout.as_mut() {
+            let splitting = started.elapsed().saturating_sub(writing);
+            let nanos = u64::try_from(splitting.as_nanos()).unwrap_or(u64::MAX);
+            layout.groups.note_overhead(nanos, batch.num_rows());
         }
         Ok(())
     }
 
-    fn write_to(&mut self, f: usize, batch: &RecordBatch) -> Result<(), SinkError> {
-        if let (Some(sum), Some(layout)) = (self.checksum.as_mut(), self.layout.as_ref()) {
-            *sum = sum.wrapping_add(checksum_rows(
-                &layout.row_encoder,
-                batch,
-                self.files[f].seed,
-            )?);
-        }
-        let file = &mut self.files[f];
-        let path = self.root.join(&file.owned.staged);
-        file.writer
-            .write(batch)
-            .map_err(|source| SinkError::Parquet { path, source })?;
+    fn write_to(&mut self, f: usize, batch: RecordBatch) -> Result<(), SinkError> {
+        let Some(layout) = self.layout.as_mut() else {
+            return Err(SinkError::WriterGone);
+        };
         self.rows += batch.num_rows() as u64;
-        Ok(())
+        layout.groups.write(f, batch)
     }
 
     fn file_for(
@@ -605,7 +597,7 @@ impl PartitionedWriter {
         if let Some(&f) = self.by_key.get(key) {
             return Ok(f);
         }
-        let Some(layout) = self.layout.as_ref() else {
+        let Some(layout) = self.layout.as_mut() else {
             return Err(SinkError::WriterGone);
         };
         let mut dir = String::new();
@@ -626,38 +618,34 @@ impl PartitionedWriter {
         let abs = self.root.join(&staged);
         let file = File::create(&abs).map_err(io("creating", &abs))?;
         self.created.push(abs.clone());
-        let writer =
-            ArrowWriter::try_new(file, layout.data_schema.clone(), Some(self.props.clone()))
-                .map_err(|source| SinkError::Parquet { path: abs, source })?;
-        self.files.push(OpenFile {
-            writer,
-            owned: OwnedFile {
-                path: published,
-                staged,
-            },
-            seed: XxHash3_64::oneshot(dir.as_bytes()),
+        let f = layout
+            .groups
+            .open(file, abs, self.props.clone(), partition_seed(&dir))?;
+        self.files.push(OwnedFile {
+            path: published,
+            staged,
         });
-        self.by_key.insert(key.into(), self.files.len() - 1);
-        Ok(self.files.len() - 1)
+        self.by_key.insert(key.into(), f);
+        Ok(f)
     }
 
     fn finish(self) -> Result<Staged, SinkError> {
         let mut staged = Staged {
             rows: self.rows,
-            checksum: self.checksum.unwrap_or(0),
             ..Default::default()
         };
-        for f in self.files {
-            let abs = self.root.join(&f.owned.staged);
-            let file = f.writer.into_inner().map_err(|source| SinkError::Parquet {
-                path: abs.clone(),
-                source,
-            })?;
+        let Some(layout) = self.layout else {
+            return Ok(staged);
+        };
+        let (files, checksum) = layout.groups.finish()?;
+        staged.checksum = checksum;
+        for (file, owned) in files.into_iter().zip(self.files) {
+            let abs = self.root.join(&owned.staged);
             // Durable before the commit point: a power cut after the state
             // says "committed" must not leave a torn file.
             file.sync_all().map_err(io("syncing", &abs))?;
             staged.bytes += file.metadata().map_err(io("reading size of", &abs))?.len();
-            staged.files.push(f.owned);
+            staged.files.push(owned);
         }
         Ok(staged)
     }
@@ -756,7 +744,8 @@ impl Sink for ParquetSink {
             by_key: HashMap::new(),
             rows: 0,
             created: Vec::new(),
-            checksum: self.checksum.then_some(0),
+            checksum: self.checksum,
+            runtime: tokio::runtime::Handle::current(),
         };
         let worker = tokio::task::spawn_blocking(move || {
             while let Some(batch) = rx.blocking_recv() {
