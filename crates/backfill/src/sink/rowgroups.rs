@@ -628,8 +628,11 @@ mod tests {
             .build()
             .unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let mut w =
-            RowGroupWriter::new(runtime.handle().clone(), schema.clone(), Some(encoder.clone()));
+        let mut w = RowGroupWriter::new(
+            runtime.handle().clone(),
+            schema.clone(),
+            Some(encoder.clone()),
+        );
         let seeds = [11u64, 22];
         let mut paths = Vec::new();
         for (i, seed) in seeds.iter().enumerate() {
