@@ -33,7 +33,7 @@ use super::SinkError;
 use super::parquet::checksum_rows;
 
 /// Rows per row group.
-pub const ROW_GROUP_ROWS: usize = 128 * 1024;
+const ROW_GROUP_ROWS: usize = 128 * 1024;
 /// Caps the Arrow memory one row group takes in: wide rows end a row group
 /// before [`ROW_GROUP_ROWS`] does.
 const ROW_GROUP_BYTES: usize = 64 * 1024 * 1024;
@@ -51,6 +51,7 @@ enum ToHelper {
         writers: Vec<(Task, ArrowColumnWriter)>,
         checksum: bool,
         seed: u64,
+        path: PathBuf,
     },
     Write {
         file: usize,
@@ -211,10 +212,10 @@ impl RowGroupWriter {
     /// Adds rows to file `f`.
     pub fn write(&mut self, f: usize, mut batch: RecordBatch) -> Result<(), SinkError> {
         while batch.num_rows() > 0 {
-            let (rows, _) = match self.files[f].open {
-                Some(open) => open,
-                None => self.start_group(f)?,
-            };
+            if self.files[f].open.is_none() {
+                self.start_group(f)?;
+            }
+            let rows = self.files[f].open.map_or(0, |(rows, _)| rows);
             let take = batch.num_rows().min(ROW_GROUP_ROWS - rows);
             let head = batch.slice(0, take);
             batch = batch.slice(take, batch.num_rows() - take);
@@ -246,7 +247,7 @@ impl RowGroupWriter {
         self.overhead.1 += rows as u64;
     }
 
-    fn start_group(&mut self, f: usize) -> Result<(usize, usize), SinkError> {
+    fn start_group(&mut self, f: usize) -> Result<(), SinkError> {
         let file = &mut self.files[f];
         let writers = file
             .factory
@@ -278,6 +279,7 @@ impl RowGroupWriter {
                     writers: theirs,
                     checksum: helper_checksum,
                     seed: file.seed,
+                    path: file.path.clone(),
                 };
                 if helper.tx.send(open).is_err() {
                     return Err(self.helper_failure());
@@ -290,7 +292,7 @@ impl RowGroupWriter {
             }
         }
         file.open = Some((0, 0));
-        Ok((0, 0))
+        Ok(())
     }
 
     fn encode_own(&mut self, f: usize, batch: &RecordBatch) -> Result<(), SinkError> {
@@ -459,6 +461,7 @@ impl RowGroupWriter {
 
 struct HelperFile {
     writers: Vec<(Task, ArrowColumnWriter)>,
+    path: PathBuf,
     checksum: bool,
     seed: u64,
     sum: u64,
@@ -485,6 +488,7 @@ fn help(
                 writers,
                 checksum,
                 seed,
+                path,
             } => {
                 let mut nanos: Vec<(Task, u64)> = writers.iter().map(|(t, _)| (*t, 0)).collect();
                 if checksum {
@@ -494,6 +498,7 @@ fn help(
                     file,
                     HelperFile {
                         writers,
+                        path,
                         checksum,
                         seed,
                         sum: 0,
@@ -510,7 +515,7 @@ fn help(
                     let start = Instant::now();
                     write_column(writer, &fields[*task], batch.column(*task)).map_err(
                         |source| SinkError::Parquet {
-                            path: PathBuf::from(format!("row group of file {file}")),
+                            path: h.path.clone(),
                             source,
                         },
                     )?;
@@ -534,7 +539,7 @@ fn help(
                 for ((task, writer), (_, n)) in h.writers.into_iter().zip(nanos.iter_mut()) {
                     let start = Instant::now();
                     let chunk = writer.close().map_err(|source| SinkError::Parquet {
-                        path: PathBuf::from(format!("row group of file {file}")),
+                        path: h.path.clone(),
                         source,
                     })?;
                     *n += elapsed(start);
