@@ -25,6 +25,7 @@ use futures::StreamExt;
 use crate::error::ChunkError;
 use crate::failpoint;
 use crate::quality::{self, DedupIndex, QualityCounts, Splitter};
+use crate::repeats::{self, KeyHashes, RepeatedKeys};
 use crate::sink::ChunkWriter;
 use crate::source::Source;
 
@@ -343,13 +344,15 @@ pub fn quality_verdict(spec: &JobSpec, counts: &QualityCounts) -> Result<(), Chu
     Ok(())
 }
 
-/// The dedup index's input over the whole job range: a sketch of the keys
-/// met more than once (a first pass reading only what the keys need), then
-/// for the rows whose key the sketch names, when they pass the rules, the
-/// key columns, order columns and the range value `__bf_r` (when given),
-/// for [`DedupIndex::build`]. Each pass reads only the columns it needs.
+/// The dedup index's input over the whole job range: the hashes of the
+/// keys met more than once (a first pass reading only what the keys need,
+/// spilling to `spill_dir`), then for the rows with those hashes, when they
+/// pass the rules, the key columns, order columns and the range value
+/// `__bf_r` (when given), for [`DedupIndex::build`]. Each pass reads only
+/// the columns it needs.
 ///
 /// [`DedupIndex::build`]: crate::quality::DedupIndex::build
+#[allow(clippy::too_many_arguments)]
 pub async fn index_rows(
     spec: &JobSpec,
     dedup: &DedupSpec,
@@ -358,6 +361,7 @@ pub async fn index_rows(
     whole: &Chunk,
     config: &SessionConfig,
     runtime: &Arc<RuntimeEnv>,
+    spill_dir: &std::path::Path,
 ) -> DfResult<SendableRecordBatchStream> {
     let ctx = SessionContext::new_with_config_rt(config.clone(), runtime.clone());
     let mut raw = ctx.read_table(source.table())?;
@@ -388,21 +392,15 @@ pub async fn index_rows(
         .collect::<Vec<_>>()
         .join(", ");
     let started = std::time::Instant::now();
-    let mut sketch = quality::KeySketch::new(quality::SKETCH_BITS_LOG2);
-    sketch
-        .fill(
-            ctx.sql(&format!("SELECT {keys} FROM \"__bf_t\""))
-                .await?
-                .execute_stream()
-                .await?,
-        )
-        .await?;
+    let repeated = repeated_keys(&ctx, &keys, spill_dir).await?;
     tracing::debug!(
-        "dedup index: key sketch in {:.2}s",
+        "dedup index: {} repeated key hashes among {} rows in {:.2}s",
+        repeated.len(),
+        repeated.rows(),
         started.elapsed().as_secs_f64()
     );
     ctx.register_udf(datafusion::logical_expr::ScalarUDF::new_from_impl(
-        quality::CandidateUdf::new(Arc::new(sketch)),
+        quality::CandidateUdf::new(Arc::new(repeated)),
     ));
     let sql = format!(
         "SELECT {} FROM \"__bf_t\" WHERE {}({keys}) AND {}",
@@ -411,6 +409,48 @@ pub async fn index_rows(
         quality::all_rules_pass(&spec.rules),
     );
     ctx.sql(&sql).await?.execute_stream().await
+}
+
+/// The first index pass: each scan partition hashes its own rows' keys (so
+/// both cores hash), then the hashes are merged bucket by bucket.
+async fn repeated_keys(
+    ctx: &SessionContext,
+    keys: &str,
+    spill_dir: &std::path::Path,
+) -> DfResult<RepeatedKeys> {
+    std::fs::create_dir_all(spill_dir)?;
+    let dir = tempfile::Builder::new()
+        .prefix(".dedup-spill-")
+        .tempdir_in(spill_dir)?;
+    let path: Arc<std::path::Path> = dir.path().into();
+    let plan = ctx
+        .sql(&format!("SELECT {keys} FROM \"__bf_t\""))
+        .await?
+        .create_physical_plan()
+        .await?;
+    let streams = datafusion::physical_plan::execute_stream_partitioned(plan, ctx.task_ctx())?;
+    let tasks: Vec<_> = streams
+        .into_iter()
+        .enumerate()
+        .map(|(i, stream)| {
+            let hashes = KeyHashes::new(path.clone(), i, repeats::DEFAULT_BUDGET);
+            tokio::spawn(quality::hash_keys(stream, hashes))
+        })
+        .collect();
+    let mut partitions = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        partitions.push(
+            t.await
+                .map_err(|e| DataFusionError::External(Box::new(e)))??,
+        );
+    }
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let repeated = tokio::task::spawn_blocking(move || RepeatedKeys::find(partitions, threads))
+        .await
+        .map_err(|e| DataFusionError::External(Box::new(e)))??;
+    // The spill files go now, not when the index has been built.
+    drop(dir);
+    Ok(repeated)
 }
 
 /// Plans the transform once against the source schema, so a bad SQL or a

@@ -28,6 +28,7 @@ pub mod pg;
 pub mod progress;
 pub mod quality;
 pub mod redact;
+pub mod repeats;
 pub mod report;
 pub mod runner;
 pub mod sink;

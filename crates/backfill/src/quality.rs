@@ -7,11 +7,12 @@
 //!
 //! Dedup never sorts a chunk. Before the chunks run, two passes over the
 //! whole job range find the keys that occur more than once (about 2% of rows
-//! on the demo data): the first reads only the key columns into a
-//! [`KeySketch`], a fixed-size filter that names a superset of the repeated
-//! keys; the second reads the key, ordering, range and rule columns, and
-//! [`DedupIndex::build`] keeps, for the sketch's candidates only, each
-//! key's best ordering values per chunk and overall. A passing row whose key is not in the index is the only
+//! on the demo data): the first reads only the key columns and finds the
+//! hashes of the repeated keys exactly, spilling to disk rather than growing
+//! ([`crate::repeats`]); the second reads the key, ordering, range and rule
+//! columns of the rows with those hashes, and [`DedupIndex::build`] keeps
+//! each key's best ordering values per chunk and overall. A passing row
+//! whose key is not in the index is the only
 //! version of its key and is kept; otherwise it is kept only if it carries
 //! the winning values (and, for global scope, lives in the winning chunk;
 //! ties go to the lowest chunk, then to the first row seen). Chunks stay
@@ -36,6 +37,8 @@ use backfill_core::state::RuleCount;
 use datafusion::arrow::compute::SortOptions;
 use datafusion::error::DataFusionError;
 use futures::StreamExt;
+
+use crate::repeats::{KeyHashes, RepeatedKeys};
 
 pub const RULE_COL: &str = "__bf_rule";
 
@@ -431,121 +434,63 @@ impl KeyVersions {
     }
 }
 
-/// The hash a key's row encoding goes into the sketch with.
+/// The hash of a key's row encoding.
 pub fn key_hash(row: &[u8]) -> u64 {
     twox_hash::XxHash3_64::oneshot(row)
 }
 
-/// Two Bloom filters over key hashes: `seen` holds every key met, `repeated`
-/// every key met while `seen` already held it. A key met twice is always
-/// in `repeated`; a key met once is there only by a false positive, which
-/// costs the exact pass a little work and never a wrong answer. Memory is
-/// fixed (2^`bits_log2` bits per filter), whatever the row count.
-///
-/// The filters are blocked: a key's probes all fall in one 64-bit word, and
-/// its `seen` and `repeated` words sit side by side, so a key costs one
-/// cache miss rather than one per probe.
-pub struct KeySketch {
-    /// `[seen, repeated]` per block.
-    blocks: Vec<[u64; 2]>,
-}
-
-/// Bits a key sets in its block of a blocked Bloom filter.
+/// Bits a key sets in its word of a blocked Bloom filter.
 const BLOOM_PROBES: u32 = 3;
 
-/// A key's block among `blocks` (a power of two) and the bits it sets
-/// there: the low half of the hash picks the block, 6-bit slices of the
-/// high half the bits.
-fn bloom_probe(hash: u64, blocks: usize) -> (usize, u64) {
-    let block = (hash as usize) & (blocks - 1);
+/// A key's word among `words` (a power of two) and the bits it sets there:
+/// the low half of the hash picks the word, 6-bit slices of the high half
+/// the bits, so a probe costs one cache miss.
+fn bloom_probe(hash: u64, words: usize) -> (usize, u64) {
+    let word = (hash as usize) & (words - 1);
     let high = hash >> 32;
     let bits = (0..BLOOM_PROBES).fold(0u64, |m, i| m | 1 << ((high >> (6 * i)) & 63));
-    (block, bits)
-}
-/// 2^28 bits = 32 MiB per filter: at 50M distinct keys a key met once is
-/// still a candidate with a probability near 1e-4.
-pub const SKETCH_BITS_LOG2: u32 = 28;
-
-impl std::fmt::Debug for KeySketch {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "KeySketch({} blocks)", self.blocks.len())
-    }
+    (word, bits)
 }
 
-impl KeySketch {
-    pub fn new(bits_log2: u32) -> KeySketch {
-        KeySketch {
-            blocks: vec![[0, 0]; 1usize << bits_log2.saturating_sub(6)],
+/// Adds the key hash of every row of a stream of key columns.
+pub async fn hash_keys(
+    mut keys: datafusion::physical_plan::SendableRecordBatchStream,
+    mut into: KeyHashes,
+) -> Result<KeyHashes, DataFusionError> {
+    let mut conv: Option<RowConverter> = None;
+    while let Some(batch) = keys.next().await {
+        let batch = batch?;
+        if batch.num_rows() == 0 {
+            continue;
+        }
+        let conv = match &mut conv {
+            Some(c) => c,
+            None => conv.insert(key_converter(batch.columns())?),
+        };
+        for row in conv.convert_columns(batch.columns())?.iter() {
+            into.push(key_hash(row.as_ref()))?;
         }
     }
-
-    fn probe(&self, hash: u64) -> (usize, u64) {
-        bloom_probe(hash, self.blocks.len())
-    }
-
-    pub fn insert(&mut self, hash: u64) {
-        let (b, bits) = self.probe(hash);
-        let [seen, repeated] = &mut self.blocks[b];
-        if *seen & bits == bits {
-            *repeated |= bits;
-        }
-        *seen |= bits;
-    }
-
-    /// False for a key met once (up to false positives); true for every key
-    /// met more than once.
-    pub fn maybe_repeated(&self, hash: u64) -> bool {
-        let (b, bits) = self.probe(hash);
-        self.blocks[b][1] & bits == bits
-    }
-
-    /// Adds every key of a stream of key columns.
-    pub async fn fill(
-        &mut self,
-        mut keys: datafusion::physical_plan::SendableRecordBatchStream,
-    ) -> Result<(), DataFusionError> {
-        let mut conv: Option<RowConverter> = None;
-        while let Some(batch) = keys.next().await {
-            let batch = batch?;
-            if batch.num_rows() == 0 {
-                continue;
-            }
-            let conv = match &mut conv {
-                Some(c) => c,
-                None => conv.insert(key_converter(batch.columns())?),
-            };
-            // Hashing first, probing after: the probes of a batch are then
-            // independent loads the CPU overlaps, not one miss at a time.
-            let hashes: Vec<u64> = conv
-                .convert_columns(batch.columns())?
-                .iter()
-                .map(|row| key_hash(row.as_ref()))
-                .collect();
-            for h in hashes {
-                self.insert(h);
-            }
-        }
-        Ok(())
-    }
+    Ok(into)
 }
 
-/// `__bf_candidate(key columns...)`: true for the rows whose key the sketch
-/// holds as met more than once. The index pass filters on it before the
+/// `__bf_candidate(key columns...)`: true for the rows whose key was met
+/// more than once. The index pass filters on it before the
 /// rules, so the rules and the ordering values are evaluated for the few
 /// candidate rows only (DataFusion evaluates the right side of an AND on
 /// the rows the left side kept when those are few).
 #[derive(Debug)]
 pub struct CandidateUdf {
-    sketch: Arc<KeySketch>,
+    repeated: Arc<RepeatedKeys>,
     signature: datafusion::logical_expr::Signature,
 }
 
 pub const CANDIDATE_UDF: &str = "__bf_candidate";
 
 impl CandidateUdf {
-    pub fn new(sketch: Arc<KeySketch>) -> CandidateUdf {
+    pub fn new(repeated: Arc<RepeatedKeys>) -> CandidateUdf {
         CandidateUdf {
-            sketch,
+            repeated,
             signature: datafusion::logical_expr::Signature::variadic_any(
                 datafusion::logical_expr::Volatility::Immutable,
             ),
@@ -555,7 +500,7 @@ impl CandidateUdf {
 
 impl PartialEq for CandidateUdf {
     fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.sketch, &other.sketch)
+        Arc::ptr_eq(&self.repeated, &other.repeated)
     }
 }
 
@@ -563,7 +508,7 @@ impl Eq for CandidateUdf {}
 
 impl std::hash::Hash for CandidateUdf {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        Arc::as_ptr(&self.sketch).hash(state);
+        Arc::as_ptr(&self.repeated).hash(state);
     }
 }
 
@@ -586,10 +531,9 @@ impl datafusion::logical_expr::ScalarUDFImpl for CandidateUdf {
     ) -> Result<datafusion::logical_expr::ColumnarValue, DataFusionError> {
         let keys = datafusion::logical_expr::ColumnarValue::values_to_arrays(&args.args)?;
         let rows = key_converter(&keys)?.convert_columns(&keys)?;
-        let hashes: Vec<u64> = rows.iter().map(|r| key_hash(r.as_ref())).collect();
-        let hit: BooleanArray = hashes
-            .into_iter()
-            .map(|h| Some(self.sketch.maybe_repeated(h)))
+        let hit: BooleanArray = rows
+            .iter()
+            .map(|r| Some(self.repeated.contains(key_hash(r.as_ref()))))
             .collect();
         Ok(datafusion::logical_expr::ColumnarValue::Array(Arc::new(
             hit,
@@ -879,35 +823,5 @@ mod tests {
                 "{versions:?}"
             );
         }
-    }
-
-    #[test]
-    fn sketch_names_every_repeat_and_few_singles() {
-        // Small filters (2^20 bits) so that false positives can occur at all.
-        let mut sketch = KeySketch::new(20);
-        let hash = |k: u64| key_hash(&k.to_le_bytes());
-        for k in 0..50_000u64 {
-            sketch.insert(hash(k));
-        }
-        for k in 0..500u64 {
-            sketch.insert(hash(k * 7));
-        }
-        for k in 0..500u64 {
-            assert!(
-                sketch.maybe_repeated(hash(k * 7)),
-                "repeat {} missed",
-                k * 7
-            );
-        }
-        let false_positives = (0..50_000u64)
-            .filter(|k| k % 7 != 0 || *k >= 3500)
-            .filter(|&k| sketch.maybe_repeated(hash(k)))
-            .count();
-        assert!(false_positives < 500, "{false_positives} singles flagged");
-        // Keys never inserted are not candidates either (up to the same rate).
-        let strangers = (1_000_000..1_050_000u64)
-            .filter(|&k| sketch.maybe_repeated(hash(k)))
-            .count();
-        assert!(strangers < 500, "{strangers} strangers flagged");
     }
 }

@@ -1016,6 +1016,7 @@ pub(crate) async fn dedup_index(
         &whole,
         &job.config,
         &job.runtime,
+        path.parent().unwrap_or(Path::new(".")),
     )
     .await?;
     let index = DedupIndex::build(stream, dedup, &job.chunks).await?;

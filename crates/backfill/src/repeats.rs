@@ -1,0 +1,284 @@
+//! The keys met more than once over a job range, found exactly and in
+//! bounded memory.
+//!
+//! Each scan partition hashes its rows' keys into [`KeyHashes`], which
+//! buckets the 64-bit hashes by their top bits and appends full buckets'
+//! contents to files in a spill directory. [`RepeatedKeys::find`] then
+//! takes one bucket at a time from every partition, sorts it and keeps the
+//! hashes that occur twice. Memory is the write buffers plus one bucket,
+//! whatever the row count; the disk holds 8 bytes per row until the index
+//! is built.
+//!
+//! A key met twice always has a repeated hash. Two different keys with the
+//! same hash make both candidates, which costs the exact pass a little work
+//! and never a wrong answer.
+
+use std::collections::HashSet;
+use std::fs::OpenOptions;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::io::{self, BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Buckets by the hash's top `BUCKET_BITS` bits: at a billion rows a
+/// bucket is still only 32 MiB to sort.
+const BUCKET_BITS: u32 = 8;
+const BUCKETS: usize = 1 << BUCKET_BITS;
+
+/// Hashes a partition holds in memory before writing them out: 4 MiB.
+pub const DEFAULT_BUDGET: usize = 512 * 1024;
+
+fn bucket_of(hash: u64) -> usize {
+    (hash >> (64 - BUCKET_BITS)) as usize
+}
+
+/// The key hashes of one scan partition, bucketed, in memory up to a budget
+/// and in files beyond it.
+#[derive(Debug)]
+pub struct KeyHashes {
+    dir: Arc<Path>,
+    partition: usize,
+    buckets: Vec<Vec<u64>>,
+    buffered: usize,
+    budget: usize,
+    rows: u64,
+}
+
+impl KeyHashes {
+    /// Spill files go to `dir` (which must exist), named after `partition`,
+    /// so partitions sharing a directory never share a file.
+    pub fn new(dir: Arc<Path>, partition: usize, budget: usize) -> KeyHashes {
+        KeyHashes {
+            dir,
+            partition,
+            buckets: vec![Vec::new(); BUCKETS],
+            buffered: 0,
+            budget: budget.max(1),
+            rows: 0,
+        }
+    }
+
+    fn file(&self, bucket: usize) -> PathBuf {
+        self.dir.join(format!("p{}-b{bucket}", self.partition))
+    }
+
+    pub fn push(&mut self, hash: u64) -> io::Result<()> {
+        self.buckets[bucket_of(hash)].push(hash);
+        self.buffered += 1;
+        self.rows += 1;
+        if self.buffered >= self.budget {
+            self.spill()?;
+        }
+        Ok(())
+    }
+
+    /// Rows pushed so far.
+    pub fn rows(&self) -> u64 {
+        self.rows
+    }
+
+    fn spill(&mut self) -> io::Result<()> {
+        for b in 0..BUCKETS {
+            if self.buckets[b].is_empty() {
+                continue;
+            }
+            let path = self.file(b);
+            let file = OpenOptions::new().create(true).append(true).open(&path)?;
+            let mut w = BufWriter::with_capacity(64 * 1024, file);
+            for h in self.buckets[b].drain(..) {
+                w.write_all(&h.to_le_bytes())?;
+            }
+            w.flush()?;
+        }
+        self.buffered = 0;
+        Ok(())
+    }
+}
+
+/// Where one bucket's hashes are: each partition's file (if it spilled)
+/// and its in-memory rest.
+#[derive(Default)]
+struct Bucket {
+    files: Vec<PathBuf>,
+    memory: Vec<Vec<u64>>,
+}
+
+impl Bucket {
+    fn read_into(self, into: &mut Vec<u64>) -> io::Result<()> {
+        for path in &self.files {
+            match std::fs::read(path) {
+                Ok(bytes) => into.extend(
+                    bytes
+                        .chunks_exact(8)
+                        .filter_map(|b| b.try_into().ok().map(u64::from_le_bytes)),
+                ),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        for m in self.memory {
+            into.extend(m);
+        }
+        Ok(())
+    }
+}
+
+/// Key hashes are already uniform; hashing them again buys nothing.
+#[derive(Default)]
+pub struct HashIsKey(u64);
+
+impl Hasher for HashIsKey {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v;
+    }
+}
+
+/// The hashes of the keys met more than once.
+#[derive(Debug, Default)]
+pub struct RepeatedKeys {
+    hashes: HashSet<u64, BuildHasherDefault<HashIsKey>>,
+    rows: u64,
+}
+
+impl RepeatedKeys {
+    /// Merges the partitions' hashes bucket by bucket, on up to `threads`
+    /// threads. Blocking: file reads and sorts.
+    pub fn find(partitions: Vec<KeyHashes>, threads: usize) -> io::Result<RepeatedKeys> {
+        let rows = partitions.iter().map(|p| p.rows).sum();
+        let threads = threads.clamp(1, BUCKETS);
+        let mut buckets: Vec<Bucket> = (0..BUCKETS).map(|_| Bucket::default()).collect();
+        for mut p in partitions {
+            for (b, bucket) in buckets.iter_mut().enumerate() {
+                bucket.files.push(p.file(b));
+                bucket.memory.push(std::mem::take(&mut p.buckets[b]));
+            }
+        }
+        let mut shares: Vec<Vec<Bucket>> = (0..threads).map(|_| Vec::new()).collect();
+        for (b, bucket) in buckets.into_iter().enumerate() {
+            shares[b % threads].push(bucket);
+        }
+        let found: Vec<io::Result<Vec<u64>>> = std::thread::scope(|s| {
+            let handles: Vec<_> = shares
+                .into_iter()
+                .map(|share| {
+                    s.spawn(move || -> io::Result<Vec<u64>> {
+                        let mut repeated = Vec::new();
+                        let mut all = Vec::new();
+                        for bucket in share {
+                            all.clear();
+                            bucket.read_into(&mut all)?;
+                            all.sort_unstable();
+                            // The first of each run of equal hashes longer than one.
+                            for (i, pair) in all.windows(2).enumerate() {
+                                if pair[0] == pair[1] && (i == 0 || all[i - 1] != pair[0]) {
+                                    repeated.push(pair[0]);
+                                }
+                            }
+                        }
+                        Ok(repeated)
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(io::Error::other("a key merge thread panicked")))
+                })
+                .collect()
+        });
+        let mut hashes = HashSet::default();
+        for f in found {
+            hashes.extend(f?);
+        }
+        Ok(RepeatedKeys { hashes, rows })
+    }
+
+    pub fn contains(&self, hash: u64) -> bool {
+        self.hashes.contains(&hash)
+    }
+
+    /// Distinct repeated hashes.
+    pub fn len(&self) -> usize {
+        self.hashes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.hashes.is_empty()
+    }
+
+    /// Rows whose keys were counted.
+    pub fn rows(&self) -> u64 {
+        self.rows
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quality::key_hash;
+
+    fn find(keys_per_partition: &[Vec<u64>], budget: usize) -> (RepeatedKeys, usize) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path: Arc<Path> = dir.path().into();
+        let parts: Vec<KeyHashes> = keys_per_partition
+            .iter()
+            .enumerate()
+            .map(|(i, keys)| {
+                let mut p = KeyHashes::new(path.clone(), i, budget);
+                for k in keys {
+                    p.push(key_hash(&k.to_le_bytes())).expect("push");
+                }
+                p
+            })
+            .collect();
+        let files = std::fs::read_dir(dir.path()).expect("read dir").count();
+        (RepeatedKeys::find(parts, 2).expect("find"), files)
+    }
+
+    #[test]
+    fn every_repeat_across_partitions_and_spills_and_no_single() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(11);
+        // Keys 0..40k once each, shared between two partitions at random;
+        // every 9th key a second time and every 27th a third, also at random.
+        let mut parts = vec![Vec::new(), Vec::new()];
+        let mut expected = std::collections::BTreeSet::new();
+        for k in 0..40_000u64 {
+            let copies = 1 + usize::from(k % 9 == 0) + usize::from(k % 27 == 0);
+            for _ in 0..copies {
+                parts[rng.random_range(0..2)].push(k);
+            }
+            if copies > 1 {
+                expected.insert(k);
+            }
+        }
+        for budget in [1_000, DEFAULT_BUDGET] {
+            let (found, files) = find(&parts, budget);
+            if budget == 1_000 {
+                assert!(files > BUCKETS, "the small budget spilled ({files} files)");
+            } else {
+                assert_eq!(files, 0, "everything stayed in memory");
+            }
+            assert_eq!(
+                found.rows(),
+                parts.iter().map(|p| p.len() as u64).sum::<u64>()
+            );
+            let named: std::collections::BTreeSet<u64> = (0..40_000u64)
+                .filter(|k| found.contains(key_hash(&k.to_le_bytes())))
+                .collect();
+            assert_eq!(named, expected, "budget {budget}");
+            assert_eq!(found.len(), expected.len());
+        }
+    }
+}
