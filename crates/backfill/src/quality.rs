@@ -21,6 +21,7 @@
 //! transform, rules, dedup or range change.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::hash::BuildHasherDefault;
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::Path;
 use std::sync::Arc;
@@ -38,7 +39,7 @@ use datafusion::arrow::compute::SortOptions;
 use datafusion::error::DataFusionError;
 use futures::StreamExt;
 
-use crate::repeats::{KeyHashes, RepeatedKeys};
+use crate::repeats::{HashIsKey, KeyHashes, RepeatedKeys};
 
 pub const RULE_COL: &str = "__bf_rule";
 
@@ -239,8 +240,7 @@ impl Splitter {
                         let key = keys.row(i);
                         if let Some(versions) = index.get(key.as_ref()) {
                             let best: Option<&[u8]> = if global {
-                                (versions.chunk == self.chunk_index)
-                                    .then_some(versions.order.as_ref())
+                                (versions.chunk == self.chunk_index).then_some(versions.order)
                             } else {
                                 versions.best_in(self.chunk_index)
                             };
@@ -380,59 +380,49 @@ fn order_converter(
 }
 
 /// The versions of one key that matter: the best ordering values overall
-/// (with the chunk holding them) and the best within each chunk.
-#[derive(Debug, Clone)]
-pub struct KeyVersions {
+/// (with the chunk holding them) and the best within each other chunk.
+#[derive(Debug, Clone, Copy)]
+pub struct KeyVersions<'a> {
     /// Winner over the whole range: its chunk and encoded ordering values.
     pub chunk: u32,
-    pub order: Box<[u8]>,
+    pub order: &'a [u8],
     /// Best encoded ordering values in each other chunk that holds a
-    /// version (chunk scope). The winner's chunk is left out: its best is
-    /// `order`. Most keys the index pass meets have one version, and this
-    /// stays an empty `Vec` that allocates nothing.
-    pub per_chunk: Vec<(u32, Box<[u8]>)>,
+    /// version (chunk scope); empty when all versions share one chunk.
+    per_chunk: &'a [(u32, Box<[u8]>)],
 }
 
-impl KeyVersions {
-    fn new(chunk: u32, order: &[u8]) -> KeyVersions {
-        KeyVersions {
-            chunk,
-            order: order.into(),
-            per_chunk: Vec::new(),
-        }
-    }
+/// A key's best encoded ordering values in each chunk but the winner's.
+type ChunkBests = Vec<(u32, Box<[u8]>)>;
 
+impl KeyVersions<'_> {
     pub fn best_in(&self, chunk: u32) -> Option<&[u8]> {
         if chunk == self.chunk {
-            return Some(&self.order);
+            return Some(self.order);
         }
         self.per_chunk
             .iter()
             .find(|(c, _)| *c == chunk)
             .map(|(_, o)| o.as_ref())
     }
-
-    /// Takes in one more version.
-    fn add(&mut self, chunk: u32, order: &[u8]) {
-        if (order, chunk) < (self.order.as_ref(), self.chunk) {
-            // The new overall winner is also its own chunk's best.
-            self.per_chunk.retain(|(c, _)| *c != chunk);
-            if chunk != self.chunk {
-                let old = std::mem::replace(&mut self.order, order.into());
-                self.per_chunk.push((self.chunk, old));
-                self.chunk = chunk;
-            } else {
-                self.order = order.into();
-            }
-        } else if chunk != self.chunk {
-            match self.per_chunk.iter_mut().find(|(c, _)| *c == chunk) {
-                Some((_, best)) if order < best.as_ref() => *best = order.into(),
-                Some(_) => {}
-                None => self.per_chunk.push((chunk, order.into())),
-            }
-        }
-    }
 }
+
+/// One key of the index. Its bytes and its winner's ordering values live
+/// in the index's byte arena: a key costs its bytes plus 36, not two heap
+/// allocations and a map entry three times that.
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    key_at: u64,
+    order_at: u64,
+    key_len: u32,
+    order_len: u32,
+    chunk: u32,
+    /// Versions met (saturating).
+    versions: u32,
+    /// The next entry whose key has the same 64-bit hash, or `NO_ENTRY`.
+    next: u32,
+}
+
+const NO_ENTRY: u32 = u32::MAX;
 
 /// The hash of a key's row encoding.
 pub fn key_hash(row: &[u8]) -> u64 {
@@ -544,8 +534,20 @@ impl datafusion::logical_expr::ScalarUDFImpl for CandidateUdf {
 /// Keys with several passing versions over the whole job range.
 #[derive(Debug, Default)]
 pub struct DedupIndex {
-    keys: HashMap<Box<[u8]>, KeyVersions>,
-    /// A Bloom filter of `keys` small enough to stay in cache: most rows'
+    /// Key hash to its first entry; the rare keys sharing a hash chain
+    /// through [`Entry::next`].
+    slots: HashMap<u64, u32, BuildHasherDefault<HashIsKey>>,
+    entries: Vec<Entry>,
+    /// Key bytes and ordering values of every entry.
+    bytes: Vec<u8>,
+    /// Per entry with versions in several chunks: the best of each chunk
+    /// other than the winner's.
+    per_chunk: HashMap<u32, ChunkBests>,
+    /// Entries with at least two versions: the index proper. Entries met
+    /// once (their other versions failed a rule) stay in the arena but are
+    /// never returned.
+    keys: usize,
+    /// A Bloom filter of the keys small enough to stay in cache: most rows'
     /// keys are not in the index, and a miss in the map itself costs a
     /// cache miss or two per row.
     filter: Vec<u64>,
@@ -553,42 +555,158 @@ pub struct DedupIndex {
     pub versions: u64,
 }
 
-/// v3: `per_chunk` leaves out the winner's chunk.
-const INDEX_MAGIC: &[u8; 8] = b"BFDXv3\n\0";
+/// v4: each key's version count follows its chunk.
+const INDEX_MAGIC: &[u8; 8] = b"BFDXv4\n\0";
 
 impl DedupIndex {
     pub fn is_empty(&self) -> bool {
-        self.keys.is_empty()
+        self.keys == 0
     }
 
     pub fn len(&self) -> usize {
-        self.keys.len()
+        self.keys
     }
 
-    pub fn get(&self, key: &[u8]) -> Option<&KeyVersions> {
+    fn slice(&self, at: u64, len: u32) -> &[u8] {
+        &self.bytes[at as usize..at as usize + len as usize]
+    }
+
+    fn key_of(&self, e: &Entry) -> &[u8] {
+        self.slice(e.key_at, e.key_len)
+    }
+
+    fn order_of(&self, e: &Entry) -> &[u8] {
+        self.slice(e.order_at, e.order_len)
+    }
+
+    fn find(&self, hash: u64, key: &[u8]) -> Option<u32> {
+        let mut i = *self.slots.get(&hash)?;
+        while i != NO_ENTRY {
+            let e = &self.entries[i as usize];
+            if self.key_of(e) == key {
+                return Some(i);
+            }
+            i = e.next;
+        }
+        None
+    }
+
+    pub fn get(&self, key: &[u8]) -> Option<KeyVersions<'_>> {
         if self.filter.is_empty() {
             return None;
         }
-        let (word, bits) = bloom_probe(key_hash(key), self.filter.len());
+        let hash = key_hash(key);
+        let (word, bits) = bloom_probe(hash, self.filter.len());
         if self.filter[word] & bits != bits {
             return None;
         }
-        self.keys.get(key)
+        let i = self.find(hash, key)?;
+        let e = &self.entries[i as usize];
+        (e.versions > 1).then(|| KeyVersions {
+            chunk: e.chunk,
+            order: self.order_of(e),
+            per_chunk: self.per_chunk.get(&i).map_or(&[], |v| v.as_slice()),
+        })
     }
 
-    fn new(keys: HashMap<Box<[u8]>, KeyVersions>, versions: u64) -> DedupIndex {
+    fn push_bytes(&mut self, b: &[u8]) -> u64 {
+        let at = self.bytes.len() as u64;
+        self.bytes.extend_from_slice(b);
+        at
+    }
+
+    /// Takes in one more version of `key`.
+    fn add(&mut self, key: &[u8], chunk: u32, order: &[u8]) -> Result<(), DataFusionError> {
+        let too_long =
+            || DataFusionError::Execution("a dedup key or ordering value over 4 GiB".into());
+        let hash = key_hash(key);
+        let Some(i) = self.find(hash, key) else {
+            let next = self.slots.get(&hash).copied().unwrap_or(NO_ENTRY);
+            let i = u32::try_from(self.entries.len())
+                .ok()
+                .filter(|&i| i != NO_ENTRY)
+                .ok_or_else(|| {
+                    DataFusionError::Execution("over 4G keys in the dedup index".into())
+                })?;
+            let entry = Entry {
+                key_at: self.push_bytes(key),
+                key_len: u32::try_from(key.len()).map_err(|_| too_long())?,
+                order_at: self.push_bytes(order),
+                order_len: u32::try_from(order.len()).map_err(|_| too_long())?,
+                chunk,
+                versions: 1,
+                next,
+            };
+            self.entries.push(entry);
+            self.slots.insert(hash, i);
+            return Ok(());
+        };
+        let e = self.entries[i as usize];
+        self.entries[i as usize].versions = e.versions.saturating_add(1);
+        let best = self.order_of(&e);
+        if (order, chunk) < (best, e.chunk) {
+            // The new overall winner is also its own chunk's best; the
+            // winner's chunk never has an entry of its own.
+            if let Some(others) = self.per_chunk.get_mut(&i) {
+                others.retain(|(c, _)| *c != chunk);
+            }
+            if chunk != e.chunk {
+                let old: Box<[u8]> = self.order_of(&e).into();
+                self.per_chunk.entry(i).or_default().push((e.chunk, old));
+            }
+            let order_len = u32::try_from(order.len()).map_err(|_| too_long())?;
+            let order_at = if order_len == e.order_len {
+                let at = e.order_at as usize;
+                self.bytes[at..at + order.len()].copy_from_slice(order);
+                e.order_at
+            } else {
+                self.push_bytes(order)
+            };
+            let entry = &mut self.entries[i as usize];
+            entry.chunk = chunk;
+            entry.order_at = order_at;
+            entry.order_len = order_len;
+        } else if chunk != e.chunk {
+            let others = self.per_chunk.entry(i).or_default();
+            match others.iter_mut().find(|(c, _)| *c == chunk) {
+                Some((_, best)) if order < best.as_ref() => *best = order.into(),
+                Some(_) => {}
+                None => others.push((chunk, order.into())),
+            }
+        }
+        Ok(())
+    }
+
+    /// Done adding: counts the index's keys and versions, and builds the
+    /// filter over the keys with several versions.
+    fn seal(mut self) -> DedupIndex {
+        self.entries.shrink_to_fit();
+        self.bytes.shrink_to_fit();
+        self.per_chunk
+            .retain(|&i, _| self.entries.get(i as usize).is_some_and(|e| e.versions > 1));
+        self.keys = self.entries.iter().filter(|e| e.versions > 1).count();
+        self.versions = self
+            .entries
+            .iter()
+            .filter(|e| e.versions > 1)
+            .map(|e| u64::from(e.versions))
+            .sum();
         // About 16 bits per key, at least one word.
-        let words = (keys.len() / 4).max(1).next_power_of_two();
+        let words = (self.keys / 4).max(1).next_power_of_two();
         let mut filter = vec![0u64; words];
-        for k in keys.keys() {
-            let (word, bits) = bloom_probe(key_hash(k), words);
-            filter[word] |= bits;
+        for (&hash, &first) in &self.slots {
+            let mut i = first;
+            while i != NO_ENTRY {
+                let e = &self.entries[i as usize];
+                if e.versions > 1 {
+                    let (word, bits) = bloom_probe(hash, words);
+                    filter[word] |= bits;
+                }
+                i = e.next;
+            }
         }
-        DedupIndex {
-            keys,
-            filter,
-            versions,
-        }
+        self.filter = filter;
+        self
     }
 
     /// Builds the index from a stream of passing rows carrying the key
@@ -608,7 +726,7 @@ impl DedupIndex {
             .collect();
         let mut key_conv: Option<RowConverter> = None;
         let mut order_conv: Option<RowConverter> = None;
-        let mut keys: HashMap<Box<[u8]>, (u64, KeyVersions)> = HashMap::new();
+        let mut index = DedupIndex::default();
         while let Some(batch) = stream.next().await {
             let batch = batch?;
             if batch.num_rows() == 0 {
@@ -636,34 +754,18 @@ impl DedupIndex {
                 let key_row = key_rows.row(i);
                 // The chunk whose [lo, hi) holds the row: the last lo <= pos.
                 let chunk = bounds.partition_point(|&lo| lo <= pos).saturating_sub(1) as u32;
-                let order_row = order_rows.row(i);
-                let order: &[u8] = order_row.as_ref();
-                match keys.get_mut(key_row.as_ref()) {
-                    Some((count, v)) => {
-                        *count += 1;
-                        v.add(chunk, order);
-                    }
-                    None => {
-                        keys.insert(key_row.as_ref().into(), (1, KeyVersions::new(chunk, order)));
-                    }
-                }
+                index.add(key_row.as_ref(), chunk, order_rows.row(i).as_ref())?;
             }
         }
-        let mut versions = 0;
-        let candidates = keys.len();
-        let keys: HashMap<Box<[u8]>, KeyVersions> = keys
-            .into_iter()
-            .filter(|(_, (count, _))| *count > 1)
-            .map(|(k, (count, v))| {
-                versions += count;
-                (k, v)
-            })
-            .collect();
+        let candidates = index.entries.len();
+        let index = index.seal();
         tracing::debug!(
-            "dedup index: {} of {candidates} candidate keys have several versions",
-            keys.len()
+            "dedup index: {} of {candidates} candidate keys have several versions \
+             ({} MiB of keys and ordering values)",
+            index.keys,
+            index.bytes.len() >> 20
         );
-        Ok(DedupIndex::new(keys, versions))
+        Ok(index)
     }
 
     pub fn save(&self, path: &Path, fingerprint: &str) -> std::io::Result<()> {
@@ -679,13 +781,18 @@ impl DedupIndex {
             let mut w = BufWriter::new(std::fs::File::create(&tmp)?);
             w.write_all(INDEX_MAGIC)?;
             bytes(&mut w, fingerprint.as_bytes())?;
-            w.write_all(&(self.keys.len() as u64).to_le_bytes())?;
-            for (k, v) in &self.keys {
-                bytes(&mut w, k)?;
-                w.write_all(&v.chunk.to_le_bytes())?;
-                bytes(&mut w, &v.order)?;
-                w.write_all(&(v.per_chunk.len() as u32).to_le_bytes())?;
-                for (c, o) in &v.per_chunk {
+            w.write_all(&(self.keys as u64).to_le_bytes())?;
+            for (i, e) in self.entries.iter().enumerate() {
+                if e.versions < 2 {
+                    continue;
+                }
+                bytes(&mut w, self.key_of(e))?;
+                w.write_all(&e.chunk.to_le_bytes())?;
+                w.write_all(&e.versions.to_le_bytes())?;
+                bytes(&mut w, self.order_of(e))?;
+                let others = self.per_chunk.get(&(i as u32)).map_or(&[][..], |v| v);
+                w.write_all(&(others.len() as u32).to_le_bytes())?;
+                for (c, o) in others {
                     w.write_all(&c.to_le_bytes())?;
                     bytes(&mut w, o)?;
                 }
@@ -717,10 +824,11 @@ impl DedupIndex {
         let mut len8 = [0u8; 8];
         r.read_exact(&mut len8).ok()?;
         let n = u64::from_le_bytes(len8);
-        let mut keys = HashMap::with_capacity(n.min(1 << 24) as usize);
+        let mut index = DedupIndex::default();
         for _ in 0..n {
-            let k = bytes(&mut r)?;
+            let key = bytes(&mut r)?;
             let chunk = u32_(&mut r)?;
+            let versions = u32_(&mut r)?;
             let order = bytes(&mut r)?;
             let m = u32_(&mut r)?;
             let mut per_chunk = Vec::with_capacity(m.min(1 << 16) as usize);
@@ -728,16 +836,17 @@ impl DedupIndex {
                 let c = u32_(&mut r)?;
                 per_chunk.push((c, bytes(&mut r)?));
             }
-            keys.insert(
-                k,
-                KeyVersions {
-                    chunk,
-                    order,
-                    per_chunk,
-                },
-            );
+            if versions < 2 || index.find(key_hash(&key), &key).is_some() {
+                return None;
+            }
+            index.add(&key, chunk, &order).ok()?;
+            let i = index.entries.len() as u32 - 1;
+            index.entries[i as usize].versions = versions;
+            if !per_chunk.is_empty() {
+                index.per_chunk.insert(i, per_chunk);
+            }
         }
-        Some(DedupIndex::new(keys, 0))
+        Some(index.seal())
     }
 }
 
@@ -791,37 +900,65 @@ mod tests {
     fn key_versions_track_the_winner_and_each_chunks_best() {
         use rand::{Rng, SeedableRng};
         let mut rng = rand::rngs::SmallRng::seed_from_u64(7);
-        for _ in 0..2000 {
-            let versions: Vec<(u32, [u8; 1])> = (0..rng.random_range(1..8))
-                .map(|_| (rng.random_range(0..4), [rng.random_range(0..5)]))
-                .collect();
-            let (c0, o0) = versions[0];
-            let mut v = KeyVersions::new(c0, &o0);
-            for (c, o) in &versions[1..] {
-                v.add(*c, o);
+        let mut index = DedupIndex::default();
+        type Versions = Vec<(u32, Vec<u8>)>;
+        let mut all: Vec<(Vec<u8>, Versions)> = Vec::new();
+        for k in 0..2000u32 {
+            // Keys of several lengths; ordering values of one or two bytes,
+            // so that a new winner sometimes needs more room than the old.
+            let key: Vec<u8> = k.to_le_bytes()[..1 + (k as usize % 4)].to_vec();
+            if all.iter().any(|(other, _)| *other == key) {
+                continue;
             }
-            let winner = versions.iter().map(|(c, o)| (*o, *c)).min();
-            assert_eq!(
-                Some((v.order.as_ref(), v.chunk)),
-                winner.as_ref().map(|(o, c)| (&o[..], *c)),
-                "{versions:?}"
-            );
-            for chunk in 0..4 {
-                let best = versions
-                    .iter()
-                    .filter(|(c, _)| *c == chunk)
-                    .map(|(_, o)| o)
-                    .min();
-                assert_eq!(
-                    v.best_in(chunk),
-                    best.map(|o| &o[..]),
-                    "chunk {chunk} of {versions:?}"
+            let versions: Versions = (0..rng.random_range(1..8))
+                .map(|_| {
+                    let len = rng.random_range(1..3);
+                    (
+                        rng.random_range(0..4),
+                        (0..len).map(|_| rng.random_range(0..5)).collect(),
+                    )
+                })
+                .collect();
+            for (c, o) in &versions {
+                index.add(&key, *c, o).expect("add");
+            }
+            all.push((key, versions));
+        }
+        let path = tempfile::tempdir().expect("temp dir");
+        let file = path.path().join("index");
+        let built = index.seal();
+        built.save(&file, "fp").expect("save");
+        assert!(
+            DedupIndex::load(&file, "other").is_none(),
+            "stale fingerprint"
+        );
+        let loaded = DedupIndex::load(&file, "fp").expect("load");
+        assert_eq!(loaded.len(), built.len());
+        assert_eq!(loaded.versions, built.versions);
+        for index in [&built, &loaded] {
+            for (key, versions) in &all {
+                let Some(v) = index.get(key) else {
+                    assert_eq!(versions.len(), 1, "{key:?} {versions:?} missing");
+                    continue;
+                };
+                assert!(versions.len() > 1, "{key:?} has one version");
+                let winner = versions.iter().map(|(c, o)| (o.clone(), *c)).min();
+                assert_eq!(Some((v.order.to_vec(), v.chunk)), winner, "{versions:?}");
+                for chunk in 0..4 {
+                    let best = versions
+                        .iter()
+                        .filter(|(c, _)| *c == chunk)
+                        .map(|(_, o)| o.as_slice())
+                        .min();
+                    assert_eq!(v.best_in(chunk), best, "chunk {chunk} of {versions:?}");
+                }
+                assert!(
+                    v.per_chunk.iter().all(|(c, _)| *c != v.chunk),
+                    "{versions:?}"
                 );
             }
-            assert!(
-                v.per_chunk.iter().all(|(c, _)| *c != v.chunk),
-                "{versions:?}"
-            );
         }
+        let multi = all.iter().filter(|(_, v)| v.len() > 1).count();
+        assert_eq!(built.len(), multi);
     }
 }
