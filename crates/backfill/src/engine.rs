@@ -304,6 +304,9 @@ async fn run_chunk(
             quarantine.write(qb).await?;
         }
     }
+    if let Some(winners) = splitter.finish()? {
+        target.write(winners).await?;
+    }
     let counts = splitter.counts;
     quality_verdict(q.spec, &counts)?;
     Ok(ExecStats {
@@ -344,25 +347,16 @@ pub fn quality_verdict(spec: &JobSpec, counts: &QualityCounts) -> Result<(), Chu
     Ok(())
 }
 
-/// The dedup index's input over the whole job range: the hashes of the
-/// keys met more than once (a first pass reading only what the keys need,
-/// spilling to `spill_dir`), then for the rows with those hashes, when they
-/// pass the rules, the key columns, order columns and the range value
-/// `__bf_r` (when given), for [`DedupIndex::build`]. Each pass reads only
-/// the columns it needs.
-///
-/// [`DedupIndex::build`]: crate::quality::DedupIndex::build
-#[allow(clippy::too_many_arguments)]
-pub async fn index_rows(
+/// The transformed rows of the whole job range as `__bf_t`, for the dedup
+/// index passes.
+pub async fn index_context(
     spec: &JobSpec,
-    dedup: &DedupSpec,
     source: &Arc<dyn Source>,
     range: Option<&RangeColumn>,
     whole: &Chunk,
     config: &SessionConfig,
     runtime: &Arc<RuntimeEnv>,
-    spill_dir: &std::path::Path,
-) -> DfResult<SendableRecordBatchStream> {
+) -> DfResult<SessionContext> {
     let ctx = SessionContext::new_with_config_rt(config.clone(), runtime.clone());
     let mut raw = ctx.read_table(source.table())?;
     if let Some(range) = range
@@ -373,6 +367,50 @@ pub async fn index_rows(
     ctx.register_table("source", raw.into_view())?;
     let transformed = ctx.sql(transform_sql(spec)).await?;
     ctx.register_table("__bf_t", transformed.into_view())?;
+    Ok(ctx)
+}
+
+fn key_list(dedup: &DedupSpec) -> String {
+    dedup
+        .keys
+        .iter()
+        .map(|k| quality::ident(k))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The first dedup index pass over [`index_context`]'s rows: the hashes of
+/// the keys met more than once, every row's key counted, passing or not (a
+/// superset of the passing repeats). Spills to `spill_dir`.
+pub async fn repeated_keys(
+    ctx: &SessionContext,
+    dedup: &DedupSpec,
+    spill_dir: &std::path::Path,
+) -> DfResult<RepeatedKeys> {
+    let started = std::time::Instant::now();
+    let repeated = hash_all_keys(ctx, &key_list(dedup), spill_dir).await?;
+    tracing::debug!(
+        "dedup index: {} repeated key hashes among {} rows in {:.2}s",
+        repeated.len(),
+        repeated.rows(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(repeated)
+}
+
+/// The second pass: for the rows with a repeated key hash that pass the
+/// rules, the key columns, order columns and, when several chunks need it,
+/// the range value `__bf_r`, for [`DedupIndex::build`]. It reads only the
+/// columns it needs.
+///
+/// [`DedupIndex::build`]: crate::quality::DedupIndex::build
+pub async fn index_rows(
+    ctx: &SessionContext,
+    spec: &JobSpec,
+    dedup: &DedupSpec,
+    range: Option<&RangeColumn>,
+    repeated: RepeatedKeys,
+) -> DfResult<SendableRecordBatchStream> {
     let mut select = Vec::new();
     for (i, k) in dedup.keys.iter().enumerate() {
         select.push(format!("{} AS \"__bf_k{i}\"", quality::ident(k)));
@@ -384,36 +422,22 @@ pub async fn index_rows(
     if let Some(range) = range {
         select.push(format!("{} AS \"__bf_r\"", quality::ident(&range.name)));
     }
-    // Every row's key, passing or not: a superset of the passing repeats.
-    let keys = dedup
-        .keys
-        .iter()
-        .map(|k| quality::ident(k))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let started = std::time::Instant::now();
-    let repeated = repeated_keys(&ctx, &keys, spill_dir).await?;
-    tracing::debug!(
-        "dedup index: {} repeated key hashes among {} rows in {:.2}s",
-        repeated.len(),
-        repeated.rows(),
-        started.elapsed().as_secs_f64()
-    );
     ctx.register_udf(datafusion::logical_expr::ScalarUDF::new_from_impl(
         quality::CandidateUdf::new(Arc::new(repeated)),
     ));
     let sql = format!(
-        "SELECT {} FROM \"__bf_t\" WHERE {}({keys}) AND {}",
+        "SELECT {} FROM \"__bf_t\" WHERE {}({}) AND {}",
         select.join(", "),
         quality::CANDIDATE_UDF,
+        key_list(dedup),
         quality::all_rules_pass(&spec.rules),
     );
     ctx.sql(&sql).await?.execute_stream().await
 }
 
-/// The first index pass: each scan partition hashes its own rows' keys (so
-/// both cores hash), then the hashes are merged bucket by bucket.
-async fn repeated_keys(
+/// Each scan partition hashes its own rows' keys (so both cores hash), then
+/// the hashes are merged bucket by bucket.
+async fn hash_all_keys(
     ctx: &SessionContext,
     keys: &str,
     spill_dir: &std::path::Path,

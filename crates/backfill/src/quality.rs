@@ -26,12 +26,13 @@ use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::Path;
 use std::sync::Arc;
 
+use arrow::array::AsArray;
 use arrow::array::{
-    Array, ArrayRef, BooleanArray, Int32Array, Int64Array, RecordBatch, StringArray,
+    Array, ArrayRef, BooleanArray, Int32Array, Int64Array, RecordBatch, StringArray, UInt32Array,
 };
-use arrow::compute::{cast, filter_record_batch};
+use arrow::compute::{cast, filter_record_batch, interleave_record_batch, take_record_batch};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
-use arrow::row::{RowConverter, SortField};
+use arrow::row::{RowConverter, Rows, SortField};
 use backfill_core::plan::Chunk;
 use backfill_core::spec::{DedupScope, DedupSpec, JobSpec, RuleAction, RuleSpec};
 use backfill_core::state::RuleCount;
@@ -105,8 +106,23 @@ pub struct Splitter {
     order_converter: Option<RowConverter>,
     /// Multi-version keys whose winner this chunk already kept (ties).
     emitted: HashSet<Box<[u8]>>,
+    /// Rows of repeated keys held back until the chunk ends, when the index
+    /// only knows the keys' hashes ([`DedupIndex::within_one_chunk`]).
+    held: Held,
     pub counts: QualityCounts,
 }
+
+/// The passing rows of repeated keys, and per key where its best row is.
+#[derive(Default)]
+struct Held {
+    batches: Vec<RecordBatch>,
+    /// Key to its best row so far; ties keep the first row met.
+    best: HashMap<Box<[u8]>, HeldBest>,
+    rows: u64,
+}
+
+/// Encoded ordering values, and the row's (batch, row) in [`Held::batches`].
+type HeldBest = (Box<[u8]>, u32, u32);
 
 /// What one batch turned into.
 pub struct Split {
@@ -138,6 +154,7 @@ impl Splitter {
             key_converter: None,
             order_converter: None,
             emitted: HashSet::new(),
+            held: Held::default(),
             counts: QualityCounts::default(),
         }
     }
@@ -167,6 +184,72 @@ impl Splitter {
             })
             .collect::<Vec<_>>()
             .join(" ")
+    }
+
+    /// Keeps rows `rows` of `data` (whose keys are repeated) until
+    /// [`Splitter::finish`], with each key's best row so far.
+    fn hold(
+        &mut self,
+        data: &RecordBatch,
+        keys: &Rows,
+        rows: &[u32],
+    ) -> Result<(), DataFusionError> {
+        let (Some(dedup), Some(oc)) = (&self.dedup, &self.order_converter) else {
+            return Ok(());
+        };
+        let taken = take_record_batch(data, &UInt32Array::from(rows.to_vec()))?;
+        // `take` of a view column still points into the whole batch's
+        // buffers; copying the held strings out lets those go.
+        let held = compact_views(&taken)?;
+        let orders: Vec<ArrayRef> = dedup
+            .order_by
+            .iter()
+            .map(|o| {
+                held.schema()
+                    .index_of(&o.column)
+                    .map(|i| held.column(i).clone())
+                    .map_err(DataFusionError::from)
+            })
+            .collect::<Result<_, _>>()?;
+        let orders = oc.convert_columns(&orders)?;
+        let b = u32::try_from(self.held.batches.len())
+            .map_err(|_| DataFusionError::Execution("too many held batches".into()))?;
+        for (j, &i) in rows.iter().enumerate() {
+            let key = keys.row(i as usize);
+            let order = orders.row(j);
+            match self.held.best.get_mut(key.as_ref()) {
+                Some(best) if order.as_ref() < best.0.as_ref() => {
+                    *best = (order.as_ref().into(), b, j as u32);
+                }
+                Some(_) => {}
+                None => {
+                    self.held
+                        .best
+                        .insert(key.as_ref().into(), (order.as_ref().into(), b, j as u32));
+                }
+            }
+        }
+        self.held.rows += rows.len() as u64;
+        self.held.batches.push(held);
+        Ok(())
+    }
+
+    /// The held rows that won, in the order they were met, once the chunk's
+    /// last batch has been split; counts the others as duplicates.
+    pub fn finish(&mut self) -> Result<Option<RecordBatch>, DataFusionError> {
+        let held = std::mem::take(&mut self.held);
+        if held.rows == 0 {
+            return Ok(None);
+        }
+        let mut winners: Vec<(usize, usize)> = held
+            .best
+            .into_values()
+            .map(|(_, b, r)| (b as usize, r as usize))
+            .collect();
+        winners.sort_unstable();
+        self.counts.duplicates += held.rows - winners.len() as u64;
+        let batches: Vec<&RecordBatch> = held.batches.iter().collect();
+        Ok(Some(interleave_record_batch(&batches, &winners)?))
     }
 
     pub fn split(&mut self, batch: &RecordBatch) -> Result<Split, DataFusionError> {
@@ -209,6 +292,10 @@ impl Splitter {
                     self.order_converter = Some(order_converter(&orders, dedup)?);
                 }
                 match (&self.key_converter, &self.order_converter) {
+                    // Held rows' ordering values are encoded once held.
+                    (Some(kc), Some(_)) if index.holds_back() => {
+                        (Some(kc.convert_columns(&keys)?), None)
+                    }
                     (Some(kc), Some(oc)) => (
                         Some(kc.convert_columns(&keys)?),
                         Some(oc.convert_columns(&orders)?),
@@ -227,6 +314,7 @@ impl Splitter {
         let mut quarantine = Vec::with_capacity(n);
         let mut q_rule: Vec<Option<String>> = Vec::new();
         let mut any_q = false;
+        let mut held: Vec<u32> = Vec::new();
         for i in 0..n {
             let failed_rule = rule
                 .as_ref()
@@ -234,7 +322,13 @@ impl Splitter {
             match failed_rule {
                 None => {
                     let mut winner = true;
-                    if let (Some(keys), Some(orders), Some(index)) =
+                    let mut hold = false;
+                    if let (Some(keys), Some(index)) = (&key_rows, &self.index)
+                        && index.holds_back()
+                    {
+                        hold = index.is_repeated(keys.row(i).as_ref());
+                        winner = !hold;
+                    } else if let (Some(keys), Some(orders), Some(index)) =
                         (&key_rows, &order_rows, &self.index)
                     {
                         let key = keys.row(i);
@@ -248,7 +342,9 @@ impl Splitter {
                                 && self.emitted.insert(key.as_ref().into());
                         }
                     }
-                    if !winner {
+                    if hold {
+                        held.push(i as u32);
+                    } else if !winner {
                         self.counts.duplicates += 1;
                     }
                     keep.push(winner);
@@ -296,6 +392,9 @@ impl Splitter {
                 }
             }
         }
+        if let (false, Some(keys)) = (held.is_empty(), &key_rows) {
+            self.hold(&data, keys, &held)?;
+        }
         let target = if keep.iter().all(|&k| k) {
             Some(data.clone())
         } else if keep.iter().any(|&k| k) {
@@ -320,6 +419,21 @@ impl Splitter {
             quarantine,
         })
     }
+}
+
+/// `batch` with its string and binary view columns copied into buffers of
+/// their own.
+fn compact_views(batch: &RecordBatch) -> Result<RecordBatch, DataFusionError> {
+    let columns: Vec<ArrayRef> = batch
+        .columns()
+        .iter()
+        .map(|c| match c.data_type() {
+            DataType::Utf8View => Arc::new(c.as_string_view().gc()) as ArrayRef,
+            DataType::BinaryView => Arc::new(c.as_binary_view().gc()) as ArrayRef,
+            _ => c.clone(),
+        })
+        .collect();
+    Ok(RecordBatch::try_new(batch.schema(), columns)?)
 }
 
 /// The quarantine table's columns: the transformed row's, then `_rule`,
@@ -553,14 +667,43 @@ pub struct DedupIndex {
     filter: Vec<u64>,
     /// Versions of multi-version keys seen while building.
     pub versions: u64,
+    /// One-chunk jobs: only the repeated keys' hashes, the chunk resolving
+    /// them itself.
+    repeated: Option<Arc<RepeatedKeys>>,
 }
 
 /// v4: each key's version count follows its chunk.
 const INDEX_MAGIC: &[u8; 8] = b"BFDXv4\n\0";
 
 impl DedupIndex {
+    /// An index for a job of one chunk, which sees every version of every
+    /// key: the chunk holds back the rows of `repeated` keys and keeps each
+    /// key's best when it ends ([`Splitter::finish`]).
+    pub fn within_one_chunk(repeated: RepeatedKeys) -> DedupIndex {
+        DedupIndex {
+            repeated: Some(Arc::new(repeated)),
+            ..DedupIndex::default()
+        }
+    }
+
+    /// Whether the chunk resolves repeated keys itself.
+    pub fn holds_back(&self) -> bool {
+        self.repeated.is_some()
+    }
+
+    /// In an index [`within_one_chunk`](Self::within_one_chunk): whether
+    /// `key` may have several versions.
+    pub fn is_repeated(&self, key: &[u8]) -> bool {
+        self.repeated
+            .as_ref()
+            .is_some_and(|r| r.contains(key_hash(key)))
+    }
+
     pub fn is_empty(&self) -> bool {
-        self.keys == 0
+        match &self.repeated {
+            Some(r) => r.is_empty(),
+            None => self.keys == 0,
+        }
     }
 
     pub fn len(&self) -> usize {

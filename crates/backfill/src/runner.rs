@@ -1008,17 +1008,29 @@ pub(crate) async fn dedup_index(
         return Ok(Some(Arc::new(index)));
     }
     let t = Instant::now();
-    let stream = engine::index_rows(
+    let ctx = engine::index_context(
         &job.spec,
-        dedup,
         &job.source,
         range,
         &whole,
         &job.config,
         &job.runtime,
-        path.parent().unwrap_or(Path::new(".")),
     )
     .await?;
+    let spill = path.parent().unwrap_or(Path::new("."));
+    let repeated = engine::repeated_keys(&ctx, dedup, spill).await?;
+    if job.chunks.len() == 1 {
+        // The one chunk sees every version of every key: it holds back the
+        // rows of repeated keys and keeps each key's best at its end, which
+        // spares the second pass. Nothing is saved; the hashes are cheap.
+        tracing::info!(
+            "dedup: {} repeated keys, resolved within the one chunk ({:.1}s)",
+            repeated.len(),
+            t.elapsed().as_secs_f64()
+        );
+        return Ok(Some(Arc::new(DedupIndex::within_one_chunk(repeated))));
+    }
+    let stream = engine::index_rows(&ctx, &job.spec, dedup, range, repeated).await?;
     let index = DedupIndex::build(stream, dedup, &job.chunks).await?;
     tracing::info!(
         "dedup index: {} keys have {} versions across the range ({:.1}s)",

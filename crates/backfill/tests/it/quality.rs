@@ -112,6 +112,30 @@ fn the_demo_job_matches_duckdb() {
 }
 
 #[test]
+fn one_chunk_resolves_repeated_keys_itself_and_matches_duckdb() {
+    // One chunk skips the index's second pass: it holds back the rows of
+    // repeated keys and keeps each key's best when the chunk ends.
+    let demo = Demo::new(20_000, "\"all\"");
+    demo.run_ok(&[]);
+    let (months, dups) = expected_global(&demo);
+    assert_months_equal(&months, &actual_months(&demo));
+    assert!(dups > 150, "the demo data should re-emit ids: {dups}");
+    assert_eq!(demo.status_json()["totals"]["duplicates"], dups);
+    let keys = duckdb(&format!(
+        "SELECT count(*) - count(DISTINCT transaction_id) FROM read_parquet('{}', hive_partitioning = true)",
+        demo.target_glob()
+    ));
+    assert_eq!(int(&keys[0][0]), 0);
+
+    let weekly = Demo::new(20_000, "\"7d\"");
+    weekly.run_ok(&[]);
+    assert_eq!(target_fingerprint(&demo), target_fingerprint(&weekly));
+
+    let (c, out) = validate(&demo, &[]);
+    assert_eq!(c, 0, "{out}");
+}
+
+#[test]
 fn parallelism_and_chunk_order_do_not_change_the_target() {
     let demo = Demo::new(8_000, "\"1 month\"");
     demo.run_ok(&["--parallel", "1"]);
