@@ -381,14 +381,47 @@ fn key_list(dedup: &DedupSpec) -> String {
 
 /// The first dedup index pass over [`index_context`]'s rows: the hashes of
 /// the keys met more than once, every row's key counted, passing or not (a
-/// superset of the passing repeats). Spills to `spill_dir`.
+/// superset of the passing repeats). Each scan partition hashes its own
+/// rows' keys (so both cores hash), spilling to `spill_dir`; then the
+/// hashes are merged bucket by bucket.
 pub async fn repeated_keys(
     ctx: &SessionContext,
     dedup: &DedupSpec,
     spill_dir: &std::path::Path,
 ) -> DfResult<RepeatedKeys> {
     let started = std::time::Instant::now();
-    let repeated = hash_all_keys(ctx, &key_list(dedup), spill_dir).await?;
+    std::fs::create_dir_all(spill_dir)?;
+    let dir = tempfile::Builder::new()
+        .prefix(".dedup-spill-")
+        .tempdir_in(spill_dir)?;
+    let path: Arc<std::path::Path> = dir.path().into();
+    let plan = ctx
+        .sql(&format!("SELECT {} FROM \"__bf_t\"", key_list(dedup)))
+        .await?
+        .create_physical_plan()
+        .await?;
+    let streams = datafusion::physical_plan::execute_stream_partitioned(plan, ctx.task_ctx())?;
+    let tasks: Vec<_> = streams
+        .into_iter()
+        .enumerate()
+        .map(|(i, stream)| {
+            let hashes = KeyHashes::new(path.clone(), i, repeats::DEFAULT_BUDGET);
+            tokio::spawn(quality::hash_keys(stream, hashes))
+        })
+        .collect();
+    let mut partitions = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        partitions.push(
+            t.await
+                .map_err(|e| DataFusionError::External(Box::new(e)))??,
+        );
+    }
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let repeated = tokio::task::spawn_blocking(move || RepeatedKeys::find(partitions, threads))
+        .await
+        .map_err(|e| DataFusionError::External(Box::new(e)))??;
+    // The spill files go now, not when the index has been built.
+    drop(dir);
     tracing::debug!(
         "dedup index: {} repeated key hashes among {} rows in {:.2}s",
         repeated.len(),
@@ -433,48 +466,6 @@ pub async fn index_rows(
         quality::all_rules_pass(&spec.rules),
     );
     ctx.sql(&sql).await?.execute_stream().await
-}
-
-/// Each scan partition hashes its own rows' keys (so both cores hash), then
-/// the hashes are merged bucket by bucket.
-async fn hash_all_keys(
-    ctx: &SessionContext,
-    keys: &str,
-    spill_dir: &std::path::Path,
-) -> DfResult<RepeatedKeys> {
-    std::fs::create_dir_all(spill_dir)?;
-    let dir = tempfile::Builder::new()
-        .prefix(".dedup-spill-")
-        .tempdir_in(spill_dir)?;
-    let path: Arc<std::path::Path> = dir.path().into();
-    let plan = ctx
-        .sql(&format!("SELECT {keys} FROM \"__bf_t\""))
-        .await?
-        .create_physical_plan()
-        .await?;
-    let streams = datafusion::physical_plan::execute_stream_partitioned(plan, ctx.task_ctx())?;
-    let tasks: Vec<_> = streams
-        .into_iter()
-        .enumerate()
-        .map(|(i, stream)| {
-            let hashes = KeyHashes::new(path.clone(), i, repeats::DEFAULT_BUDGET);
-            tokio::spawn(quality::hash_keys(stream, hashes))
-        })
-        .collect();
-    let mut partitions = Vec::with_capacity(tasks.len());
-    for t in tasks {
-        partitions.push(
-            t.await
-                .map_err(|e| DataFusionError::External(Box::new(e)))??,
-        );
-    }
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let repeated = tokio::task::spawn_blocking(move || RepeatedKeys::find(partitions, threads))
-        .await
-        .map_err(|e| DataFusionError::External(Box::new(e)))??;
-    // The spill files go now, not when the index has been built.
-    drop(dir);
-    Ok(repeated)
 }
 
 /// Plans the transform once against the source schema, so a bad SQL or a

@@ -195,22 +195,15 @@ impl Splitter {
         rows: &[u32],
     ) -> Result<(), DataFusionError> {
         let (Some(dedup), Some(oc)) = (&self.dedup, &self.order_converter) else {
-            return Ok(());
+            return Err(DataFusionError::Internal(
+                "rows held back without dedup ordering".into(),
+            ));
         };
         let taken = take_record_batch(data, &UInt32Array::from(rows.to_vec()))?;
         // `take` of a view column still points into the whole batch's
         // buffers; copying the held strings out lets those go.
         let held = compact_views(&taken)?;
-        let orders: Vec<ArrayRef> = dedup
-            .order_by
-            .iter()
-            .map(|o| {
-                held.schema()
-                    .index_of(&o.column)
-                    .map(|i| held.column(i).clone())
-                    .map_err(DataFusionError::from)
-            })
-            .collect::<Result<_, _>>()?;
+        let orders = named_columns(&held, dedup.order_by.iter().map(|o| &o.column))?;
         let orders = oc.convert_columns(&orders)?;
         let b = u32::try_from(self.held.batches.len())
             .map_err(|_| DataFusionError::Execution("too many held batches".into()))?;
@@ -274,19 +267,8 @@ impl Splitter {
         // several versions.
         let (key_rows, order_rows) = match (&self.index, &self.dedup) {
             (Some(index), Some(dedup)) if !index.is_empty() => {
-                let column = |name: &String| {
-                    data.schema()
-                        .index_of(name)
-                        .map(|i| data.column(i).clone())
-                        .map_err(DataFusionError::from)
-                };
-                let keys: Vec<ArrayRef> =
-                    dedup.keys.iter().map(column).collect::<Result<_, _>>()?;
-                let orders: Vec<ArrayRef> = dedup
-                    .order_by
-                    .iter()
-                    .map(|o| column(&o.column))
-                    .collect::<Result<_, _>>()?;
+                let keys = named_columns(&data, dedup.keys.iter())?;
+                let orders = named_columns(&data, dedup.order_by.iter().map(|o| &o.column))?;
                 if self.key_converter.is_none() {
                     self.key_converter = Some(key_converter(&keys)?);
                     self.order_converter = Some(order_converter(&orders, dedup)?);
@@ -419,6 +401,16 @@ impl Splitter {
             quarantine,
         })
     }
+}
+
+/// The columns of `batch` named `names`, in that order.
+fn named_columns<'a>(
+    batch: &RecordBatch,
+    names: impl Iterator<Item = &'a String>,
+) -> Result<Vec<ArrayRef>, DataFusionError> {
+    names
+        .map(|name| Ok(batch.column(batch.schema().index_of(name)?).clone()))
+        .collect()
 }
 
 /// `batch` with its string and binary view columns copied into buffers of

@@ -72,11 +72,6 @@ impl KeyHashes {
         Ok(())
     }
 
-    /// Rows pushed so far.
-    pub fn rows(&self) -> u64 {
-        self.rows
-    }
-
     fn spill(&mut self) -> io::Result<()> {
         for b in 0..BUCKETS {
             if self.buckets[b].is_empty() {
