@@ -39,6 +39,17 @@ pub fn session_config() -> SessionConfig {
         .with_information_schema(false)
 }
 
+/// The settings of one chunk when `in_flight` chunks run at once: the
+/// cores are shared out among them rather than each chunk planning for all
+/// of them. Every scan partition holds a source row group's compressed
+/// bytes and decoded pages, so with two chunks of two partitions each, four
+/// row groups were in memory where two keep the cores as busy; and a chunk
+/// of one partition needs no repartitioning between its stages.
+pub fn chunk_config(base: &SessionConfig, in_flight: usize) -> SessionConfig {
+    let partitions = (base.target_partitions() / in_flight.max(1)).max(1);
+    base.clone().with_target_partitions(partitions)
+}
+
 /// Memory DataFusion may hold for sorts, joins and aggregations before it
 /// spills to disk (`BACKFILL_MEMORY_LIMIT_MB` overrides it). The dedup
 /// index's aggregation over every key grows with the data; bounded, it spills.

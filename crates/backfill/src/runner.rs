@@ -773,6 +773,7 @@ impl Backfill {
                 _ => false,
             },
             state_nanos: Default::default(),
+            chunk_config: engine::chunk_config(&job.config, parallelism.min(selected.len())),
         });
 
         let mut queue = selected.into_iter();
@@ -1176,6 +1177,9 @@ struct Shared {
     same_database: bool,
     /// Time spent in the state store's per-chunk calls.
     state_nanos: std::sync::atomic::AtomicU64,
+    /// The DataFusion settings of a chunk: the cores shared out among the
+    /// chunks in flight ([`engine::chunk_config`]).
+    chunk_config: SessionConfig,
 }
 
 impl Shared {
@@ -1330,7 +1334,7 @@ async fn attempt_chunk(
             spec: &job.spec,
             source: &job.source,
             range: job.range.as_ref(),
-            config: &job.config,
+            config: &shared.chunk_config,
             runtime: &job.runtime,
             index: shared.index.clone(),
             run_id: shared.run_id,
