@@ -31,6 +31,7 @@ pub mod redact;
 pub mod repeats;
 pub mod report;
 pub mod runner;
+pub mod saved_index;
 pub mod sink;
 pub mod source;
 #[cfg(feature = "spark")]

@@ -17,13 +17,12 @@
 //! the winning values (and, for global scope, lives in the winning chunk;
 //! ties go to the lowest chunk, then to the first row seen). Chunks stay
 //! independent and parallel, and memory does not grow with the chunk. The
-//! index is saved in the state directory and rebuilt when the source,
-//! transform, rules, dedup or range change.
+//! index is saved in the state directory, one section per chunk, and each
+//! chunk loads only its own ([`crate::saved_index`]); it is rebuilt when
+//! the source, transform, rules, dedup or range change.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::BuildHasherDefault;
-use std::io::{BufReader, BufWriter, Read, Write};
-use std::path::Path;
 use std::sync::Arc;
 
 use arrow::array::AsArray;
@@ -497,10 +496,23 @@ pub struct KeyVersions<'a> {
     per_chunk: &'a [(u32, Box<[u8]>)],
 }
 
+/// A key as one chunk sees it: its bytes, the chunk holding its winner, and
+/// its best encoded ordering values within the chunk.
+pub(crate) struct ChunkKey<'a> {
+    pub key: &'a [u8],
+    pub winner: u32,
+    pub best: &'a [u8],
+}
+
 /// A key's best encoded ordering values in each chunk but the winner's.
 type ChunkBests = Vec<(u32, Box<[u8]>)>;
 
 impl KeyVersions<'_> {
+    /// The chunks holding a version, the winner's first.
+    pub fn chunks(&self) -> impl Iterator<Item = u32> + '_ {
+        std::iter::once(self.chunk).chain(self.per_chunk.iter().map(|(c, _)| *c))
+    }
+
     pub fn best_in(&self, chunk: u32) -> Option<&[u8]> {
         if chunk == self.chunk {
             return Some(self.order);
@@ -664,9 +676,6 @@ pub struct DedupIndex {
     repeated: Option<Arc<RepeatedKeys>>,
 }
 
-/// v4: each key's version count follows its chunk.
-const INDEX_MAGIC: &[u8; 8] = b"BFDXv4\n\0";
-
 impl DedupIndex {
     /// An index for a job of one chunk, which sees every version of every
     /// key: the chunk holds back the rows of `repeated` keys and keeps each
@@ -750,30 +759,88 @@ impl DedupIndex {
         at
     }
 
+    /// A new entry for `key`, which is not in the index yet.
+    fn push_entry(
+        &mut self,
+        hash: u64,
+        key: &[u8],
+        chunk: u32,
+        order: &[u8],
+        versions: u32,
+    ) -> Result<u32, DataFusionError> {
+        let too_long =
+            || DataFusionError::Execution("a dedup key or ordering value over 4 GiB".into());
+        let next = self.slots.get(&hash).copied().unwrap_or(NO_ENTRY);
+        let i = u32::try_from(self.entries.len())
+            .ok()
+            .filter(|&i| i != NO_ENTRY)
+            .ok_or_else(|| DataFusionError::Execution("over 4G keys in the dedup index".into()))?;
+        let entry = Entry {
+            key_at: self.push_bytes(key),
+            key_len: u32::try_from(key.len()).map_err(|_| too_long())?,
+            order_at: self.push_bytes(order),
+            order_len: u32::try_from(order.len()).map_err(|_| too_long())?,
+            chunk,
+            versions,
+            next,
+        };
+        self.entries.push(entry);
+        self.slots.insert(hash, i);
+        Ok(i)
+    }
+
+    /// The keys with several versions, by entry number: each key's bytes
+    /// and versions.
+    pub(crate) fn multi_version(&self) -> impl Iterator<Item = (u32, &[u8], KeyVersions<'_>)> {
+        (0..self.entries.len() as u32).filter_map(|i| self.view(i))
+    }
+
+    /// Entry `i`'s key and versions, if it has several versions.
+    pub(crate) fn view(&self, i: u32) -> Option<(u32, &[u8], KeyVersions<'_>)> {
+        let e = self.entries.get(i as usize)?;
+        (e.versions > 1).then(|| {
+            let versions = KeyVersions {
+                chunk: e.chunk,
+                order: self.order_of(e),
+                per_chunk: self.per_chunk.get(&i).map_or(&[], |v| v.as_slice()),
+            };
+            (i, self.key_of(e), versions)
+        })
+    }
+
+    /// One chunk's view of the index from its saved section: per key, the
+    /// winner's chunk and the chunk's own best ordering values. Answers
+    /// [`DedupIndex::get`] for the rows of that chunk as the whole index
+    /// would.
+    pub(crate) fn for_one_chunk<'a>(
+        chunk: u32,
+        keys: impl Iterator<Item = ChunkKey<'a>>,
+    ) -> Result<DedupIndex, DataFusionError> {
+        let mut index = DedupIndex::default();
+        for k in keys {
+            let hash = key_hash(k.key);
+            if index.find(hash, k.key).is_some() {
+                return Err(DataFusionError::Execution(
+                    "a key appears twice in one chunk's section of the dedup index".into(),
+                ));
+            }
+            if k.winner == chunk {
+                index.push_entry(hash, k.key, chunk, k.best, 2)?;
+            } else {
+                let i = index.push_entry(hash, k.key, k.winner, &[], 2)?;
+                index.per_chunk.insert(i, vec![(chunk, k.best.into())]);
+            }
+        }
+        Ok(index.seal())
+    }
+
     /// Takes in one more version of `key`.
     fn add(&mut self, key: &[u8], chunk: u32, order: &[u8]) -> Result<(), DataFusionError> {
         let too_long =
             || DataFusionError::Execution("a dedup key or ordering value over 4 GiB".into());
         let hash = key_hash(key);
         let Some(i) = self.find(hash, key) else {
-            let next = self.slots.get(&hash).copied().unwrap_or(NO_ENTRY);
-            let i = u32::try_from(self.entries.len())
-                .ok()
-                .filter(|&i| i != NO_ENTRY)
-                .ok_or_else(|| {
-                    DataFusionError::Execution("over 4G keys in the dedup index".into())
-                })?;
-            let entry = Entry {
-                key_at: self.push_bytes(key),
-                key_len: u32::try_from(key.len()).map_err(|_| too_long())?,
-                order_at: self.push_bytes(order),
-                order_len: u32::try_from(order.len()).map_err(|_| too_long())?,
-                chunk,
-                versions: 1,
-                next,
-            };
-            self.entries.push(entry);
-            self.slots.insert(hash, i);
+            self.push_entry(hash, key, chunk, order, 1)?;
             return Ok(());
         };
         let e = self.entries[i as usize];
@@ -902,87 +969,6 @@ impl DedupIndex {
         );
         Ok(index)
     }
-
-    pub fn save(&self, path: &Path, fingerprint: &str) -> std::io::Result<()> {
-        fn bytes(w: &mut impl Write, b: &[u8]) -> std::io::Result<()> {
-            w.write_all(&(b.len() as u32).to_le_bytes())?;
-            w.write_all(b)
-        }
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        let tmp = path.with_extension("tmp");
-        {
-            let mut w = BufWriter::new(std::fs::File::create(&tmp)?);
-            w.write_all(INDEX_MAGIC)?;
-            bytes(&mut w, fingerprint.as_bytes())?;
-            w.write_all(&(self.keys as u64).to_le_bytes())?;
-            for (i, e) in self.entries.iter().enumerate() {
-                if e.versions < 2 {
-                    continue;
-                }
-                bytes(&mut w, self.key_of(e))?;
-                w.write_all(&e.chunk.to_le_bytes())?;
-                w.write_all(&e.versions.to_le_bytes())?;
-                bytes(&mut w, self.order_of(e))?;
-                let others = self.per_chunk.get(&(i as u32)).map_or(&[][..], |v| v);
-                w.write_all(&(others.len() as u32).to_le_bytes())?;
-                for (c, o) in others {
-                    w.write_all(&c.to_le_bytes())?;
-                    bytes(&mut w, o)?;
-                }
-            }
-            w.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-        }
-        std::fs::rename(&tmp, path)
-    }
-
-    /// The saved index if it was built for `fingerprint`; anything else
-    /// (missing, stale, truncated) means "rebuild".
-    pub fn load(path: &Path, fingerprint: &str) -> Option<DedupIndex> {
-        fn u32_(r: &mut impl Read) -> Option<u32> {
-            let mut b = [0u8; 4];
-            r.read_exact(&mut b).ok()?;
-            Some(u32::from_le_bytes(b))
-        }
-        fn bytes(r: &mut impl Read) -> Option<Box<[u8]>> {
-            let mut v = vec![0u8; u32_(r)? as usize];
-            r.read_exact(&mut v).ok()?;
-            Some(v.into_boxed_slice())
-        }
-        let mut r = BufReader::new(std::fs::File::open(path).ok()?);
-        let mut magic = [0u8; 8];
-        r.read_exact(&mut magic).ok()?;
-        if &magic != INDEX_MAGIC || bytes(&mut r)?.as_ref() != fingerprint.as_bytes() {
-            return None;
-        }
-        let mut len8 = [0u8; 8];
-        r.read_exact(&mut len8).ok()?;
-        let n = u64::from_le_bytes(len8);
-        let mut index = DedupIndex::default();
-        for _ in 0..n {
-            let key = bytes(&mut r)?;
-            let chunk = u32_(&mut r)?;
-            let versions = u32_(&mut r)?;
-            let order = bytes(&mut r)?;
-            let m = u32_(&mut r)?;
-            let mut per_chunk = Vec::with_capacity(m.min(1 << 16) as usize);
-            for _ in 0..m {
-                let c = u32_(&mut r)?;
-                per_chunk.push((c, bytes(&mut r)?));
-            }
-            if versions < 2 || index.find(key_hash(&key), &key).is_some() {
-                return None;
-            }
-            index.add(&key, chunk, &order).ok()?;
-            let i = index.entries.len() as u32 - 1;
-            index.entries[i as usize].versions = versions;
-            if !per_chunk.is_empty() {
-                index.per_chunk.insert(i, per_chunk);
-            }
-        }
-        Some(index.seal())
-    }
 }
 
 /// Range values as the planner's raw integers (µs for times), per row.
@@ -1027,73 +1013,88 @@ pub fn index_fingerprint(
     format!("{:016x}", twox_hash::XxHash3_64::oneshot(text.as_bytes()))
 }
 
+/// Versions of one key in a test: (chunk, encoded ordering values).
+#[cfg(test)]
+pub(crate) type TestVersions = Vec<(u32, Vec<u8>)>;
+
+/// A sealed index of about 2,000 random keys of 1-4 bytes, each with 1-7
+/// versions spread over 4 chunks and ordering values of 1-2 bytes (so that
+/// a new winner sometimes needs more room than the old), with the versions
+/// that went in.
+#[cfg(test)]
+pub(crate) fn random_index(seed: u64) -> (DedupIndex, Vec<(Vec<u8>, TestVersions)>) {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
+    let mut index = DedupIndex::default();
+    let mut all: Vec<(Vec<u8>, TestVersions)> = Vec::new();
+    for k in 0..2000u32 {
+        let key: Vec<u8> = k.to_le_bytes()[..1 + (k as usize % 4)].to_vec();
+        if all.iter().any(|(other, _)| *other == key) {
+            continue;
+        }
+        let versions: TestVersions = (0..rng.random_range(1..8))
+            .map(|_| {
+                let len = rng.random_range(1..3);
+                (
+                    rng.random_range(0..4),
+                    (0..len).map(|_| rng.random_range(0..5)).collect(),
+                )
+            })
+            .collect();
+        for (c, o) in &versions {
+            if let Err(e) = index.add(&key, *c, o) {
+                panic!("add: {e}");
+            }
+        }
+        all.push((key, versions));
+    }
+    (index.seal(), all)
+}
+
+/// The best of `versions` in `chunk`, as brute force finds it.
+#[cfg(test)]
+pub(crate) fn best_in_chunk(versions: &TestVersions, chunk: u32) -> Option<&[u8]> {
+    versions
+        .iter()
+        .filter(|(c, _)| *c == chunk)
+        .map(|(_, o)| o.as_slice())
+        .min()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn key_versions_track_the_winner_and_each_chunks_best() {
-        use rand::{Rng, SeedableRng};
-        let mut rng = rand::rngs::SmallRng::seed_from_u64(7);
-        let mut index = DedupIndex::default();
-        type Versions = Vec<(u32, Vec<u8>)>;
-        let mut all: Vec<(Vec<u8>, Versions)> = Vec::new();
-        for k in 0..2000u32 {
-            // Keys of several lengths; ordering values of one or two bytes,
-            // so that a new winner sometimes needs more room than the old.
-            let key: Vec<u8> = k.to_le_bytes()[..1 + (k as usize % 4)].to_vec();
-            if all.iter().any(|(other, _)| *other == key) {
+        let (built, all) = random_index(7);
+        for (key, versions) in &all {
+            let Some(v) = built.get(key) else {
+                assert_eq!(versions.len(), 1, "{key:?} {versions:?} missing");
                 continue;
-            }
-            let versions: Versions = (0..rng.random_range(1..8))
-                .map(|_| {
-                    let len = rng.random_range(1..3);
-                    (
-                        rng.random_range(0..4),
-                        (0..len).map(|_| rng.random_range(0..5)).collect(),
-                    )
-                })
-                .collect();
-            for (c, o) in &versions {
-                index.add(&key, *c, o).expect("add");
-            }
-            all.push((key, versions));
-        }
-        let path = tempfile::tempdir().expect("temp dir");
-        let file = path.path().join("index");
-        let built = index.seal();
-        built.save(&file, "fp").expect("save");
-        assert!(
-            DedupIndex::load(&file, "other").is_none(),
-            "stale fingerprint"
-        );
-        let loaded = DedupIndex::load(&file, "fp").expect("load");
-        assert_eq!(loaded.len(), built.len());
-        assert_eq!(loaded.versions, built.versions);
-        for index in [&built, &loaded] {
-            for (key, versions) in &all {
-                let Some(v) = index.get(key) else {
-                    assert_eq!(versions.len(), 1, "{key:?} {versions:?} missing");
-                    continue;
-                };
-                assert!(versions.len() > 1, "{key:?} has one version");
-                let winner = versions.iter().map(|(c, o)| (o.clone(), *c)).min();
-                assert_eq!(Some((v.order.to_vec(), v.chunk)), winner, "{versions:?}");
-                for chunk in 0..4 {
-                    let best = versions
-                        .iter()
-                        .filter(|(c, _)| *c == chunk)
-                        .map(|(_, o)| o.as_slice())
-                        .min();
-                    assert_eq!(v.best_in(chunk), best, "chunk {chunk} of {versions:?}");
-                }
-                assert!(
-                    v.per_chunk.iter().all(|(c, _)| *c != v.chunk),
-                    "{versions:?}"
+            };
+            assert!(versions.len() > 1, "{key:?} has one version");
+            let winner = versions.iter().map(|(c, o)| (o.clone(), *c)).min();
+            assert_eq!(Some((v.order.to_vec(), v.chunk)), winner, "{versions:?}");
+            for chunk in 0..4 {
+                assert_eq!(
+                    v.best_in(chunk),
+                    best_in_chunk(versions, chunk),
+                    "chunk {chunk} of {versions:?}"
                 );
             }
+            assert!(
+                v.per_chunk.iter().all(|(c, _)| *c != v.chunk),
+                "{versions:?}"
+            );
         }
         let multi = all.iter().filter(|(_, v)| v.len() > 1).count();
         assert_eq!(built.len(), multi);
+        let total: usize = all
+            .iter()
+            .filter(|(_, v)| v.len() > 1)
+            .map(|(_, v)| v.len())
+            .sum();
+        assert_eq!(built.versions, total as u64);
     }
 }

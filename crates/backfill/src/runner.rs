@@ -27,6 +27,7 @@ use crate::error::{ChunkError, Error};
 use crate::failpoint;
 use crate::progress::{Progress, ProgressMode};
 use crate::quality::{self, DedupIndex};
+use crate::saved_index::{self, ChunkIndexes, SavedIndex};
 use crate::sink::{SinkError, Sinks};
 use crate::source::{self, Source};
 use crate::store::StoreError;
@@ -963,7 +964,7 @@ async fn next_signal(term: &mut Option<tokio::signal::unix::Signal>) {
 pub(crate) async fn dedup_index(
     job: &OpenJob,
     for_run: bool,
-) -> Result<Option<Arc<DedupIndex>>, Error> {
+) -> Result<Option<Arc<ChunkIndexes>>, Error> {
     let Some(dedup) = &job.spec.dedup else {
         return Ok(None);
     };
@@ -1001,12 +1002,12 @@ pub(crate) async fn dedup_index(
         return Ok(None);
     }
     let path = job.spec.state.path.with_extension("dedup-index");
-    if let Some(index) = DedupIndex::load(&path, &fp) {
+    if let Some(index) = SavedIndex::open(&path, &fp, job.chunks.len()) {
         tracing::debug!(
             "dedup index loaded: {} keys with several versions",
-            index.len()
+            index.keys
         );
-        return Ok(Some(Arc::new(index)));
+        return Ok(Some(Arc::new(ChunkIndexes::Saved(index))));
     }
     let t = Instant::now();
     let ctx = engine::index_context(
@@ -1029,7 +1030,9 @@ pub(crate) async fn dedup_index(
             repeated.len(),
             t.elapsed().as_secs_f64()
         );
-        return Ok(Some(Arc::new(DedupIndex::within_one_chunk(repeated))));
+        return Ok(Some(Arc::new(ChunkIndexes::Within(Arc::new(
+            DedupIndex::within_one_chunk(repeated),
+        )))));
     }
     let stream = engine::index_rows(&ctx, &job.spec, dedup, range, repeated).await?;
     let index = DedupIndex::build(stream, dedup, &job.chunks).await?;
@@ -1039,10 +1042,38 @@ pub(crate) async fn dedup_index(
         index.versions,
         t.elapsed().as_secs_f64()
     );
-    if let Err(e) = index.save(&path, &fp) {
-        tracing::warn!("could not save the dedup index to {}: {e}", path.display());
+    if let Err(e) = saved_index::save(&index, &path, &fp, job.chunks.len()) {
+        tracing::warn!(
+            "could not save the dedup index to {}: {e}; keeping it all in memory",
+            path.display()
+        );
+        return Ok(Some(Arc::new(ChunkIndexes::Memory(Arc::new(index)))));
     }
-    Ok(Some(Arc::new(index)))
+    drop(index);
+    // The chunks read their sections from the file: the freed index goes
+    // back to the system rather than staying in the allocator's arenas.
+    release_free_memory();
+    match SavedIndex::open(&path, &fp, job.chunks.len()) {
+        Some(saved) => Ok(Some(Arc::new(ChunkIndexes::Saved(saved)))),
+        None => Err(Error::Query(datafusion::error::DataFusionError::Execution(
+            format!(
+                "the dedup index just written to {} does not read back",
+                path.display()
+            ),
+        ))),
+    }
+}
+
+/// Returns the free pages of glibc's heaps to the system. Freed memory
+/// otherwise stays resident in the arenas, and a large structure freed
+/// between the index pass and the chunks would count towards the run's
+/// peak for the rest of it.
+fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// Repairs what a crash left: publishes committed-but-unpublished files,
@@ -1170,7 +1201,7 @@ struct Shared {
     orphans: Mutex<BTreeMap<String, Vec<String>>>,
     /// Chunks to commit empty without a scan (see [`provably_empty`]).
     empty: HashSet<String>,
-    index: Option<Arc<DedupIndex>>,
+    index: Option<Arc<ChunkIndexes>>,
     /// A narrowed run runs committed chunks again.
     rerun_committed: bool,
     /// The state store and the target are one PostgreSQL database.
@@ -1322,6 +1353,12 @@ async fn attempt_chunk(
         };
         (Vec::new(), metrics, Vec::new())
     } else {
+        // Before any writer opens, so that a damaged index leaves nothing
+        // staged.
+        let index = match &shared.index {
+            Some(i) => Some(i.for_chunk(chunk.index)?),
+            None => None,
+        };
         let mut target = job.sinks.target.begin(chunk, attempt).await?;
         let mut quarantine = match job.sinks.quarantine.begin(chunk, attempt).await {
             Ok(w) => w,
@@ -1336,7 +1373,7 @@ async fn attempt_chunk(
             range: job.range.as_ref(),
             config: &shared.chunk_config,
             runtime: &job.runtime,
-            index: shared.index.clone(),
+            index,
             run_id: shared.run_id,
         };
         let work = async {

@@ -487,7 +487,7 @@ impl Backfill {
 async fn check_chunk(
     job: &OpenJob,
     opts: &ValidateOptions,
-    index: Option<Arc<crate::quality::DedupIndex>>,
+    index: Option<Arc<crate::saved_index::ChunkIndexes>>,
     chunk: &Chunk,
     record: Option<&ChunkRecord>,
     files: Option<&Vec<String>>,
@@ -509,7 +509,10 @@ async fn check_chunk(
         range: job.range.as_ref(),
         config: &job.config,
         runtime: &job.runtime,
-        index,
+        index: match &index {
+            Some(i) => Some(i.for_chunk(chunk.index)?),
+            None => None,
+        },
         run_id: 0,
     };
     let stats =
