@@ -926,6 +926,9 @@ impl DedupIndex {
             .iter()
             .filter_map(|c| c.lo.map(|v| v.raw()))
             .collect();
+        let first = chunks.first().and_then(|c| c.lo).map(|v| v.raw());
+        let end = chunks.last().and_then(|c| c.hi).map(|v| v.raw());
+        let in_range = |pos: i64| first.is_none_or(|lo| pos >= lo) && end.is_none_or(|hi| pos < hi);
         let mut key_conv: Option<RowConverter> = None;
         let mut order_conv: Option<RowConverter> = None;
         let mut index = DedupIndex::default();
@@ -953,6 +956,13 @@ impl DedupIndex {
                 let Some(pos) = positions.get(i).copied().flatten() else {
                     continue;
                 };
+                // No chunk holds a row outside the job's range, so it must
+                // not win: the pass drops the range predicate when the
+                // statistics say no row is outside, and this keeps the
+                // index right should they be wrong.
+                if nk + no < batch.num_columns() && !in_range(pos) {
+                    continue;
+                }
                 let key_row = key_rows.row(i);
                 // The chunk whose [lo, hi) holds the row: the last lo <= pos.
                 let chunk = bounds.partition_point(|&lo| lo <= pos).saturating_sub(1) as u32;
@@ -1096,5 +1106,77 @@ mod tests {
             .map(|(_, v)| v.len())
             .sum();
         assert_eq!(built.versions, total as u64);
+    }
+
+    #[tokio::test]
+    async fn rows_outside_the_job_range_never_enter_the_index() {
+        use backfill_core::interval::RangeValue;
+        use backfill_core::spec::OrderKey;
+        let chunk = |index: usize, lo: i64, hi: i64| Chunk {
+            index,
+            id: format!("c{index}"),
+            lo: Some(RangeValue::Int(lo)),
+            hi: Some(RangeValue::Int(hi)),
+            value: None,
+        };
+        let chunks = [chunk(0, 0, 10), chunk(1, 10, 20)];
+        let dedup = DedupSpec {
+            keys: vec!["k".into()],
+            order_by: vec![OrderKey {
+                column: "o".into(),
+                descending: true,
+                nulls_first: false,
+            }],
+            scope: DedupScope::Global,
+            loc: Default::default(),
+        };
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Int64, false),
+            Field::new("o", DataType::Int64, false),
+            Field::new("r", DataType::Int64, true),
+        ]));
+        // Key 1: versions at 5 and 15, and a better one at 25, past the
+        // range. Key 2: one version in range, one before it. Key 3: one in
+        // range, one with no range value.
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(Int64Array::from(vec![1, 1, 1, 2, 2, 3, 3])),
+                Arc::new(Int64Array::from(vec![1, 2, 9, 1, 9, 1, 9])),
+                Arc::new(Int64Array::from(vec![
+                    Some(5),
+                    Some(15),
+                    Some(25),
+                    Some(3),
+                    Some(-1),
+                    Some(4),
+                    None,
+                ])),
+            ],
+        )
+        .expect("batch");
+        let stream = Box::pin(
+            datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(
+                schema,
+                futures::stream::iter([Ok(batch)]),
+            ),
+        );
+        let index = DedupIndex::build(stream, &dedup, &chunks)
+            .await
+            .expect("build");
+        let key = |k: i64| {
+            let col: ArrayRef = Arc::new(Int64Array::from(vec![k]));
+            let rows = key_converter(std::slice::from_ref(&col))
+                .expect("converter")
+                .convert_columns(&[col])
+                .expect("rows");
+            rows.row(0).as_ref().to_vec()
+        };
+        assert_eq!(index.len(), 1, "only key 1 has two versions in range");
+        let v = index.get(&key(1)).expect("key 1");
+        assert_eq!(v.chunk, 1, "the version at 15 wins, not the one at 25");
+        assert!(index.get(&key(2)).is_none());
+        assert!(index.get(&key(3)).is_none());
+        assert_eq!(index.versions, 2);
     }
 }

@@ -1010,10 +1010,26 @@ pub(crate) async fn dedup_index(
         return Ok(Some(Arc::new(ChunkIndexes::Saved(index))));
     }
     let t = Instant::now();
+    // Both passes decode the range column of every row just to evaluate
+    // the job's range predicate; when the statistics prove every source row
+    // is in the range, it would filter nothing.
+    let covers_all = match range {
+        Some(r) => job
+            .source
+            .estimate(r, std::slice::from_ref(&whole))
+            .await
+            .ok()
+            .flatten()
+            .is_some_and(|e| e.first().is_some_and(|e| e.covers_all)),
+        None => false,
+    };
+    if covers_all {
+        tracing::debug!("dedup index: every source row is in the range; no range predicate");
+    }
     let ctx = engine::index_context(
         &job.spec,
         &job.source,
-        range,
+        range.filter(|_| !covers_all),
         &whole,
         &job.config,
         &job.runtime,

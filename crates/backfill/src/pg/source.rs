@@ -157,6 +157,7 @@ impl Source for PgSource {
                 rows: rows.round() as u64,
                 bytes: (rows * width).round() as u64,
                 empty: false,
+                covers_all: false,
             });
         }
         Ok(Some(out))

@@ -64,6 +64,8 @@ fn hive_values(
 struct RowGroupSpan {
     /// Range column min and max (micros or integers); `None` without statistics.
     bounds: Option<(i64, i64)>,
+    /// NULL range values; `None` without statistics.
+    nulls: Option<u64>,
     rows: u64,
     bytes: u64,
 }
@@ -228,6 +230,7 @@ fn spans(md: &parquet::file::metadata::ParquetMetaData, column: &str) -> Vec<Row
             .iter()
             .map(|g| RowGroupSpan {
                 bounds: None,
+                nulls: None,
                 rows: g.num_rows().max(0) as u64,
                 bytes: g.compressed_size().max(0) as u64,
             })
@@ -263,12 +266,16 @@ fn spans(md: &parquet::file::metadata::ParquetMetaData, column: &str) -> Vec<Row
         mins.as_primitive::<Int64Type>(),
         maxes.as_primitive::<Int64Type>(),
     );
+    let nulls = conv.row_group_null_counts(groups.iter()).ok();
     groups
         .iter()
         .enumerate()
         .map(|(i, g)| RowGroupSpan {
             bounds: (mins.is_valid(i) && maxes.is_valid(i))
                 .then(|| (mins.value(i), maxes.value(i))),
+            nulls: nulls
+                .as_ref()
+                .and_then(|n| n.is_valid(i).then(|| n.value(i))),
             rows: g.num_rows().max(0) as u64,
             bytes: g.compressed_size().max(0) as u64,
         })
@@ -280,6 +287,14 @@ fn spans(md: &parquet::file::metadata::ParquetMetaData, column: &str) -> Vec<Row
 fn estimate_chunk(spans: &[RowGroupSpan], lo: Option<i64>, hi: Option<i64>) -> Estimate {
     let mut est = Estimate {
         empty: true,
+        // Statistics in nanoseconds were cast to microseconds, which rounds
+        // toward zero: a value is only known to within 1 either way.
+        covers_all: spans.iter().all(|s| {
+            s.nulls == Some(0)
+                && s.bounds.is_some_and(|(min, max)| {
+                    lo.is_none_or(|l| min > l) && hi.is_none_or(|h| max.saturating_add(1) < h)
+                })
+        }),
         ..Default::default()
     };
     let (mut rows, mut bytes) = (0f64, 0f64);
@@ -512,6 +527,7 @@ mod tests {
     fn estimates_share_row_groups_by_overlap_and_prove_emptiness() {
         let g = |lo, hi, rows| RowGroupSpan {
             bounds: Some((lo, hi)),
+            nulls: Some(0),
             rows,
             bytes: rows * 10,
         };
@@ -523,9 +539,24 @@ mod tests {
         assert_eq!(none.rows, 0);
         let unknown = [RowGroupSpan {
             bounds: None,
+            nulls: None,
             rows: 5,
             bytes: 5,
         }];
         assert!(!estimate_chunk(&unknown, Some(200), Some(300)).empty);
+
+        // Covering every row takes every group inside, with a margin of one
+        // for rounded statistics, and no NULLs.
+        assert!(estimate_chunk(&spans, Some(-1), Some(201)).covers_all);
+        assert!(estimate_chunk(&spans, None, None).covers_all);
+        assert!(!estimate_chunk(&spans, Some(0), Some(201)).covers_all);
+        assert!(!estimate_chunk(&spans, Some(-1), Some(200)).covers_all);
+        assert!(!half.covers_all);
+        assert!(!estimate_chunk(&unknown, None, None).covers_all);
+        let mut with_nulls = spans;
+        with_nulls[1].nulls = Some(1);
+        assert!(!estimate_chunk(&with_nulls, None, None).covers_all);
+        with_nulls[1].nulls = None;
+        assert!(!estimate_chunk(&with_nulls, None, None).covers_all);
     }
 }

@@ -67,6 +67,11 @@ pub struct Estimate {
     pub bytes: u64,
     /// Proven empty: the statistics of every row group exclude the chunk.
     pub empty: bool,
+    /// Proven to hold every row of the source: the statistics put every
+    /// row group's range values inside the chunk, none of them NULL, so the
+    /// range predicate would filter nothing.
+    #[serde(skip)]
+    pub covers_all: bool,
 }
 
 /// A source of rows for a backfill.
