@@ -7,8 +7,9 @@
 //! chunk's own best ordering values), and a table of where each section
 //! starts. A chunk reads its section when it starts and drops it when it
 //! ends. Memory then follows the repeated keys of one chunk, not of the
-//! whole range: at 50M demo rows, 491k keys took 58 MiB for the run's
-//! whole length, and a weekly chunk's section takes under 1 MiB.
+//! whole range: at 50M demo rows, holding all 491k keys kept the run's
+//! peak 72 MiB higher (311 against 239 MiB), and a weekly chunk's section
+//! is about 0.5 MB on disk.
 //!
 //! Layout (integers little-endian):
 //!
