@@ -401,10 +401,7 @@ pub async fn repeated_keys(
     spill_dir: &std::path::Path,
 ) -> DfResult<RepeatedKeys> {
     let started = std::time::Instant::now();
-    std::fs::create_dir_all(spill_dir)?;
-    let dir = tempfile::Builder::new()
-        .prefix(".dedup-spill-")
-        .tempdir_in(spill_dir)?;
+    let dir = repeats::spill_dir(spill_dir)?;
     let path: Arc<std::path::Path> = dir.path().into();
     let plan = ctx
         .sql(&format!("SELECT {} FROM \"__bf_t\"", key_list(dedup)))

@@ -28,6 +28,57 @@ const BUCKETS: usize = 1 << BUCKET_BITS;
 /// Hashes a partition holds in memory before writing them out: 4 MiB.
 pub const DEFAULT_BUDGET: usize = 512 * 1024;
 
+/// Spill directories are named `.dedup-spill-<pid>-<random>`, so that a
+/// later run can tell the ones whose process is gone.
+const SPILL_PREFIX: &str = ".dedup-spill-";
+
+/// A new spill directory in `dir`, after removing those a killed run left
+/// there (they hold 8 bytes per source row). A directory is only removed
+/// when no process has its pid: another run or `validate` of the same job
+/// may be using its own right now.
+pub fn spill_dir(dir: &Path) -> io::Result<tempfile::TempDir> {
+    std::fs::create_dir_all(dir)?;
+    remove_stale_spills(dir);
+    tempfile::Builder::new()
+        .prefix(&format!("{SPILL_PREFIX}{}-", std::process::id()))
+        .tempdir_in(dir)
+}
+
+fn remove_stale_spills(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(SPILL_PREFIX))
+            .and_then(|rest| rest.split_once('-'))
+            .and_then(|(pid, _)| pid.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if pid <= 0 || process_alive(pid) {
+            continue;
+        }
+        let path = entry.path();
+        match std::fs::remove_dir_all(&path) {
+            Ok(()) => tracing::info!(
+                "removed {}, left by an earlier run (pid {pid}) that did not finish",
+                path.display()
+            ),
+            Err(e) => tracing::warn!("could not remove {}: {e}", path.display()),
+        }
+    }
+}
+
+/// Whether a process with this pid exists (it may belong to another user).
+fn process_alive(pid: i32) -> bool {
+    // SAFETY: signal 0 sends nothing; it only checks the pid.
+    let r = unsafe { libc::kill(pid, 0) };
+    r == 0 || io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+}
+
 fn bucket_of(hash: u64) -> usize {
     (hash >> (64 - BUCKET_BITS)) as usize
 }
@@ -239,6 +290,32 @@ mod tests {
             .collect();
         let files = std::fs::read_dir(dir.path()).expect("read dir").count();
         (RepeatedKeys::find(parts, 2).expect("find"), files)
+    }
+
+    #[test]
+    fn spill_dirs_of_finished_processes_are_removed_and_live_ones_kept() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut child = std::process::Command::new("true").spawn().expect("spawn");
+        let gone = child.id();
+        child.wait().expect("wait");
+        let make = |name: &str| {
+            let p = dir.path().join(name);
+            std::fs::create_dir(&p).expect("mkdir");
+            std::fs::write(p.join("bucket-0"), b"12345678").expect("write");
+            p
+        };
+        let dead = make(&format!("{SPILL_PREFIX}{gone}-abc"));
+        let live = make(&format!("{SPILL_PREFIX}{}-def", std::process::id()));
+        let old_style = make(&format!("{SPILL_PREFIX}xyz"));
+        let other = make("transactions");
+        let fresh = spill_dir(dir.path()).expect("spill dir");
+        assert!(!dead.exists(), "a finished process's spill stays");
+        for kept in [&live, &old_style, &other] {
+            assert!(kept.exists(), "{} was removed", kept.display());
+        }
+        let name = fresh.path().file_name().and_then(|n| n.to_str());
+        let own = format!("{SPILL_PREFIX}{}-", std::process::id());
+        assert!(name.is_some_and(|n| n.starts_with(&own)), "{name:?}");
     }
 
     #[test]
