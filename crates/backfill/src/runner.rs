@@ -1058,25 +1058,22 @@ pub(crate) async fn dedup_index(
         index.versions,
         t.elapsed().as_secs_f64()
     );
-    if let Err(e) = saved_index::save(&index, &path, &fp, job.chunks.len()) {
-        tracing::warn!(
-            "could not save the dedup index to {}: {e}; keeping it all in memory",
-            path.display()
-        );
-        return Ok(Some(Arc::new(ChunkIndexes::Memory(Arc::new(index)))));
-    }
-    drop(index);
-    // The chunks read their sections from the file: the freed index goes
-    // back to the system rather than staying in the allocator's arenas.
-    release_free_memory();
-    match SavedIndex::open(&path, &fp, job.chunks.len()) {
-        Some(saved) => Ok(Some(Arc::new(ChunkIndexes::Saved(saved)))),
-        None => Err(Error::Query(datafusion::error::DataFusionError::Execution(
-            format!(
-                "the dedup index just written to {} does not read back",
+    match saved_index::save(&index, &path, &fp, job.chunks.len()) {
+        Ok(saved) => {
+            drop(index);
+            // The chunks read their sections from the file: the freed
+            // index goes back to the system rather than staying in the
+            // allocator's arenas.
+            release_free_memory();
+            Ok(Some(Arc::new(ChunkIndexes::Saved(saved))))
+        }
+        Err(e) => {
+            tracing::warn!(
+                "could not save the dedup index to {}: {e}; keeping it all in memory",
                 path.display()
-            ),
-        ))),
+            );
+            Ok(Some(Arc::new(ChunkIndexes::Memory(Arc::new(index)))))
+        }
     }
 }
 

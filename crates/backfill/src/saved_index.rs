@@ -108,13 +108,19 @@ fn u32_at(b: &[u8], at: usize) -> Option<u32> {
     Some(u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?))
 }
 
-/// Writes `index`, built over `chunks` chunks, to `path` in sections.
+/// Writes `index`, built over `chunks` chunks, to `path` in sections, and
+/// opens what it wrote.
+///
+/// Processes sharing a PostgreSQL state may build the same index at once:
+/// each writes its own temporary file and opens it before renaming it into
+/// place, so each reads its own complete file whichever rename lands last
+/// (the contents are the same).
 pub fn save(
     index: &DedupIndex,
     path: &Path,
     fingerprint: &str,
     chunks: usize,
-) -> std::io::Result<()> {
+) -> std::io::Result<SavedIndex> {
     // Every (chunk, key) pair, grouped by chunk: 8 bytes a pair, where
     // copying the keys into per-chunk lists would double the index.
     let mut pairs: Vec<(u32, u32)> = Vec::new();
@@ -133,7 +139,7 @@ pub fn save(
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    let tmp = path.with_extension("tmp");
+    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
     {
         let mut w = BufWriter::new(File::create(&tmp)?);
         w.write_all(MAGIC)?;
@@ -177,7 +183,19 @@ pub fn save(
         w.write_all(END)?;
         w.into_inner().map_err(|e| e.into_error())?.sync_all()?;
     }
-    std::fs::rename(&tmp, path)
+    let Some(mut saved) = SavedIndex::open(&tmp, fingerprint, chunks) else {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "the index written does not read back",
+        ));
+    };
+    if let Err(e) = std::fs::rename(&tmp, path) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    saved.path = path.to_path_buf();
+    Ok(saved)
 }
 
 impl SavedIndex {
@@ -302,18 +320,26 @@ mod tests {
         let (built, all) = random_index(11);
         let dir = tempfile::tempdir().expect("temp dir");
         let file = dir.path().join("index");
-        save(&built, &file, "fp", 4).expect("save");
+        let written = save(&built, &file, "fp", 4).expect("save");
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .expect("list")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        assert_eq!(names, ["index"], "no temporary file stays");
         assert!(
             SavedIndex::open(&file, "other", 4).is_none(),
             "stale fingerprint"
         );
         assert!(SavedIndex::open(&file, "fp", 5).is_none(), "another plan");
         let saved = SavedIndex::open(&file, "fp", 4).expect("open");
+        assert_eq!(saved.sections, written.sections);
         assert_eq!(saved.keys, built.len() as u64);
         assert_eq!(saved.versions, built.versions);
         let mut pairs = 0;
         for chunk in 0..4u32 {
             let view = saved.chunk(chunk as usize).expect("section");
+            let own = written.chunk(chunk as usize).expect("section");
+            assert_eq!(view.len(), own.len(), "chunk {chunk}");
             for (key, versions) in &all {
                 let best = best_in_chunk(versions, chunk);
                 let got = view.get(key);

@@ -398,3 +398,29 @@ fn validate_names_a_chunk_that_never_committed() {
     );
     assert!(out.contains("MISMATCH in 1 of 12 chunks"), "{out}");
 }
+
+#[test]
+fn an_index_that_cannot_be_saved_is_kept_in_memory_and_gives_the_same_target() {
+    let normal = Demo::new(8_000, "\"1 month\"");
+    normal.run_ok(&[]);
+    assert!(normal.path().join(".backfill/state.dedup-index").is_file());
+
+    // A directory where the index file goes: the rename into place fails.
+    let blocked = Demo::new(8_000, "\"1 month\"");
+    let at = blocked.path().join(".backfill/state.dedup-index");
+    std::fs::create_dir_all(at.join("in-the-way")).expect("mkdir");
+    let out = blocked.run_ok(&[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("keeping it all in memory"), "{err}");
+    assert!(at.is_dir());
+    let leftovers: Vec<_> = std::fs::read_dir(blocked.path().join(".backfill"))
+        .expect("list")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("tmp") || n.contains("spill"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    assert_eq!(target_fingerprint(&blocked), target_fingerprint(&normal));
+    let (c, out) = validate(&blocked, &[]);
+    assert_eq!(c, 0, "{out}");
+}
