@@ -745,12 +745,7 @@ impl DedupIndex {
             return None;
         }
         let i = self.find(hash, key)?;
-        let e = &self.entries[i as usize];
-        (e.versions > 1).then(|| KeyVersions {
-            chunk: e.chunk,
-            order: self.order_of(e),
-            per_chunk: self.per_chunk.get(&i).map_or(&[], |v| v.as_slice()),
-        })
+        self.view(i).map(|(_, _, versions)| versions)
     }
 
     fn push_bytes(&mut self, b: &[u8]) -> u64 {

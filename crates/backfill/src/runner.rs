@@ -1368,10 +1368,11 @@ async fn attempt_chunk(
     } else {
         // Before any writer opens, so that a damaged index leaves nothing
         // staged.
-        let index = match &shared.index {
-            Some(i) => Some(i.for_chunk(chunk.index)?),
-            None => None,
-        };
+        let index = shared
+            .index
+            .as_ref()
+            .map(|i| i.for_chunk(chunk.index))
+            .transpose()?;
         let mut target = job.sinks.target.begin(chunk, attempt).await?;
         let mut quarantine = match job.sinks.quarantine.begin(chunk, attempt).await {
             Ok(w) => w,

@@ -66,14 +66,6 @@ impl ChunkIndexes {
             ChunkIndexes::Saved(s) => s.chunk(chunk).map(Arc::new),
         }
     }
-
-    /// Keys with several versions across the range.
-    pub fn keys(&self) -> u64 {
-        match self {
-            ChunkIndexes::Within(i) | ChunkIndexes::Memory(i) => i.len() as u64,
-            ChunkIndexes::Saved(s) => s.keys,
-        }
-    }
 }
 
 /// An open saved index.

@@ -12,7 +12,6 @@
 //! run is reported as such.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, Float64Array, RecordBatch, UInt32Array};
 use arrow::compute::{cast, take_record_batch};
@@ -427,7 +426,7 @@ impl Backfill {
             let (check, per_group) = check_chunk(
                 &job,
                 &opts,
-                index.clone(),
+                index.as_deref(),
                 chunk,
                 records.get(&chunk.id),
                 files.get(&chunk.id),
@@ -487,7 +486,7 @@ impl Backfill {
 async fn check_chunk(
     job: &OpenJob,
     opts: &ValidateOptions,
-    index: Option<Arc<crate::saved_index::ChunkIndexes>>,
+    index: Option<&crate::saved_index::ChunkIndexes>,
     chunk: &Chunk,
     record: Option<&ChunkRecord>,
     files: Option<&Vec<String>>,
@@ -509,10 +508,7 @@ async fn check_chunk(
         range: job.range.as_ref(),
         config: &job.config,
         runtime: &job.runtime,
-        index: match &index {
-            Some(i) => Some(i.for_chunk(chunk.index)?),
-            None => None,
-        },
+        index: index.map(|i| i.for_chunk(chunk.index)).transpose()?,
         run_id: 0,
     };
     let stats =

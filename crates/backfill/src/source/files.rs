@@ -287,24 +287,23 @@ fn spans(md: &parquet::file::metadata::ParquetMetaData, column: &str) -> Vec<Row
 fn estimate_chunk(spans: &[RowGroupSpan], lo: Option<i64>, hi: Option<i64>) -> Estimate {
     let mut est = Estimate {
         empty: true,
-        // Statistics in nanoseconds were cast to microseconds, which rounds
-        // toward zero: a value is only known to within 1 either way.
-        covers_all: spans.iter().all(|s| {
-            s.nulls == Some(0)
-                && s.bounds.is_some_and(|(min, max)| {
-                    lo.is_none_or(|l| min > l) && hi.is_none_or(|h| max.saturating_add(1) < h)
-                })
-        }),
+        covers_all: true,
         ..Default::default()
     };
     let (mut rows, mut bytes) = (0f64, 0f64);
     for s in spans {
         let Some((min, max)) = s.bounds else {
             est.empty = false;
+            est.covers_all = false;
             rows += s.rows as f64;
             bytes += s.bytes as f64;
             continue;
         };
+        // Statistics in nanoseconds were cast to microseconds, which rounds
+        // toward zero: a value is only known to within 1 either way.
+        est.covers_all &= s.nulls == Some(0)
+            && lo.is_none_or(|l| min > l)
+            && hi.is_none_or(|h| max.saturating_add(1) < h);
         let from = lo.map_or(min, |l| l.max(min));
         let to = hi.map_or(max.saturating_add(1), |h| h.min(max.saturating_add(1)));
         if to <= from {
