@@ -18,7 +18,7 @@ use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::logical_expr::{Expr, lit};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::streaming::PartitionStream;
-use datafusion::physical_plan::{ExecutionPlan, SendableRecordBatchStream, execute_stream};
+use datafusion::physical_plan::{ExecutionPlan, SendableRecordBatchStream};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use futures::StreamExt;
 
@@ -157,9 +157,15 @@ pub fn chunk_predicate(col: &RangeColumn, chunk: &Chunk) -> Result<Option<Expr>,
 /// The chunk's scan, presented to the transform as a one-partition stream.
 /// Rows are counted as they leave the scan, after the range filter and before
 /// the transform, which is what "rows read" means in the state store.
+/// One partition of a chunk's scan, counting the rows it yields. Each of
+/// the scan's partitions is a partition of the `source` table, so the
+/// transform runs where the rows were read: a single-stream table would
+/// merge the partitions only for DataFusion to deal them out again
+/// round-robin, two hand-offs between threads per batch.
 #[derive(Debug)]
 struct CountedScan {
     plan: Arc<dyn ExecutionPlan>,
+    partition: usize,
     schema: SchemaRef,
     rows: Arc<AtomicU64>,
     counted: AtomicBool,
@@ -172,7 +178,7 @@ impl PartitionStream for CountedScan {
 
     fn execute(&self, ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
         let schema = self.schema.clone();
-        let stream = match execute_stream(self.plan.clone(), ctx) {
+        let stream = match self.plan.execute(self.partition, ctx) {
             Ok(s) => s,
             Err(e) => {
                 return Box::pin(RecordBatchStreamAdapter::new(
@@ -280,13 +286,19 @@ async fn run_chunk(
     }
     let scan = raw.create_physical_plan().await?;
     let rows = Arc::new(AtomicU64::new(0));
-    let counted = CountedScan {
-        schema: scan.schema(),
-        plan: scan.clone(),
-        rows: rows.clone(),
-        counted: AtomicBool::new(false),
-    };
-    let table = StreamingTable::try_new(counted.schema.clone(), vec![Arc::new(counted)])?;
+    let schema = scan.schema();
+    let partitions = (0..scan.properties().output_partitioning().partition_count())
+        .map(|partition| {
+            Arc::new(CountedScan {
+                plan: scan.clone(),
+                partition,
+                schema: schema.clone(),
+                rows: rows.clone(),
+                counted: AtomicBool::new(false),
+            }) as Arc<dyn PartitionStream>
+        })
+        .collect();
+    let table = StreamingTable::try_new(schema, partitions)?;
     ctx.register_table("source", Arc::new(table))?;
     let df = with_quality_columns(&ctx, q.spec).await?;
     let mut splitter = Splitter::new(q.spec, q.index.clone(), chunk, q.run_id);
