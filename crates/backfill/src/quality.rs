@@ -293,8 +293,8 @@ impl Splitter {
 
         let mut keep = Vec::with_capacity(n);
         let mut quarantine = Vec::with_capacity(n);
-        let mut q_rule: Vec<Option<String>> = Vec::new();
-        let mut any_q = false;
+        // The rule of each quarantined row, in row order.
+        let mut q_rules: Vec<usize> = Vec::new();
         let mut held: Vec<u32> = Vec::new();
         for i in 0..n {
             let failed_rule = rule
@@ -330,12 +330,12 @@ impl Splitter {
                     }
                     keep.push(winner);
                     quarantine.push(false);
-                    q_rule.push(None);
                 }
                 Some(r) => {
                     keep.push(false);
-                    let spec = usize::try_from(r).ok().and_then(|r| self.rules.get(r));
-                    let Some(spec) = spec else {
+                    let index = usize::try_from(r).ok();
+                    let spec = index.and_then(|r| self.rules.get(r).map(|s| (r, s)));
+                    let Some((index, spec)) = spec else {
                         return Err(DataFusionError::Internal(format!(
                             "rule index {r} out of range"
                         )));
@@ -350,14 +350,12 @@ impl Splitter {
                                 .or_default()
                                 .quarantined += 1;
                             quarantine.push(true);
-                            q_rule.push(Some(name));
-                            any_q = true;
+                            q_rules.push(index);
                         }
                         RuleAction::Drop => {
                             self.counts.dropped += 1;
                             self.counts.per_rule.entry(name).or_default().dropped += 1;
                             quarantine.push(false);
-                            q_rule.push(None);
                         }
                         RuleAction::Fail => {
                             let example = self.example_key(&data, i);
@@ -367,7 +365,6 @@ impl Splitter {
                                 entry.1.push(example);
                             }
                             quarantine.push(false);
-                            q_rule.push(None);
                         }
                     }
                 }
@@ -383,16 +380,20 @@ impl Splitter {
         } else {
             None
         };
-        let quarantine = if any_q {
-            let rules = StringArray::from(q_rule);
-            let with_meta =
-                add_quarantine_columns(&data, Arc::new(rules), &self.chunk_id, self.run_id)?;
-            Some(filter_record_batch(
-                &with_meta,
-                &BooleanArray::from(quarantine),
-            )?)
-        } else {
+        // The quarantine's own columns are built for its rows only: a batch
+        // usually sends a handful of its thousands of rows there.
+        let quarantine = if q_rules.is_empty() {
             None
+        } else {
+            let rows = filter_record_batch(&data, &BooleanArray::from(quarantine))?;
+            let rules =
+                StringArray::from_iter_values(q_rules.iter().map(|&r| self.rules[r].name.as_str()));
+            Some(add_quarantine_columns(
+                &rows,
+                Arc::new(rules),
+                &self.chunk_id,
+                self.run_id,
+            )?)
         };
         Ok(Split {
             data,
