@@ -154,14 +154,12 @@ pub fn chunk_predicate(col: &RangeColumn, chunk: &Chunk) -> Result<Option<Expr>,
     Ok(pred)
 }
 
-/// The chunk's scan, presented to the transform as a one-partition stream.
+/// One partition of a chunk's scan, as a partition of the `source` table.
 /// Rows are counted as they leave the scan, after the range filter and before
-/// the transform, which is what "rows read" means in the state store.
-/// One partition of a chunk's scan, counting the rows it yields. Each of
-/// the scan's partitions is a partition of the `source` table, so the
-/// transform runs where the rows were read: a single-stream table would
-/// merge the partitions only for DataFusion to deal them out again
-/// round-robin, two hand-offs between threads per batch.
+/// the transform, which is what "rows read" means in the state store. One
+/// table partition per scan partition lets the transform run where the rows
+/// were read: a single-stream table would merge the partitions only for
+/// DataFusion to deal them out again round-robin, two hand-offs per batch.
 #[derive(Debug)]
 struct CountedScan {
     plan: Arc<dyn ExecutionPlan>,

@@ -292,9 +292,8 @@ impl Splitter {
             .is_some_and(|d| d.scope == DedupScope::Global);
 
         let mut keep = Vec::with_capacity(n);
-        let mut quarantine = Vec::with_capacity(n);
-        // The rule of each quarantined row, in row order.
-        let mut q_rules: Vec<usize> = Vec::new();
+        // Each quarantined row and the rule it failed, in row order.
+        let mut quarantined: Vec<(u32, usize)> = Vec::new();
         let mut held: Vec<u32> = Vec::new();
         for i in 0..n {
             let failed_rule = rule
@@ -329,7 +328,6 @@ impl Splitter {
                         self.counts.duplicates += 1;
                     }
                     keep.push(winner);
-                    quarantine.push(false);
                 }
                 Some(r) => {
                     keep.push(false);
@@ -349,13 +347,11 @@ impl Splitter {
                                 .entry(name.clone())
                                 .or_default()
                                 .quarantined += 1;
-                            quarantine.push(true);
-                            q_rules.push(index);
+                            quarantined.push((i as u32, index));
                         }
                         RuleAction::Drop => {
                             self.counts.dropped += 1;
                             self.counts.per_rule.entry(name).or_default().dropped += 1;
-                            quarantine.push(false);
                         }
                         RuleAction::Fail => {
                             let example = self.example_key(&data, i);
@@ -364,7 +360,6 @@ impl Splitter {
                             if entry.1.len() < 5 {
                                 entry.1.push(example);
                             }
-                            quarantine.push(false);
                         }
                     }
                 }
@@ -382,12 +377,16 @@ impl Splitter {
         };
         // The quarantine's own columns are built for its rows only: a batch
         // usually sends a handful of its thousands of rows there.
-        let quarantine = if q_rules.is_empty() {
+        let quarantine = if quarantined.is_empty() {
             None
         } else {
-            let rows = filter_record_batch(&data, &BooleanArray::from(quarantine))?;
-            let rules =
-                StringArray::from_iter_values(q_rules.iter().map(|&r| self.rules[r].name.as_str()));
+            let rows = UInt32Array::from_iter_values(quarantined.iter().map(|&(row, _)| row));
+            let rows = take_record_batch(&data, &rows)?;
+            let rules = StringArray::from_iter_values(
+                quarantined
+                    .iter()
+                    .map(|&(_, r)| self.rules[r].name.as_str()),
+            );
             Some(add_quarantine_columns(
                 &rows,
                 Arc::new(rules),
