@@ -28,6 +28,7 @@ use crate::failpoint;
 use crate::progress::{Progress, ProgressMode};
 use crate::quality::{self, DedupIndex};
 use crate::saved_index::{self, ChunkIndexes, SavedIndex};
+use crate::sink::checksum::ChecksumVersion;
 use crate::sink::{SinkError, Sinks};
 use crate::source::{self, Source};
 use crate::store::StoreError;
@@ -1362,6 +1363,7 @@ async fn attempt_chunk(
     let (files, metrics, staged_paths) = if shared.empty.contains(&chunk.id) {
         let metrics = ChunkMetrics {
             duration_ms: started.elapsed().as_millis() as u64,
+            checksum_version: ChecksumVersion::CURRENT.number(),
             ..Default::default()
         };
         (Vec::new(), metrics, Vec::new())
@@ -1451,6 +1453,7 @@ async fn attempt_chunk(
             files: files.len() as u64,
             duration_ms: started.elapsed().as_millis() as u64,
             checksum: staged.checksum,
+            checksum_version: ChecksumVersion::CURRENT.number(),
             rules: q.per_rule,
         };
         (files, metrics, staged_paths)

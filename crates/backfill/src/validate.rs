@@ -16,7 +16,6 @@ use std::collections::{BTreeMap, HashMap};
 use arrow::array::{Array, ArrayRef, Float64Array, RecordBatch, UInt32Array};
 use arrow::compute::{cast, take_record_batch};
 use arrow::datatypes::{DataType, Schema};
-use arrow::row::{RowConverter, SortField};
 use arrow::util::display::array_value_to_string;
 use async_trait::async_trait;
 use backfill_core::interval::RangeValue;
@@ -29,9 +28,9 @@ use serde::Serialize;
 use crate::engine::{self, ChunkQuery};
 use crate::error::{ChunkError, Error};
 use crate::runner::{Backfill, OpenJob, dedup_index};
+use crate::sink::checksum::{ChecksumVersion, RowChecksum};
 use crate::sink::{
-    ChunkWriter, QUARANTINE_PREFIX, Sink, SinkError, Staged, checksum_rows, partition_seed,
-    partition_value,
+    ChunkWriter, QUARANTINE_PREFIX, Sink, SinkError, Staged, partition_seed, partition_value,
 };
 
 #[derive(Debug, Clone, Default)]
@@ -123,11 +122,12 @@ pub struct Measure {
     partition_by: Vec<String>,
     group_by: Vec<String>,
     sums: Vec<String>,
-    with_checksum: bool,
+    /// Which checksum to compute, if any.
+    checksum_version: Option<ChecksumVersion>,
     pub rows: u64,
     pub checksum: u64,
     pub groups: HashMap<Vec<String>, Tally>,
-    encoder: Option<RowConverter>,
+    row_checksum: Option<RowChecksum>,
     /// The first observed batch's schema: what rows read back from a
     /// database are cast to before they are compared.
     schema: Option<arrow::datatypes::SchemaRef>,
@@ -138,17 +138,17 @@ impl Measure {
         partition_by: &[String],
         group_by: &[String],
         sums: &[String],
-        with_checksum: bool,
+        checksum_version: Option<ChecksumVersion>,
     ) -> Measure {
         Measure {
             partition_by: partition_by.to_vec(),
             group_by: group_by.to_vec(),
             sums: sums.to_vec(),
-            with_checksum,
+            checksum_version,
             rows: 0,
             checksum: 0,
             groups: HashMap::new(),
-            encoder: None,
+            row_checksum: None,
             schema: None,
         }
     }
@@ -171,7 +171,7 @@ impl Measure {
             self.schema = Some(batch.schema());
         }
         self.tally(batch, &HashMap::new())?;
-        if self.with_checksum {
+        if self.checksum_version.is_some() {
             self.checksum = self
                 .checksum
                 .wrapping_add(self.checksum_by_partition(batch)?);
@@ -216,18 +216,13 @@ impl Measure {
         Ok(())
     }
 
-    /// The row encoder for the checksum, made from the first batch's columns.
-    fn encoder(&mut self, schema: &Schema) -> Result<&RowConverter, SinkError> {
-        if self.encoder.is_none() {
-            self.encoder = Some(RowConverter::new(
-                schema
-                    .fields()
-                    .iter()
-                    .map(|f| SortField::new(f.data_type().clone()))
-                    .collect(),
-            )?);
+    /// The checksum, made for the first batch's columns.
+    fn row_checksum(&mut self, schema: &Schema) -> Result<&RowChecksum, SinkError> {
+        if self.row_checksum.is_none() {
+            let version = self.checksum_version.unwrap_or(ChecksumVersion::CURRENT);
+            self.row_checksum = Some(RowChecksum::new(version, schema)?);
         }
-        self.encoder.as_ref().ok_or(SinkError::WriterGone)
+        self.row_checksum.as_ref().ok_or(SinkError::WriterGone)
     }
 
     /// The sink's checksum of these rows, as if written.
@@ -253,11 +248,11 @@ impl Measure {
             }
             by_dir.entry(dir).or_default().push(i as u32);
         }
-        let encoder = self.encoder(&data.schema())?;
+        let checksum = self.row_checksum(&data.schema())?;
         let mut sum = 0u64;
         for (dir, idx) in by_dir {
             let part = take_record_batch(&data, &UInt32Array::from(idx))?;
-            sum = sum.wrapping_add(checksum_rows(encoder, &part, partition_seed(&dir))?);
+            sum = sum.wrapping_add(checksum.rows(&part, partition_seed(&dir))?);
         }
         Ok(sum)
     }
@@ -313,8 +308,8 @@ impl Measure {
             .collect();
         let seed = partition_seed(&dir);
         while let Some(batch) = reader.try_next().await.map_err(pq)? {
-            if self.with_checksum {
-                let sum = checksum_rows(self.encoder(&batch.schema())?, &batch, seed)?;
+            if self.checksum_version.is_some() {
+                let sum = self.row_checksum(&batch.schema())?.rows(&batch, seed)?;
                 self.checksum = self.checksum.wrapping_add(sum);
             }
             self.tally(&batch, &dir_values)?;
@@ -499,9 +494,20 @@ async fn check_chunk(
         &[]
     };
     let sums = &spec.validate.sum;
-    let mut all = Measure::new(parts, &opts.group_by, sums, false);
-    let mut target = Measure::new(parts, &opts.group_by, sums, true);
-    let mut quarantine = Measure::new(parts, &opts.group_by, &[], false);
+    // Checksums are compared with the commit's, so they use its definition.
+    let version = match record.and_then(|r| r.metrics.as_ref()) {
+        Some(m) => ChecksumVersion::from_recorded(m.checksum_version).ok_or_else(|| {
+            Error::Usage(format!(
+                "chunk {} was committed with checksum version {}, which this release does not know; \
+                 validate it with the release that ran it, or run the chunk again",
+                chunk.id, m.checksum_version
+            ))
+        })?,
+        None => ChecksumVersion::CURRENT,
+    };
+    let mut all = Measure::new(parts, &opts.group_by, sums, None);
+    let mut target = Measure::new(parts, &opts.group_by, sums, Some(version));
+    let mut quarantine = Measure::new(parts, &opts.group_by, &[], None);
     let query = ChunkQuery {
         spec,
         source: &job.source,
@@ -521,8 +527,8 @@ async fn check_chunk(
             Err(e) => return Err(Error::Usage(format!("validating chunk {}: {e}", chunk.id))),
         };
 
-    let mut actual = Measure::new(parts, &opts.group_by, sums, true);
-    let mut actual_q = Measure::new(parts, &opts.group_by, &[], false);
+    let mut actual = Measure::new(parts, &opts.group_by, sums, Some(version));
+    let mut actual_q = Measure::new(parts, &opts.group_by, &[], None);
     let mut problems = Vec::new();
     // A database target (or a merged Delta table) is read back by the
     // chunk's slice; a file target by the files its commit recorded.

@@ -133,12 +133,20 @@ pub struct ChunkMetrics {
     pub files: u64,
     pub duration_ms: u64,
     /// Order-independent checksum of the written rows: the wrapping sum of a
-    /// 64-bit hash of each row's canonical encoding (see the Parquet sink).
+    /// 64-bit hash of each row (see the sink's `checksum` module).
     #[serde(default)]
     pub checksum: u64,
+    /// Which definition `checksum` follows. Commits recorded before there
+    /// were versions used the first.
+    #[serde(default = "first_checksum_version")]
+    pub checksum_version: u32,
     /// Rejected rows per rule.
     #[serde(default)]
     pub rules: BTreeMap<String, RuleCount>,
+}
+
+pub(crate) fn first_checksum_version() -> u32 {
+    1
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

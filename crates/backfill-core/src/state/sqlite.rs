@@ -212,6 +212,8 @@ struct Quality {
     /// Hex: SQLite integers are signed.
     #[serde(default)]
     checksum: String,
+    #[serde(default = "super::first_checksum_version")]
+    checksum_version: u32,
     #[serde(default)]
     rules: BTreeMap<String, super::RuleCount>,
 }
@@ -222,6 +224,7 @@ fn quality_json(m: &ChunkMetrics) -> String {
         rows_dropped: m.rows_dropped,
         duplicates: m.duplicates,
         checksum: format!("{:016x}", m.checksum),
+        checksum_version: m.checksum_version,
         rules: m.rules.clone(),
     };
     serde_json::to_string(&q).unwrap_or_default()
@@ -456,7 +459,11 @@ impl StateStore for SqliteStateStore {
             let quality: Quality = match quality {
                 Some(q) => serde_json::from_str(&q)
                     .map_err(|e| StateError::Corrupt(format!("chunk {id} quality: {e}")))?,
-                None => Quality::default(),
+                // Schema version 1 kept no quality figures.
+                None => Quality {
+                    checksum_version: super::first_checksum_version(),
+                    ..Quality::default()
+                },
             };
             let metrics = m[0].map(|_| {
                 let g = |i: usize| m[i].unwrap_or(0).max(0) as u64;
@@ -471,6 +478,7 @@ impl StateStore for SqliteStateStore {
                     rows_dropped: quality.rows_dropped,
                     duplicates: quality.duplicates,
                     checksum: u64::from_str_radix(&quality.checksum, 16).unwrap_or(0),
+                    checksum_version: quality.checksum_version,
                     rules: quality.rules.clone(),
                 }
             });

@@ -15,7 +15,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::{Schema, SchemaRef};
-use arrow::row::{RowConverter, SortField};
 use async_trait::async_trait;
 use backfill_core::interval::RangeValue;
 use backfill_core::plan::Chunk;
@@ -31,9 +30,8 @@ use twox_hash::XxHash3_64;
 use super::types::{Cell, Column, ddl_type};
 use super::{PgError, connect, quote_ident, quote_literal};
 use crate::failpoint;
-use crate::sink::{
-    ChunkWriter, Sink, SinkError, Staged, TargetFiles, checksum_rows, partition_seed,
-};
+use crate::sink::checksum::{ChecksumVersion, RowChecksum};
+use crate::sink::{ChunkWriter, Sink, SinkError, Staged, TargetFiles, partition_seed};
 
 /// Which rows of the table a chunk owns.
 #[derive(Debug, Clone)]
@@ -395,7 +393,7 @@ struct Copying {
     /// Per batch column: its target type and modifier.
     types: Vec<(Type, i32)>,
     names: Vec<String>,
-    encoder: RowConverter,
+    checksum: RowChecksum,
 }
 
 struct PgChunkWriter {
@@ -470,18 +468,12 @@ impl PgChunkWriter {
             .await
             .map_err(PgError::sql(&what))?;
         let pg_types: Vec<Type> = types.iter().map(|(t, _)| t.clone()).collect();
-        let encoder = RowConverter::new(
-            schema
-                .fields()
-                .iter()
-                .map(|f| SortField::new(f.data_type().clone()))
-                .collect(),
-        )?;
+        let checksum = RowChecksum::new(ChecksumVersion::CURRENT, schema)?;
         self.copying = Some(Copying {
             writer: Box::pin(BinaryCopyInWriter::new(sink, &pg_types)),
             types,
             names,
-            encoder,
+            checksum,
         });
         Ok(())
     }
@@ -526,9 +518,9 @@ impl ChunkWriter for PgChunkWriter {
             }
         }
         if self.inner.checksum {
-            self.checksum =
-                self.checksum
-                    .wrapping_add(checksum_rows(&c.encoder, &batch, partition_seed(""))?);
+            self.checksum = self
+                .checksum
+                .wrapping_add(c.checksum.rows(&batch, partition_seed(""))?);
         }
         let mut columns = Vec::with_capacity(c.types.len());
         for (i, (ty, typmod)) in c.types.iter().enumerate() {

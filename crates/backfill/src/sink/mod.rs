@@ -2,6 +2,7 @@
 //! then publishes it once the state store has recorded the commit (see the
 //! protocol in `backfill_core::state`).
 
+pub mod checksum;
 pub mod delta;
 mod parquet;
 mod rowgroups;
@@ -21,8 +22,8 @@ use crate::pg;
 use crate::pg::sink::PgSink;
 
 pub use parquet::{
-    HIVE_DEFAULT_PARTITION, Location, ParquetSink, checksum_rows, escape_partition_value,
-    partition_seed, partition_value, unescape_partition_value,
+    HIVE_DEFAULT_PARTITION, Location, ParquetSink, escape_partition_value, partition_seed,
+    partition_value, unescape_partition_value,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -104,7 +105,8 @@ pub struct Staged {
     pub files: Vec<OwnedFile>,
     pub rows: u64,
     pub bytes: u64,
-    /// See [`parquet::checksum_rows`]; 0 when the sink does not checksum.
+    /// See [`checksum`] (its current version); 0 when the sink does not
+    /// checksum.
     pub checksum: u64,
 }
 

@@ -34,6 +34,8 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use twox_hash::XxHash3_64;
 
+use super::checksum::{ChecksumVersion, RowChecksum};
+
 use object_store::{ObjectStore, ObjectStoreExt};
 use parquet::arrow::async_reader::AsyncFileReader;
 use tokio::io::AsyncWriteExt;
@@ -363,23 +365,6 @@ fn partitionable(dt: &DataType) -> bool {
         || matches!(dt, DataType::Dictionary(_, v) if partitionable(v))
 }
 
-/// The order-independent checksum of some rows of one partition: the
-/// wrapping sum of xxh3(seed = xxh3(partition dir), canonical row bytes),
-/// where the canonical bytes are Arrow's row format of the data columns as
-/// stored in the file. `validate` recomputes it from the files.
-pub fn checksum_rows(
-    encoder: &RowConverter,
-    batch: &RecordBatch,
-    seed: u64,
-) -> Result<u64, SinkError> {
-    let rows = encoder.convert_columns(batch.columns())?;
-    let mut sum = 0u64;
-    for row in rows.iter() {
-        sum = sum.wrapping_add(XxHash3_64::oneshot_with_seed(seed, row.as_ref()));
-    }
-    Ok(sum)
-}
-
 /// The seed for rows of a partition directory (`year=2023/month=1/`, or "").
 pub fn partition_seed(dir: &str) -> u64 {
     XxHash3_64::oneshot(dir.as_bytes())
@@ -493,14 +478,10 @@ impl PartitionedWriter {
                         .collect(),
                 )?)
             };
-            // The canonical row encoding of the data columns.
-            let row_encoder = if self.checksum {
-                Some(Arc::new(RowConverter::new(
-                    data_schema
-                        .fields()
-                        .iter()
-                        .map(|f| SortField::new(f.data_type().clone()))
-                        .collect(),
+            let row_checksum = if self.checksum {
+                Some(Arc::new(RowChecksum::new(
+                    ChecksumVersion::CURRENT,
+                    &data_schema,
                 )?))
             } else {
                 None
@@ -509,7 +490,11 @@ impl PartitionedWriter {
                 part_cols,
                 data_cols,
                 converter,
-                groups: RowGroupWriter::new(self.runtime.clone(), data_schema.clone(), row_encoder),
+                groups: RowGroupWriter::new(
+                    self.runtime.clone(),
+                    data_schema.clone(),
+                    row_checksum,
+                ),
             });
         }
         self.layout.as_ref().ok_or(SinkError::WriterGone)

@@ -19,7 +19,6 @@ use std::time::Instant;
 
 use arrow::array::{Array, RecordBatch};
 use arrow::datatypes::SchemaRef;
-use arrow::row::RowConverter;
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_writer::{
     ArrowColumnChunk, ArrowColumnWriter, ArrowRowGroupWriterFactory, compute_leaves,
@@ -30,7 +29,7 @@ use parquet::file::writer::SerializedFileWriter;
 use tokio::runtime::Handle;
 
 use super::SinkError;
-use super::parquet::checksum_rows;
+use super::checksum::RowChecksum;
 
 /// Rows per row group.
 const ROW_GROUP_ROWS: usize = 128 * 1024;
@@ -110,7 +109,7 @@ pub struct RowGroupWriter {
     runtime: Handle,
     helper: Option<Helper>,
     awaiting: VecDeque<Awaiting>,
-    checksum: Option<Arc<RowConverter>>,
+    checksum: Option<Arc<RowChecksum>>,
     sum: u64,
     /// Nanoseconds per row of each task, as last measured; the checksum is
     /// the task after the last column.
@@ -127,11 +126,11 @@ pub struct RowGroupWriter {
 }
 
 impl RowGroupWriter {
-    /// `checksum` encodes rows for [`checksum_rows`]; `None` skips it.
+    /// `checksum` sums the rows written; `None` skips it.
     pub fn new(
         runtime: Handle,
         schema: SchemaRef,
-        checksum: Option<Arc<RowConverter>>,
+        checksum: Option<Arc<RowChecksum>>,
     ) -> RowGroupWriter {
         let tasks = schema.fields().len() + 1;
         RowGroupWriter {
@@ -322,11 +321,9 @@ impl RowGroupWriter {
             self.measured[task].0 += elapsed(start);
             self.measured[task].1 += rows;
         }
-        if let (true, Some(encoder)) = (file.own_checksum, self.checksum.as_deref()) {
+        if let (true, Some(checksum)) = (file.own_checksum, self.checksum.as_deref()) {
             let start = Instant::now();
-            self.sum = self
-                .sum
-                .wrapping_add(checksum_rows(encoder, batch, file.seed)?);
+            self.sum = self.sum.wrapping_add(checksum.rows(batch, file.seed)?);
             self.measured[fields.len()].0 += elapsed(start);
             self.measured[fields.len()].1 += rows;
         }
@@ -474,7 +471,7 @@ struct HelperFile {
 /// group until the writer hangs up.
 fn help(
     schema: &SchemaRef,
-    encoder: Option<&RowConverter>,
+    row_checksum: Option<&RowChecksum>,
     requests: &mpsc::Receiver<ToHelper>,
     replies: &mpsc::Sender<Closed>,
 ) -> Result<(), SinkError> {
@@ -521,9 +518,9 @@ fn help(
                     )?;
                     *nanos += elapsed(start);
                 }
-                if let (true, Some(encoder)) = (h.checksum, encoder) {
+                if let (true, Some(checksum)) = (h.checksum, row_checksum) {
                     let start = Instant::now();
-                    h.sum = h.sum.wrapping_add(checksum_rows(encoder, &batch, h.seed)?);
+                    h.sum = h.sum.wrapping_add(checksum.rows(&batch, h.seed)?);
                     if let Some((_, nanos)) = h.nanos.last_mut() {
                         *nanos += elapsed(start);
                     }
@@ -593,9 +590,9 @@ fn slice_size(batch: &RecordBatch) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sink::checksum::ChecksumVersion;
     use arrow::array::{ArrayRef, Float64Array, Int64Array, StringArray};
     use arrow::datatypes::{DataType, Field, Schema};
-    use arrow::row::SortField;
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
     fn batch(schema: &SchemaRef, from: i64, rows: i64) -> RecordBatch {
@@ -618,16 +615,7 @@ mod tests {
             Field::new("name", DataType::Utf8, false),
             Field::new("amount", DataType::Float64, true),
         ]));
-        let encoder = Arc::new(
-            RowConverter::new(
-                schema
-                    .fields()
-                    .iter()
-                    .map(|f| SortField::new(f.data_type().clone()))
-                    .collect(),
-            )
-            .unwrap(),
-        );
+        let checksum = Arc::new(RowChecksum::new(ChecksumVersion::CURRENT, &schema).unwrap());
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .build()
@@ -636,7 +624,7 @@ mod tests {
         let mut w = RowGroupWriter::new(
             runtime.handle().clone(),
             schema.clone(),
-            Some(encoder.clone()),
+            Some(checksum.clone()),
         );
         let seeds = [11u64, 22];
         let mut paths = Vec::new();
@@ -652,7 +640,7 @@ mod tests {
         for b in 0..batches {
             for (f, seed) in seeds.iter().enumerate() {
                 let rows = batch(&schema, (f as i64) * 1_000_000 + b * per_batch, per_batch);
-                expected = expected.wrapping_add(checksum_rows(&encoder, &rows, *seed).unwrap());
+                expected = expected.wrapping_add(checksum.rows(&rows, *seed).unwrap());
                 w.write(f, rows).unwrap();
             }
         }

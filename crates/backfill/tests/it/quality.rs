@@ -424,3 +424,145 @@ fn an_index_that_cannot_be_saved_is_kept_in_memory_and_gives_the_same_target() {
     let (c, out) = validate(&blocked, &[]);
     assert_eq!(c, 0, "{out}");
 }
+
+/// Rewrites chunks' recorded checksums in the SQLite state as a release
+/// without checksum versions stored them: `sums` maps chunk id to a hex
+/// checksum; `version` is written as given, or dropped when `None`.
+fn record_checksums(demo: &Demo, sums: &serde_json::Value, version: Option<u32>) {
+    let script = r#"
+import json, sqlite3, sys
+db = sqlite3.connect(sys.argv[1])
+version = json.loads(sys.argv[3])
+for chunk, hexsum in json.loads(sys.argv[2]).items():
+    (q,) = db.execute("SELECT quality FROM chunks WHERE chunk_id = ?", (chunk,)).fetchone()
+    q = json.loads(q)
+    q["checksum"] = hexsum
+    q.pop("checksum_version", None)
+    if version is not None:
+        q["checksum_version"] = version
+    db.execute("UPDATE chunks SET quality = ? WHERE chunk_id = ?", (json.dumps(q), chunk))
+db.commit()
+"#;
+    let db = demo.path().join(".backfill/state.db");
+    let out = std::process::Command::new(python())
+        .args([
+            "-c",
+            script,
+            &db.display().to_string(),
+            &sums.to_string(),
+            &serde_json::json!(version).to_string(),
+        ])
+        .output()
+        .expect("start python");
+    assert!(out.status.success(), "{}", text(&out));
+}
+
+/// Chunks committed by a release before checksum versions carry the first
+/// definition (xxh3 of Arrow's row format): `validate` checks them by it,
+/// still catches a wrong one, and refuses a version it does not know.
+#[test]
+fn validate_checks_old_commits_by_their_checksum_version() {
+    use backfill::core::state::{SqliteStateStore, StateStore};
+    use backfill::sink::checksum::{ChecksumVersion, RowChecksum};
+    use backfill::sink::{QUARANTINE_PREFIX, partition_seed};
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+    let demo = Demo::new(3_000, "\"1 month\"");
+    demo.run_ok(&[]);
+    let status = demo.status_json();
+    for c in status["chunks"].as_array().unwrap() {
+        assert_eq!(c["metrics"]["checksum_version"], 2, "{c}");
+    }
+    let files = SqliteStateStore::open(demo.path().join(".backfill/state.db"))
+        .unwrap()
+        .committed_files()
+        .unwrap();
+    let mut legacy = serde_json::Map::new();
+    for (chunk, paths) in &files {
+        let mut sum = 0u64;
+        for rel in paths.iter().filter(|p| !p.starts_with(QUARANTINE_PREFIX)) {
+            let dir = rel
+                .rsplit_once('/')
+                .map_or(String::new(), |(d, _)| format!("{d}/"));
+            let file = std::fs::File::open(demo.warehouse().join(rel)).unwrap();
+            let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+                .unwrap()
+                .build()
+                .unwrap();
+            for batch in reader {
+                let batch = batch.unwrap();
+                let v1 = RowChecksum::new(ChecksumVersion::RowFormat, &batch.schema()).unwrap();
+                sum = sum.wrapping_add(v1.rows(&batch, partition_seed(&dir)).unwrap());
+            }
+        }
+        legacy.insert(chunk.clone(), format!("{sum:016x}").into());
+    }
+    assert_eq!(legacy.len(), 12);
+    let current: Vec<String> = status["chunks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| format!("{:016x}", c["metrics"]["checksum"].as_u64().unwrap()))
+        .collect();
+    assert!(
+        legacy
+            .values()
+            .all(|v| !current.contains(&v.as_str().unwrap().to_string())),
+        "the two definitions should give different checksums"
+    );
+
+    record_checksums(&demo, &serde_json::Value::Object(legacy.clone()), None);
+    for c in demo.status_json()["chunks"].as_array().unwrap() {
+        assert_eq!(c["metrics"]["checksum_version"], 1, "{c}");
+    }
+    let (c, out) = validate(&demo, &[]);
+    assert_eq!(c, 0, "{out}");
+    assert!(out.contains("all 12 chunks reconcile"), "{out}");
+
+    // A wrong version-1 checksum is caught, for that chunk only (May's).
+    let victim = status["chunks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["index"] == 4)
+        .and_then(|c| c["id"].as_str())
+        .unwrap()
+        .to_string();
+    let sum = &legacy[&victim];
+    let wrong = u64::from_str_radix(sum.as_str().unwrap(), 16).unwrap() ^ 1;
+    record_checksums(
+        &demo,
+        &serde_json::json!({ victim.clone(): format!("{wrong:016x}") }),
+        None,
+    );
+    let (c, out) = validate(&demo, &[]);
+    assert_eq!(c, 3, "{out}");
+    assert!(
+        out.contains("MISMATCH in 1 of 12 chunks") && out.contains(&format!("{victim} [2023-05")),
+        "{out}"
+    );
+
+    // A version this release does not know stops validation with a reason.
+    record_checksums(&demo, &serde_json::json!({ victim.clone(): sum }), Some(9));
+    let (c, out) = validate(&demo, &[]);
+    assert_ne!(c, 0, "{out}");
+    assert!(
+        out.contains(&format!(
+            "chunk {victim} was committed with checksum version 9"
+        )),
+        "{out}"
+    );
+
+    // Running the chunk again records the current definition.
+    let ok = demo.run(&[
+        "run",
+        &demo.job_str(),
+        "--from",
+        "2023-05-01",
+        "--to",
+        "2023-06-01",
+    ]);
+    assert_eq!(code(&ok), 0, "{}", text(&ok));
+    let (c, out) = validate(&demo, &[]);
+    assert_eq!(c, 0, "{out}");
+}
