@@ -117,10 +117,6 @@ impl RowChecksum {
         })
     }
 
-    pub fn version(&self) -> ChecksumVersion {
-        self.version
-    }
-
     /// The checksum of the rows of `batch`, all of one partition with
     /// directory seed `seed` (see [`super::partition_seed`]).
     pub fn rows(&self, batch: &RecordBatch, seed: u64) -> Result<u64, SinkError> {
@@ -288,8 +284,11 @@ fn fold_column(
         DataType::Decimal32(..) => primitive!(Decimal32Type, |v: i32| v as i64 as u64),
         DataType::Decimal64(..) => primitive!(Decimal64Type, |v: i64| v as u64),
         DataType::Decimal128(..) => {
-            primitive!(Decimal128Type, |v: i128| fold(v as u64, VALID)
-                ^ ((v >> 64) as u64))
+            // Both halves, the low one mixed first so they cannot cancel.
+            primitive!(Decimal128Type, |v: i128| {
+                let (low, high) = (v as u64, (v >> 64) as u64);
+                fold(low, VALID) ^ high
+            })
         }
         DataType::Utf8 => {
             let a = column.as_string::<i32>();
