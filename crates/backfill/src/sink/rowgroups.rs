@@ -400,6 +400,7 @@ impl RowGroupWriter {
             chunk.append_to_row_group(&mut group).map_err(pq)?;
         }
         group.close().map_err(pq)?;
+        start_writeback(file.writer.inner());
         Ok(())
     }
 
@@ -454,6 +455,29 @@ impl RowGroupWriter {
         }
         Ok((files, self.sum))
     }
+}
+
+/// Asks the kernel to start writing the file's dirty pages to disk now.
+/// The attempt fsyncs its files before it commits; with a lot of memory the
+/// kernel would otherwise hold a whole chunk's output dirty until then (its
+/// background writeback starts at 10% of memory), and the fsync would wait
+/// for all of it at once: on a busy shared disk a one-chunk job at 10M rows
+/// sat 10 s and more in that fsync. Started here, after each row group, the
+/// writing overlaps the encoding. Advisory: errors are left to the fsync.
+fn start_writeback(file: &File) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: a valid open descriptor; offset 0 and length 0 mean the
+        // whole file, and WRITE only starts writeback without waiting on it.
+        let r =
+            unsafe { libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE) };
+        if r != 0 {
+            tracing::debug!("sync_file_range: {}", std::io::Error::last_os_error());
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = file;
 }
 
 struct HelperFile {
