@@ -146,6 +146,21 @@ impl RowChecksum {
     }
 }
 
+/// A 64-bit hash per row of `column`, as version 2 folds it into a row:
+/// equal values give equal hashes whatever their layout, and every NULL
+/// the same one. The Parquet writer counts distinct values with it.
+pub fn value_hashes(column: &ArrayRef) -> Result<Vec<u64>, SinkError> {
+    let dt = value_type(column.data_type());
+    let converter = if has_words(dt) {
+        None
+    } else {
+        Some(RowConverter::new(vec![SortField::new(dt.clone())])?)
+    };
+    let mut hashes = vec![0; column.len()];
+    fold_column(column, converter.as_ref(), &mut hashes)?;
+    Ok(hashes)
+}
+
 /// A batch whose columns are not those the checksum was made for.
 fn mismatch(dt: &DataType) -> SinkError {
     SinkError::Arrow(arrow::error::ArrowError::InvalidArgumentError(format!(

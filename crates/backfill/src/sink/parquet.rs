@@ -35,7 +35,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use twox_hash::XxHash3_64;
 
-use super::checksum::{ChecksumVersion, RowChecksum};
+use super::checksum::{ChecksumVersion, RowChecksum, value_hashes};
 use crate::repeats::HashIsKey;
 
 use object_store::{ObjectStore, ObjectStoreExt};
@@ -400,17 +400,20 @@ fn tune_dictionary(
         if values < DICTIONARY_MIN_SAMPLE {
             continue;
         }
-        let rows = RowConverter::new(vec![SortField::new(dt.clone())])?
-            .convert_columns(std::slice::from_ref(array))?;
-        // Counted by 64-bit hashes, which are uniform already: a weekly job
-        // samples every column of every chunk, and hashing whole rows again
-        // with SipHash, then comparing them, was 10% of such a job's
+        // Counted by the checksum's value hashes, which are uniform already:
+        // a weekly job samples every column of every chunk, and encoding
+        // rows to SipHash and compare them was 10% of such a job's
         // instructions at 1M rows. A collision only nudges a heuristic.
+        let hashes = value_hashes(array)?;
         let mut distinct: HashSet<u64, BuildHasherDefault<HashIsKey>> =
             HashSet::with_capacity_and_hasher(values, Default::default());
-        for i in (0..array.len()).filter(|&i| array.is_valid(i)) {
-            distinct.insert(XxHash3_64::oneshot(rows.row(i).as_ref()));
-        }
+        distinct.extend(
+            hashes
+                .iter()
+                .enumerate()
+                .filter(|&(i, _)| array.is_valid(i))
+                .map(|(_, h)| *h),
+        );
         if distinct.len() * 2 > values {
             let path = parquet::schema::types::ColumnPath::new(vec![field.name().clone()]);
             builder = builder.set_column_dictionary_enabled(path, false);
