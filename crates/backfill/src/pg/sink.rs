@@ -254,12 +254,17 @@ impl Inner {
     /// The statements that publish a staged table (replace or merge the
     /// chunk's slice, record the stage as published, drop it), to run in
     /// one transaction; `None` when the stage is gone, `Lost` unless it was
-    /// published before.
+    /// published before, and `Lost` too when the stage does not hold the
+    /// `rows` its commit recorded: staging tables are unlogged, so a
+    /// database crash or failover empties them, and publishing one then
+    /// would delete the chunk's slice and insert nothing. The statements
+    /// check the count again inside the transaction that publishes.
     async fn publish_sql(
         &self,
         client: &impl tokio_postgres::GenericClient,
         chunk: &Chunk,
         stage: &str,
+        rows: Option<u64>,
     ) -> Result<Option<String>, SinkError> {
         let what = format!("publishing chunk {} into {}", chunk.id, self.table);
         if !self.table_exists(client, stage).await? {
@@ -282,6 +287,23 @@ impl Inner {
             };
         }
         let staged = self.qualified(stage);
+        if let Some(rows) = rows {
+            let found: i64 = client
+                .query_one(&format!("SELECT count(*) FROM {staged}"), &[])
+                .await
+                .map_err(PgError::sql(&what))?
+                .get(0);
+            if found != rows as i64 {
+                return Err(SinkError::Lost {
+                    path: format!(
+                        "{} (chunk {}: its staging table holds {found} of the {rows} rows its commit recorded; \
+                         unlogged tables are emptied by a database crash or failover)",
+                        self.table, chunk.id
+                    ),
+                    staged: stage.to_string(),
+                });
+            }
+        }
         let stmt = client
             .prepare(&format!("SELECT * FROM {staged} LIMIT 0"))
             .await
@@ -294,6 +316,14 @@ impl Inner {
         let list = cols.join(", ");
         let target = self.table.quoted();
         let mut sql = String::new();
+        if let Some(rows) = rows {
+            sql.push_str(&format!(
+                "DO $backfill$ BEGIN IF (SELECT count(*) FROM {staged}) <> {rows} THEN \
+                 RAISE EXCEPTION 'staging table % lost rows (a database crash?); the chunk must run again', {s}; \
+                 END IF; END $backfill$;",
+                s = quote_literal(stage),
+            ));
+        }
         if let Some(pred) = self.slice_predicate(chunk)? {
             sql.push_str(&format!("DELETE FROM {target} WHERE {pred};"));
         }
@@ -334,16 +364,29 @@ impl Inner {
         &self,
         client: &mut Client,
         chunk: &Chunk,
-        stage: &str,
+        file: &OwnedFile,
     ) -> Result<(), SinkError> {
         let what = format!("publishing chunk {} into {}", chunk.id, self.table);
         let tx = client.transaction().await.map_err(PgError::sql(&what))?;
-        if let Some(sql) = self.publish_sql(&tx, chunk, stage).await? {
+        let rows = staged_rows(&file.path);
+        if let Some(sql) = self.publish_sql(&tx, chunk, &file.staged, rows).await? {
             tx.batch_execute(&sql).await.map_err(PgError::sql(&what))?;
             tx.commit().await.map_err(PgError::sql(&what))?;
         }
         Ok(())
     }
+}
+
+/// How a staging table is recorded in the state store: the target, the
+/// stage, and the rows it holds, which publishing checks.
+fn stage_path(table: &str, stage: &str, rows: u64) -> String {
+    format!("{table}#{stage}#rows={rows}")
+}
+
+/// The rows a recorded stage holds; `None` for stages recorded before
+/// the count was.
+fn staged_rows(path: &str) -> Option<u64> {
+    path.rsplit_once("#rows=")?.1.parse().ok()
 }
 
 /// `col >= lo AND col < hi` for the chunk's bounds.
@@ -578,7 +621,7 @@ impl ChunkWriter for PgChunkWriter {
         }
         Ok(Staged {
             files: vec![OwnedFile {
-                path: format!("{}#{}", self.inner.table, self.stage),
+                path: stage_path(&self.inner.table.to_string(), &self.stage, self.rows),
                 staged: self.stage.clone(),
             }],
             rows: self.rows,
@@ -618,9 +661,7 @@ impl Sink for PgSink {
         }
         let mut client = self.inner.connect().await?;
         for (i, f) in files.iter().enumerate() {
-            self.inner
-                .publish_one(&mut client, chunk, &f.staged)
-                .await?;
+            self.inner.publish_one(&mut client, chunk, f).await?;
             if i == 0 && files.len() > 1 {
                 failpoint::hit("mid_publish", chunk.index)?;
             }
@@ -800,7 +841,12 @@ impl Sink for PgSink {
         let client = self.inner.connect().await?;
         let mut sql = String::new();
         for f in files {
-            if let Some(s) = self.inner.publish_sql(&client, chunk, &f.staged).await? {
+            let rows = staged_rows(&f.path);
+            if let Some(s) = self
+                .inner
+                .publish_sql(&client, chunk, &f.staged, rows)
+                .await?
+            {
                 sql.push_str(&s);
             }
         }

@@ -38,7 +38,11 @@ struct Pg {
 
 impl Pg {
     fn new(name: &str) -> Pg {
-        let url = pg_url();
+        Pg::on(pg_url(), name)
+    }
+
+    /// A schema of its own on the server at `url`.
+    fn on(url: String, name: &str) -> Pg {
         let rt = runtime();
         let client = rt.block_on(async {
             let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
@@ -59,6 +63,19 @@ impl Pg {
             pg.schema
         ));
         pg
+    }
+
+    /// A new connection, after the server restarted.
+    fn reconnect(&mut self) {
+        let url = self.url.clone();
+        self.client = self.rt.block_on(async {
+            let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                .await
+                .expect("reconnect to PostgreSQL");
+            tokio::spawn(conn);
+            client
+        });
+        self.exec("SET TIME ZONE 'UTC'");
     }
 
     fn exec(&self, sql: &str) {
@@ -374,6 +391,141 @@ fn a_crash_at_any_step_of_a_postgres_commit_is_repaired() {
             "after kill -9 at {delay_ms} ms"
         );
     }
+}
+
+/// A PostgreSQL server of one test's own (`scripts/pg.sh`), for tests that
+/// crash it: the suite's shared server must stay up for the others.
+struct PrivateServer {
+    url: String,
+    dir: String,
+}
+
+impl PrivateServer {
+    fn start() -> PrivateServer {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/pg.sh");
+        // The server inherits the script's stderr: a pipe there would
+        // never close, so it goes to the test's own.
+        let out = Command::new("bash")
+            .args([script, "start"])
+            .stdin(Stdio::null())
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("run scripts/pg.sh");
+        assert!(out.status.success(), "scripts/pg.sh start: {}", text(&out));
+        let exports = String::from_utf8_lossy(&out.stdout);
+        let value = |name: &str| {
+            exports
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("export {name}='")))
+                .and_then(|v| v.strip_suffix('\''))
+                .unwrap_or_else(|| panic!("{name} not in {exports}"))
+                .to_string()
+        };
+        PrivateServer {
+            url: value("BACKFILL_TEST_PG_URL"),
+            dir: value("BACKFILL_TEST_PG_DIR"),
+        }
+    }
+
+    /// `pg_ctl restart -m immediate`: the server stops as in a crash (no
+    /// checkpoint) and recovers on start, which empties unlogged tables.
+    fn crash_and_restart(&self) {
+        let bindir = std::fs::read_to_string(format!("{}/bindir", self.dir)).expect("bindir");
+        let pg_ctl = format!("{}/pg_ctl", bindir.trim());
+        let data = format!("{}/data", self.dir);
+        let args = [
+            pg_ctl.as_str(),
+            "-D",
+            &data,
+            "-m",
+            "immediate",
+            "-w",
+            "-t",
+            "60",
+            "restart",
+        ];
+        let root = Command::new("id")
+            .arg("-u")
+            .output()
+            .map(|o| o.stdout == b"0\n");
+        // pg_ctl's output goes to the server log: the restarted server
+        // would hold a pipe open.
+        let log = std::fs::File::options()
+            .append(true)
+            .open(format!("{}/restart.log", self.dir))
+            .or_else(|_| std::fs::File::create(format!("{}/restart.log", self.dir)))
+            .expect("restart log");
+        let mut cmd = if root.unwrap_or(false) {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).args(args);
+            c
+        } else {
+            let mut c = Command::new(args[0]);
+            c.args(&args[1..]);
+            c
+        };
+        let status = cmd
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .status()
+            .expect("run pg_ctl");
+        let shown =
+            std::fs::read_to_string(format!("{}/restart.log", self.dir)).unwrap_or_default();
+        assert!(status.success(), "pg_ctl restart: {shown}");
+    }
+}
+
+impl Drop for PrivateServer {
+    fn drop(&mut self) {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/pg.sh");
+        let _ = Command::new("bash")
+            .args([script, "stop", &self.dir])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+#[test]
+fn a_stage_emptied_by_a_database_crash_is_never_published() {
+    let server = PrivateServer::start();
+    let mut pg = Pg::on(server.url.clone(), "restart");
+    let demo = Demo::new(6_000, "\"1 month\"");
+    let (months, _) = expected_global(&demo);
+    target_to_pg(&demo, &pg, "tx", "replace");
+    run_pg_ok(&demo, &pg, &["run"]);
+    let reference = (pg.fingerprint("tx"), pg.fingerprint("tx_quarantine"));
+    // March runs again and commits in the (SQLite) state; the process dies
+    // before it publishes the staged rows.
+    let job = demo.job_str();
+    let out = demo.run_env(
+        &["run", &job, "--from", "2023-03-01", "--to", "2023-04-01"],
+        &[(PG_ENV, &pg.url), ("BACKFILL_FAILPOINTS", "after_commit:1")],
+    );
+    assert_ne!(
+        code(&out),
+        0,
+        "the failpoint must stop the run:\n{}",
+        text(&out)
+    );
+    // The database crashes: its unlogged staging tables come back empty.
+    server.crash_and_restart();
+    pg.reconnect();
+    let out = run_pg_ok(&demo, &pg, &["run"]);
+    assert!(
+        stdout(&out).contains("1 of 1 selected chunks committed"),
+        "the chunk whose stage was lost must run again:\n{}",
+        text(&out)
+    );
+    assert_months_equal(&months, &pg.months("tx"));
+    assert_eq!(
+        (pg.fingerprint("tx"), pg.fingerprint("tx_quarantine")),
+        reference
+    );
+    let v = run_pg(&demo, &pg, &["validate"]);
+    assert_eq!(code(&v), 0, "{}", text(&v));
 }
 
 #[test]
