@@ -97,7 +97,8 @@ def job_file(data_dir: Path, chunk: str, name: str) -> Path:
     text = text.replace(
         'path = "warehouse/transactions_quarantine"', f'path = "out/{name}/transactions_quarantine"'
     )
-    text = text.replace('path = ".backfill/state.db"', f'path = "out/{name}/state.db"')
+    # Each variant is a job of its own (its own target), so it needs its own state.
+    text = text.replace("[state]\n", f'[state]\npath = "out/{name}/state.db"\n')
     p = data_dir / f"bench-{name}.toml"
     p.write_text(text)
     return p

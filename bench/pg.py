@@ -91,7 +91,7 @@ def main():
             base,
             f'[target]\nformat = "postgres"\nurl = "${{BF_PG_URL}}"\ntable = "bench.tx_{mode}"\n'
             f'mode = "{mode}"\nkeys = ["transaction_id", "created_at"]\n',
-        ).replace(".backfill/state.db", f".backfill/{mode}.db"))
+        ).replace("[state]\n", f'[state]\npath = ".backfill/{mode}.db"\n'))
         first = timed([a.bin, "-q", "run", str(job)], env)
         sh([a.bin, "-q", "reset", str(job), "--all"], env=env)
         again = timed([a.bin, "-q", "run", str(job)], env)

@@ -15,8 +15,11 @@ pub const MAX_CHUNKS: usize = 5_000_000;
 pub struct Chunk {
     /// Position in the plan, from 0.
     pub index: usize,
-    /// Stable id: a hash of the range column, chunk width and bounds, so the
-    /// same chunk keeps its id when the plan is extended or re-made.
+    /// Stable id: a 64-bit hash of the job's name, the range column, the
+    /// chunk width and the bounds, so the same chunk keeps its id when the
+    /// plan is extended or re-made (or the state is lost), and two jobs
+    /// writing into one target never share an id (nor a file name, a Delta
+    /// transaction or a staging table, which all carry it).
     pub id: String,
     /// Inclusive lower bound; `None` for the single chunk of a full load.
     pub lo: Option<RangeValue>,
@@ -67,6 +70,10 @@ pub enum PlanError {
     TooManyChunks,
     #[error("chunk bounds overflow the representable range")]
     Overflow,
+    #[error(
+        "chunks {a} and {b} have the same id {id}: a 64-bit hash collision, which should never happen; rename the job ([job] name) to plan new ids"
+    )]
+    IdCollision { id: String, a: String, b: String },
 }
 
 /// The fingerprint of a range definition: when it changes, existing chunks no
@@ -95,16 +102,97 @@ fn opt(v: Option<RangeValue>) -> String {
     v.map(|v| format!("{v:?}")).unwrap_or_else(|| "-".into())
 }
 
+/// The id of the chunk `[lo, hi)` of job `job`: 64 bits, so that even
+/// the largest plan (5M chunks) has collision odds near 1e-6, and every
+/// plan is checked for collisions anyway ([`check_unique`]).
 fn chunk_id(
+    job: &str,
     column: &str,
     chunk: ChunkSize,
     lo: Option<RangeValue>,
     hi: Option<RangeValue>,
 ) -> String {
-    let text = format!("v1|{column}|{chunk}|{}|{}", opt(lo), opt(hi));
+    id_of(&format!(
+        "v2|{}|{job}|{column}|{chunk}|{}|{}",
+        job.len(),
+        opt(lo),
+        opt(hi)
+    ))
+}
+
+fn id_of(text: &str) -> String {
+    format!("{:016x}", XxHash3_64::oneshot(text.as_bytes()))
+}
+
+/// Whether `id` looks like a chunk id (of this version or the first, which
+/// had 12 hex digits), e.g. when read back from a file name.
+pub fn is_chunk_id(id: &str) -> bool {
+    matches!(id.len(), 12 | 16) && id.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// The id the first version gave a chunk (48 bits, the job's name left
+/// out): files and states written before ids carried the job still name
+/// their chunks so, and an upgraded state is re-keyed from it.
+pub fn legacy_id(range: Option<&RangeSpec>, chunk: &Chunk) -> String {
+    let text = match (range, &chunk.value) {
+        (Some(r), Some(v)) => format!("v1|{}|partition|{v}", r.column),
+        (Some(r), None) if chunk.lo.is_some() => format!(
+            "v1|{}|{}|{}|{}",
+            r.column,
+            r.chunk,
+            opt(chunk.lo),
+            opt(chunk.hi)
+        ),
+        (Some(r), None) => format!("v1|{}|{}|-|-", r.column, ChunkSize::All),
+        (None, _) => format!("v1||{}|-|-", ChunkSize::All),
+    };
     let h = XxHash3_64::oneshot(text.as_bytes());
-    // 12 hex digits: short enough to type, collision odds ~1e-8 at a million chunks.
     format!("{:012x}", h >> 16)
+}
+
+fn partition_id(job: &str, column: &str, value: &str) -> String {
+    id_of(&format!(
+        "v2|{}|{job}|{column}|partition|{value}",
+        job.len()
+    ))
+}
+
+/// The id `plan` gives a chunk of these bounds in job `job` over `range`.
+pub fn id_for(job: &str, range: Option<&RangeSpec>, chunk: &Chunk) -> String {
+    match (range, &chunk.value) {
+        (Some(r), Some(v)) => partition_id(job, &r.column, v),
+        (Some(r), None) if chunk.lo.is_some() => {
+            chunk_id(job, &r.column, r.chunk, chunk.lo, chunk.hi)
+        }
+        (Some(r), None) => chunk_id(job, &r.column, ChunkSize::All, None, None),
+        (None, _) => chunk_id(job, "", ChunkSize::All, None, None),
+    }
+}
+
+/// Refuses a plan in which two chunks share an id.
+pub fn check_unique(chunks: &[Chunk]) -> Result<(), PlanError> {
+    let mut ids: Vec<(u64, usize)> = chunks
+        .iter()
+        .map(|c| (u64::from_str_radix(&c.id, 16).unwrap_or(0), c.index))
+        .collect();
+    ids.sort_unstable();
+    for w in ids.windows(2) {
+        if w[0].0 == w[1].0 {
+            let show = |i: usize| {
+                chunks
+                    .iter()
+                    .find(|c| c.index == i)
+                    .map(|c| c.to_string())
+                    .unwrap_or_default()
+            };
+            return Err(PlanError::IdCollision {
+                id: format!("{:016x}", w[0].0),
+                a: show(w[0].1),
+                b: show(w[1].1),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// About how many chunks `plan` would make, without making them (for
@@ -128,35 +216,40 @@ pub fn estimate(range: Option<&RangeSpec>) -> Option<u64> {
 }
 
 /// One chunk per partition value, sorted, duplicates dropped.
-pub fn plan_values(column: &str, values: &[String]) -> Vec<Chunk> {
+pub fn plan_values(job: &str, column: &str, values: &[String]) -> Result<Vec<Chunk>, PlanError> {
     let mut sorted: Vec<&String> = values.iter().collect();
     sorted.sort();
     sorted.dedup();
-    sorted
+    let chunks: Vec<Chunk> = sorted
         .into_iter()
         .enumerate()
-        .map(|(index, v)| {
-            let text = format!("v1|{column}|partition|{v}");
-            let h = XxHash3_64::oneshot(text.as_bytes());
-            Chunk {
-                index,
-                id: format!("{:012x}", h >> 16),
-                lo: None,
-                hi: None,
-                value: Some(v.clone()),
-            }
+        .map(|(index, v)| Chunk {
+            index,
+            id: partition_id(job, column, v),
+            lo: None,
+            hi: None,
+            value: Some(v.clone()),
         })
-        .collect()
+        .collect();
+    check_unique(&chunks)?;
+    Ok(chunks)
 }
 
 /// Plans the chunks of a range. No range means one chunk over all rows.
 /// `partitions = "source"` plans nothing here: the values come from the
-/// source (see [`plan_values`]).
-pub fn plan(range: Option<&RangeSpec>) -> Result<Vec<Chunk>, PlanError> {
+/// source (see [`plan_values`]). `job` is the job's name, part of every
+/// chunk id.
+pub fn plan(job: &str, range: Option<&RangeSpec>) -> Result<Vec<Chunk>, PlanError> {
+    let chunks = plan_unchecked(job, range)?;
+    check_unique(&chunks)?;
+    Ok(chunks)
+}
+
+fn plan_unchecked(job: &str, range: Option<&RangeSpec>) -> Result<Vec<Chunk>, PlanError> {
     if let Some(r) = range {
         match &r.partitions {
             Some(crate::spec::Partitions::List(values)) => {
-                return Ok(plan_values(&r.column, values));
+                return plan_values(job, &r.column, values);
             }
             Some(crate::spec::Partitions::Source) => return Ok(Vec::new()),
             None => {}
@@ -165,7 +258,7 @@ pub fn plan(range: Option<&RangeSpec>) -> Result<Vec<Chunk>, PlanError> {
     let Some(r) = range else {
         return Ok(vec![Chunk {
             index: 0,
-            id: chunk_id("", ChunkSize::All, None, None),
+            id: chunk_id(job, "", ChunkSize::All, None, None),
             lo: None,
             hi: None,
             value: None,
@@ -177,18 +270,18 @@ pub fn plan(range: Option<&RangeSpec>) -> Result<Vec<Chunk>, PlanError> {
     match (r.start, r.end) {
         (Some(start), end) if r.extend_to.is_some() => {
             let mut chunks = match end {
-                Some(end) => plan_bounds(&r.column, start, end, r.chunk)?,
+                Some(end) => plan_bounds(job, &r.column, start, end, r.chunk)?,
                 None => Vec::new(),
             };
             if let Some(to) = r.extend_to {
-                extend(&mut chunks, &r.column, start, to, r.chunk)?;
+                extend(&mut chunks, job, &r.column, start, to, r.chunk)?;
             }
             Ok(chunks)
         }
-        (Some(start), Some(end)) => plan_bounds(&r.column, start, end, r.chunk),
+        (Some(start), Some(end)) => plan_bounds(job, &r.column, start, end, r.chunk),
         _ => Ok(vec![Chunk {
             index: 0,
-            id: chunk_id(&r.column, ChunkSize::All, None, None),
+            id: chunk_id(job, &r.column, ChunkSize::All, None, None),
             lo: None,
             hi: None,
             value: None,
@@ -202,6 +295,7 @@ pub fn plan(range: Option<&RangeSpec>) -> Result<Vec<Chunk>, PlanError> {
 /// already planned, and so committed ones, keep their bounds and ids.
 fn extend(
     chunks: &mut Vec<Chunk>,
+    job: &str,
     column: &str,
     start: RangeValue,
     to: RangeValue,
@@ -226,7 +320,7 @@ fn extend(
         }
         chunks.push(Chunk {
             index: chunks.len(),
-            id: chunk_id(column, chunk, Some(lo), Some(hi)),
+            id: chunk_id(job, column, chunk, Some(lo), Some(hi)),
             lo: Some(lo),
             hi: Some(hi),
             value: None,
@@ -238,6 +332,7 @@ fn extend(
 
 /// Chunks of `[start, end)`; empty when `end <= start`.
 pub fn plan_bounds(
+    job: &str,
     column: &str,
     start: RangeValue,
     end: RangeValue,
@@ -249,7 +344,7 @@ pub fn plan_bounds(
     if chunk == ChunkSize::All {
         return Ok(vec![Chunk {
             index: 0,
-            id: chunk_id(column, chunk, Some(start), Some(end)),
+            id: chunk_id(job, column, chunk, Some(start), Some(end)),
             lo: Some(start),
             hi: Some(end),
             value: None,
@@ -276,7 +371,7 @@ pub fn plan_bounds(
         }
         out.push(Chunk {
             index: out.len(),
-            id: chunk_id(column, chunk, Some(lo), Some(hi)),
+            id: chunk_id(job, column, chunk, Some(lo), Some(hi)),
             lo: Some(lo),
             hi: Some(hi),
             value: None,
@@ -290,6 +385,7 @@ pub fn plan_bounds(
 mod tests {
     use super::*;
     use crate::interval::{MICROS_PER_DAY, parse_time};
+    use crate::spec::RangeSpec;
     use proptest::prelude::*;
 
     fn t(s: &str) -> RangeValue {
@@ -319,6 +415,7 @@ mod tests {
     #[test]
     fn weekly_chunks_over_2023() {
         let chunks = plan_bounds(
+            "job",
             "created_at",
             t("2023-01-01"),
             t("2024-01-01"),
@@ -332,8 +429,14 @@ mod tests {
 
     #[test]
     fn months_follow_the_calendar_with_leap_day() {
-        let chunks =
-            plan_bounds("d", t("2024-01-01"), t("2025-01-01"), ChunkSize::Months(1)).unwrap();
+        let chunks = plan_bounds(
+            "job",
+            "d",
+            t("2024-01-01"),
+            t("2025-01-01"),
+            ChunkSize::Months(1),
+        )
+        .unwrap();
         assert_eq!(chunks.len(), 12);
         assert_eq!(chunks[1].bounds(), "[2024-02-01, 2024-03-01)");
         let feb = chunks[1].hi.unwrap().raw() - chunks[1].lo.unwrap().raw();
@@ -344,6 +447,7 @@ mod tests {
     #[test]
     fn daily_chunks_include_the_leap_day() {
         let chunks = plan_bounds(
+            "job",
             "d",
             t("2024-02-28"),
             t("2024-03-01"),
@@ -359,8 +463,14 @@ mod tests {
 
     #[test]
     fn years_and_a_clipped_last_chunk() {
-        let chunks =
-            plan_bounds("d", t("2020-03-15"), t("2023-01-01"), ChunkSize::Months(12)).unwrap();
+        let chunks = plan_bounds(
+            "job",
+            "d",
+            t("2020-03-15"),
+            t("2023-01-01"),
+            ChunkSize::Months(12),
+        )
+        .unwrap();
         let bounds: Vec<_> = chunks.iter().map(Chunk::bounds).collect();
         assert_eq!(
             bounds,
@@ -375,6 +485,7 @@ mod tests {
     #[test]
     fn single_and_empty_ranges() {
         let one = plan_bounds(
+            "job",
             "id",
             RangeValue::Int(1),
             RangeValue::Int(5),
@@ -384,6 +495,7 @@ mod tests {
         assert_eq!(one.len(), 1);
         assert_eq!(one[0].bounds(), "[1, 5)");
         let empty = plan_bounds(
+            "job",
             "id",
             RangeValue::Int(5),
             RangeValue::Int(5),
@@ -391,7 +503,7 @@ mod tests {
         )
         .unwrap();
         assert!(empty.is_empty());
-        let all = plan(None).unwrap();
+        let all = plan("job", None).unwrap();
         assert_eq!(all.len(), 1);
         assert_eq!(all[0].lo, None);
     }
@@ -399,6 +511,7 @@ mod tests {
     #[test]
     fn sequence_batches() {
         let chunks = plan_bounds(
+            "job",
             "event_id",
             RangeValue::Int(1),
             RangeValue::Int(10_000_001),
@@ -411,18 +524,108 @@ mod tests {
 
     #[test]
     fn ids_are_stable_when_the_range_grows() {
-        let a = plan_bounds("c", t("2023-01-01"), t("2023-03-01"), ChunkSize::Months(1)).unwrap();
-        let b = plan_bounds("c", t("2023-01-01"), t("2023-06-01"), ChunkSize::Months(1)).unwrap();
+        let a = plan_bounds(
+            "job",
+            "c",
+            t("2023-01-01"),
+            t("2023-03-01"),
+            ChunkSize::Months(1),
+        )
+        .unwrap();
+        let b = plan_bounds(
+            "job",
+            "c",
+            t("2023-01-01"),
+            t("2023-06-01"),
+            ChunkSize::Months(1),
+        )
+        .unwrap();
         assert_eq!(a[0].id, b[0].id);
         assert_eq!(a[1].id, b[1].id);
-        let other_column =
-            plan_bounds("d", t("2023-01-01"), t("2023-03-01"), ChunkSize::Months(1)).unwrap();
+        let other_column = plan_bounds(
+            "job",
+            "d",
+            t("2023-01-01"),
+            t("2023-03-01"),
+            ChunkSize::Months(1),
+        )
+        .unwrap();
         assert_ne!(a[0].id, other_column[0].id);
     }
 
     #[test]
+    fn ids_carry_the_job_and_64_bits() {
+        let week = ChunkSize::Fixed(7 * MICROS_PER_DAY);
+        let a = plan_bounds("eu", "c", t("2023-01-01"), t("2023-03-01"), week).unwrap();
+        let b = plan_bounds("us", "c", t("2023-01-01"), t("2023-03-01"), week).unwrap();
+        for (x, y) in a.iter().zip(&b) {
+            assert_ne!(x.id, y.id, "two jobs share the id of {x}");
+            assert_eq!(x.id.len(), 16);
+            assert!(is_chunk_id(&x.id));
+        }
+        // The name's length is hashed too: ("a|b", "c") and ("a", "b|c")
+        // must not make one text.
+        let x = plan_bounds("a|b", "c", t("2023-01-01"), t("2023-01-02"), week).unwrap();
+        let y = plan_bounds("a", "b|c", t("2023-01-01"), t("2023-01-02"), week).unwrap();
+        assert_ne!(x[0].id, y[0].id);
+        let v = plan_values("eu", "region", &["a".into(), "b".into()]).unwrap();
+        let w = plan_values("us", "region", &["a".into(), "b".into()]).unwrap();
+        assert_ne!(v[0].id, w[0].id);
+    }
+
+    #[test]
+    fn legacy_ids_are_the_first_versions() {
+        // Ids of the first version, as a state written then recorded them.
+        let week = ChunkSize::Fixed(7 * MICROS_PER_DAY);
+        let r = RangeSpec {
+            column: "created_at".into(),
+            column_loc: Default::default(),
+            start: Some(t("2023-01-01")),
+            end: Some(t("2024-01-01")),
+            chunk: week,
+            ordered: false,
+            end_now: false,
+            lookback: 1,
+            extend_to: None,
+            partitions: None,
+        };
+        let chunks = plan("transactions", Some(&r)).unwrap();
+        let text = format!(
+            "v1|created_at|{week}|{:?}|{:?}",
+            chunks[0].lo.unwrap(),
+            chunks[0].hi.unwrap()
+        );
+        let want = format!("{:012x}", XxHash3_64::oneshot(text.as_bytes()) >> 16);
+        assert_eq!(legacy_id(Some(&r), &chunks[0]), want);
+        let all = plan("x", None).unwrap();
+        let want = format!(
+            "{:012x}",
+            XxHash3_64::oneshot(format!("v1||{}|-|-", ChunkSize::All).as_bytes()) >> 16
+        );
+        assert_eq!(legacy_id(None, &all[0]), want);
+        assert!(is_chunk_id(&want));
+    }
+
+    #[test]
+    fn colliding_ids_are_refused() {
+        let mut chunks = plan_bounds(
+            "job",
+            "id",
+            RangeValue::Int(0),
+            RangeValue::Int(10),
+            ChunkSize::Count(1),
+        )
+        .unwrap();
+        assert_eq!(check_unique(&chunks), Ok(()));
+        chunks[7].id = chunks[2].id.clone();
+        let err = check_unique(&chunks).unwrap_err();
+        assert!(matches!(err, PlanError::IdCollision { .. }));
+        let text = err.to_string();
+        assert!(text.contains("#2 ") && text.contains("#7 "), "{text}");
+    }
+
+    #[test]
     fn extending_keeps_every_planned_chunk_and_follows_the_grid() {
-        use crate::spec::RangeSpec;
         let week = ChunkSize::Fixed(7 * MICROS_PER_DAY);
         let mut r = RangeSpec {
             column: "c".into(),
@@ -436,9 +639,9 @@ mod tests {
             extend_to: None,
             partitions: None,
         };
-        let fixed = plan(Some(&r)).unwrap();
+        let fixed = plan("job", Some(&r)).unwrap();
         r.extend_to = Some(t("2024-01-10"));
-        let extended = plan(Some(&r)).unwrap();
+        let extended = plan("job", Some(&r)).unwrap();
         assert_eq!(&extended[..fixed.len()], &fixed[..]);
         // [2023-12-31, 2024-01-01) stays; then [2024-01-01, 2024-01-07), [2024-01-07, 2024-01-14).
         let tail: Vec<String> = extended[fixed.len()..].iter().map(|c| c.bounds()).collect();
@@ -449,7 +652,7 @@ mod tests {
         // end = "now": the grid from the start, up to the chunk holding now.
         r.end = None;
         r.end_now = true;
-        let now = plan(Some(&r)).unwrap();
+        let now = plan("job", Some(&r)).unwrap();
         assert_eq!(now.len(), 54);
         assert_eq!(now[53].bounds(), "[2024-01-07, 2024-01-14)");
         assert_ne!(fingerprint(Some(&r)), fingerprint(None));
@@ -457,7 +660,6 @@ mod tests {
 
     #[test]
     fn estimates_bound_the_plan() {
-        use crate::spec::RangeSpec;
         let r = |chunk, start, end| RangeSpec {
             column: "c".into(),
             column_loc: Default::default(),
@@ -484,20 +686,27 @@ mod tests {
             RangeValue::Int(0),
             RangeValue::Int(i64::MAX),
         );
-        assert_eq!(plan(Some(&absurd)), Err(PlanError::TooManyChunks));
+        assert_eq!(plan("job", Some(&absurd)), Err(PlanError::TooManyChunks));
         assert_eq!(estimate(None), None);
     }
 
     #[test]
     fn mismatched_kinds_are_refused() {
-        let err =
-            plan_bounds("c", t("2023-01-01"), t("2023-03-01"), ChunkSize::Count(5)).unwrap_err();
+        let err = plan_bounds(
+            "job",
+            "c",
+            t("2023-01-01"),
+            t("2023-03-01"),
+            ChunkSize::Count(5),
+        )
+        .unwrap_err();
         assert!(matches!(err, PlanError::KindMismatch { .. }));
     }
 
     #[test]
     fn overlap_selection() {
         let chunks = plan_bounds(
+            "job",
             "c",
             t("2023-01-01"),
             t("2023-01-29"),
@@ -537,7 +746,7 @@ mod tests {
         ) {
             let s = RangeValue::Time(start * 1_000_000);
             let e = RangeValue::Time((start + len) * 1_000_000);
-            let chunks = plan_bounds("t", s, e, chunk).unwrap();
+            let chunks = plan_bounds("job", "t", s, e, chunk).unwrap();
             assert_tiles(&chunks, s, e);
         }
 
@@ -545,7 +754,7 @@ mod tests {
         fn integer_chunks_tile_the_range(start in -1_000_000i64..1_000_000, len in 1i64..100_000, width in 1i64..5_000) {
             let s = RangeValue::Int(start);
             let e = RangeValue::Int(start + len);
-            let chunks = plan_bounds("id", s, e, ChunkSize::Count(width)).unwrap();
+            let chunks = plan_bounds("job", "id", s, e, ChunkSize::Count(width)).unwrap();
             assert_tiles(&chunks, s, e);
             prop_assert_eq!(chunks.len() as i64, (len + width - 1) / width);
         }

@@ -45,7 +45,7 @@ impl Error {
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::Spec(_) | Error::Job { .. } | Error::Usage(_) | Error::Plan(_) => 2,
-            Error::State(StateError::RangeChanged { .. }) => 2,
+            Error::State(StateError::RangeChanged { .. } | StateError::OtherJob { .. }) => 2,
             Error::Source(e) if e.is_configuration() => 2,
             _ => 1,
         }

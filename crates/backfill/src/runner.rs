@@ -3,7 +3,7 @@
 //! claim → execute → stage → commit (state) → publish → clean up,
 //! retrying transient failures with backoff.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -13,7 +13,8 @@ use backfill_core::plan::{self, Chunk};
 use backfill_core::retry::RetryPolicy;
 use backfill_core::spec::JobSpec;
 use backfill_core::state::{
-    ChunkMetrics, ChunkRecord, ChunkStatus, LockHolder, SqliteStateStore, StateError, StateStore,
+    ChunkMetrics, ChunkRecord, ChunkStatus, JobOwner, LockHolder, SqliteStateStore, StateError,
+    StateStore,
 };
 use backfill_core::{ErrorClass, fingerprint};
 use datafusion::execution::runtime_env::RuntimeEnv;
@@ -166,8 +167,9 @@ impl Backfill {
         Ok(Backfill::from_spec(JobSpec::from_file(path)?))
     }
 
-    pub fn from_spec(spec: JobSpec) -> Backfill {
+    pub fn from_spec(mut spec: JobSpec) -> Backfill {
         crate::redact::register(&spec.secrets);
+        resolve_state_path(&mut spec);
         Backfill { spec }
     }
 
@@ -355,7 +357,7 @@ impl Backfill {
                     self.job_error(rule.check_loc, &format!("rules[{i}].check"), e.to_string())
                 })?;
         }
-        let mut chunks = plan::plan(self.spec.range.as_ref())?;
+        let mut chunks = plan::plan(&self.spec.name, self.spec.range.as_ref())?;
         if let Some(column) = hive_column {
             let values = source.partition_values();
             if values.is_empty() {
@@ -374,7 +376,7 @@ impl Backfill {
                     ),
                 ));
             }
-            chunks = plan::plan_values(column, &values);
+            chunks = plan::plan_values(&self.spec.name, column, &values)?;
         }
         if let Some(dedup) = &self.spec.dedup {
             let cols: Vec<_> = out.fields().iter().map(|f| f.name().as_str()).collect();
@@ -419,6 +421,25 @@ impl Backfill {
                     ),
                 ));
             }
+        }
+        // A Delta chunk replaces the table's rows in its range, found by the
+        // range column's values in the table.
+        if let Some(r) = &self.spec.range
+            && self.spec.target.format == backfill_core::spec::TargetFormat::Delta
+            && self.spec.target.merge_keys.is_empty()
+            && chunks
+                .iter()
+                .any(|c| c.lo.is_some() || c.hi.is_some() || c.value.is_some())
+            && out.field_with_name(&r.column).is_err()
+        {
+            return Err(self.job_error(
+                r.column_loc,
+                "range.column",
+                format!(
+                    "a Delta target replaces each chunk's range by the column \"{}\" in the table; keep it in the transform's SELECT",
+                    r.column
+                ),
+            ));
         }
         let sinks = Sinks::open(&self.spec).map_err(|e| match e {
             SinkError::Store(StoreError::Invalid { .. }) => {
@@ -528,7 +549,7 @@ impl Backfill {
         if !recorded.is_empty() {
             return Ok(recorded);
         }
-        Ok(plan::plan(self.spec.range.as_ref())?
+        Ok(plan::plan(&self.spec.name, self.spec.range.as_ref())?
             .into_iter()
             .map(|c| ChunkRecord {
                 id: c.id,
@@ -870,12 +891,18 @@ impl Backfill {
 }
 
 /// The job's state store: SQLite beside the job, or shared PostgreSQL.
+/// Refuses a state that belongs to another job; a run records this job as
+/// its owner.
 pub(crate) fn open_state(spec: &JobSpec) -> Result<Arc<dyn StateStore>, Error> {
-    if let Some(pg) = &spec.state.postgres {
-        let name = crate::redact::redact(&spec.name);
-        return Ok(Arc::new(crate::pg::state::PgStateStore::open(pg, &name)?));
-    }
-    Ok(Arc::new(SqliteStateStore::open(&spec.state.path)?))
+    let state: Arc<dyn StateStore> = match &spec.state.postgres {
+        Some(pg) => {
+            let name = crate::redact::redact(&spec.name);
+            Arc::new(crate::pg::state::PgStateStore::open(pg, &name)?)
+        }
+        None => Arc::new(SqliteStateStore::open(&spec.state.path)?),
+    };
+    bind_to_job(spec, state.as_ref(), true)?;
+    Ok(state)
 }
 
 /// The state store if the job ever ran (a shared PostgreSQL one always
@@ -884,8 +911,62 @@ pub(crate) fn open_state_existing(spec: &JobSpec) -> Result<Option<Arc<dyn State
     if spec.state.postgres.is_some() {
         return open_state(spec).map(Some);
     }
-    Ok(SqliteStateStore::open_existing(&spec.state.path)?
-        .map(|s| Arc::new(s) as Arc<dyn StateStore>))
+    let Some(state) = SqliteStateStore::open_existing(&spec.state.path)? else {
+        return Ok(None);
+    };
+    let state: Arc<dyn StateStore> = Arc::new(state);
+    bind_to_job(spec, state.as_ref(), false)?;
+    Ok(Some(state))
+}
+
+/// Who this job is, as its state records it.
+pub(crate) fn job_owner(spec: &JobSpec) -> JobOwner {
+    JobOwner {
+        name: crate::redact::redact(&spec.name),
+        target: spec.target.identity(),
+        target_key: spec.target_key(),
+    }
+}
+
+/// Checks that `state` is this job's (recording it as the owner when
+/// `adopt`), and moves a state written before chunk ids carried the job's
+/// name to the current ids.
+fn bind_to_job(spec: &JobSpec, state: &dyn StateStore, adopt: bool) -> Result<(), Error> {
+    state.check_owner(&job_owner(spec), adopt)?;
+    let range = spec.range.as_ref();
+    let renamed = state.upgrade_chunk_ids(&|c: &Chunk| {
+        (plan::legacy_id(range, c) == c.id).then(|| plan::id_for(&spec.name, range, c))
+    })?;
+    if renamed > 0 {
+        tracing::info!(
+            "state {}: {renamed} chunk(s) renamed to this version's chunk ids (64 bits, with the job's name)",
+            state.describe()
+        );
+    }
+    Ok(())
+}
+
+/// Where a job's SQLite state is: `[state] path`, else `.backfill/<job
+/// name>.db`, unless only the state file that every job in the folder once
+/// shared (`.backfill/state.db`) exists and records this job: a job that
+/// ran before each job had its own state keeps it.
+pub(crate) fn resolve_state_path(spec: &mut JobSpec) {
+    if spec.state.explicit || spec.state.path.exists() {
+        return;
+    }
+    let Some(dir) = spec.state.path.parent().and_then(Path::parent) else {
+        return;
+    };
+    let legacy = dir.join(backfill_core::spec::LEGACY_STATE_PATH);
+    if SqliteStateStore::recorded_job(&legacy).as_deref()
+        == Some(crate::redact::redact(&spec.name).as_str())
+    {
+        tracing::debug!(
+            "using {}, the state this job wrote before each job had its own",
+            legacy.display()
+        );
+        spec.state.path = legacy;
+    }
 }
 
 /// The chunks a run picks: without --from/--to those not yet committed; with
@@ -1139,13 +1220,34 @@ async fn recover(
         rec.garbage_removed += garbage.len();
     }
     let mut on_disk = job.sinks.scan().await?;
+    let records = state.chunks()?;
+    // Chunk ids are this job's alone (they hash its name), so files and
+    // staging tables of other jobs writing into the same target are never
+    // taken for this job's leftovers. Files named by first-version ids
+    // (before ids carried the job's name) are mapped to the current ones.
+    let mut ours: HashMap<String, String> = job
+        .chunks
+        .iter()
+        .map(|c| (c.id.clone(), c.id.clone()))
+        .chain(records.iter().map(|c| (c.id.clone(), c.id.clone())))
+        .collect();
+    let legacy_named = on_disk
+        .published
+        .keys()
+        .map(String::as_str)
+        .chain(on_disk.staged.iter().flat_map(|p| id_tokens(p)))
+        .any(|id| id.len() == 12 && !ours.contains_key(id));
+    if legacy_named {
+        for c in &job.chunks {
+            ours.insert(plan::legacy_id(job.spec.range.as_ref(), c), c.id.clone());
+        }
+    }
+    let owner = |path: &str| id_tokens(path).find_map(|t| ours.get(t).cloned());
     // In a shared state store, other live processes stage files right now.
     let busy = state.busy_chunks()?;
-    if !busy.is_empty() {
-        on_disk
-            .staged
-            .retain(|path| !busy.iter().any(|chunk| path.contains(chunk.as_str())));
-    }
+    on_disk
+        .staged
+        .retain(|path| owner(path).is_some_and(|chunk| !busy.contains(&chunk)));
     if !on_disk.staged.is_empty() {
         tracing::info!(
             "removing {} staged file(s) left by an interrupted attempt",
@@ -1154,26 +1256,21 @@ async fn recover(
         job.sinks.remove(&on_disk.staged).await?;
         rec.orphans_removed += on_disk.staged.len();
     }
-    let recorded = state.committed_files()?;
-    let statuses: BTreeMap<String, ChunkStatus> = state
-        .chunks()?
-        .into_iter()
-        .map(|c| (c.id, c.status))
-        .collect();
-    let mut pending_orphans = BTreeMap::new();
+    // Every file a commit of this job owns, whatever id named it.
+    let recorded: HashSet<String> = state.committed_files()?.into_values().flatten().collect();
+    let statuses: BTreeMap<String, ChunkStatus> =
+        records.into_iter().map(|c| (c.id, c.status)).collect();
+    let mut pending_orphans: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let mut foreign = 0usize;
-    for (chunk_id, files) in on_disk.published {
-        let known: HashSet<&str> = recorded
-            .get(&chunk_id)
-            .map(|v| v.iter().map(String::as_str).collect())
-            .unwrap_or_default();
+    for (named, files) in on_disk.published {
         let unknown: Vec<String> = files
             .into_iter()
-            .filter(|f| !known.contains(f.as_str()))
+            .filter(|f| !recorded.contains(f))
             .collect();
         if unknown.is_empty() {
             continue;
         }
+        let chunk_id = ours.get(&named).cloned().unwrap_or(named);
         match statuses.get(&chunk_id) {
             Some(ChunkStatus::Committed) => {
                 tracing::info!(
@@ -1184,17 +1281,26 @@ async fn recover(
                 rec.orphans_removed += unknown.len();
             }
             Some(_) => {
-                pending_orphans.insert(chunk_id, unknown);
+                pending_orphans.entry(chunk_id).or_default().extend(unknown);
+            }
+            None if ours.contains_key(&chunk_id) => {
+                pending_orphans.entry(chunk_id).or_default().extend(unknown);
             }
             None => foreign += unknown.len(),
         }
     }
     if foreign > 0 {
-        tracing::warn!(
-            "{foreign} file(s) in the target belong to chunks that are not in this job's plan; they are left alone"
+        tracing::info!(
+            "{foreign} file(s) in the target belong to other jobs or to chunks no longer planned; they are left alone"
         );
     }
     Ok(pending_orphans)
+}
+
+/// The hex runs of a file or table name that could be chunk ids.
+fn id_tokens(path: &str) -> impl Iterator<Item = &str> {
+    path.split(|c: char| !c.is_ascii_hexdigit())
+        .filter(|t| plan::is_chunk_id(t))
 }
 
 enum Outcome {

@@ -295,6 +295,58 @@ pub struct TargetSpec {
     pub postgres: Option<PgTargetSpec>,
 }
 
+impl JobSpec {
+    /// A fingerprint of where the job writes, from the location as it is
+    /// after `${VAR}` expansion (a PostgreSQL password left out), so that
+    /// two spellings of one target (`${PG_URL}` or the URL itself) are one
+    /// target, and a state keeps no secret, only this hash. A local path
+    /// counts relative to the job file's folder: moving the folder with its
+    /// job files keeps the key.
+    pub fn target_key(&self) -> String {
+        let t = &self.target;
+        let format = t.identity();
+        let format = format.split(' ').next().unwrap_or_default();
+        let place = match (&t.postgres, &t.url) {
+            (Some(pg), _) => format!("postgres|{}|{}", mask_url(&pg.url), pg.table),
+            (None, Some(url)) => format!("{format}|{}", url.trim_end_matches('/')),
+            (None, None) => {
+                let base = self.file.parent().unwrap_or(Path::new(""));
+                let rel = t.path.strip_prefix(base).unwrap_or(&t.path);
+                let parts: Vec<String> = rel
+                    .components()
+                    .filter(|c| !matches!(c, std::path::Component::CurDir))
+                    .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                    .collect();
+                format!("{format}|{}", parts.join("/"))
+            }
+        };
+        format!("{:016x}", twox_hash::XxHash3_64::oneshot(place.as_bytes()))
+    }
+}
+
+impl TargetSpec {
+    /// What the job writes to, for messages and the state's record: the
+    /// format and the location as written in the job file (`${VAR}`
+    /// unexpanded, never a password). States compare [`JobSpec::target_key`].
+    pub fn identity(&self) -> String {
+        let format = match self.format {
+            TargetFormat::Parquet => "parquet",
+            TargetFormat::Delta => "delta",
+            TargetFormat::Postgres => "postgres",
+        };
+        let mut shown = self.path_shown.trim();
+        while let Some(rest) = shown.strip_prefix("./") {
+            shown = rest;
+        }
+        let shown = shown.trim_end_matches('/');
+        if self.format == TargetFormat::Postgres {
+            // The text already starts with "postgres".
+            return shown.to_string();
+        }
+        format!("{format} {shown}")
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct RunSpec {
     pub parallelism: usize,
@@ -305,8 +357,11 @@ pub struct RunSpec {
 #[derive(Debug, Clone, PartialEq)]
 pub struct StateSpec {
     /// The SQLite file (also where the dedup index is kept, with a shared
-    /// PostgreSQL state too).
+    /// PostgreSQL state too). Default: `.backfill/<job name>.db` beside the
+    /// job file, so several job files in one folder each have their own.
     pub path: PathBuf,
+    /// `path` was written in the job file (not the default).
+    pub explicit: bool,
     /// `[state] url`: a PostgreSQL state store shared by several processes.
     pub postgres: Option<PgStateSpec>,
 }
@@ -484,9 +539,10 @@ fn read_job(
         None => Some(RunSpec::default()),
     };
     let state = match section(d, top, "state", false) {
-        Some(mut t) => read_state(d, env, &mut t, base),
+        Some(mut t) => read_state(d, env, &mut t, base, &name),
         None => Some(StateSpec {
-            path: base.join(".backfill/state.db"),
+            path: base.join(default_state_path(&name)),
+            explicit: false,
             postgres: None,
         }),
     };
@@ -1195,7 +1251,40 @@ impl Default for RunSpec {
     }
 }
 
-fn read_state(d: &mut Diags, env: Env, t: &mut TableReader, base: &Path) -> Option<StateSpec> {
+/// Where a job keeps its state unless `[state] path` says otherwise:
+/// `.backfill/<job name>.db`. Characters that are not safe in a file name
+/// become `_`, and then a hash of the real name keeps two names apart.
+pub fn default_state_path(job: &str) -> PathBuf {
+    let safe: String = job
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let name = if safe == job && !job.is_empty() && !job.starts_with('.') {
+        safe
+    } else {
+        let h = twox_hash::XxHash3_64::oneshot(job.as_bytes());
+        format!("{}-{:08x}", safe.trim_start_matches('.'), h as u32)
+    };
+    Path::new(".backfill").join(format!("{name}.db"))
+}
+
+/// Where state files were by default before each job had its own; a
+/// state there that belongs to the job is still used.
+pub const LEGACY_STATE_PATH: &str = ".backfill/state.db";
+
+fn read_state(
+    d: &mut Diags,
+    env: Env,
+    t: &mut TableReader,
+    base: &Path,
+    job: &str,
+) -> Option<StateSpec> {
     let path = t.string(d, env, "path");
     let url = t.string(d, env, "url");
     let schema = t.string(d, env, "schema");
@@ -1252,9 +1341,10 @@ fn read_state(d: &mut Diags, env: Env, t: &mut TableReader, base: &Path) -> Opti
         }
     };
     ok.then(|| StateSpec {
+        explicit: path.is_some(),
         path: base.join(
-            path.map(|p| p.value)
-                .unwrap_or_else(|| ".backfill/state.db".into()),
+            path.map(|p| PathBuf::from(p.value))
+                .unwrap_or_else(|| default_state_path(job)),
         ),
         postgres,
     })

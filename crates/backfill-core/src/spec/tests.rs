@@ -39,7 +39,47 @@ fn the_example_job_parses() {
     assert_eq!(spec.target.partition_by, ["year", "month"]);
     assert_eq!(spec.target.compression, Compression::Zstd(3));
     assert_eq!(spec.run.parallelism, 2);
-    assert_eq!(spec.state.path, Path::new("jobs/.backfill/state.db"));
+    assert_eq!(spec.state.path, Path::new("jobs/.backfill/transactions.db"));
+    assert!(!spec.state.explicit);
+    assert_eq!(spec.target.identity(), "parquet warehouse/transactions");
+}
+
+#[test]
+fn each_job_has_its_own_default_state() {
+    let job = |name: &str| {
+        parse(&format!(
+            "[job]\nname = {name:?}\n[source]\nformat = \"csv\"\npath = \"in.csv\"\n[target]\npath = \"./out/\"\n"
+        ))
+        .unwrap()
+    };
+    assert_eq!(job("eu").state.path, Path::new("jobs/.backfill/eu.db"));
+    assert_eq!(job("us").state.path, Path::new("jobs/.backfill/us.db"));
+    // Names that are not file names still get one file each.
+    let a = job("sales/eu").state.path;
+    let b = job("sales:eu").state.path;
+    assert_ne!(a, b);
+    assert_eq!(a.parent(), Some(Path::new("jobs/.backfill")));
+    assert!(a.to_string_lossy().contains("sales_eu-"), "{}", a.display());
+    let hidden = job("..").state.path;
+    assert_eq!(hidden.parent(), Some(Path::new("jobs/.backfill")));
+    assert_eq!(job("eu").target.identity(), "parquet out");
+    // One target however it is spelled; another is another.
+    let at = |path: &str| {
+        parse(&format!(
+            "[source]\nformat = \"csv\"\npath = \"in.csv\"\n[target]\npath = \"{path}\"\n"
+        ))
+        .unwrap()
+        .target_key()
+    };
+    assert_eq!(at("out"), job("eu").target_key());
+    assert_eq!(at("${DATA_DIR}/x"), at("/data/x"));
+    assert_ne!(at("out2"), at("out"));
+    let explicit = parse(
+        "[source]\nformat = \"csv\"\npath = \"in.csv\"\n[target]\npath = \"out\"\n[state]\npath = \"s.db\"\n",
+    )
+    .unwrap();
+    assert_eq!(explicit.state.path, Path::new("jobs/s.db"));
+    assert!(explicit.state.explicit);
 }
 
 #[test]

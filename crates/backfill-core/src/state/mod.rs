@@ -66,6 +66,19 @@ pub enum StateError {
         host: String,
         since: String,
     },
+    #[error(
+        "state store {store} belongs to another job: it records job \"{found_name}\" writing to {found_target}, \
+         and this is job \"{name}\" writing to {target}. A state serves one job: give this job a state of its own \
+         (leave out [state] path for the default .backfill/<job name>.db, or set another path or [job] name); \
+         if this job replaces the other one, delete that state first"
+    )]
+    OtherJob {
+        store: String,
+        found_name: String,
+        found_target: String,
+        name: String,
+        target: String,
+    },
     #[error("unknown chunk {0}")]
     UnknownChunk(String),
     /// A database-backed store's failure, already described.
@@ -199,6 +212,56 @@ impl ChunkRecord {
     }
 }
 
+/// Which job a state belongs to: its name and what it writes to (see
+/// `TargetSpec::identity`). A state refuses every other job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobOwner {
+    pub name: String,
+    /// The target as written in the job file, for messages.
+    pub target: String,
+    /// A hash of the target as it is after `${VAR}` expansion, compared.
+    pub target_key: String,
+}
+
+impl JobOwner {
+    /// Refuses a state recording `found` unless it is this job. A state
+    /// written before states recorded their target (no key) is judged by
+    /// the name.
+    pub fn check(&self, store: &str, found: &RecordedOwner) -> Result<(), StateError> {
+        let target_differs = found
+            .target_key
+            .as_deref()
+            .is_some_and(|k| !k.is_empty() && k != self.target_key);
+        if found.name != self.name || target_differs {
+            return Err(StateError::OtherJob {
+                store: store.to_string(),
+                found_name: found.name.clone(),
+                found_target: found
+                    .target
+                    .clone()
+                    .filter(|t| !t.is_empty())
+                    .unwrap_or_else(|| "(not recorded)".into()),
+                name: self.name.clone(),
+                target: self.target.clone(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// The owner a state records (each part absent in states of older versions).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecordedOwner {
+    pub name: String,
+    pub target: Option<String>,
+    pub target_key: Option<String>,
+}
+
+/// For a chunk recorded under a first-version id, its current id (`None`:
+/// the recorded id is not this job's first-version id for those bounds, so
+/// it stays, and a changed plan retires it as usual).
+pub type Renames<'a> = &'a dyn Fn(&Chunk) -> Option<String>;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LockHolder {
     pub pid: u32,
@@ -300,6 +363,17 @@ pub struct PlanSync {
 pub trait StateStore: Send + Sync {
     /// Where the state lives, for messages (never with a password).
     fn describe(&self) -> String;
+
+    /// Binds the state to one job: refuses with [`StateError::OtherJob`] a
+    /// state that records another job's name or target. With `adopt` (a run),
+    /// a state that records no owner yet records `owner`.
+    fn check_owner(&self, owner: &JobOwner, adopt: bool) -> Result<(), StateError>;
+
+    /// Moves a state whose chunks still carry first-version ids (48 bits,
+    /// without the job's name) to the current ids, once: every chunk,
+    /// file and attempt recorded under an old id that `renames` maps is
+    /// recorded under the new one. Returns how many chunks were renamed.
+    fn upgrade_chunk_ids(&self, renames: Renames<'_>) -> Result<usize, StateError>;
 
     /// Takes the job for this process; fails with [`StateError::Locked`] while a
     /// live process holds it. Returns a stale holder it replaced, if any.

@@ -9,12 +9,14 @@ use std::time::Duration;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::{
-    ChunkMetrics, ChunkRecord, ChunkStatus, LockHolder, OwnedFile, PlanSync, StateError,
-    StateStore, now,
+    ChunkMetrics, ChunkRecord, ChunkStatus, JobOwner, LockHolder, OwnedFile, PlanSync, Renames,
+    StateError, StateStore, now,
 };
 use crate::plan::Chunk;
 
-pub const SCHEMA_VERSION: i64 = 2;
+/// 3: the state records its job's target (`meta.target`) and whether its
+/// chunk ids are of the current version (`meta.chunk_ids`).
+pub const SCHEMA_VERSION: i64 = 3;
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -167,12 +169,32 @@ impl SqliteStateStore {
             conn.execute_batch("ALTER TABLE chunks ADD COLUMN quality TEXT")
                 .map_err(self.err())?;
         }
+        if found.is_none() {
+            // A new state: its ids are planned by this version.
+            conn.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('chunk_ids', ?1)",
+                params![CHUNK_ID_VERSION],
+            )
+            .map_err(self.err())?;
+        }
         conn.execute(
             "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?1)",
             params![SCHEMA_VERSION.to_string()],
         )
         .map_err(self.err())?;
         Ok(())
+    }
+
+    /// The job a state file records, without changing the file (`None`
+    /// when there is no such file or it records none).
+    pub fn recorded_job(path: impl AsRef<Path>) -> Option<String> {
+        let conn = Connection::open_with_flags(
+            path.as_ref(),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .ok()?;
+        conn.query_row("SELECT value FROM meta WHERE key = 'job'", [], |r| r.get(0))
+            .ok()
     }
 
     /// `PRAGMA integrity_check`, for tests and `status --check`.
@@ -199,6 +221,9 @@ impl SqliteStateStore {
 }
 
 use super::{decode_bound as decode, encode_bound as encode};
+
+/// `meta.chunk_ids` of a state whose ids are `plan`'s current ones.
+const CHUNK_ID_VERSION: &str = "2";
 
 /// Data-quality figures, kept as one JSON column so new ones need no migration.
 #[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
@@ -237,6 +262,109 @@ fn to_i64(v: u64) -> i64 {
 impl StateStore for SqliteStateStore {
     fn describe(&self) -> String {
         format!("sqlite:{}", self.path.display())
+    }
+
+    fn check_owner(&self, owner: &JobOwner, adopt: bool) -> Result<(), StateError> {
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(self.err())?;
+        let get = |key: &str| {
+            tx.query_row("SELECT value FROM meta WHERE key = ?1", params![key], |r| {
+                r.get::<_, String>(0)
+            })
+            .optional()
+        };
+        let name = get("job").map_err(self.err())?;
+        let target = get("target").map_err(self.err())?;
+        let target_key = get("target_key").map_err(self.err())?;
+        if let Some(n) = &name {
+            let found = super::RecordedOwner {
+                name: n.clone(),
+                target,
+                target_key: target_key.clone(),
+            };
+            owner.check(&self.describe(), &found)?;
+        }
+        if adopt && (name.is_none() || target_key.is_none()) {
+            for (k, v) in [
+                ("job", &owner.name),
+                ("target", &owner.target),
+                ("target_key", &owner.target_key),
+            ] {
+                tx.execute(
+                    "INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)",
+                    params![k, v],
+                )
+                .map_err(self.err())?;
+            }
+            tx.commit().map_err(self.err())?;
+        }
+        Ok(())
+    }
+
+    fn upgrade_chunk_ids(&self, renames: Renames<'_>) -> Result<usize, StateError> {
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(self.err())?;
+        let version: Option<String> = tx
+            .query_row("SELECT value FROM meta WHERE key = 'chunk_ids'", [], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(self.err())?;
+        if version.as_deref() == Some(CHUNK_ID_VERSION) {
+            return Ok(0);
+        }
+        let recorded: Vec<(String, i64, Option<String>, Option<String>)> = {
+            let mut stmt = tx
+                .prepare("SELECT chunk_id, idx, lo, hi FROM chunks")
+                .map_err(self.err())?;
+            let rows = stmt
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+                .map_err(self.err())?;
+            rows.collect::<Result<_, _>>().map_err(self.err())?
+        };
+        let mut renamed = 0;
+        for (id, idx, lo, hi) in recorded {
+            let (lo, value) = super::decode_lo(lo)?;
+            let chunk = Chunk {
+                index: idx.max(0) as usize,
+                id: id.clone(),
+                lo,
+                hi: decode(hi)?,
+                value,
+            };
+            let Some(new) = renames(&chunk).filter(|n| *n != id) else {
+                continue;
+            };
+            let moved = tx
+                .execute(
+                    "UPDATE chunks SET chunk_id = ?2 WHERE chunk_id = ?1
+                       AND NOT EXISTS (SELECT 1 FROM chunks WHERE chunk_id = ?2)",
+                    params![id, new],
+                )
+                .map_err(self.err())?;
+            if moved == 0 {
+                continue;
+            }
+            for table in ["chunk_files", "attempts"] {
+                tx.execute(
+                    &format!("UPDATE {table} SET chunk_id = ?2 WHERE chunk_id = ?1"),
+                    params![id, new],
+                )
+                .map_err(self.err())?;
+            }
+            renamed += 1;
+        }
+        tx.execute(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES ('chunk_ids', ?1)",
+            params![CHUNK_ID_VERSION],
+        )
+        .map_err(self.err())?;
+        tx.commit().map_err(self.err())?;
+        Ok(renamed)
     }
 
     fn lock(&self, holder: &LockHolder) -> Result<Option<LockHolder>, StateError> {

@@ -20,8 +20,8 @@ use std::time::Duration;
 use backfill_core::plan::Chunk;
 use backfill_core::spec::{PgStateSpec, quote_ident};
 use backfill_core::state::{
-    ChunkMetrics, ChunkRecord, ChunkStatus, LockHolder, OwnedFile, PlanSync, StateError,
-    StateStore, decode_bound, encode_bound, hostname,
+    ChunkMetrics, ChunkRecord, ChunkStatus, JobOwner, LockHolder, OwnedFile, PlanSync,
+    RecordedOwner, Renames, StateError, StateStore, decode_bound, encode_bound, hostname,
 };
 use postgres::{Client, NoTls, Transaction};
 
@@ -93,7 +93,10 @@ impl Tables {
                 job text NOT NULL, chunk_id text NOT NULL, attempt integer NOT NULL,
                 run_id bigint, worker text NOT NULL, started_at timestamptz NOT NULL DEFAULT now(),
                 finished_at timestamptz, outcome text NOT NULL, error text,
-                PRIMARY KEY (job, chunk_id, attempt));",
+                PRIMARY KEY (job, chunk_id, attempt));
+             ALTER TABLE {jobs} ADD COLUMN IF NOT EXISTS target text;
+             ALTER TABLE {jobs} ADD COLUMN IF NOT EXISTS target_key text;
+             ALTER TABLE {jobs} ADD COLUMN IF NOT EXISTS chunk_ids integer;",
             schema = self.schema,
             jobs = self.jobs,
             runs = self.runs,
@@ -393,9 +396,120 @@ fn published_in(t: &mut Transaction, x: &Ctx, chunk: &str) -> Result<(), postgre
     Ok(())
 }
 
+/// `jobs.chunk_ids` of a job whose chunk ids are `plan`'s current ones.
+const CHUNK_ID_VERSION: i32 = 2;
+
 impl StateStore for PgStateStore {
     fn describe(&self) -> String {
         self.shown.clone()
+    }
+
+    /// Jobs are rows keyed by name here, so only the target can differ.
+    fn check_owner(&self, owner: &JobOwner, adopt: bool) -> Result<(), StateError> {
+        let owner = owner.clone();
+        let store = self.shown.clone();
+        self.call(move |c, x| {
+            let mut t = c.transaction()?;
+            t.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&x.job])?;
+            let found = t
+                .query_opt(
+                    &format!("SELECT target, target_key FROM {} WHERE job = $1", x.t.jobs),
+                    &[&x.job],
+                )?
+                .map(|r| RecordedOwner {
+                    name: x.job.clone(),
+                    target: r.get(0),
+                    target_key: r.get(1),
+                });
+            if let Some(found) = &found {
+                owner.check(&store, found).map_err(CallError::State)?;
+            }
+            if adopt && found.as_ref().is_none_or(|f| f.target_key.is_none()) {
+                // A job first seen here plans with this version's ids.
+                t.execute(
+                    &format!(
+                        "INSERT INTO {} (job, fingerprint, target, target_key, chunk_ids) VALUES ($1, '', $2, $3, $4) \
+                         ON CONFLICT (job) DO UPDATE SET target = EXCLUDED.target, target_key = EXCLUDED.target_key",
+                        x.t.jobs
+                    ),
+                    &[&x.job, &owner.target, &owner.target_key, &CHUNK_ID_VERSION],
+                )?;
+            }
+            t.commit()?;
+            Ok(())
+        })
+    }
+
+    fn upgrade_chunk_ids(&self, renames: Renames<'_>) -> Result<usize, StateError> {
+        let current = self.call(|c, x| {
+            Ok(c.query_opt(
+                &format!("SELECT chunk_ids FROM {} WHERE job = $1", x.t.jobs),
+                &[&x.job],
+            )?
+            .and_then(|r| r.get::<_, Option<i32>>(0)))
+        })?;
+        if current == Some(CHUNK_ID_VERSION) {
+            return Ok(0);
+        }
+        let moves: Vec<(String, String)> = self
+            .chunks()?
+            .iter()
+            .filter_map(|r| {
+                let new = renames(&r.chunk())?;
+                (new != r.id).then(|| (r.id.clone(), new))
+            })
+            .collect();
+        if current.is_none() && moves.is_empty() {
+            // No job row yet, or nothing recorded: the run that adopts it
+            // marks the version.
+            return Ok(0);
+        }
+        self.call(move |c, x| {
+            let mut t = c.transaction()?;
+            t.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&x.job])?;
+            let version: Option<i32> = t
+                .query_opt(
+                    &format!("SELECT chunk_ids FROM {} WHERE job = $1", x.t.jobs),
+                    &[&x.job],
+                )?
+                .and_then(|r| r.get(0));
+            if version == Some(CHUNK_ID_VERSION) {
+                return Ok(0);
+            }
+            let mut renamed = 0;
+            for (old, new) in &moves {
+                let moved = t.execute(
+                    &format!(
+                        "UPDATE {c} SET chunk_id = $3 WHERE job = $1 AND chunk_id = $2 \
+                         AND NOT EXISTS (SELECT 1 FROM {c} WHERE job = $1 AND chunk_id = $3)",
+                        c = x.t.chunks
+                    ),
+                    &[&x.job, old, new],
+                )?;
+                if moved == 0 {
+                    continue;
+                }
+                for table in [&x.t.files, &x.t.attempts] {
+                    t.execute(
+                        &format!(
+                            "UPDATE {table} SET chunk_id = $3 WHERE job = $1 AND chunk_id = $2"
+                        ),
+                        &[&x.job, old, new],
+                    )?;
+                }
+                renamed += 1;
+            }
+            t.execute(
+                &format!(
+                    "INSERT INTO {} (job, fingerprint, chunk_ids) VALUES ($1, '', $2) \
+                     ON CONFLICT (job) DO UPDATE SET chunk_ids = EXCLUDED.chunk_ids",
+                    x.t.jobs
+                ),
+                &[&x.job, &CHUNK_ID_VERSION],
+            )?;
+            t.commit()?;
+            Ok(renamed)
+        })
     }
 
     /// Shared state has no job lock: chunks are leased one by one.

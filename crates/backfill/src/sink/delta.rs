@@ -1,11 +1,15 @@
 //! `format = "delta"` targets: the Hive Parquet writer stages and names the
-//! files (`part-<chunk>-a<attempt>-<n>.parquet`, partition directories), and
-//! publishing a chunk is one Delta commit that adds its new files and removes
-//! the files of its previous version, so readers of the table see the old
-//! chunk or the new one, never a mix.
+//! files (`part-<chunk>-a<attempt>-t<stamp>-<n>.parquet`, partition
+//! directories), and publishing a chunk is one Delta commit that adds its
+//! new files and removes every row the table holds in the chunk's range,
+//! whoever wrote it (replaceWhere semantics): files wholly inside the range
+//! (by their partition values or statistics) are removed, files across its
+//! edge are rewritten without the range's rows. So readers of the table see
+//! the old chunk or the new one, never a mix, and a replan, a compaction by
+//! another tool or rows another writer appended end with exactly one copy.
 //!
 //! The commit carries an application transaction (`backfill-<chunk>` at the
-//! attempt number), which makes publishing idempotent: recovery that
+//! attempt's stamp), which makes publishing idempotent: recovery that
 //! publishes a chunk again finds its version already in the log and stops.
 //! Files a commit removes stay on disk for time travel until `VACUUM`.
 
@@ -26,8 +30,9 @@ use deltalake::protocol::{DeltaOperation, SaveMode};
 use futures::TryStreamExt;
 use tokio::sync::Mutex;
 
+use super::range_files::{ChunkRange, Overlap};
 use super::{
-    ChunkWriter, HIVE_DEFAULT_PARTITION, Location, ParquetSink, Sink, SinkError, Staged,
+    ChunkWriter, HIVE_DEFAULT_PARTITION, Location, ParquetSink, Rewritten, Sink, SinkError, Staged,
     TargetFiles, unescape_partition_value,
 };
 use crate::store::Remote;
@@ -66,7 +71,11 @@ pub enum DeltaError {
 }
 
 impl DeltaSink {
-    pub fn new(spec: &TargetSpec, range_column: Option<&str>) -> Result<DeltaSink, SinkError> {
+    pub fn new(
+        spec: &TargetSpec,
+        range: Option<&backfill_core::spec::RangeSpec>,
+    ) -> Result<DeltaSink, SinkError> {
+        let range_column = range.map(|r| r.column.as_str());
         let location = Location::of(&spec.path, spec.url.as_deref(), &spec.path_shown)?;
         if let Location::Remote(_) = &location {
             register_object_store_schemes();
@@ -281,6 +290,18 @@ impl deltalake::logstore::LogStoreFactory for StoreFactory {
     }
 }
 
+impl DeltaSink {
+    /// The `add.stats` of one of the table's files: row count and the range
+    /// column's bounds, which later chunk publishes (and readers) use.
+    async fn stats(&self, rel: &str) -> Result<Option<String>, SinkError> {
+        let md = self.files.metadata(rel).await?;
+        Ok(super::range_files::stats_json(
+            &md,
+            self.range_column.as_deref(),
+        ))
+    }
+}
+
 /// The application transaction a chunk's commits carry.
 fn app_id(chunk: &Chunk) -> String {
     format!("backfill-{}", chunk.id)
@@ -318,8 +339,16 @@ impl DeltaSink {
 /// Delta readers look only at files the log names.
 const STAGING: &str = "_backfill_staging";
 
-/// The attempt number in one of our file names (`part-<chunk>-a<N>-…`).
+/// The version of the chunk's application transaction that publishing
+/// these files records: the attempt's stamp in their names (when it
+/// began, so a later attempt always has a higher one, also after the
+/// state was lost and attempts count from 1 again), or the attempt number
+/// in names written before they carried a stamp (`part-<chunk>-a<N>-…`),
+/// which every stamp exceeds.
 fn attempt_of(path: &str) -> Option<i64> {
+    if let Some(stamp) = super::stamp_of(path) {
+        return i64::try_from(stamp).ok();
+    }
     let name = path.rsplit('/').next()?;
     let rest = name.strip_prefix("part-")?;
     let (_, tail) = rest.split_once("-a")?;
@@ -342,6 +371,7 @@ fn partition_values(path: &str) -> HashMap<String, Option<String>> {
 struct DeltaChunkWriter {
     inner: Box<dyn ChunkWriter>,
     sink: Arc<DeltaSink>,
+    chunk: Chunk,
     ensured: bool,
 }
 
@@ -366,8 +396,49 @@ impl ChunkWriter for DeltaChunkWriter {
         self.inner.write(batch).await
     }
 
+    /// Replace mode owns the table's rows by their range column, so every
+    /// row a chunk writes must lie in its range: a transform that moves the
+    /// column's values would put rows where another chunk's publish
+    /// removes them. Checked on the staged files' statistics, before the
+    /// commit point.
     async fn finish(self: Box<Self>) -> Result<Staged, SinkError> {
-        self.inner.finish().await
+        let sink = self.sink.clone();
+        let chunk = self.chunk.clone();
+        let staged = self.inner.finish().await?;
+        if !sink.merge_keys.is_empty() {
+            return Ok(staged);
+        }
+        let range = ChunkRange {
+            column: sink.range_column.as_deref(),
+            chunk: &chunk,
+        };
+        for f in &staged.files {
+            let stats = match sink.stats(&f.staged).await {
+                Ok(s) => s,
+                Err(e) => {
+                    let paths: Vec<String> =
+                        staged.files.iter().map(|f| f.staged.clone()).collect();
+                    let _ = sink.files.remove(&paths).await;
+                    return Err(e);
+                }
+            };
+            if range.overlap(&HashMap::new(), stats.as_deref()) != Overlap::Inside {
+                let paths: Vec<String> = staged.files.iter().map(|f| f.staged.clone()).collect();
+                let _ = sink.files.remove(&paths).await;
+                return Err(SinkError::Delta(DeltaError::Invalid {
+                    shown: sink.shown.clone(),
+                    message: format!(
+                        "chunk {} wrote rows whose \"{}\" lies outside its range {}: a Delta table is replaced by \
+                         the range column's values, so the transform must keep the column as the source has it \
+                         (and the rows must not have it NULL)",
+                        chunk.id,
+                        sink.range_column.as_deref().unwrap_or_default(),
+                        chunk.bounds()
+                    ),
+                }));
+            }
+        }
+        Ok(staged)
     }
 
     async fn abort(self: Box<Self>) {
@@ -381,6 +452,7 @@ impl Sink for Arc<DeltaSink> {
         Ok(Box::new(DeltaChunkWriter {
             inner: self.files.begin(chunk, attempt).await?,
             sink: self.clone(),
+            chunk: chunk.clone(),
             ensured: false,
         }))
     }
@@ -401,21 +473,83 @@ impl Sink for Arc<DeltaSink> {
         let snapshot = table.snapshot().map_err(self.err())?;
         let log_store = table.log_store();
         let new: std::collections::HashSet<&str> = files.iter().map(|f| f.path.as_str()).collect();
-        let marker = format!("part-{}-", chunk.id);
-        let mut actions: Vec<Action> = snapshot
+        // Replace means the chunk's whole range, whoever wrote its rows: this
+        // chunk's earlier versions, chunks of an earlier plan, a compaction,
+        // another writer. Files wholly inside it go; files across its edge
+        // are rewritten without its rows.
+        let range = ChunkRange {
+            column: self.range_column.as_deref(),
+            chunk,
+        };
+        let in_log: Vec<(
+            String,
+            HashMap<String, Option<String>>,
+            Option<String>,
+            Action,
+        )> = snapshot
             .snapshot()
             .file_views(log_store.as_ref(), None)
-            .try_filter(|f| {
-                let p = f.path();
-                let name = p.rsplit('/').next().unwrap_or_default();
-                let ours = name.starts_with(&marker) && !new.contains(p.as_ref());
-                futures::future::ready(ours)
+            .map_ok(|f| {
+                (
+                    f.path().to_string(),
+                    f.partition_values_map(),
+                    f.stats(),
+                    Action::Remove(f.remove_action(true)),
+                )
             })
-            .map_ok(|f| Action::Remove(f.remove_action(true)))
             .try_collect()
             .await
             .map_err(self.err())?;
+        let stamp = attempt.unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_micros() as i64)
+        });
         let now = chrono::Utc::now().timestamp_millis();
+        let mut actions: Vec<Action> = Vec::new();
+        let mut rewritten = 0usize;
+        for (path, partition_values, stats, remove) in in_log {
+            if new.contains(path.as_str()) {
+                continue;
+            }
+            match range.overlap(&partition_values, stats.as_deref()) {
+                Overlap::Outside => {}
+                Overlap::Inside => actions.push(remove),
+                Overlap::Partial => {
+                    let dir = path.rsplit_once('/').map_or("", |(d, _)| d);
+                    let to = format!(
+                        "{dir}{}part-{}-r-t{stamp}-{rewritten:04}.parquet",
+                        if dir.is_empty() { "" } else { "/" },
+                        chunk.id
+                    );
+                    rewritten += 1;
+                    match self
+                        .files
+                        .rewrite_without(&path, &to, |b| range.rows_in_range(b))
+                        .await?
+                    {
+                        Rewritten::Untouched => {}
+                        Rewritten::Emptied => actions.push(remove),
+                        Rewritten::Kept { size, .. } => {
+                            tracing::debug!(
+                                "chunk {}: {path} holds rows in and out of the range; rewritten as {to}",
+                                chunk.id
+                            );
+                            actions.push(remove);
+                            actions.push(Action::Add(Add {
+                                stats: self.stats(&to).await?,
+                                path: to,
+                                partition_values,
+                                size: size as i64,
+                                modification_time: now,
+                                data_change: true,
+                                ..Default::default()
+                            }));
+                        }
+                    }
+                }
+            }
+        }
         for f in files {
             let size = self.files.size(&f.path).await?;
             actions.push(Action::Add(Add {
@@ -424,6 +558,7 @@ impl Sink for Arc<DeltaSink> {
                 size: size as i64,
                 modification_time: now,
                 data_change: true,
+                stats: self.stats(&f.path).await?,
                 ..Default::default()
             }));
         }
@@ -634,6 +769,10 @@ mod tests {
         assert_eq!(
             attempt_of("year=2023/month=1/part-0123456789ab-a12-0000.parquet"),
             Some(12)
+        );
+        assert_eq!(
+            attempt_of("year=2023/part-0123456789abcdef-a1-t1733520000123456-0000.parquet"),
+            Some(1_733_520_000_123_456)
         );
         assert_eq!(attempt_of("x.parquet"), None);
         let pv = partition_values(

@@ -5,6 +5,7 @@
 pub mod checksum;
 pub mod delta;
 mod parquet;
+mod range_files;
 mod rowgroups;
 
 use std::collections::BTreeMap;
@@ -22,8 +23,8 @@ use crate::pg;
 use crate::pg::sink::PgSink;
 
 pub use parquet::{
-    HIVE_DEFAULT_PARTITION, Location, ParquetSink, escape_partition_value, partition_seed,
-    partition_value, unescape_partition_value,
+    HIVE_DEFAULT_PARTITION, Location, ParquetSink, Rewritten, escape_partition_value,
+    partition_seed, partition_value, stamp_of, unescape_partition_value,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -288,7 +289,7 @@ impl Sinks {
         let target: Arc<dyn Sink> = match spec.target.format {
             TargetFormat::Delta => Arc::new(Arc::new(delta::DeltaSink::new(
                 &spec.target,
-                spec.range.as_ref().map(|r| r.column.as_str()),
+                spec.range.as_ref(),
             )?)),
             _ => Arc::new(ParquetSink::new(&spec.target)?),
         };

@@ -1,4 +1,5 @@
-//! Hive-partitioned Parquet: `root/year=2023/month=1/part-<chunk>-a<attempt>-<n>.parquet`.
+//! Hive-partitioned Parquet:
+//! `root/year=2023/month=1/part-<chunk>-a<attempt>-t<stamp>-<n>.parquet`.
 //!
 //! A chunk owns the files named after its id. Files are written as
 //! `.part-….parquet.inprogress` (hidden from DuckDB's `*.parquet` globs and
@@ -264,18 +265,37 @@ fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> Si
     }
 }
 
-fn file_name(chunk_id: &str, attempt: u32, n: usize) -> String {
-    format!("part-{chunk_id}-a{attempt}-{n:04}.parquet")
+/// `part-<chunk>-a<attempt>-t<stamp>-<n>.parquet`. The stamp (when the
+/// attempt began, in microseconds since the epoch) keeps names unique when
+/// attempt numbers start again at 1 after a state is lost, so a new file
+/// never takes the name of one a reader or a Delta log still references.
+fn file_name(chunk_id: &str, attempt: u32, stamp: u64, n: usize) -> String {
+    format!("part-{chunk_id}-a{attempt}-t{stamp}-{n:04}.parquet")
+}
+
+/// The stamp of a file name of ours, if it has one (files written before
+/// names carried it do not).
+pub fn stamp_of(path: &str) -> Option<u64> {
+    let name = path.rsplit('/').next()?;
+    let rest = name.strip_prefix("part-")?;
+    rest.split('-')
+        .find_map(|part| part.strip_prefix('t'))
+        .and_then(|t| t.parse().ok())
+}
+
+/// Microseconds since the epoch: a new attempt's stamp.
+fn stamp_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
 }
 
 /// The chunk id in a published file name, if it is one of ours.
 fn chunk_of(name: &str) -> Option<&str> {
     let rest = name.strip_prefix("part-")?;
     let (id, tail) = rest.split_once('-')?;
-    let ours = id.len() == 12
-        && id.bytes().all(|b| b.is_ascii_hexdigit())
-        && tail.starts_with('a')
-        && name.ends_with(".parquet");
+    let ours =
+        backfill_core::plan::is_chunk_id(id) && tail.starts_with('a') && name.ends_with(".parquet");
     ours.then_some(id)
 }
 
@@ -427,6 +447,7 @@ struct PartitionedWriter {
     root: PathBuf,
     chunk_id: String,
     attempt: u32,
+    stamp: u64,
     props: WriterProperties,
     partition_by: Vec<String>,
     layout: Option<Layout>,
@@ -605,7 +626,7 @@ impl PartitionedWriter {
         }
         let published = format!(
             "{dir}{}",
-            file_name(&self.chunk_id, self.attempt, self.files.len())
+            file_name(&self.chunk_id, self.attempt, self.stamp, self.files.len())
         );
         let staged = staged_name(&published);
         let abs_dir = self.root.join(&dir);
@@ -732,6 +753,7 @@ impl Sink for ParquetSink {
             root: self.root.clone(),
             chunk_id: chunk.id.clone(),
             attempt,
+            stamp: stamp_now(),
             props: self.props.clone(),
             partition_by: self.partition_by.clone(),
             layout: None,
@@ -984,7 +1006,132 @@ impl Sink for ParquetSink {
     }
 }
 
+/// What [`ParquetSink::rewrite_without`] did with a file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rewritten {
+    /// No row was in the range: the file stays as it is.
+    Untouched,
+    /// Every row was: the file goes, and nothing replaces it.
+    Emptied,
+    /// The other rows were written to the new file (its size).
+    Kept { rows: u64, size: u64 },
+}
+
 impl ParquetSink {
+    /// A published file's footer.
+    pub async fn metadata(
+        &self,
+        rel: &str,
+    ) -> Result<Arc<parquet::file::metadata::ParquetMetaData>, SinkError> {
+        let mut file = self.open_file(rel).await?;
+        file.get_metadata(None)
+            .await
+            .map_err(|source| SinkError::Parquet {
+                path: PathBuf::from(rel),
+                source,
+            })
+    }
+
+    /// Reads the table file `from` and writes its rows that `in_range`
+    /// does not select to the file `to`, in the same directory (so with the
+    /// same partition values) and with the same schema, streaming one
+    /// batch at a time. The new file is fsynced (or uploaded) before this
+    /// returns; `from` is left in place, for the caller's commit to remove.
+    pub async fn rewrite_without(
+        &self,
+        from: &str,
+        to: &str,
+        in_range: impl Fn(&RecordBatch) -> Result<Option<arrow::array::BooleanArray>, String>,
+    ) -> Result<Rewritten, SinkError> {
+        use futures::TryStreamExt;
+        let pq = |path: &str| {
+            let path = PathBuf::from(path);
+            move |source| SinkError::Parquet { path, source }
+        };
+        let reader = self.open_file(from).await?;
+        let builder = parquet::arrow::ParquetRecordBatchStreamBuilder::new(reader)
+            .await
+            .map_err(pq(from))?;
+        let schema = builder.schema().clone();
+        let mut stream = builder.build().map_err(pq(from))?;
+        // Local: a hidden name beside the final one, renamed once complete.
+        // Remote: a spool file, uploaded once complete.
+        let local = match &self.remote {
+            Some(_) => {
+                std::fs::create_dir_all(&self.root).map_err(io("creating", &self.root))?;
+                self.root
+                    .join(format!(".rewrite-{}", to.replace('/', "%2F")))
+            }
+            None => self.abs(&staged_name(to)),
+        };
+        if let Some(dir) = local.parent() {
+            std::fs::create_dir_all(dir).map_err(io("creating", dir))?;
+        }
+        let file = File::create(&local).map_err(io("creating", &local))?;
+        let mut writer =
+            parquet::arrow::ArrowWriter::try_new(file, schema, Some(self.props.clone()))
+                .map_err(pq(to))?;
+        let (mut matched, mut kept) = (0u64, 0u64);
+        let result: Result<(), SinkError> = async {
+            while let Some(batch) = stream.try_next().await.map_err(pq(from))? {
+                let mask = in_range(&batch)
+                    .map_err(|e| SinkError::Read(format!("{}: {from}: {e}", self.shown)))?;
+                let rest = match mask {
+                    None => {
+                        matched += batch.num_rows() as u64;
+                        continue;
+                    }
+                    Some(m) => {
+                        matched += m.true_count() as u64;
+                        let keep = arrow::compute::not(&m)?;
+                        arrow::compute::filter_record_batch(&batch, &keep)?
+                    }
+                };
+                kept += rest.num_rows() as u64;
+                if rest.num_rows() > 0 {
+                    writer.write(&rest).map_err(pq(to))?;
+                }
+            }
+            Ok(())
+        }
+        .await;
+        let discard = |local: &Path| {
+            let _ = std::fs::remove_file(local);
+        };
+        if let Err(e) = result {
+            discard(&local);
+            return Err(e);
+        }
+        if matched == 0 || kept == 0 {
+            drop(writer);
+            discard(&local);
+            return Ok(if matched == 0 {
+                Rewritten::Untouched
+            } else {
+                Rewritten::Emptied
+            });
+        }
+        let file = writer.into_inner().map_err(pq(to))?;
+        file.sync_all().map_err(io("syncing", &local))?;
+        let size = file
+            .metadata()
+            .map_err(io("reading size of", &local))?
+            .len();
+        drop(file);
+        match &self.remote {
+            Some(r) => {
+                let uploaded = upload(r, &local, to).await;
+                discard(&local);
+                uploaded?;
+            }
+            None => {
+                let dest = self.abs(to);
+                std::fs::rename(&local, &dest).map_err(io("publishing", &dest))?;
+            }
+        }
+        Ok(Rewritten::Kept { rows: kept, size })
+    }
+
     /// A published file's Arrow schema, from its footer.
     async fn file_schema(&self, rel: &str) -> Result<Schema, SinkError> {
         let mut file = self.open_file(rel).await?;
@@ -1109,8 +1256,22 @@ mod tests {
 
     #[test]
     fn recognises_its_own_file_names() {
-        let name = file_name("0123456789ab", 2, 7);
-        assert_eq!(chunk_of(&name), Some("0123456789ab"));
+        let name = file_name("0123456789abcdef", 2, 1_733_520_000_123_456, 7);
+        assert_eq!(
+            name,
+            "part-0123456789abcdef-a2-t1733520000123456-0007.parquet"
+        );
+        assert_eq!(chunk_of(&name), Some("0123456789abcdef"));
+        assert_eq!(
+            stamp_of(&format!("y=1/{name}")),
+            Some(1_733_520_000_123_456)
+        );
+        // Files written before ids had 64 bits and names a stamp.
+        assert_eq!(
+            chunk_of("part-0123456789ab-a2-0007.parquet"),
+            Some("0123456789ab")
+        );
+        assert_eq!(stamp_of("part-0123456789ab-a2-0007.parquet"), None);
         assert_eq!(chunk_of("part-0.parquet"), None);
         assert_eq!(chunk_of("data.parquet"), None);
         assert_eq!(

@@ -150,9 +150,9 @@ fn cases() -> Vec<Case> {
         Case {
             committed_first: true,
             prepare: Some(|d| {
-                let state = d.join(".backfill/state.db");
-                let _ = std::fs::remove_file(d.join(".backfill/state.db-wal"));
-                let _ = std::fs::remove_file(d.join(".backfill/state.db-shm"));
+                let state = d.join(".backfill/transactions.db");
+                let _ = std::fs::remove_file(d.join(".backfill/transactions.db-wal"));
+                let _ = std::fs::remove_file(d.join(".backfill/transactions.db-shm"));
                 std::fs::write(state, vec![b'x'; 8192]).unwrap();
             }),
             ..case("state_corrupt", Job::Demo(|s| s), 1)
@@ -160,7 +160,7 @@ fn cases() -> Vec<Case> {
         Case {
             committed_first: true,
             prepare: Some(|d| {
-                let p = d.join(".backfill/state.db");
+                let p = d.join(".backfill/transactions.db");
                 crate::harness::pyarrow(
                     "import sqlite3, sys\nc = sqlite3.connect(sys.argv[1])\nc.execute(\"UPDATE meta SET value = '99' WHERE key = 'schema_version'\")\nc.commit()\nprint(1)",
                     p.to_str().unwrap(),
@@ -223,6 +223,32 @@ fn cases() -> Vec<Case> {
                 std::fs::write(p, s).unwrap();
             }),
             ..case("changed_range_without_replan", Job::Demo(|s| s), 2)
+        },
+        // Another job's file names this job's state: refused, naming both.
+        Case {
+            committed_first: true,
+            prepare: Some(|d| {
+                let p = d.join("backfill.toml");
+                let s = std::fs::read_to_string(&p)
+                    .unwrap()
+                    .replace("name = \"transactions\"", "name = \"refunds\"")
+                    .replace("path = \"warehouse/transactions\"", "path = \"warehouse/refunds\"")
+                    .replace("[state]\n", "[state]\npath = \".backfill/transactions.db\"\n");
+                std::fs::write(p, s).unwrap();
+            }),
+            ..case("state_of_another_job", Job::Demo(|s| s), 2)
+        },
+        Case {
+            args: &["status", "JOB"],
+            committed_first: true,
+            prepare: Some(|d| {
+                let p = d.join("backfill.toml");
+                let s = std::fs::read_to_string(&p)
+                    .unwrap()
+                    .replace("path = \"warehouse/transactions\"", "path = \"warehouse/elsewhere\"");
+                std::fs::write(p, s).unwrap();
+            }),
+            ..case("status_of_a_state_writing_elsewhere", Job::Demo(|s| s), 2)
         },
         Case {
             args: &["validate", "JOB", "--group-by", "no_such_column"],

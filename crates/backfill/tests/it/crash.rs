@@ -91,7 +91,7 @@ fn resume_and_check(demo: &Demo) {
         stray.is_empty(),
         "files left that are not published data: {stray:?}"
     );
-    let state = SqliteStateStore::open(demo.path().join(".backfill/state.db")).unwrap();
+    let state = SqliteStateStore::open(demo.path().join(".backfill/transactions.db")).unwrap();
     assert_eq!(state.integrity_check().unwrap(), "ok");
     let commits = state.commit_counts().unwrap();
     assert_eq!(commits.len(), 27, "every chunk committed");
@@ -401,7 +401,7 @@ fn torture() {
                     .starts_with("part-")
             })
             .count();
-        let state = SqliteStateStore::open(demo.path().join(".backfill/state.db")).unwrap();
+        let state = SqliteStateStore::open(demo.path().join(".backfill/transactions.db")).unwrap();
         assert_eq!(state.integrity_check().unwrap(), "ok", "trial {trial}");
         let recorded: usize = state
             .committed_files()

@@ -150,3 +150,120 @@ fn delta_merge_upserts_each_chunk_once_and_validates() {
     demo.run_ok(&[]);
     assert_eq!(read_delta(&demo)["fp"], first["fp"]);
 }
+
+const ROW_HASH: &str =
+    "hash(transaction_id, customer_id, created_at, amount, status, region, category, email)";
+
+/// Rows, a row fingerprint and repeated rows of the Delta table, as the
+/// `deltalake` package reads it.
+fn table_rows(demo: &Demo) -> (i64, String, i64) {
+    let snippet = format!(
+        r#"
+import deltalake, duckdb, json, sys
+t = deltalake.DeltaTable(sys.argv[1]).to_pyarrow_table()
+con = duckdb.connect()
+con.register("t", t)
+r = con.execute("SELECT count(*), sum({ROW_HASH})::VARCHAR, count(*) - (SELECT count(*) FROM (SELECT DISTINCT * FROM t)) FROM t").fetchall()[0]
+print(json.dumps([r[0], r[1], r[2]]))
+"#
+    );
+    let v = pyarrow(&snippet, &delta_path(demo));
+    (int(&v[0]), v[1].to_string(), int(&v[2]))
+}
+
+/// The same figures for the source rows in the job's range (DuckDB).
+fn source_rows(demo: &Demo) -> (i64, String) {
+    let r = duckdb(&format!(
+        "SELECT count(*), sum({ROW_HASH})::VARCHAR FROM read_parquet('{}/source/*.parquet')
+         WHERE created_at >= TIMESTAMP '2023-01-01' AND created_at < TIMESTAMP '2024-01-01'",
+        demo.path().display()
+    ));
+    (int(&r[0][0]), r[0][1].to_string())
+}
+
+fn python_on_table(demo: &Demo, code_text: &str) {
+    let snippet = format!(
+        "import deltalake, pyarrow as pa, pyarrow.compute as pc, json, sys\npath = sys.argv[1]\n{code_text}\nprint(1)"
+    );
+    pyarrow(&snippet, &delta_path(demo));
+}
+
+#[test]
+fn delta_replace_owns_its_whole_range_whoever_wrote_it() {
+    let demo = Demo::new(6_000, "\"1 month\"");
+    demo.without_quality();
+    target_to_delta(&demo);
+    let check = |step: &str| {
+        let (rows, hash, repeated) = table_rows(&demo);
+        assert_eq!(repeated, 0, "after {step}: rows in the table twice");
+        assert_eq!(
+            (rows, hash),
+            source_rows(&demo),
+            "after {step}: the table is not the source's rows, once each"
+        );
+        let v = demo.run(&["validate", &demo.job_str()]);
+        assert_eq!(code(&v), 0, "validate after {step}:\n{}", text(&v));
+    };
+    demo.run_ok(&[]);
+    check("the first run");
+
+    // A replan to weekly chunks: the monthly chunks' files are no longer
+    // any chunk's, and every week replaces its range across them.
+    demo.edit_job(|s| s.replace("chunk = \"1 month\"", "chunk = \"7d\""));
+    demo.run_ok(&["--replan"]);
+    check("a replan from monthly to weekly chunks");
+
+    // Another tool compacts the table: no file carries a chunk's name now.
+    python_on_table(&demo, "deltalake.DeltaTable(path).optimize.compact()");
+    demo.run_ok(&["--from", "2023-03-01", "--to", "2023-04-01"]);
+    check("a compaction, then a re-run of March");
+
+    // A live pipeline appends rows in March (and one outside the range);
+    // a repair backfill of March replaces the pipeline's March rows too.
+    python_on_table(
+        &demo,
+        r#"dt = deltalake.DeltaTable(path)
+t = dt.to_pyarrow_table()
+march = t.filter(pc.equal(t["month"], 3)).slice(0, 20)
+march = march.set_column(march.schema.get_field_index("transaction_id"), "transaction_id", pc.add(march["transaction_id"], 10**9))
+deltalake.write_deltalake(path, march, mode="append")"#,
+    );
+    demo.run_ok(&["--from", "2023-03-01", "--to", "2023-04-01"]);
+    check("foreign rows in March, then a re-run of March");
+
+    // The state is lost: attempts count from 1 again, and the new files
+    // must not take the names of the files the log references.
+    std::fs::remove_dir_all(demo.path().join(".backfill")).expect("remove state");
+    demo.run_ok(&[]);
+    check("a lost state and a run");
+    demo.run_ok(&["--from", "2023-06-01", "--to", "2023-07-01"]);
+    check("a re-run after the lost state");
+}
+
+#[test]
+fn a_delta_chunk_must_keep_its_range_column() {
+    let demo = Demo::new(1_000, "\"1 month\"");
+    demo.without_quality();
+    target_to_delta(&demo);
+    // The transform moves every row a day later: rows would land in the
+    // next chunk's range, whose publish would remove them.
+    demo.edit_job(|s| {
+        s.replace(
+            "SELECT *, date_part",
+            "SELECT * REPLACE (created_at + INTERVAL '40 days' AS created_at), date_part",
+        )
+    });
+    let out = demo.run(&["run", &demo.job_str()]);
+    assert_eq!(code(&out), 1, "{}", text(&out));
+    assert!(text(&out).contains("outside its range"), "{}", text(&out));
+    // Dropping the range column is refused before anything runs.
+    demo.edit_job(|s| {
+        s.replace(
+            "SELECT * REPLACE (created_at + INTERVAL '40 days' AS created_at), date_part",
+            "SELECT * EXCLUDE (created_at), date_part",
+        )
+    });
+    let out = demo.run(&["run", &demo.job_str()]);
+    assert_eq!(code(&out), 2, "{}", text(&out));
+    assert!(text(&out).contains("range.column"), "{}", text(&out));
+}

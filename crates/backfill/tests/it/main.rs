@@ -10,6 +10,7 @@ mod end_to_end;
 mod evolution;
 mod gaps;
 mod harness;
+mod identity;
 mod partitions;
 mod postgres;
 mod quality;

@@ -312,7 +312,13 @@ fn validate_passes_after_a_clean_run_and_catches_damage() {
         .into_iter()
         .find(|f| f.starts_with("year=2023/month=3/"))
         .expect("a March file");
-    let chunk_id = victim.rsplit('/').next().unwrap()[5..17].to_string();
+    let chunk_id = victim
+        .rsplit('/')
+        .next()
+        .and_then(|n| n.strip_prefix("part-"))
+        .and_then(|n| n.split('-').next())
+        .unwrap()
+        .to_string();
     std::fs::remove_file(demo.warehouse().join(&victim)).unwrap();
     let (c, out) = validate(&demo, &["--group-by", "month"]);
     assert_eq!(c, 3, "{out}");
@@ -403,11 +409,16 @@ fn validate_names_a_chunk_that_never_committed() {
 fn an_index_that_cannot_be_saved_is_kept_in_memory_and_gives_the_same_target() {
     let normal = Demo::new(8_000, "\"1 month\"");
     normal.run_ok(&[]);
-    assert!(normal.path().join(".backfill/state.dedup-index").is_file());
+    assert!(
+        normal
+            .path()
+            .join(".backfill/transactions.dedup-index")
+            .is_file()
+    );
 
     // A directory where the index file goes: the rename into place fails.
     let blocked = Demo::new(8_000, "\"1 month\"");
-    let at = blocked.path().join(".backfill/state.dedup-index");
+    let at = blocked.path().join(".backfill/transactions.dedup-index");
     std::fs::create_dir_all(at.join("in-the-way")).expect("mkdir");
     let out = blocked.run_ok(&[]);
     let err = String::from_utf8_lossy(&out.stderr);
@@ -443,7 +454,7 @@ for chunk, hexsum in json.loads(sys.argv[2]).items():
     db.execute("UPDATE chunks SET quality = ? WHERE chunk_id = ?", (json.dumps(q), chunk))
 db.commit()
 "#;
-    let db = demo.path().join(".backfill/state.db");
+    let db = demo.path().join(".backfill/transactions.db");
     let out = std::process::Command::new(python())
         .args([
             "-c",
@@ -473,7 +484,7 @@ fn validate_checks_old_commits_by_their_checksum_version() {
     for c in status["chunks"].as_array().unwrap() {
         assert_eq!(c["metrics"]["checksum_version"], 2, "{c}");
     }
-    let files = SqliteStateStore::open(demo.path().join(".backfill/state.db"))
+    let files = SqliteStateStore::open(demo.path().join(".backfill/transactions.db"))
         .unwrap()
         .committed_files()
         .unwrap();

@@ -329,7 +329,7 @@ print(json.dumps({"months": [list(m) for m in months], "dups": dups, "version": 
             "mode = \"merge\"\nkeys = [\"transaction_id\"]",
         )
         .replace("tx_delta", "tx_merged")
-        .replace(".backfill/state.db", ".backfill/merged.db")
+        .replace("[state]\n", "[state]\npath = \".backfill/merged.db\"\n")
     });
     run_s3_ok(&demo, &s3, &[]);
     run_s3_ok(&demo, &s3, &["--from", "2023-03-01", "--to", "2023-05-01"]);

@@ -5,6 +5,7 @@ use crate::plan::plan_bounds;
 
 fn chunks(n: i64) -> Vec<Chunk> {
     plan_bounds(
+        "job",
         "id",
         RangeValue::Int(0),
         RangeValue::Int(n),
@@ -89,6 +90,7 @@ fn changed_range_is_refused_without_replan() {
     s.sync_plan("job", "fp1", &plan, false).unwrap();
     // Nothing committed yet: a new plan simply replaces the old one.
     let other = plan_bounds(
+        "job",
         "id",
         RangeValue::Int(0),
         RangeValue::Int(4),
@@ -172,4 +174,100 @@ fn corrupt_file_is_an_error_not_a_panic() {
     .unwrap();
     let err = SqliteStateStore::open(&path).err().unwrap();
     assert!(err.to_string().contains("state.db"), "{err}");
+}
+
+fn owner(name: &str, target: &str) -> JobOwner {
+    JobOwner {
+        name: name.into(),
+        target: target.into(),
+        target_key: format!("key of {target}"),
+    }
+}
+
+#[test]
+fn a_state_refuses_another_job() {
+    let (_d, s) = store();
+    let a = owner("eu", "parquet warehouse/t");
+    // Readers of a state that records nobody accept it and record nothing.
+    s.check_owner(&owner("x", "parquet y"), false).unwrap();
+    s.check_owner(&a, true).unwrap();
+    s.check_owner(&a, false).unwrap();
+    for other in [
+        owner("us", "parquet warehouse/t"),
+        owner("eu", "delta warehouse/t"),
+    ] {
+        for adopt in [false, true] {
+            let err = s.check_owner(&other, adopt).unwrap_err();
+            let text = err.to_string();
+            assert!(matches!(err, StateError::OtherJob { .. }), "{text}");
+            assert!(
+                text.contains("\"eu\" writing to parquet warehouse/t"),
+                "{text}"
+            );
+            assert!(
+                text.contains(&format!("\"{}\" writing to {}", other.name, other.target)),
+                "{text}"
+            );
+        }
+    }
+    // A state of an older version recorded the job's name only.
+    let (_d, old) = store();
+    old.sync_plan("eu", "fp", &chunks(1), false).unwrap();
+    old.check_owner(&owner("eu", "parquet elsewhere"), true)
+        .unwrap();
+    assert!(
+        old.check_owner(&owner("us", "parquet elsewhere"), false)
+            .is_err()
+    );
+    assert!(
+        old.check_owner(&owner("eu", "parquet third"), false)
+            .is_err()
+    );
+}
+
+#[test]
+fn first_version_ids_are_renamed_once() {
+    let (_d, s) = store();
+    let mut plan = chunks(3);
+    for c in &mut plan {
+        c.id = format!("{:012x}", c.index + 0xabc);
+    }
+    s.sync_plan("job", "fp", &plan, false).unwrap();
+    let run = s.begin_run("run").unwrap();
+    let a = s.start_attempt(run, &plan[1].id).unwrap();
+    s.commit_chunk(run, &plan[1].id, a, &ChunkMetrics::default(), &[file("p1")])
+        .unwrap();
+    // A state made by this version is never renamed; this one predates it.
+    {
+        let conn = s.conn();
+        conn.execute("DELETE FROM meta WHERE key = 'chunk_ids'", [])
+            .unwrap();
+    }
+    let current = chunks(3);
+    let map = |c: &Chunk| {
+        let i = usize::from_str_radix(&c.id, 16).ok()?.checked_sub(0xabc)?;
+        (i != 2).then(|| current[i].id.clone())
+    };
+    assert_eq!(s.upgrade_chunk_ids(&map).unwrap(), 2);
+    let ids: Vec<String> = s.chunks().unwrap().into_iter().map(|c| c.id).collect();
+    assert_eq!(
+        ids,
+        [
+            current[0].id.clone(),
+            current[1].id.clone(),
+            plan[2].id.clone()
+        ]
+    );
+    assert_eq!(s.committed_files().unwrap()[&current[1].id], ["p1"]);
+    assert_eq!(s.commit_counts().unwrap()[&current[1].id], 1);
+    assert_eq!(
+        s.upgrade_chunk_ids(&|_| panic!("upgraded twice")).unwrap(),
+        0
+    );
+    // A new state is of the current version from the start.
+    let (_d, fresh) = store();
+    assert_eq!(
+        fresh.upgrade_chunk_ids(&|_| panic!("new state")).unwrap(),
+        0
+    );
 }
