@@ -20,7 +20,7 @@ fuzz_target!(|data: &[u8]| {
     if plan::estimate(spec.range.as_ref()).is_some_and(|n| n > 100_000) {
         return;
     }
-    if let Ok(chunks) = plan::plan(spec.range.as_ref()) {
+    if let Ok(chunks) = plan::plan(&spec.name, spec.range.as_ref()) {
         for pair in chunks.windows(2) {
             assert_eq!(pair[0].hi, pair[1].lo, "chunks must tile the range");
             assert!(pair[0].lo < pair[0].hi);
