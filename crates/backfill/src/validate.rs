@@ -66,6 +66,9 @@ pub struct ChunkCheck {
     pub expected_checksum: String,
     /// What the files hold now.
     pub target_rows: u64,
+    /// Rows in the chunk's range that readers of a file target see in files
+    /// no commit of this job recorded.
+    pub unaccounted_rows: u64,
     pub target_checksum: String,
     pub quarantined_rows: u64,
     /// What the state store recorded at commit.
@@ -399,6 +402,13 @@ impl Backfill {
                 None => (BTreeMap::new(), BTreeMap::new()),
             };
         let index = dedup_index(&job, false).await?;
+        let recorded: std::collections::HashSet<&str> = files
+            .values()
+            .flatten()
+            .filter(|f| !f.starts_with(QUARANTINE_PREFIX))
+            .map(String::as_str)
+            .collect();
+        let unaccounted = unaccounted_rows(&job, &recorded).await?;
         let selected: Vec<&Chunk> = job
             .chunks
             .iter()
@@ -425,6 +435,7 @@ impl Backfill {
                 chunk,
                 records.get(&chunk.id),
                 files.get(&chunk.id),
+                unaccounted.get(&chunk.id),
             )
             .await?;
             for (key, g) in per_group {
@@ -478,6 +489,134 @@ impl Backfill {
     }
 }
 
+/// Rows that readers of a file target see in each chunk's range, in files no
+/// commit of this job recorded (another writer's, a stray copy, a file a
+/// lost state left): per chunk id, the rows and the files. Only the range
+/// column of such files is read; there are none after a clean run.
+async fn unaccounted_rows(
+    job: &OpenJob,
+    recorded: &std::collections::HashSet<&str>,
+) -> Result<BTreeMap<String, (u64, Vec<String>)>, Error> {
+    let mut out: BTreeMap<String, (u64, Vec<String>)> = BTreeMap::new();
+    let Some(visible) = job.sinks.target.visible_files().await? else {
+        return Ok(out);
+    };
+    let strays: Vec<String> = visible
+        .into_iter()
+        .filter(|f| !recorded.contains(f.as_str()))
+        .collect();
+    if strays.is_empty() {
+        return Ok(out);
+    }
+    let column = job.range.as_ref().map(|r| r.name.as_str());
+    let in_dirs = column.is_some_and(|c| job.spec.target.partition_by.iter().any(|p| p == c));
+    let sink = job.sinks.target.as_ref();
+    for rel in strays {
+        let read = |e: &dyn std::fmt::Display| {
+            Error::Sink(SinkError::Read(format!(
+                "{}: reading {rel}: {e}",
+                sink.describe()
+            )))
+        };
+        let file = sink.open_file(&rel).await?;
+        let builder = ParquetRecordBatchStreamBuilder::new(file)
+            .await
+            .map_err(|e| read(&e))?;
+        let rows = builder.metadata().file_metadata().num_rows().max(0) as u64;
+        let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+        match column {
+            None => {
+                if let Some(c) = job.chunks.first() {
+                    counts.insert(c.id.clone(), rows);
+                }
+            }
+            Some(col) if in_dirs => {
+                let escaped = crate::sink::escape_partition_value(col);
+                let value = rel
+                    .split('/')
+                    .filter_map(|seg| seg.split_once('='))
+                    .find(|(k, _)| *k == escaped)
+                    .map(|(_, v)| crate::sink::unescape_partition_value(v));
+                if let Some(c) = value.as_deref().and_then(|v| chunk_of_text(&job.chunks, v)) {
+                    counts.insert(c.id.clone(), rows);
+                }
+            }
+            Some(col) => {
+                let Some(idx) = builder
+                    .schema()
+                    .fields()
+                    .iter()
+                    .position(|f| f.name() == col)
+                else {
+                    continue;
+                };
+                let mask = parquet::arrow::ProjectionMask::roots(builder.parquet_schema(), [idx]);
+                let mut stream = builder
+                    .with_projection(mask)
+                    .build()
+                    .map_err(|e| read(&e))?;
+                while let Some(batch) = stream.try_next().await.map_err(|e| read(&e))? {
+                    let array = batch.column(0);
+                    if job.chunks.iter().any(|c| c.value.is_some()) {
+                        let text = cast(array, &DataType::Utf8).map_err(|e| read(&e))?;
+                        let text = text
+                            .as_any()
+                            .downcast_ref::<arrow::array::StringArray>()
+                            .ok_or_else(|| read(&"not text"))?;
+                        for v in text.iter().flatten() {
+                            if let Some(c) = chunk_of_text(&job.chunks, v) {
+                                *counts.entry(c.id.clone()).or_default() += 1;
+                            }
+                        }
+                        continue;
+                    }
+                    let (values, _) =
+                        crate::sink::range_files::comparable(array).map_err(|e| read(&e))?;
+                    let values = values
+                        .as_any()
+                        .downcast_ref::<arrow::array::Int64Array>()
+                        .ok_or_else(|| read(&"not comparable"))?;
+                    for v in values.iter().flatten() {
+                        if let Some(c) = chunk_of_value(&job.chunks, v) {
+                            *counts.entry(c.id.clone()).or_default() += 1;
+                        }
+                    }
+                }
+            }
+        }
+        for (chunk, n) in counts {
+            let e = out.entry(chunk).or_default();
+            e.0 += n;
+            e.1.push(rel.clone());
+        }
+    }
+    Ok(out)
+}
+
+/// The chunk whose range holds `v` (chunks are sorted and tile the range).
+fn chunk_of_value(chunks: &[Chunk], v: i64) -> Option<&Chunk> {
+    if chunks.len() == 1 && chunks[0].lo.is_none() && chunks[0].hi.is_none() {
+        return chunks.first();
+    }
+    let after = chunks.partition_point(|c| c.lo.is_none_or(|lo| lo.raw() <= v));
+    let c = chunks.get(after.checked_sub(1)?)?;
+    c.hi.is_none_or(|hi| v < hi.raw()).then_some(c)
+}
+
+/// The chunk a range value written as text (a partition directory, a
+/// partition chunk's value) falls in.
+fn chunk_of_text<'a>(chunks: &'a [Chunk], text: &str) -> Option<&'a Chunk> {
+    if let Some(c) = chunks.iter().find(|c| c.value.as_deref() == Some(text)) {
+        return Some(c);
+    }
+    let kind = chunks.iter().find_map(|c| c.lo.or(c.hi))?.kind();
+    let v = match kind {
+        backfill_core::ValueKind::Int => text.trim().parse().ok()?,
+        backfill_core::ValueKind::Time => backfill_core::interval::parse_time(text).ok()?,
+    };
+    chunk_of_value(chunks, v)
+}
+
 async fn check_chunk(
     job: &OpenJob,
     opts: &ValidateOptions,
@@ -485,6 +624,7 @@ async fn check_chunk(
     chunk: &Chunk,
     record: Option<&ChunkRecord>,
     files: Option<&Vec<String>>,
+    unaccounted: Option<&(u64, Vec<String>)>,
 ) -> Result<(ChunkCheck, BTreeMap<Vec<String>, GroupCheck>), Error> {
     let spec = &job.spec;
     // A merged Delta chunk was staged (and checksummed) unpartitioned.
@@ -578,6 +718,15 @@ async fn check_chunk(
         }
     }
 
+    if let Some((rows, examples)) = unaccounted {
+        problems.push(format!(
+            "{rows} row(s) in this chunk's range are in {} file(s) that no commit of this job recorded, \
+             and readers of the target see them (e.g. {}): another writer's files or stray copies; \
+             replace owns only this job's files, so remove them from the target",
+            examples.len(),
+            examples.first().map(String::as_str).unwrap_or_default()
+        ));
+    }
     let status = record.map(|r| r.status).unwrap_or(ChunkStatus::Pending);
     let m = record.and_then(|r| r.metrics.clone());
     let committed =
@@ -716,6 +865,7 @@ async fn check_chunk(
             expected_removed: all.rows.saturating_sub(target.rows + quarantine.rows),
             expected_checksum: hex(target.checksum),
             target_rows: actual.rows,
+            unaccounted_rows: unaccounted.map_or(0, |u| u.0),
             target_checksum: hex(actual.checksum),
             quarantined_rows: actual_q.rows,
             recorded_rows_read: m.as_ref().map(|m| m.rows_read),

@@ -695,16 +695,13 @@ impl Sink for Arc<DeltaSink> {
         Ok(Some(provider))
     }
 
-    /// Merge mode: the staged files are gone once merged, so `validate` reads
-    /// the chunk's range from the table itself. Replace mode keeps reading
-    /// the chunk's own files.
+    /// `validate` reads the chunk's range from the table's current version,
+    /// as readers see it: rows another writer added to the range, or a
+    /// copy a publish failed to remove, count against the chunk.
     async fn read_chunk(
         &self,
         chunk: &Chunk,
     ) -> Result<Option<datafusion::physical_plan::SendableRecordBatchStream>, SinkError> {
-        if self.merge_keys.is_empty() {
-            return Ok(None);
-        }
         let read =
             |e: &dyn std::fmt::Display| SinkError::Read(format!("reading {}: {e}", self.shown));
         let ctx = datafusion::prelude::SessionContext::new();

@@ -5,7 +5,7 @@
 pub mod checksum;
 pub mod delta;
 mod parquet;
-mod range_files;
+pub(crate) mod range_files;
 mod rowgroups;
 
 use std::collections::BTreeMap;
@@ -186,6 +186,14 @@ pub trait Sink: Send + Sync + std::fmt::Debug {
     ) -> Result<(), SinkError> {
         let _ = (rows, diff);
         Ok(())
+    }
+
+    /// Every data file a reader of a file target sees (`.parquet` files,
+    /// none under a name starting with `.` or `_`, as DuckDB's globs and
+    /// pyarrow read a folder), for `validate` to find files no commit
+    /// recorded; `None` for targets read as tables.
+    async fn visible_files(&self) -> Result<Option<Vec<String>>, SinkError> {
+        Ok(None)
     }
 
     /// A published file of a file target, for `validate` to read.

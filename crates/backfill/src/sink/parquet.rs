@@ -854,49 +854,31 @@ impl Sink for ParquetSink {
 
     async fn scan(&self) -> Result<TargetFiles, SinkError> {
         let mut found = TargetFiles::default();
-        if let Some(r) = &self.remote {
-            use futures::TryStreamExt;
-            let mut listing = r.store.list(Some(&r.prefix));
-            while let Some(meta) = listing
-                .try_next()
-                .await
-                .map_err(r.err("listing", &r.prefix))?
-            {
-                if let Some(rel) = r.relative(&meta.location) {
-                    let name = rel.rsplit('/').next().unwrap_or(rel);
-                    classify(&mut found, name, rel.to_string());
-                }
-            }
-            for files in found.published.values_mut() {
-                files.sort();
-            }
-            found.staged.sort();
-            return Ok(found);
-        }
-        if !self.root.exists() {
-            return Ok(found);
-        }
-        let mut stack = vec![(self.root.clone(), String::new())];
-        while let Some((dir, rel)) = stack.pop() {
-            let entries = std::fs::read_dir(&dir).map_err(io("listing", &dir))?;
-            for entry in entries {
-                let entry = entry.map_err(io("listing", &dir))?;
-                let name = entry.file_name().to_string_lossy().into_owned();
-                // Never follow links: the walk stays inside the target.
-                let ft = entry.file_type().map_err(io("inspecting", &entry.path()))?;
-                let rel_path = format!("{rel}{name}");
-                if ft.is_dir() {
-                    stack.push((entry.path(), format!("{rel_path}/")));
-                } else if ft.is_file() {
-                    classify(&mut found, &name, rel_path);
-                }
-            }
+        for (name, rel) in self.list().await? {
+            classify(&mut found, &name, rel);
         }
         for files in found.published.values_mut() {
             files.sort();
         }
         found.staged.sort();
         Ok(found)
+    }
+
+    async fn visible_files(&self) -> Result<Option<Vec<String>>, SinkError> {
+        let mut files: Vec<String> = self
+            .list()
+            .await?
+            .into_iter()
+            .filter(|(name, rel)| {
+                name.ends_with(".parquet")
+                    && !rel
+                        .split('/')
+                        .any(|part| part.starts_with('.') || part.starts_with('_'))
+            })
+            .map(|(_, rel)| rel)
+            .collect();
+        files.sort();
+        Ok(Some(files))
     }
 
     fn describe(&self) -> String {
@@ -1143,6 +1125,48 @@ impl ParquetSink {
         let fm = md.file_metadata();
         parquet::arrow::parquet_to_arrow_schema(fm.schema_descr(), fm.key_value_metadata())
             .map_err(pq)
+    }
+}
+
+impl ParquetSink {
+    /// Every file under the table, as (file name, path relative to it).
+    async fn list(&self) -> Result<Vec<(String, String)>, SinkError> {
+        let mut out = Vec::new();
+        if let Some(r) = &self.remote {
+            use futures::TryStreamExt;
+            let mut listing = r.store.list(Some(&r.prefix));
+            while let Some(meta) = listing
+                .try_next()
+                .await
+                .map_err(r.err("listing", &r.prefix))?
+            {
+                if let Some(rel) = r.relative(&meta.location) {
+                    let name = rel.rsplit('/').next().unwrap_or(rel);
+                    out.push((name.to_string(), rel.to_string()));
+                }
+            }
+            return Ok(out);
+        }
+        if !self.root.exists() {
+            return Ok(out);
+        }
+        let mut stack = vec![(self.root.clone(), String::new())];
+        while let Some((dir, rel)) = stack.pop() {
+            let entries = std::fs::read_dir(&dir).map_err(io("listing", &dir))?;
+            for entry in entries {
+                let entry = entry.map_err(io("listing", &dir))?;
+                let name = entry.file_name().to_string_lossy().into_owned();
+                // Never follow links: the walk stays inside the target.
+                let ft = entry.file_type().map_err(io("inspecting", &entry.path()))?;
+                let rel_path = format!("{rel}{name}");
+                if ft.is_dir() {
+                    stack.push((entry.path(), format!("{rel_path}/")));
+                } else if ft.is_file() {
+                    out.push((name, rel_path));
+                }
+            }
+        }
+        Ok(out)
     }
 }
 

@@ -230,7 +230,7 @@ fn stat_value(v: &serde_json::Value, time: bool) -> Option<(i64, i64)> {
 }
 
 /// The column as i64 (microseconds for times and dates) with its kind.
-fn comparable(array: &ArrayRef) -> Result<(ArrayRef, backfill_core::ValueKind), String> {
+pub fn comparable(array: &ArrayRef) -> Result<(ArrayRef, backfill_core::ValueKind), String> {
     use backfill_core::ValueKind;
     let err = |e: arrow::error::ArrowError| e.to_string();
     match array.data_type() {

@@ -228,6 +228,14 @@ march = t.filter(pc.equal(t["month"], 3)).slice(0, 20)
 march = march.set_column(march.schema.get_field_index("transaction_id"), "transaction_id", pc.add(march["transaction_id"], 10**9))
 deltalake.write_deltalake(path, march, mode="append")"#,
     );
+    // Readers see the pipeline's rows in March: validate says so.
+    let v = demo.run(&["validate", &demo.job_str()]);
+    assert_eq!(code(&v), 3, "{}", text(&v));
+    assert!(
+        stdout(&v).contains("[2023-02-26, 2023-03-05)") || stdout(&v).contains("2023-03"),
+        "{}",
+        text(&v)
+    );
     demo.run_ok(&["--from", "2023-03-01", "--to", "2023-04-01"]);
     check("foreign rows in March, then a re-run of March");
 

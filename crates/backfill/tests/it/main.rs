@@ -14,6 +14,7 @@ mod identity;
 mod partitions;
 mod postgres;
 mod quality;
+mod readers;
 mod reliability;
 mod s3;
 mod sequence;
