@@ -1262,6 +1262,8 @@ async fn recover(
         records.into_iter().map(|c| (c.id, c.status)).collect();
     let mut pending_orphans: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let mut foreign = 0usize;
+    let tag = crate::sink::job_tag(&job.spec.name);
+    let mut old_plan: Vec<String> = Vec::new();
     for (named, files) in on_disk.published {
         let unknown: Vec<String> = files
             .into_iter()
@@ -1286,8 +1288,28 @@ async fn recover(
             None if ours.contains_key(&chunk_id) => {
                 pending_orphans.entry(chunk_id).or_default().extend(unknown);
             }
-            None => foreign += unknown.len(),
+            // This job's files of a plan whose chunks the state no longer
+            // knows (a lost state, then another chunk width): no chunk
+            // will ever replace them, so they go now, as a replan's
+            // retired files do.
+            None => {
+                let (mine, theirs): (Vec<String>, Vec<String>) =
+                    unknown.into_iter().partition(|f| {
+                        let name = f.strip_prefix(crate::sink::QUARANTINE_PREFIX).unwrap_or(f);
+                        crate::sink::tag_of(name) == Some(tag.as_str())
+                    });
+                foreign += theirs.len();
+                old_plan.extend(mine);
+            }
         }
+    }
+    if !old_plan.is_empty() {
+        tracing::info!(
+            "removing {} file(s) this job wrote for chunks of an earlier plan that its state does not know",
+            old_plan.len()
+        );
+        job.sinks.remove(&old_plan).await?;
+        rec.orphans_removed += old_plan.len();
     }
     if foreign > 0 {
         tracing::info!(

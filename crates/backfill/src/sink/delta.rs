@@ -74,6 +74,7 @@ impl DeltaSink {
     pub fn new(
         spec: &TargetSpec,
         range: Option<&backfill_core::spec::RangeSpec>,
+        job: &str,
     ) -> Result<DeltaSink, SinkError> {
         let range_column = range.map(|r| r.column.as_str());
         let location = Location::of(&spec.path, spec.url.as_deref(), &spec.path_shown)?;
@@ -81,7 +82,7 @@ impl DeltaSink {
             register_object_store_schemes();
         }
         let files = if spec.merge_keys.is_empty() {
-            ParquetSink::at(spec, location.clone(), spec.path_shown.clone(), true)
+            ParquetSink::at(spec, location.clone(), spec.path_shown.clone(), true).for_job(job)
         } else {
             let flat = TargetSpec {
                 partition_by: Vec::new(),
@@ -93,6 +94,7 @@ impl DeltaSink {
                 spec.path_shown.clone(),
                 true,
             )
+            .for_job(job)
         };
         Ok(DeltaSink {
             files,

@@ -23,8 +23,8 @@ use crate::pg;
 use crate::pg::sink::PgSink;
 
 pub use parquet::{
-    HIVE_DEFAULT_PARTITION, Location, ParquetSink, Rewritten, escape_partition_value,
-    partition_seed, partition_value, stamp_of, unescape_partition_value,
+    HIVE_DEFAULT_PARTITION, Location, ParquetSink, Rewritten, escape_partition_value, job_tag,
+    partition_seed, partition_value, stamp_of, tag_of, unescape_partition_value,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -298,16 +298,20 @@ impl Sinks {
             TargetFormat::Delta => Arc::new(Arc::new(delta::DeltaSink::new(
                 &spec.target,
                 spec.range.as_ref(),
+                &spec.name,
             )?)),
-            _ => Arc::new(ParquetSink::new(&spec.target)?),
+            _ => Arc::new(ParquetSink::new(&spec.target)?.for_job(&spec.name)),
         };
         let q = &spec.quarantine;
-        let quarantine: Arc<dyn Sink> = Arc::new(ParquetSink::at(
-            &spec.target,
-            Location::of(&q.path, q.url.as_deref(), &q.path_shown)?,
-            q.path_shown.clone(),
-            false,
-        ));
+        let quarantine: Arc<dyn Sink> = Arc::new(
+            ParquetSink::at(
+                &spec.target,
+                Location::of(&q.path, q.url.as_deref(), &q.path_shown)?,
+                q.path_shown.clone(),
+                false,
+            )
+            .for_job(&spec.name),
+        );
         Ok(Sinks { target, quarantine })
     }
 

@@ -118,9 +118,17 @@ pub struct ParquetSink {
     partition_by: Vec<String>,
     props: WriterProperties,
     checksum: bool,
+    /// See [`job_tag`].
+    job_tag: String,
 }
 
 impl ParquetSink {
+    /// Names files with the tag of job `job`.
+    pub fn for_job(mut self, job: &str) -> ParquetSink {
+        self.job_tag = job_tag(job);
+        self
+    }
+
     /// The target table, which checksums what it writes.
     pub fn new(spec: &TargetSpec) -> Result<ParquetSink, SinkError> {
         let location = Location::of(&spec.path, spec.url.as_deref(), &spec.path_shown)?;
@@ -165,6 +173,7 @@ impl ParquetSink {
             partition_by: spec.partition_by.clone(),
             props,
             checksum,
+            job_tag: job_tag(""),
         }
     }
 
@@ -265,12 +274,28 @@ fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> Si
     }
 }
 
-/// `part-<chunk>-a<attempt>-t<stamp>-<n>.parquet`. The stamp (when the
-/// attempt began, in microseconds since the epoch) keeps names unique when
-/// attempt numbers start again at 1 after a state is lost, so a new file
-/// never takes the name of one a reader or a Delta log still references.
-fn file_name(chunk_id: &str, attempt: u32, stamp: u64, n: usize) -> String {
-    format!("part-{chunk_id}-a{attempt}-t{stamp}-{n:04}.parquet")
+/// `part-<chunk>-a<attempt>-t<stamp>-j<job>-<n>.parquet`. The stamp (when
+/// the attempt began, in microseconds since the epoch) keeps names unique
+/// when attempt numbers start again at 1 after a state is lost, so a new
+/// file never takes the name of one a reader or a Delta log still
+/// references. The job tag ([`job_tag`]) lets a job recognise its own files
+/// of an earlier plan after its state was lost, when their chunk ids are
+/// no longer any chunk's.
+fn file_name(chunk_id: &str, attempt: u32, stamp: u64, job: &str, n: usize) -> String {
+    format!("part-{chunk_id}-a{attempt}-t{stamp}-j{job}-{n:04}.parquet")
+}
+
+/// A short tag of a job's name in its file names (32 bits of its hash).
+pub fn job_tag(job: &str) -> String {
+    format!("{:08x}", XxHash3_64::oneshot(job.as_bytes()) as u32)
+}
+
+/// The job tag in a file name of ours, if it has one (files written
+/// before names carried it do not).
+pub fn tag_of(path: &str) -> Option<&str> {
+    let name = path.rsplit('/').next()?;
+    let rest = name.strip_prefix("part-")?;
+    rest.split('-').find_map(|part| part.strip_prefix('j'))
 }
 
 /// The stamp of a file name of ours, if it has one (files written before
@@ -448,6 +473,7 @@ struct PartitionedWriter {
     chunk_id: String,
     attempt: u32,
     stamp: u64,
+    job_tag: String,
     props: WriterProperties,
     partition_by: Vec<String>,
     layout: Option<Layout>,
@@ -626,7 +652,13 @@ impl PartitionedWriter {
         }
         let published = format!(
             "{dir}{}",
-            file_name(&self.chunk_id, self.attempt, self.stamp, self.files.len())
+            file_name(
+                &self.chunk_id,
+                self.attempt,
+                self.stamp,
+                &self.job_tag,
+                self.files.len(),
+            )
         );
         let staged = staged_name(&published);
         let abs_dir = self.root.join(&dir);
@@ -754,6 +786,7 @@ impl Sink for ParquetSink {
             chunk_id: chunk.id.clone(),
             attempt,
             stamp: stamp_now(),
+            job_tag: self.job_tag.clone(),
             props: self.props.clone(),
             partition_by: self.partition_by.clone(),
             layout: None,
@@ -1280,11 +1313,13 @@ mod tests {
 
     #[test]
     fn recognises_its_own_file_names() {
-        let name = file_name("0123456789abcdef", 2, 1_733_520_000_123_456, 7);
+        let name = file_name("0123456789abcdef", 2, 1_733_520_000_123_456, "0badc0de", 7);
         assert_eq!(
             name,
-            "part-0123456789abcdef-a2-t1733520000123456-0007.parquet"
+            "part-0123456789abcdef-a2-t1733520000123456-j0badc0de-0007.parquet"
         );
+        assert_eq!(tag_of(&format!("y=1/{name}")), Some("0badc0de"));
+        assert_eq!(tag_of("part-0123456789ab-a2-0007.parquet"), None);
         assert_eq!(chunk_of(&name), Some("0123456789abcdef"));
         assert_eq!(
             stamp_of(&format!("y=1/{name}")),

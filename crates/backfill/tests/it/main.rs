@@ -11,6 +11,7 @@ mod evolution;
 mod gaps;
 mod harness;
 mod identity;
+mod model;
 mod partitions;
 mod postgres;
 mod quality;
