@@ -1047,6 +1047,9 @@ pub(crate) async fn dedup_index(
     job: &OpenJob,
     for_run: bool,
 ) -> Result<Option<Arc<ChunkIndexes>>, Error> {
+    // Only the Spark engine builds its index elsewhere when running.
+    #[cfg(not(feature = "spark"))]
+    let _ = for_run;
     let Some(dedup) = &job.spec.dedup else {
         return Ok(None);
     };
