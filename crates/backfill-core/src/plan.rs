@@ -392,6 +392,22 @@ mod tests {
         RangeValue::Time(parse_time(s).unwrap())
     }
 
+    /// `[range]` over `column` from `start` to `end` in chunks of `chunk`.
+    fn range(column: &str, chunk: ChunkSize, start: RangeValue, end: RangeValue) -> RangeSpec {
+        RangeSpec {
+            column: column.into(),
+            column_loc: Default::default(),
+            start: Some(start),
+            end: Some(end),
+            chunk,
+            ordered: false,
+            end_now: false,
+            lookback: 1,
+            extend_to: None,
+            partitions: None,
+        }
+    }
+
     fn assert_tiles(chunks: &[Chunk], start: RangeValue, end: RangeValue) {
         assert_eq!(chunks.first().and_then(|c| c.lo), Some(start));
         assert_eq!(chunks.last().and_then(|c| c.hi), Some(end));
@@ -577,18 +593,7 @@ mod tests {
     fn legacy_ids_are_the_first_versions() {
         // Ids of the first version, as a state written then recorded them.
         let week = ChunkSize::Fixed(7 * MICROS_PER_DAY);
-        let r = RangeSpec {
-            column: "created_at".into(),
-            column_loc: Default::default(),
-            start: Some(t("2023-01-01")),
-            end: Some(t("2024-01-01")),
-            chunk: week,
-            ordered: false,
-            end_now: false,
-            lookback: 1,
-            extend_to: None,
-            partitions: None,
-        };
+        let r = range("created_at", week, t("2023-01-01"), t("2024-01-01"));
         let chunks = plan("transactions", Some(&r)).unwrap();
         let text = format!(
             "v1|created_at|{week}|{:?}|{:?}",
@@ -627,18 +632,7 @@ mod tests {
     #[test]
     fn extending_keeps_every_planned_chunk_and_follows_the_grid() {
         let week = ChunkSize::Fixed(7 * MICROS_PER_DAY);
-        let mut r = RangeSpec {
-            column: "c".into(),
-            column_loc: Default::default(),
-            start: Some(t("2023-01-01")),
-            end: Some(t("2024-01-01")),
-            chunk: week,
-            ordered: false,
-            end_now: false,
-            lookback: 1,
-            extend_to: None,
-            partitions: None,
-        };
+        let mut r = range("c", week, t("2023-01-01"), t("2024-01-01"));
         let fixed = plan("job", Some(&r)).unwrap();
         r.extend_to = Some(t("2024-01-10"));
         let extended = plan("job", Some(&r)).unwrap();
@@ -660,18 +654,7 @@ mod tests {
 
     #[test]
     fn estimates_bound_the_plan() {
-        let r = |chunk, start, end| RangeSpec {
-            column: "c".into(),
-            column_loc: Default::default(),
-            start: Some(start),
-            end: Some(end),
-            chunk,
-            ordered: false,
-            end_now: false,
-            lookback: 1,
-            extend_to: None,
-            partitions: None,
-        };
+        let r = |chunk, start, end| range("c", chunk, start, end);
         let weekly = r(
             ChunkSize::Fixed(7 * MICROS_PER_DAY),
             t("2023-01-01"),

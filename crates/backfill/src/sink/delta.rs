@@ -73,10 +73,9 @@ pub enum DeltaError {
 impl DeltaSink {
     pub fn new(
         spec: &TargetSpec,
-        range: Option<&backfill_core::spec::RangeSpec>,
+        range_column: Option<&str>,
         job: &str,
     ) -> Result<DeltaSink, SinkError> {
-        let range_column = range.map(|r| r.column.as_str());
         let location = Location::of(&spec.path, spec.url.as_deref(), &spec.path_shown)?;
         if let Location::Remote(_) = &location {
             register_object_store_schemes();

@@ -297,7 +297,7 @@ impl Sinks {
         let target: Arc<dyn Sink> = match spec.target.format {
             TargetFormat::Delta => Arc::new(Arc::new(delta::DeltaSink::new(
                 &spec.target,
-                spec.range.as_ref(),
+                spec.range.as_ref().map(|r| r.column.as_str()),
                 &spec.name,
             )?)),
             _ => Arc::new(ParquetSink::new(&spec.target)?.for_job(&spec.name)),

@@ -42,14 +42,6 @@ enum Op {
 }
 
 const WIDTHS: &[&str] = &["\"1 month\"", "\"7d\"", "\"14d\"", "\"3d\""];
-const POINTS: &[&str] = &[
-    "after_write",
-    "in_commit_txn",
-    "after_commit",
-    "mid_publish",
-    "after_publish",
-    "after_cleanup",
-];
 
 fn month(m: u32) -> String {
     if m > 12 {
@@ -76,10 +68,18 @@ fn draw(rng: &mut StdRng, target: Target) -> Op {
             4 => Op::Kill {
                 delay_ms: rng.random_range(100..900),
             },
-            5 => Op::Abort {
-                point: POINTS[rng.random_range(0..POINTS.len())],
-                nth: rng.random_range(1..5),
-            },
+            5 => {
+                // Every commit step, but the two that fail rather than abort.
+                let points: Vec<&'static str> = backfill::failpoint::POINTS
+                    .iter()
+                    .copied()
+                    .filter(|p| !matches!(*p, "read" | "write"))
+                    .collect();
+                Op::Abort {
+                    point: points[rng.random_range(0..points.len())],
+                    nth: rng.random_range(1..5),
+                }
+            }
             6 => Op::LoseState,
             7 => {
                 let (from, to) = window(rng);
