@@ -369,24 +369,36 @@ pub fn quality_verdict(spec: &JobSpec, counts: &QualityCounts) -> Result<(), Chu
 }
 
 /// The transformed rows of the whole job range as `__bf_t`, for the dedup
-/// index passes.
+/// index passes. With several chunks, `place` is the range column and each
+/// row carries `__bf_c`, the chunk that selects its source row
+/// ([`crate::placement`]). `filter` applies the range predicate, which the
+/// caller skips when statistics prove every source row is in the range.
 pub async fn index_context(
     spec: &JobSpec,
     source: &Arc<dyn Source>,
-    range: Option<&RangeColumn>,
+    place: Option<(&RangeColumn, &[Chunk])>,
+    filter: Option<&RangeColumn>,
     whole: &Chunk,
     config: &SessionConfig,
     runtime: &Arc<RuntimeEnv>,
 ) -> DfResult<SessionContext> {
     let ctx = SessionContext::new_with_config_rt(config.clone(), runtime.clone());
     let mut raw = ctx.read_table(source.table())?;
-    if let Some(range) = range
+    if let Some(range) = filter
         && let Some(pred) = chunk_predicate(range, whole)?
     {
         raw = raw.filter(pred)?;
     }
-    ctx.register_table("source", raw.into_view())?;
-    let transformed = ctx.sql(transform_sql(spec)).await?;
+    let transformed = match place {
+        Some((range, chunks)) => {
+            crate::placement::transformed_with_chunks(&ctx, raw, transform_sql(spec), range, chunks)
+                .await?
+        }
+        None => {
+            ctx.register_table("source", raw.into_view())?;
+            ctx.sql(transform_sql(spec)).await?
+        }
+    };
     ctx.register_table("__bf_t", transformed.into_view())?;
     Ok(ctx)
 }
@@ -451,7 +463,7 @@ pub async fn repeated_keys(
 
 /// The second pass: for the rows with a repeated key hash that pass the
 /// rules, the key columns, order columns and, when several chunks need it,
-/// the range value `__bf_r`, for [`DedupIndex::build`]. It reads only the
+/// the row's chunk `__bf_c`, for [`DedupIndex::build`]. It reads only the
 /// columns it needs.
 ///
 /// [`DedupIndex::build`]: crate::quality::DedupIndex::build
@@ -459,7 +471,7 @@ pub async fn index_rows(
     ctx: &SessionContext,
     spec: &JobSpec,
     dedup: &DedupSpec,
-    range: Option<&RangeColumn>,
+    placed: bool,
     repeated: RepeatedKeys,
 ) -> DfResult<SendableRecordBatchStream> {
     let mut select = Vec::new();
@@ -469,9 +481,9 @@ pub async fn index_rows(
     for (i, o) in dedup.order_by.iter().enumerate() {
         select.push(format!("{} AS \"__bf_o{i}\"", quality::ident(&o.column)));
     }
-    // With one chunk every row is in it; the range value is not needed.
-    if let Some(range) = range {
-        select.push(format!("{} AS \"__bf_r\"", quality::ident(&range.name)));
+    // With one chunk every row is in it; no placement is needed.
+    if placed {
+        select.push(quality::ident(crate::placement::CHUNK_COL));
     }
     ctx.register_udf(datafusion::logical_expr::ScalarUDF::new_from_impl(
         quality::CandidateUdf::new(Arc::new(repeated)),

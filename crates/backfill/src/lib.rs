@@ -25,6 +25,7 @@ pub mod error;
 pub mod evolve;
 pub mod gaps;
 pub mod pg;
+pub mod placement;
 pub mod progress;
 pub mod quality;
 pub mod redact;

@@ -30,7 +30,7 @@ use arrow::array::{
     Array, ArrayRef, BooleanArray, Int32Array, Int64Array, RecordBatch, StringArray, UInt32Array,
 };
 use arrow::compute::{cast, filter_record_batch, interleave_record_batch, take_record_batch};
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::row::{RowConverter, Rows, SortField};
 use backfill_core::plan::Chunk;
 use backfill_core::spec::{DedupScope, DedupSpec, JobSpec, RuleAction, RuleSpec};
@@ -790,6 +790,23 @@ impl DedupIndex {
         (0..self.entries.len() as u32).filter_map(|i| self.view(i))
     }
 
+    /// Per chunk, an order-independent digest of its section: what the
+    /// chunk is told about its keys (each key with a version in it, the
+    /// chunk of the key's winner, and the chunk's own best ordering
+    /// values). A chunk's output depends on the index only through this,
+    /// so a committed chunk whose digest changed must run again.
+    pub fn section_digests(&self, chunks: usize) -> Vec<u64> {
+        let mut digests = vec![0u64; chunks];
+        for (_, key, v) in self.multi_version() {
+            for c in v.chunks() {
+                if let Some(d) = digests.get_mut(c as usize) {
+                    *d = d.wrapping_add(section_record_hash(key, v.chunk, v.best_in(c)));
+                }
+            }
+        }
+        digests
+    }
+
     /// Entry `i`'s key and versions, if it has several versions.
     pub(crate) fn view(&self, i: u32) -> Option<(u32, &[u8], KeyVersions<'_>)> {
         let e = self.entries.get(i as usize)?;
@@ -908,22 +925,15 @@ impl DedupIndex {
 
     /// Builds the index from a stream of passing rows carrying the key
     /// columns (first), the order columns, and, when the job has several
-    /// chunks, the range value `__bf_r` last: all versions of the repeated
-    /// keys, and maybe some keys met once, which are dropped.
+    /// chunks, the row's chunk `__bf_c` last ([`crate::placement`]): all
+    /// versions of the repeated keys, and maybe some keys met once, which
+    /// are dropped.
     pub async fn build(
         mut stream: datafusion::physical_plan::SendableRecordBatchStream,
         dedup: &DedupSpec,
-        chunks: &[Chunk],
     ) -> Result<DedupIndex, DataFusionError> {
         let nk = dedup.keys.len();
         let no = dedup.order_by.len();
-        let bounds: Vec<i64> = chunks
-            .iter()
-            .filter_map(|c| c.lo.map(|v| v.raw()))
-            .collect();
-        let first = chunks.first().and_then(|c| c.lo).map(|v| v.raw());
-        let end = chunks.last().and_then(|c| c.hi).map(|v| v.raw());
-        let in_range = |pos: i64| first.is_none_or(|lo| pos >= lo) && end.is_none_or(|hi| pos < hi);
         let mut key_conv: Option<RowConverter> = None;
         let mut order_conv: Option<RowConverter> = None;
         let mut index = DedupIndex::default();
@@ -943,25 +953,28 @@ impl DedupIndex {
             };
             let key_rows = kc.convert_columns(&key_cols)?;
             let order_rows = oc.convert_columns(&order_cols)?;
-            let positions = match batch.columns().get(nk + no) {
-                Some(range) => range_positions(range)?,
-                None => vec![Some(i64::MIN); batch.num_rows()],
+            let chunks = match batch.columns().get(nk + no) {
+                Some(c) => Some(
+                    c.as_any()
+                        .downcast_ref::<UInt32Array>()
+                        .ok_or_else(|| {
+                            DataFusionError::Internal("the chunk column is not UInt32".into())
+                        })?
+                        .clone(),
+                ),
+                None => None,
             };
             for i in 0..batch.num_rows() {
-                let Some(pos) = positions.get(i).copied().flatten() else {
-                    continue;
-                };
-                // No chunk holds a row outside the job's range, so it must
-                // not win: the pass drops the range predicate when the
-                // statistics say no row is outside, and this keeps the
+                // No chunk selects a row outside the job's range (NULL), so
+                // it must not win: the pass drops the range predicate when
+                // the statistics say no row is outside, and this keeps the
                 // index right should they be wrong.
-                if nk + no < batch.num_columns() && !in_range(pos) {
-                    continue;
-                }
-                let key_row = key_rows.row(i);
-                // The chunk whose [lo, hi) holds the row: the last lo <= pos.
-                let chunk = bounds.partition_point(|&lo| lo <= pos).saturating_sub(1) as u32;
-                index.add(key_row.as_ref(), chunk, order_rows.row(i).as_ref())?;
+                let chunk = match &chunks {
+                    Some(c) if c.is_null(i) => continue,
+                    Some(c) => c.value(i),
+                    None => 0,
+                };
+                index.add(key_rows.row(i).as_ref(), chunk, order_rows.row(i).as_ref())?;
             }
         }
         let candidates = index.entries.len();
@@ -976,20 +989,15 @@ impl DedupIndex {
     }
 }
 
-/// Range values as the planner's raw integers (µs for times), per row.
-fn range_positions(a: &ArrayRef) -> Result<Vec<Option<i64>>, DataFusionError> {
-    let as_i64 = match a.data_type() {
-        DataType::Timestamp(_, _) | DataType::Date32 | DataType::Date64 => {
-            let micros = cast(a, &DataType::Timestamp(TimeUnit::Microsecond, None))?;
-            cast(&micros, &DataType::Int64)?
-        }
-        _ => cast(a, &DataType::Int64)?,
-    };
-    let ints = as_i64
-        .as_any()
-        .downcast_ref::<Int64Array>()
-        .ok_or_else(|| DataFusionError::Internal("range column did not cast to Int64".into()))?;
-    Ok(ints.iter().collect())
+fn section_record_hash(key: &[u8], winner: u32, best: Option<&[u8]>) -> u64 {
+    let best = best.unwrap_or_default();
+    let mut h = twox_hash::XxHash3_64::new();
+    use std::hash::Hasher;
+    h.write(&(key.len() as u64).to_le_bytes());
+    h.write(key);
+    h.write(&winner.to_le_bytes());
+    h.write(best);
+    h.finish()
 }
 
 /// What the index depends on; a different value means rebuild.
@@ -1128,8 +1136,13 @@ mod tests {
         let schema = Arc::new(Schema::new(vec![
             Field::new("k", DataType::Int64, false),
             Field::new("o", DataType::Int64, false),
-            Field::new("r", DataType::Int64, true),
+            Field::new("__bf_c", DataType::UInt32, true),
         ]));
+        let range = crate::engine::RangeColumn {
+            name: "r".into(),
+            data_type: DataType::Int64,
+        };
+        let place = crate::placement::ChunkOfUdf::new(&range, &chunks).expect("placement");
         // Key 1: versions at 5 and 15, and a better one at 25, past the
         // range. Key 2: one version in range, one before it. Key 3: one in
         // range, one with no range value.
@@ -1138,15 +1151,21 @@ mod tests {
             vec![
                 Arc::new(Int64Array::from(vec![1, 1, 1, 2, 2, 3, 3])),
                 Arc::new(Int64Array::from(vec![1, 2, 9, 1, 9, 1, 9])),
-                Arc::new(Int64Array::from(vec![
-                    Some(5),
-                    Some(15),
-                    Some(25),
-                    Some(3),
-                    Some(-1),
-                    Some(4),
-                    None,
-                ])),
+                Arc::new(
+                    place
+                        .chunks_of(
+                            &(Arc::new(Int64Array::from(vec![
+                                Some(5),
+                                Some(15),
+                                Some(25),
+                                Some(3),
+                                Some(-1),
+                                Some(4),
+                                None,
+                            ])) as ArrayRef),
+                        )
+                        .expect("chunks"),
+                ),
             ],
         )
         .expect("batch");
@@ -1156,9 +1175,7 @@ mod tests {
                 futures::stream::iter([Ok(batch)]),
             ),
         );
-        let index = DedupIndex::build(stream, &dedup, &chunks)
-            .await
-            .expect("build");
+        let index = DedupIndex::build(stream, &dedup).await.expect("build");
         let key = |k: i64| {
             let col: ArrayRef = Arc::new(Int64Array::from(vec![k]));
             let rows = key_converter(std::slice::from_ref(&col))

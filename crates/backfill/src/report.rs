@@ -401,6 +401,20 @@ pub fn run_text(s: &RunSummary) -> String {
             s.null_range_rows
         );
     }
+    if s.source_reruns > 0 {
+        let _ = writeln!(
+            out,
+            "note: {} committed chunk(s) ran again: source files under them were added, changed or removed",
+            s.source_reruns
+        );
+    }
+    if s.dedup_reruns > 0 {
+        let _ = writeln!(
+            out,
+            "note: {} committed chunk(s) ran again: the source moved the dedup winners of their keys",
+            s.dedup_reruns
+        );
+    }
     if s.interrupted {
         let _ = writeln!(out, "interrupted: run the same command again to resume");
     }

@@ -109,6 +109,12 @@ pub struct RunSummary {
     pub recovered: Recovery,
     /// The run was limited by --from/--to or --only-failed.
     pub narrowed: bool,
+    /// Committed chunks run again because source files they may read were
+    /// added, changed or removed.
+    pub source_reruns: usize,
+    /// Committed chunks run again because the source moved the dedup
+    /// winners of their keys (a late, changed or deleted source file).
+    pub dedup_reruns: usize,
 }
 
 impl RunSummary {
@@ -396,30 +402,6 @@ impl Backfill {
                         ),
                     ));
                 }
-            }
-            if let Some(r) = &self.spec.range
-                && r.partitions.is_some()
-                && chunks.len() > 1
-                && dedup.scope == backfill_core::spec::DedupScope::Global
-            {
-                return Err(self.job_error(
-                    dedup.loc,
-                    "dedup.scope",
-                    "global dedup follows a key across ranges; with [range] partitions use scope = \"chunk\" (each partition deduplicated on its own)".into(),
-                ));
-            }
-            if let Some(r) = &self.spec.range
-                && chunks.len() > 1
-                && out.field_with_name(&r.column).is_err()
-            {
-                return Err(self.job_error(
-                    dedup.loc,
-                    "dedup.scope",
-                    format!(
-                        "dedup needs the range column \"{}\" in the transform's output, to tell which chunk holds each version of a key; keep it in the SELECT",
-                        r.column
-                    ),
-                ));
             }
         }
         // A Delta chunk replaces the table's rows in its range, found by the
@@ -761,14 +743,83 @@ impl Backfill {
             .into_iter()
             .map(|c| (c.id.clone(), c))
             .collect();
-        let selected = select(&job.chunks, &records, opts, self.lookback());
+        let mut selected = select(&job.chunks, &records, opts, self.lookback());
+        let committed = |c: &Chunk| {
+            records
+                .get(&c.id)
+                .is_some_and(|r| r.status == ChunkStatus::Committed)
+        };
+        // What each chunk may read of the source now, recorded with its
+        // commit; a committed chunk whose part of the source changed since
+        // runs again.
+        let source_digests = match job
+            .source
+            .chunk_digests(job.range.as_ref(), &job.chunks)
+            .await
+        {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(
+                    "could not tell which chunks' source files changed ({e}); committed chunks stay as they are"
+                );
+                None
+            }
+        };
+        if let Some(now) = &source_digests {
+            let changed = changed_since_commit(&job.chunks, &records, &selected, |c, m| {
+                m.source_digest
+                    .as_deref()
+                    .zip(now.get(c.index))
+                    .is_some_and(|(recorded, now)| recorded != format!("{now:016x}"))
+            });
+            if !changed.is_empty() {
+                tracing::info!(
+                    "{} committed chunk(s) run again: source files under them were added, changed or removed",
+                    changed.len()
+                );
+                summary.source_reruns = changed.len();
+                selected.extend(changed);
+                selected.sort_by_key(|c| c.index);
+            }
+        }
+        // The index follows the current source. It is needed when chunks
+        // run, and also when none would: a changed source may have moved
+        // the winners of keys in committed chunks.
+        let index = if selected.is_empty() && !job.chunks.iter().any(committed) {
+            None
+        } else {
+            dedup_index(&job, true).await?
+        };
+        let moved = match &index {
+            Some(index) => changed_since_commit(&job.chunks, &records, &selected, |c, m| {
+                m.dedup_section.as_ref().is_some_and(|recorded| {
+                    index.digest(c.index).is_some_and(|now| &now != recorded)
+                })
+            }),
+            None => Vec::new(),
+        };
+        if !moved.is_empty() {
+            tracing::info!(
+                "{} committed chunk(s) run again: the source moved the dedup winners of their keys",
+                moved.len()
+            );
+            summary.dedup_reruns = moved.len();
+            selected.extend(moved);
+            selected.sort_by_key(|c| c.index);
+        }
         summary.selected = selected.len();
         if selected.is_empty() {
             return Ok(());
         }
+        // Committed chunks this run takes on deliberately: a shared state
+        // lets it claim them again.
+        let rerun: HashSet<String> = selected
+            .iter()
+            .filter(|c| committed(c))
+            .map(|c| c.id.clone())
+            .collect();
         let empty = provably_empty(&job, &records, &selected).await;
 
-        let index = dedup_index(&job, true).await?;
         let ordered = job.spec.range.as_ref().is_some_and(|r| r.ordered);
         let parallelism = if ordered {
             1
@@ -790,7 +841,8 @@ impl Backfill {
             orphans: Mutex::new(pending_orphans),
             empty,
             index,
-            rerun_committed: opts.from.is_some() || opts.to.is_some(),
+            rerun,
+            source_digests,
             same_database: match (&job.spec.state.postgres, &job.spec.target.postgres) {
                 (Some(s), Some(t)) => s.url == t.url,
                 _ => false,
@@ -1041,6 +1093,29 @@ async fn next_signal(term: &mut Option<tokio::signal::unix::Signal>) {
     }
 }
 
+/// The committed chunks not `selected` for which `changed` says that what
+/// they depend on differs from what their commit recorded. Chunks recorded
+/// before a digest was kept have none, and stay as they are.
+fn changed_since_commit(
+    chunks: &[Chunk],
+    records: &BTreeMap<String, ChunkRecord>,
+    selected: &[Chunk],
+    changed: impl Fn(&Chunk, &ChunkMetrics) -> bool,
+) -> Vec<Chunk> {
+    let chosen: HashSet<usize> = selected.iter().map(|c| c.index).collect();
+    chunks
+        .iter()
+        .filter(|c| !chosen.contains(&c.index))
+        .filter(|c| {
+            records.get(&c.id).is_some_and(|r| {
+                r.status == ChunkStatus::Committed
+                    && r.metrics.as_ref().is_some_and(|m| changed(c, m))
+            })
+        })
+        .cloned()
+        .collect()
+}
+
 /// The global dedup index over the whole job range (also when the run is
 /// narrowed), loaded from the state directory or rebuilt when stale.
 pub(crate) async fn dedup_index(
@@ -1053,12 +1128,10 @@ pub(crate) async fn dedup_index(
     let Some(dedup) = &job.spec.dedup else {
         return Ok(None);
     };
-    // Several chunks need each row's chunk, from the range column; the
-    // transform keeps it (checked at open) unless there is only one chunk.
+    // Several chunks need each row's chunk, found from the source's range
+    // column as the chunks' predicates select rows.
     let range = if job.chunks.len() > 1 {
-        job.range
-            .as_ref()
-            .filter(|r| job.transformed.field_with_name(&r.name).is_ok())
+        job.range.as_ref()
     } else {
         None
     };
@@ -1114,7 +1187,8 @@ pub(crate) async fn dedup_index(
     let ctx = engine::index_context(
         &job.spec,
         &job.source,
-        range.filter(|_| !covers_all),
+        range.map(|r| (r, job.chunks.as_slice())),
+        job.range.as_ref().filter(|_| !covers_all),
         &whole,
         &job.config,
         &job.runtime,
@@ -1135,8 +1209,8 @@ pub(crate) async fn dedup_index(
             DedupIndex::within_one_chunk(repeated),
         )))));
     }
-    let stream = engine::index_rows(&ctx, &job.spec, dedup, range, repeated).await?;
-    let index = DedupIndex::build(stream, dedup, &job.chunks).await?;
+    let stream = engine::index_rows(&ctx, &job.spec, dedup, range.is_some(), repeated).await?;
+    let index = DedupIndex::build(stream, dedup).await?;
     tracing::info!(
         "dedup index: {} keys have {} versions across the range ({:.1}s)",
         index.len(),
@@ -1157,7 +1231,10 @@ pub(crate) async fn dedup_index(
                 "could not save the dedup index to {}: {e}; keeping it all in memory",
                 path.display()
             );
-            Ok(Some(Arc::new(ChunkIndexes::Memory(Arc::new(index)))))
+            Ok(Some(Arc::new(saved_index::in_memory(
+                index,
+                job.chunks.len(),
+            ))))
         }
     }
 }
@@ -1348,7 +1425,12 @@ struct Shared {
     empty: HashSet<String>,
     index: Option<Arc<ChunkIndexes>>,
     /// A narrowed run runs committed chunks again.
-    rerun_committed: bool,
+    /// Committed chunks this run runs again (narrowed, lookback, moved
+    /// dedup winners).
+    rerun: HashSet<String>,
+    /// Per chunk, the digest of the source part it may read, if the
+    /// source can tell.
+    source_digests: Option<Vec<u64>>,
     /// The state store and the target are one PostgreSQL database.
     same_database: bool,
     /// Time spent in the state store's per-chunk calls.
@@ -1422,7 +1504,8 @@ async fn run_chunk(shared: &Shared, chunk: &Chunk) -> Outcome {
     let mut tries = 0u32;
     loop {
         tries += 1;
-        let claimed = shared.timed(|s| s.claim(shared.run_id, &chunk.id, shared.rerun_committed));
+        let claimed =
+            shared.timed(|s| s.claim(shared.run_id, &chunk.id, shared.rerun.contains(&chunk.id)));
         let attempt = match claimed {
             Ok(Some(a)) => a,
             Ok(None) => return Outcome::Taken,
@@ -1491,7 +1574,7 @@ async fn attempt_chunk(
     let started = Instant::now();
     // Statistics prove the source has no row here and the chunk never
     // committed anything: commit it empty without a scan.
-    let (files, metrics, staged_paths) = if shared.empty.contains(&chunk.id) {
+    let (files, mut metrics, staged_paths) = if shared.empty.contains(&chunk.id) {
         let metrics = ChunkMetrics {
             duration_ms: started.elapsed().as_millis() as u64,
             checksum_version: ChecksumVersion::CURRENT.number(),
@@ -1586,9 +1669,18 @@ async fn attempt_chunk(
             checksum: staged.checksum,
             checksum_version: ChecksumVersion::CURRENT.number(),
             rules: q.per_rule,
+            // Set below, for empty chunks too.
+            dedup_section: None,
+            source_digest: None,
         };
         (files, metrics, staged_paths)
     };
+    metrics.dedup_section = shared.index.as_ref().and_then(|i| i.digest(chunk.index));
+    metrics.source_digest = shared
+        .source_digests
+        .as_ref()
+        .and_then(|d| d.get(chunk.index))
+        .map(|d| format!("{d:016x}"));
     if shared.same_database {
         // State and target share a database: one transaction commits the
         // chunk and publishes its rows.

@@ -14,9 +14,9 @@
 //! Layout (integers little-endian):
 //!
 //! ```text
-//! magic "BFDXv5\n\0" | fingerprint (u32 length, bytes) | keys u64 | versions u64 | chunks u64
+//! magic "BFDXv6\n\0" | fingerprint (u32 length, bytes) | keys u64 | versions u64 | chunks u64
 //! section of chunk 0 | section of chunk 1 | ...
-//! table: per chunk, offset u64, length u64, keys u64
+//! table: per chunk, offset u64, length u64, keys u64, digest u64
 //! table offset u64 | "BFDXend\0"
 //! ```
 //!
@@ -34,16 +34,18 @@ use datafusion::error::DataFusionError;
 
 use crate::quality::{ChunkKey, DedupIndex};
 
-const MAGIC: &[u8; 8] = b"BFDXv5\n\0";
+const MAGIC: &[u8; 8] = b"BFDXv6\n\0";
 const END: &[u8; 8] = b"BFDXend\0";
 /// Bytes of one table row.
-const ROW: u64 = 24;
+const ROW: u64 = 32;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct Section {
     at: u64,
     len: u64,
     keys: u64,
+    /// [`DedupIndex::section_digests`] of this chunk.
+    digest: u64,
 }
 
 /// The dedup index as the chunks use it.
@@ -52,19 +54,37 @@ pub enum ChunkIndexes {
     /// A one-chunk job: the chunk resolves repeated keys itself
     /// ([`DedupIndex::within_one_chunk`]).
     Within(Arc<DedupIndex>),
-    /// The whole index in memory, when it could not be saved.
-    Memory(Arc<DedupIndex>),
+    /// The whole index in memory, when it could not be saved, with each
+    /// chunk's section digest.
+    Memory(Arc<DedupIndex>, Vec<u64>),
     /// The saved index, read a chunk's section at a time.
     Saved(SavedIndex),
+}
+
+/// The whole index in memory with its sections' digests.
+pub fn in_memory(index: DedupIndex, chunks: usize) -> ChunkIndexes {
+    let digests = index.section_digests(chunks);
+    ChunkIndexes::Memory(Arc::new(index), digests)
 }
 
 impl ChunkIndexes {
     /// What chunk `chunk` needs of the index.
     pub fn for_chunk(&self, chunk: usize) -> Result<Arc<DedupIndex>, DataFusionError> {
         match self {
-            ChunkIndexes::Within(i) | ChunkIndexes::Memory(i) => Ok(i.clone()),
+            ChunkIndexes::Within(i) | ChunkIndexes::Memory(i, _) => Ok(i.clone()),
             ChunkIndexes::Saved(s) => s.chunk(chunk).map(Arc::new),
         }
+    }
+
+    /// The digest of chunk `chunk`'s section, as 16 hex digits; `None` for
+    /// a one-chunk job, whose chunk sees every version itself.
+    pub fn digest(&self, chunk: usize) -> Option<String> {
+        let d = match self {
+            ChunkIndexes::Within(_) => return None,
+            ChunkIndexes::Memory(_, d) => d.get(chunk).copied(),
+            ChunkIndexes::Saved(s) => s.sections.get(chunk).map(|s| s.digest),
+        };
+        d.map(|d| format!("{d:016x}"))
     }
 }
 
@@ -140,11 +160,13 @@ pub fn save(
             w.write_all(&n.to_le_bytes())?;
             at += 8;
         }
+        let digests = index.section_digests(chunks);
         let mut sections = vec![
             Section {
                 at: 0,
                 len: 0,
-                keys: 0
+                keys: 0,
+                digest: 0,
             };
             chunks
         ];
@@ -155,6 +177,7 @@ pub fn save(
             rest = after;
             section.at = at;
             section.keys = here.len() as u64;
+            section.digest = digests.get(c).copied().unwrap_or_default();
             for &(chunk, i) in here {
                 let Some((_, key, v)) = index.view(i) else {
                     continue;
@@ -167,7 +190,7 @@ pub fn save(
             section.len = at - section.at;
         }
         for s in &sections {
-            for n in [s.at, s.len, s.keys] {
+            for n in [s.at, s.len, s.keys, s.digest] {
                 w.write_all(&n.to_le_bytes())?;
             }
         }
@@ -231,6 +254,7 @@ impl SavedIndex {
                 at: u64_at(&table, c * ROW as usize)?,
                 len: u64_at(&table, c * ROW as usize + 8)?,
                 keys: u64_at(&table, c * ROW as usize + 16)?,
+                digest: u64_at(&table, c * ROW as usize + 24)?,
             };
             // Sections follow each other, in chunk order, up to the table.
             if s.at != next {
@@ -325,6 +349,12 @@ mod tests {
         assert!(SavedIndex::open(&file, "fp", 5).is_none(), "another plan");
         let saved = SavedIndex::open(&file, "fp", 4).expect("open");
         assert_eq!(saved.sections, written.sections);
+        let digests: Vec<u64> = saved.sections.iter().map(|s| s.digest).collect();
+        assert_eq!(digests, built.section_digests(4), "digests as in memory");
+        assert!(
+            digests.iter().all(|&d| d != 0),
+            "every chunk holds some key"
+        );
         assert_eq!(saved.keys, built.len() as u64);
         assert_eq!(saved.versions, built.versions);
         let mut pairs = 0;

@@ -156,6 +156,17 @@ pub struct ChunkMetrics {
     /// Rejected rows per rule.
     #[serde(default)]
     pub rules: BTreeMap<String, RuleCount>,
+    /// The digest of the chunk's section of the dedup index it ran with
+    /// (several chunks only): when a later index gives another, the source
+    /// moved some of its keys' winners and the chunk must run again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dedup_section: Option<String>,
+    /// The digest of the part of the source the chunk may read (its files'
+    /// names, sizes and times), where the source can tell: when a later run
+    /// sees another, a file under the chunk was added, changed or removed,
+    /// and the chunk must run again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_digest: Option<String>,
 }
 
 pub(crate) fn first_checksum_version() -> u32 {

@@ -241,6 +241,10 @@ struct Quality {
     checksum_version: u32,
     #[serde(default)]
     rules: BTreeMap<String, super::RuleCount>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    dedup_section: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    source_digest: Option<String>,
 }
 
 fn quality_json(m: &ChunkMetrics) -> String {
@@ -251,6 +255,8 @@ fn quality_json(m: &ChunkMetrics) -> String {
         checksum: format!("{:016x}", m.checksum),
         checksum_version: m.checksum_version,
         rules: m.rules.clone(),
+        dedup_section: m.dedup_section.clone(),
+        source_digest: m.source_digest.clone(),
     };
     serde_json::to_string(&q).unwrap_or_default()
 }
@@ -608,6 +614,8 @@ impl StateStore for SqliteStateStore {
                     checksum: u64::from_str_radix(&quality.checksum, 16).unwrap_or(0),
                     checksum_version: quality.checksum_version,
                     rules: quality.rules.clone(),
+                    dedup_section: quality.dedup_section.clone(),
+                    source_digest: quality.source_digest.clone(),
                 }
             });
             let (lo, value) = super::decode_lo(lo)?;

@@ -33,35 +33,37 @@ pub struct FileSource {
     /// Row groups' range-column bounds, read from the footers once.
     row_groups: tokio::sync::OnceCell<Vec<RowGroupSpan>>,
     partition_values: Vec<String>,
+    /// Per file (as `files`), its `column=value/` directory's value when the
+    /// source was opened with a Hive partition column.
+    file_partitions: Option<Vec<Option<String>>>,
 }
 
-/// The distinct values of `column=value/` directories under the source,
+/// Per file, the value of its `column=value/` directory under the source,
 /// percent-decoded as Hive writers encode them.
-fn hive_values(
+fn hive_value_per_file(
     files: &[object_store::ObjectMeta],
     column: &str,
     url: &ListingTableUrl,
-) -> Vec<String> {
+) -> Vec<Option<String>> {
     let prefix = format!("{column}=");
     let base = url.prefix().as_ref().to_string();
-    let mut values: Vec<String> = files
+    files
         .iter()
-        .filter_map(|m| {
+        .map(|m| {
             let key = m.location.as_ref();
             let rel = key.strip_prefix(base.as_str()).unwrap_or(key);
             rel.split('/')
                 .find_map(|seg| seg.strip_prefix(prefix.as_str()))
                 .map(crate::sink::unescape_partition_value)
         })
-        .collect();
-    values.sort();
-    values.dedup();
-    values
+        .collect()
 }
 
 /// One row group as its statistics describe it.
 #[derive(Debug, Clone, Copy)]
 struct RowGroupSpan {
+    /// Which of the source's files it is in.
+    file: usize,
     /// Range column min and max (micros or integers); `None` without statistics.
     bounds: Option<(i64, i64)>,
     /// NULL range values; `None` without statistics.
@@ -167,10 +169,15 @@ impl FileSource {
             .await
             .map_err(read_err)?;
         let fingerprint = listing_fingerprint(&files);
-        let partition_values = match hive_column {
-            Some(c) => hive_values(&files, c, &url),
-            None => Vec::new(),
-        };
+        let file_partitions = hive_column.map(|c| hive_value_per_file(&files, c, &url));
+        let mut partition_values: Vec<String> = file_partitions
+            .iter()
+            .flatten()
+            .flatten()
+            .cloned()
+            .collect();
+        partition_values.sort();
+        partition_values.dedup();
         let store = state.runtime_env().object_store(&url).map_err(read_err)?;
         let config = ListingTableConfig::new(url)
             .with_listing_options(options)
@@ -187,6 +194,7 @@ impl FileSource {
             files,
             row_groups: tokio::sync::OnceCell::new(),
             partition_values,
+            file_partitions,
         })
     }
 
@@ -195,7 +203,7 @@ impl FileSource {
         self.row_groups
             .get_or_try_init(|| async {
                 let mut out = Vec::new();
-                for meta in &self.files {
+                for (i, meta) in self.files.iter().enumerate() {
                     let mut file = crate::store::ObjectFile {
                         store: self.store.clone(),
                         key: meta.location.clone(),
@@ -210,7 +218,7 @@ impl FileSource {
                             file: format!("/{}", meta.location),
                             reason: e.to_string(),
                         })?;
-                    out.extend(spans(&md, range));
+                    out.extend(spans(&md, range, i));
                 }
                 Ok(out)
             })
@@ -220,7 +228,11 @@ impl FileSource {
 
 /// The range column's bounds per row group, as microseconds (times, dates)
 /// or integers; unknown where a file lacks the column or its statistics.
-fn spans(md: &parquet::file::metadata::ParquetMetaData, column: &str) -> Vec<RowGroupSpan> {
+fn spans(
+    md: &parquet::file::metadata::ParquetMetaData,
+    column: &str,
+    file: usize,
+) -> Vec<RowGroupSpan> {
     use arrow::array::{Array, AsArray};
     use arrow::datatypes::Int64Type;
     use parquet::arrow::arrow_reader::statistics::StatisticsConverter;
@@ -229,6 +241,7 @@ fn spans(md: &parquet::file::metadata::ParquetMetaData, column: &str) -> Vec<Row
         groups
             .iter()
             .map(|g| RowGroupSpan {
+                file,
                 bounds: None,
                 nulls: None,
                 rows: g.num_rows().max(0) as u64,
@@ -271,6 +284,7 @@ fn spans(md: &parquet::file::metadata::ParquetMetaData, column: &str) -> Vec<Row
         .iter()
         .enumerate()
         .map(|(i, g)| RowGroupSpan {
+            file,
             bounds: (mins.is_valid(i) && maxes.is_valid(i))
                 .then(|| (mins.value(i), maxes.value(i))),
             nulls: nulls
@@ -404,22 +418,22 @@ async fn check_parquet_footers(
 /// Names, sizes and modification times of the files: when any changes, data
 /// derived from the whole source (the global dedup index) is rebuilt.
 fn listing_fingerprint(metas: &[object_store::ObjectMeta]) -> String {
-    let mut files: Vec<String> = metas
-        .iter()
-        .map(|m| {
-            format!(
-                "{}|{}|{}",
-                m.location,
-                m.size,
-                m.last_modified.timestamp_micros()
-            )
-        })
-        .collect();
+    let mut files: Vec<String> = metas.iter().map(file_identity).collect();
     files.sort();
     format!(
         "{}:{:016x}",
         files.len(),
         twox_hash::XxHash3_64::oneshot(files.join("\n").as_bytes())
+    )
+}
+
+/// A file as the fingerprints see it: its name, size and modification time.
+fn file_identity(m: &object_store::ObjectMeta) -> String {
+    format!(
+        "{}|{}|{}",
+        m.location,
+        m.size,
+        m.last_modified.timestamp_micros()
     )
 }
 
@@ -498,6 +512,99 @@ impl Source for FileSource {
         self.partition_values.clone()
     }
 
+    /// Each file counts towards the chunks it may hold rows of: by its
+    /// Hive directory for partition chunks of a partitioned source, by its
+    /// row groups' range statistics (widened by one, for rounding) for
+    /// ranges; a Parquet file without statistics counts everywhere. CSV and
+    /// JSON files carry no statistics, so any file would count towards
+    /// every chunk and any new file re-run the whole history: `None`.
+    async fn chunk_digests(
+        &self,
+        range: Option<&crate::engine::RangeColumn>,
+        chunks: &[backfill_core::plan::Chunk],
+    ) -> Result<Option<Vec<u64>>, SourceError> {
+        if self.format != SourceFormat::Parquet {
+            return Ok(None);
+        }
+        let hash = |m: &object_store::ObjectMeta| {
+            twox_hash::XxHash3_64::oneshot(file_identity(m).as_bytes())
+        };
+        let mut digests = vec![0u64; chunks.len()];
+        let mut everywhere = 0u64;
+        let partitions = chunks.iter().any(|c| c.value.is_some());
+        match (range, &self.file_partitions) {
+            (_, Some(values)) if partitions => {
+                let by_value: std::collections::HashMap<&str, usize> = chunks
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, c)| c.value.as_deref().map(|v| (v, i)))
+                    .collect();
+                for (m, v) in self.files.iter().zip(values) {
+                    match v {
+                        // Another partition's file is in no chunk.
+                        Some(v) => {
+                            if let Some(&i) = by_value.get(v.as_str()) {
+                                digests[i] = digests[i].wrapping_add(hash(m));
+                            }
+                        }
+                        None => everywhere = everywhere.wrapping_add(hash(m)),
+                    }
+                }
+            }
+            (Some(range), _) if !partitions => {
+                let spans = self.row_groups(&range.name).await?;
+                // Per file: the union of its row groups' bounds, or None
+                // when one of them has rows and no statistics.
+                let mut bounds: Vec<Option<Option<(i64, i64)>>> =
+                    vec![Some(None); self.files.len()];
+                for g in spans {
+                    let Some(b) = bounds.get_mut(g.file) else {
+                        continue;
+                    };
+                    match (g.bounds, b.as_mut()) {
+                        (Some((lo, hi)), Some(acc)) => {
+                            *acc = Some(match acc {
+                                Some((a, z)) => ((*a).min(lo), (*z).max(hi)),
+                                None => (lo, hi),
+                            });
+                        }
+                        (None, _) if g.rows > 0 => *b = None,
+                        _ => {}
+                    }
+                }
+                for (m, b) in self.files.iter().zip(bounds) {
+                    match b {
+                        None => everywhere = everywhere.wrapping_add(hash(m)),
+                        // No rows: in no chunk.
+                        Some(None) => {}
+                        Some(Some((min, max))) => {
+                            let (min, max) = (min.saturating_sub(1), max.saturating_add(1));
+                            // Chunks are in order and disjoint: the first
+                            // ending after `min` to the last starting at or
+                            // before `max`.
+                            let first =
+                                chunks.partition_point(|c| c.hi.is_some_and(|hi| hi.raw() <= min));
+                            let end =
+                                chunks.partition_point(|c| c.lo.is_none_or(|lo| lo.raw() <= max));
+                            for d in digests.iter_mut().take(end).skip(first) {
+                                *d = d.wrapping_add(hash(m));
+                            }
+                        }
+                    }
+                }
+            }
+            _ => {
+                for m in &self.files {
+                    everywhere = everywhere.wrapping_add(hash(m));
+                }
+            }
+        }
+        for d in &mut digests {
+            *d = d.wrapping_add(everywhere);
+        }
+        Ok(Some(digests))
+    }
+
     /// Parquet only: CSV and JSON files carry no statistics.
     async fn estimate(
         &self,
@@ -525,6 +632,7 @@ mod tests {
     #[test]
     fn estimates_share_row_groups_by_overlap_and_prove_emptiness() {
         let g = |lo, hi, rows| RowGroupSpan {
+            file: 0,
             bounds: Some((lo, hi)),
             nulls: Some(0),
             rows,
@@ -537,6 +645,7 @@ mod tests {
         assert!(none.empty);
         assert_eq!(none.rows, 0);
         let unknown = [RowGroupSpan {
+            file: 0,
             bounds: None,
             nulls: None,
             rows: 5,

@@ -91,6 +91,19 @@ pub trait Source: Send + Sync + std::fmt::Debug {
         Vec::new()
     }
 
+    /// Per chunk (in order): a digest of the part of the source it may
+    /// read, from metadata only, which changes when that part may have
+    /// changed (a file added, rewritten or removed). `None` when the source
+    /// cannot tell: then committed chunks do not follow source changes.
+    async fn chunk_digests(
+        &self,
+        range: Option<&crate::engine::RangeColumn>,
+        chunks: &[backfill_core::plan::Chunk],
+    ) -> Result<Option<Vec<u64>>, SourceError> {
+        let _ = (range, chunks);
+        Ok(None)
+    }
+
     /// Per chunk (in order): rows and bytes it will read, from metadata
     /// only; `None` when the source has no statistics to go by.
     async fn estimate(

@@ -125,18 +125,6 @@ fn cases() -> Vec<Case> {
         ),
         case("rule_not_sql", Job::Demo(|s| s.replace("check = \"amount > 0\"", "check = \"amount >>> 0\"")), 2),
         case("rule_not_boolean", Job::Demo(|s| s.replace("check = \"amount > 0\"", "check = \"amount + 1\"")), 2),
-        case(
-            "transform_drops_range_column",
-            Job::Demo(|s| {
-                s.replace(
-                    "SELECT *, date_part",
-                    "SELECT transaction_id, amount, status, email, date_part",
-                )
-                .replace("order_by = [\"created_at DESC\", \"amount DESC\"]", "order_by = [\"amount DESC\"]")
-                .replace(", date_part('day', created_at) AS day FROM source", " FROM source")
-            }),
-            2,
-        ),
         case("env_var_unset", Job::Demo(|s| s.replace("path = \"source/\"", "path = \"${BACKFILL_NOT_SET_XYZ}/\"")), 2),
         case(
             "target_not_writable",

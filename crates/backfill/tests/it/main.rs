@@ -5,6 +5,7 @@ mod api;
 mod bad_inputs;
 mod cli;
 mod crash;
+mod dedup;
 mod delta;
 mod end_to_end;
 mod evolution;

@@ -12,10 +12,11 @@
 //!
 //! Operations today: run, run --from/--to, a replan to another chunk width,
 //! kill -9 mid-run, an abort at a commit step, the state folder deleted,
-//! `reset` of a window, a second job sharing the folder, and on Delta a
-//! compaction by deltalake-python. Source changes (late and deleted files)
-//! and foreign rows in the range are not drawn yet: a plain run does not
-//! yet notice that a committed chunk's source or target changed under it.
+//! `reset` of a window, a second job sharing the folder, a late source file
+//! (newer versions of existing keys and new keys), a source file deleted,
+//! and on Delta a compaction by deltalake-python. Foreign rows appended to
+//! a Delta range are not drawn yet: a plain run does not yet notice that a
+//! committed chunk's target changed under it (`validate` does).
 
 use rand::rngs::SmallRng as StdRng;
 use rand::{Rng, SeedableRng};
@@ -39,6 +40,8 @@ enum Op {
     Reset { from: u32, to: u32 },
     SecondJob,
     Compact,
+    LateFile { n: u32 },
+    DeleteFile { pick: u32 },
 }
 
 const WIDTHS: &[&str] = &["\"1 month\"", "\"7d\"", "\"14d\"", "\"3d\""];
@@ -58,7 +61,7 @@ fn draw(rng: &mut StdRng, target: Target) -> Op {
         (from, to)
     };
     loop {
-        let op = match rng.random_range(0..10) {
+        let op = match rng.random_range(0..12) {
             0 | 1 => Op::Run,
             2 => {
                 let (from, to) = window(rng);
@@ -86,6 +89,12 @@ fn draw(rng: &mut StdRng, target: Target) -> Op {
                 Op::Reset { from, to }
             }
             8 => Op::SecondJob,
+            9 => Op::LateFile {
+                n: rng.random_range(0..1000),
+            },
+            10 => Op::DeleteFile {
+                pick: rng.random_range(0..100),
+            },
             _ => Op::Compact,
         };
         if matches!(op, Op::Compact) && target != Target::Delta {
@@ -196,6 +205,41 @@ impl Case {
                         "the neighbour job failed:\n{}",
                         crate::harness::text(&out)
                     ));
+                }
+                Ok(false)
+            }
+            Op::LateFile { n } => {
+                // Newer versions of some keys, a few days later, and some
+                // new keys, anywhere in the year.
+                let source = demo.source_glob();
+                duckdb(&format!(
+                    "COPY (SELECT * REPLACE (created_at + INTERVAL {days} DAY AS created_at, amount + 1 AS amount) \
+                           FROM read_parquet('{source}') WHERE transaction_id % {m} = 0 AND created_at < TIMESTAMP '2023-12-20' \
+                           UNION ALL \
+                           SELECT * REPLACE (transaction_id + {new} AS transaction_id) \
+                           FROM read_parquet('{source}') WHERE transaction_id % {m} = 1) \
+                     TO '{}' (FORMAT PARQUET)",
+                    demo.path()
+                        .join(format!("source/late-{n}.parquet"))
+                        .display(),
+                    days = n % 10 + 1,
+                    m = n % 13 + 7,
+                    new = 1_000_000_000 + u64::from(*n) * 1_000_000,
+                ));
+                Ok(false)
+            }
+            Op::DeleteFile { pick } => {
+                let mut files: Vec<_> = std::fs::read_dir(demo.path().join("source"))
+                    .map_err(|e| e.to_string())?
+                    .flatten()
+                    .map(|e| e.path())
+                    .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
+                    .collect();
+                files.sort();
+                // Keep one: a source with no files is an error of its own.
+                if files.len() > 1 {
+                    let f = &files[*pick as usize % files.len()];
+                    std::fs::remove_file(f).map_err(|e| e.to_string())?;
                 }
                 Ok(false)
             }

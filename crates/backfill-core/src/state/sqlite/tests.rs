@@ -38,10 +38,17 @@ fn commit_moves_old_files_to_garbage() {
     let m = ChunkMetrics {
         rows_read: 10,
         rows_written: 9,
+        dedup_section: Some("0123456789abcdef".into()),
+        source_digest: Some("fedcba9876543210".into()),
         ..Default::default()
     };
     s.commit_chunk(run, &plan[0].id, a, &m, &[file("x/a1.parquet")])
         .unwrap();
+    assert_eq!(
+        s.chunks().unwrap()[0].metrics.as_ref(),
+        Some(&m),
+        "the metrics read back as committed"
+    );
     assert_eq!(s.unpublished().unwrap().len(), 1);
     s.mark_published(&plan[0].id).unwrap();
     assert!(s.unpublished().unwrap().is_empty());
