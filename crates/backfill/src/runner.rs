@@ -701,6 +701,14 @@ impl Backfill {
         summary: &mut RunSummary,
     ) -> Result<(), Error> {
         let fp = fingerprint(job.spec.range.as_ref());
+        if opts.replan {
+            // Before the state forgets the old plan: a target that replaces
+            // by range (Delta, PostgreSQL) keeps a retired chunk's rows
+            // where no new chunk will replace them. Clearing first and
+            // retiring after is safe to repeat: a crash in between leaves
+            // the old plan recorded, and the next `--replan` clears again.
+            clear_retired(&job, &state.chunks()?).await?;
+        }
         let t = Instant::now();
         let sync = state.sync_plan(
             &crate::redact::redact(&job.spec.name),
@@ -1091,6 +1099,84 @@ async fn next_signal(term: &mut Option<tokio::signal::unix::Signal>) {
         _ = tokio::signal::ctrl_c() => {},
         _ = term_fut => {},
     }
+}
+
+/// Removes from the target what chunks of the recorded plan that the new
+/// plan drops left where no new chunk will replace it.
+async fn clear_retired(job: &OpenJob, recorded: &[ChunkRecord]) -> Result<(), Error> {
+    let current: HashSet<&str> = job.chunks.iter().map(|c| c.id.as_str()).collect();
+    let retired: Vec<Chunk> = recorded
+        .iter()
+        .filter(|r| !current.contains(r.id.as_str()))
+        .map(|r| r.chunk())
+        .collect();
+    if retired.is_empty() {
+        return Ok(());
+    }
+    let mut cleared = 0usize;
+    for old in &retired {
+        let parts = uncovered_parts(old, &job.chunks);
+        job.sinks.target.clear_retired(old, &parts).await?;
+        job.sinks.quarantine.clear_retired(old, &parts).await?;
+        cleared += parts.len();
+    }
+    if cleared > 0 {
+        tracing::info!(
+            "--replan: cleared {cleared} range(s) of retired chunks that the new plan does not cover"
+        );
+    }
+    Ok(())
+}
+
+/// The pieces of `old`'s range that no chunk of `plan` covers, as chunks
+/// carrying `old`'s id: a partition value no longer planned, or the parts
+/// of a range before and after the plan's (chunks of a plan are contiguous).
+fn uncovered_parts(old: &Chunk, plan: &[Chunk]) -> Vec<Chunk> {
+    // `usize::MAX` would mean "bounds unknown" to the sinks; these are known.
+    let piece = |lo, hi, value| Chunk {
+        index: old.index,
+        id: old.id.clone(),
+        lo,
+        hi,
+        value,
+    };
+    if let Some(v) = &old.value {
+        let planned = plan.iter().any(|c| c.value.as_ref() == Some(v));
+        return if planned {
+            Vec::new()
+        } else {
+            vec![piece(None, None, Some(v.clone()))]
+        };
+    }
+    let (Some(lo), Some(hi)) = (old.lo, old.hi) else {
+        return Vec::new();
+    };
+    let (Some(first), Some(last)) = (plan.first(), plan.last()) else {
+        return vec![old.clone()];
+    };
+    if first.value.is_some() || lo.kind() != first.lo.map_or(lo.kind(), |v| v.kind()) {
+        return Vec::new();
+    }
+    let mut parts = Vec::new();
+    let start = first.lo.map_or(i64::MIN, |v| v.raw());
+    let end = last.hi.map_or(i64::MAX, |v| v.raw());
+    if lo.raw() < start {
+        let cut = if hi.raw() < start {
+            hi
+        } else {
+            first.lo.unwrap_or(hi)
+        };
+        parts.push(piece(Some(lo), Some(cut), None));
+    }
+    if hi.raw() > end {
+        let from = if lo.raw() > end {
+            lo
+        } else {
+            last.hi.unwrap_or(lo)
+        };
+        parts.push(piece(Some(from), Some(hi), None));
+    }
+    parts
 }
 
 /// The committed chunks not `selected` for which `changed` says that what
@@ -1773,4 +1859,64 @@ async fn publish_with_retries(
         }
     }
     sink.publish(chunk, files).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use backfill_core::RangeValue;
+
+    fn chunk(id: &str, lo: i64, hi: i64) -> Chunk {
+        Chunk {
+            index: 0,
+            id: id.into(),
+            lo: Some(RangeValue::Int(lo)),
+            hi: Some(RangeValue::Int(hi)),
+            value: None,
+        }
+    }
+
+    fn bounds(parts: &[Chunk]) -> Vec<(i64, i64)> {
+        parts
+            .iter()
+            .map(|p| {
+                (
+                    p.lo.map_or(i64::MIN, |v| v.raw()),
+                    p.hi.map_or(i64::MAX, |v| v.raw()),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_retired_chunk_leaves_what_the_new_plan_does_not_cover() {
+        let plan = [chunk("a", 10, 20), chunk("b", 20, 30)];
+        let parts = |lo, hi| bounds(&uncovered_parts(&chunk("old", lo, hi), &plan));
+        assert_eq!(parts(10, 30), [], "covered");
+        assert_eq!(parts(12, 18), [], "inside");
+        assert_eq!(parts(0, 10), [(0, 10)], "before");
+        assert_eq!(parts(30, 40), [(30, 40)], "after");
+        assert_eq!(parts(5, 15), [(5, 10)], "across the start");
+        assert_eq!(parts(25, 35), [(30, 35)], "across the end");
+        assert_eq!(parts(0, 40), [(0, 10), (30, 40)], "around");
+        assert!(
+            uncovered_parts(&chunk("old", 0, 40), &plan)
+                .iter()
+                .all(|p| p.id == "old")
+        );
+
+        let value = |v: &str| Chunk {
+            index: 0,
+            id: format!("p-{v}"),
+            lo: None,
+            hi: None,
+            value: Some(v.into()),
+        };
+        let plan = [value("eu")];
+        assert!(uncovered_parts(&value("eu"), &plan).is_empty());
+        assert_eq!(
+            uncovered_parts(&value("us"), &plan)[0].value.as_deref(),
+            Some("us")
+        );
+    }
 }

@@ -669,6 +669,47 @@ impl Sink for PgSink {
         Ok(())
     }
 
+    /// Deletes the parts' rows from a range-sliced table, or the retired
+    /// chunk's rows from a table sliced by `_chunk` (the quarantine); merge
+    /// mode never removed rows, and keeps them.
+    async fn clear_retired(&self, retired: &Chunk, parts: &[Chunk]) -> Result<(), SinkError> {
+        let predicates: Vec<String> = match &self.inner.slice {
+            Slice::Range(Some(_)) => parts
+                .iter()
+                .map(|p| self.inner.slice_predicate(p))
+                .collect::<Result<Vec<_>, _>>()?
+                .into_iter()
+                .flatten()
+                .collect(),
+            Slice::ChunkColumn => self.inner.slice_predicate(retired)?.into_iter().collect(),
+            Slice::Merge(_) | Slice::Range(None) => Vec::new(),
+        };
+        if predicates.is_empty() {
+            return Ok(());
+        }
+        let client = self.inner.connect().await?;
+        if !self
+            .inner
+            .table_exists(&client, &self.inner.table.name)
+            .await?
+        {
+            return Ok(());
+        }
+        let what = format!(
+            "removing retired chunk {} from {}",
+            retired.id, self.inner.table
+        );
+        let sql = predicates
+            .iter()
+            .map(|p| format!("DELETE FROM {} WHERE {p};", self.inner.table.quoted()))
+            .collect::<String>();
+        client
+            .batch_execute(&sql)
+            .await
+            .map_err(PgError::sql(&what))?;
+        Ok(())
+    }
+
     /// Drops staging tables; the published "files" of a PostgreSQL target are
     /// rows that the next publish of their chunk replaces, so removing them
     /// is a no-op.

@@ -588,6 +588,23 @@ impl Sink for Arc<DeltaSink> {
         Ok(())
     }
 
+    /// Each part's rows go, in a commit of their own that removes the
+    /// files wholly inside it and rewrites those across its edges, as a
+    /// publish of no rows would. Merge mode never removed rows, and keeps
+    /// them.
+    async fn clear_retired(&self, _retired: &Chunk, parts: &[Chunk]) -> Result<(), SinkError> {
+        if !self.merge_keys.is_empty()
+            || self.range_column.is_none()
+            || self.open().await?.is_none()
+        {
+            return Ok(());
+        }
+        for part in parts {
+            self.publish(part, &[]).await?;
+        }
+        Ok(())
+    }
+
     /// Staged files go; files a Delta commit removed stay for readers of
     /// older versions until `VACUUM`.
     async fn remove(&self, paths: &[String]) -> Result<(), SinkError> {

@@ -138,6 +138,15 @@ pub trait Sink: Send + Sync + std::fmt::Debug {
     async fn publish(&self, chunk: &Chunk, files: &[OwnedFile]) -> Result<(), SinkError>;
     /// Deletes files (relative paths); missing ones are not an error.
     async fn remove(&self, paths: &[String]) -> Result<(), SinkError>;
+    /// After a replan retired `retired`, removes what it left in the target
+    /// where no chunk of the new plan will replace it: `parts` are the
+    /// pieces of its range the new plan does not cover. Idempotent. A
+    /// target whose files the state tracks needs nothing: the retired
+    /// chunk's files are removed as garbage.
+    async fn clear_retired(&self, retired: &Chunk, parts: &[Chunk]) -> Result<(), SinkError> {
+        let _ = (retired, parts);
+        Ok(())
+    }
     /// Lists the files of this tool in the target, to find orphans after a crash.
     async fn scan(&self) -> Result<TargetFiles, SinkError>;
     fn describe(&self) -> String;

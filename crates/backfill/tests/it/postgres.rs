@@ -1054,3 +1054,47 @@ fn plan_estimates_postgres_chunks_with_explain() {
     }
     assert!((10_800..=13_200).contains(&total), "{total}");
 }
+
+#[test]
+fn a_replan_that_shrinks_the_range_leaves_no_rows_outside_it() {
+    let pg = Pg::new("shrink");
+    let demo = Demo::new(6_000, "\"1 month\"");
+    target_to_pg(&demo, &pg, "tx", "replace");
+    demo.without_quality();
+    run_pg_ok(&demo, &pg, &["run"]);
+    demo.edit_job(|s| {
+        s.replace("end = \"2024-01-01\"", "end = \"2023-07-15\"")
+            .replace("chunk = \"1 month\"", "chunk = \"7d\"")
+    });
+    run_pg_ok(&demo, &pg, &["run", "--replan"]);
+    assert_eq!(
+        pg.one(&format!(
+            "SELECT count(*) FROM {}.tx WHERE created_at >= '2023-07-15'",
+            pg.schema
+        )),
+        "0",
+        "rows of the dropped range stay in the table"
+    );
+    let expected = duckdb(&format!(
+        "SELECT count(*), sum(amount) FROM read_parquet('{}') \
+         WHERE created_at >= TIMESTAMP '2023-01-01' AND created_at < TIMESTAMP '2023-07-15'",
+        demo.source_glob()
+    ));
+    let actual = pg.rows(&format!(
+        "SELECT count(*), sum(amount) FROM {}.tx",
+        pg.schema
+    ));
+    assert_eq!(
+        actual[0][0],
+        int(&expected[0][0]).to_string(),
+        "the table holds the new range's rows only"
+    );
+    let sum: f64 = actual[0][1].parse().expect("a sum");
+    assert!(
+        (sum - float(&expected[0][1])).abs() < 0.01,
+        "{sum} against {}",
+        expected[0][1]
+    );
+    let v = run_pg(&demo, &pg, &["validate"]);
+    assert_eq!(code(&v), 0, "{}", text(&v));
+}
