@@ -27,6 +27,7 @@ use crate::harness::*;
 enum Target {
     Parquet,
     Delta,
+    Postgres,
 }
 
 #[derive(Debug, Clone)]
@@ -54,6 +55,30 @@ fn month(m: u32) -> String {
     }
 }
 
+/// Every commit step, but the two that fail rather than abort.
+fn abort_points() -> Vec<&'static str> {
+    backfill::failpoint::POINTS
+        .iter()
+        .copied()
+        .filter(|p| !matches!(*p, "read" | "write"))
+        .collect()
+}
+
+/// A kill -9 at a random moment or an abort at a random commit step.
+fn crash(rng: &mut StdRng) -> Op {
+    if rng.random_bool(0.5) {
+        Op::Kill {
+            delay_ms: rng.random_range(50..700),
+        }
+    } else {
+        let points = abort_points();
+        Op::Abort {
+            point: points[rng.random_range(0..points.len())],
+            nth: rng.random_range(1..6),
+        }
+    }
+}
+
 fn draw(rng: &mut StdRng, target: Target) -> Op {
     let window = |rng: &mut StdRng| {
         let from = rng.random_range(1..=12);
@@ -72,12 +97,7 @@ fn draw(rng: &mut StdRng, target: Target) -> Op {
                 delay_ms: rng.random_range(100..900),
             },
             5 => {
-                // Every commit step, but the two that fail rather than abort.
-                let points: Vec<&'static str> = backfill::failpoint::POINTS
-                    .iter()
-                    .copied()
-                    .filter(|p| !matches!(*p, "read" | "write"))
-                    .collect();
+                let points = abort_points();
                 Op::Abort {
                     point: points[rng.random_range(0..points.len())],
                     nth: rng.random_range(1..5),
@@ -109,15 +129,13 @@ struct Case {
     target: Target,
     quality: bool,
     width: &'static str,
+    /// The PostgreSQL schema of a PostgreSQL target, dropped with the case.
+    pg: Option<crate::postgres::Pg>,
 }
 
 impl Case {
     fn new(rng: &mut StdRng) -> Case {
-        let target = if rng.random_bool(0.5) {
-            Target::Parquet
-        } else {
-            Target::Delta
-        };
+        let target = [Target::Parquet, Target::Delta, Target::Postgres][rng.random_range(0..3)];
         let quality = rng.random_bool(0.5);
         let width = WIDTHS[rng.random_range(0..WIDTHS.len())];
         Case::with(target, quality, width)
@@ -125,6 +143,15 @@ impl Case {
 
     fn with(target: Target, quality: bool, width: &'static str) -> Case {
         let demo = Demo::new(1_500, width);
+        let pg = (target == Target::Postgres).then(|| {
+            // Cases run in parallel threads of one process: each needs a
+            // schema of its own.
+            static CASES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+            let n = CASES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let pg = crate::postgres::Pg::new(&format!("model{n}"));
+            crate::postgres::target_to_pg(&demo, &pg, "tx", "replace");
+            pg
+        });
         if !quality {
             demo.without_quality();
         }
@@ -136,11 +163,32 @@ impl Case {
             target,
             quality,
             width,
+            pg,
         }
     }
 
     fn job(&self) -> String {
         self.demo.job_str()
+    }
+
+    /// The environment every command of the case gets: the PostgreSQL
+    /// target's URL, which the job file names by variable.
+    fn env(&self) -> Vec<(&'static str, String)> {
+        self.pg
+            .iter()
+            .map(|pg| (crate::postgres::PG_ENV, pg.url.clone()))
+            .collect()
+    }
+
+    fn run(&self, args: &[&str]) -> std::process::Output {
+        self.run_with(args, &[])
+    }
+
+    fn run_with(&self, args: &[&str], extra: &[(&str, &str)]) -> std::process::Output {
+        let env = self.env();
+        let mut all: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        all.extend_from_slice(extra);
+        self.demo.run_env(args, &all)
     }
 
     /// Applies `op`; true when it ended in a successful run.
@@ -155,9 +203,9 @@ impl Case {
             }
         };
         match op {
-            Op::Run => ok(demo.run(&["run", &job])),
+            Op::Run => ok(self.run(&["run", &job])),
             Op::Narrowed { from, to } => {
-                ok(demo.run(&["run", &job, "--from", &month(*from), "--to", &month(*to)]))
+                ok(self.run(&["run", &job, "--from", &month(*from), "--to", &month(*to)]))
             }
             Op::Replan(width) => {
                 let old = self.width;
@@ -165,14 +213,16 @@ impl Case {
                     s.replace(&format!("chunk = {old}"), &format!("chunk = {width}"))
                 });
                 self.width = width;
-                ok(demo.run(&["run", &job, "--replan"]))
+                ok(self.run(&["run", &job, "--replan"]))
             }
             Op::Kill { delay_ms } => {
-                demo.run_killed_after(&[], *delay_ms);
+                let env = self.env();
+                let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+                demo.run_killed_after(&env, *delay_ms);
                 Ok(false)
             }
             Op::Abort { point, nth } => {
-                let out = demo.run_env(
+                let out = self.run_with(
                     &["run", &job],
                     &[("BACKFILL_FAILPOINTS", &format!("{point}:{nth}"))],
                 );
@@ -184,7 +234,7 @@ impl Case {
                 Ok(false)
             }
             Op::Reset { from, to } => {
-                let out = demo.run(&["reset", &job, "--from", &month(*from), "--to", &month(*to)]);
+                let out = self.run(&["reset", &job, "--from", &month(*from), "--to", &month(*to)]);
                 if code(&out) != 0 {
                     return Err(format!("reset failed:\n{}", text(&out)));
                 }
@@ -196,10 +246,11 @@ impl Case {
                 let text = std::fs::read_to_string(demo.job())
                     .map_err(|e| e.to_string())?
                     .replace("name = \"transactions\"", "name = \"neighbour\"")
-                    .replace("warehouse/transactions", "warehouse/neighbour");
+                    .replace("warehouse/transactions", "warehouse/neighbour")
+                    .replace(".tx\"", ".neighbour\"");
                 let other = demo.path().join("neighbour.toml");
                 std::fs::write(&other, text).map_err(|e| e.to_string())?;
-                let out = demo.run(&["run", &other.display().to_string(), "--replan"]);
+                let out = self.run(&["run", &other.display().to_string(), "--replan"]);
                 if code(&out) != 0 {
                     return Err(format!(
                         "the neighbour job failed:\n{}",
@@ -253,10 +304,10 @@ impl Case {
         }
     }
 
-    /// count, sum(id), sum(amount), distinct ids, sum(epoch µs) of rows.
+    /// count, sum(id), sum(amount) in cents, distinct ids, sum(epoch µs) of rows.
     fn aggregates(relation: &str) -> String {
         format!(
-            "SELECT count(*), coalesce(sum(transaction_id), 0)::VARCHAR, round(coalesce(sum(amount), 0), 2)::VARCHAR,
+            "SELECT count(*), coalesce(sum(transaction_id), 0)::VARCHAR, round(coalesce(sum(amount), 0) * 100)::BIGINT::VARCHAR,
                     count(DISTINCT transaction_id), coalesce(sum(epoch_us(created_at)), 0)::VARCHAR FROM {relation}"
         )
     }
@@ -291,6 +342,33 @@ impl Case {
                 )))
                 .remove(0)
             }
+            Target::Postgres => {
+                let Some(pg) = &self.pg else {
+                    return Vec::new();
+                };
+                let table = format!("{}.tx", pg.schema);
+                let exists = pg
+                    .try_one(&format!("SELECT count(*) FROM {table}"))
+                    .is_some();
+                let from = if exists {
+                    table
+                } else {
+                    "(SELECT 1::bigint AS transaction_id, 1.0::float8 AS amount, now()::timestamp AS created_at WHERE false) t".to_string()
+                };
+                let row = pg.rows(&format!(
+                    "SELECT count(*), coalesce(sum(transaction_id), 0)::text, round(coalesce(sum(amount), 0) * 100)::bigint::text, \
+                     count(DISTINCT transaction_id), coalesce(sum((extract(epoch FROM created_at) * 1000000)::bigint), 0)::text FROM {from}"
+                ));
+                let r = &row[0];
+                let n = |v: &str| serde_json::json!(v.parse::<i64>().unwrap_or(-1));
+                vec![
+                    n(&r[0]),
+                    serde_json::json!(r[1]),
+                    serde_json::json!(r[2]),
+                    n(&r[3]),
+                    serde_json::json!(r[4]),
+                ]
+            }
             Target::Delta => {
                 let sql = Case::aggregates("t");
                 let snippet = format!(
@@ -303,7 +381,7 @@ impl Case {
     }
 
     fn validate(&self) -> (i32, String) {
-        let out = self.demo.run(&["validate", &self.job()]);
+        let out = self.run(&["validate", &self.job()]);
         (code(&out), text(&out))
     }
 }
@@ -339,7 +417,10 @@ fn play(case: &mut Case, ops: Vec<Op>, describe: &dyn Fn(&Case, &[Op]) -> String
         // A run after which every chunk of the plan is committed (a
         // narrowed run after a lost state leaves others unrecorded, which
         // validate rightly reports).
-        let totals = &case.demo.status_json()["totals"];
+        let out = case.run(&["status", &case.job(), "--json"]);
+        let status: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("status --json: {e}\n{}", text(&out)));
+        let totals = &status["totals"];
         if totals["committed"] != totals["chunks"] {
             continue;
         }
@@ -409,5 +490,38 @@ fn regressions_found_by_the_model() {
         play(&mut case, ops, &|_, history| {
             format!("{name}: steps {history:?}")
         });
+    }
+}
+
+/// The crash torture on tables (`scripts/torture.sh` runs it with the
+/// Parquet one): per trial and per target (Delta, PostgreSQL), a run
+/// crashed by kill -9 or an abort at a commit step, maybe the state lost,
+/// a replan to another width, another crash, maybe the state lost again,
+/// and a final run; checked against the model after every step.
+/// `BACKFILL_TORTURE_TRIALS` trials (CI: 2).
+#[test]
+fn torture_tables_with_replans_and_lost_state() {
+    let trials = env_u64("BACKFILL_TORTURE_TRIALS", 2);
+    for trial in 0..trials {
+        for target in [Target::Delta, Target::Postgres] {
+            let seed = 0x7041_0000 + trial;
+            let mut rng = StdRng::seed_from_u64(seed);
+            let mut ops = vec![crash(&mut rng)];
+            if rng.random_bool(0.5) {
+                ops.push(Op::LoseState);
+            }
+            ops.push(Op::Replan(
+                ["\"14d\"", "\"3d\"", "\"1 month\""][rng.random_range(0..3)],
+            ));
+            ops.push(crash(&mut rng));
+            if rng.random_bool(0.3) {
+                ops.push(Op::LoseState);
+            }
+            ops.push(Op::Run);
+            let mut case = Case::with(target, true, "\"7d\"");
+            play(&mut case, ops, &|_, history| {
+                format!("torture trial {trial} on {target:?} (seed {seed}), steps {history:?}")
+            });
+        }
     }
 }

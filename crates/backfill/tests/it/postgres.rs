@@ -29,15 +29,15 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 /// A schema of this test's own, dropped at the end.
-struct Pg {
-    url: String,
-    schema: String,
+pub(crate) struct Pg {
+    pub(crate) url: String,
+    pub(crate) schema: String,
     rt: tokio::runtime::Runtime,
     client: tokio_postgres::Client,
 }
 
 impl Pg {
-    fn new(name: &str) -> Pg {
+    pub(crate) fn new(name: &str) -> Pg {
         Pg::on(pg_url(), name)
     }
 
@@ -78,14 +78,14 @@ impl Pg {
         self.exec("SET TIME ZONE 'UTC'");
     }
 
-    fn exec(&self, sql: &str) {
+    pub(crate) fn exec(&self, sql: &str) {
         self.rt
             .block_on(self.client.batch_execute(sql))
             .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
     }
 
     /// Rows as text, NULL as "NULL".
-    fn rows(&self, sql: &str) -> Vec<Vec<String>> {
+    pub(crate) fn rows(&self, sql: &str) -> Vec<Vec<String>> {
         let msgs = self
             .rt
             .block_on(self.client.simple_query(sql))
@@ -103,7 +103,7 @@ impl Pg {
     }
 
     /// The first value, or `None` when the query fails (a table not there yet).
-    fn try_one(&self, sql: &str) -> Option<String> {
+    pub(crate) fn try_one(&self, sql: &str) -> Option<String> {
         let msgs = self.rt.block_on(self.client.simple_query(sql)).ok()?;
         msgs.into_iter().find_map(|m| match m {
             tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
@@ -178,7 +178,7 @@ impl Drop for Pg {
     }
 }
 
-const PG_ENV: &str = "BF_PG_URL";
+pub(crate) const PG_ENV: &str = "BF_PG_URL";
 
 /// Points the demo job's source at `schema.raw` in PostgreSQL.
 fn source_to_pg(demo: &Demo, pg: &Pg, extra: &str) {
@@ -192,7 +192,7 @@ fn source_to_pg(demo: &Demo, pg: &Pg, extra: &str) {
 }
 
 /// Points the demo job's target (and quarantine) at PostgreSQL.
-fn target_to_pg(demo: &Demo, pg: &Pg, table: &str, mode: &str) {
+pub(crate) fn target_to_pg(demo: &Demo, pg: &Pg, table: &str, mode: &str) {
     let schema = pg.schema.clone();
     demo.edit_job(|s| {
         let start = s.find("[quarantine]").expect("quarantine section");
