@@ -11,6 +11,7 @@
 //!   likewise with permanent errors; which hits fail is a pure function of
 //!   the point, the hit number and `BACKFILL_FAILPOINTS_SEED`, so a run can
 //!   be repeated;
+//! - `read:panic` panics (a bug in a chunk task), `read:panic*1` only once;
 //! - `@5` restricts the entry to the chunk with index 5.
 //!
 //! Points, in the order a chunk reaches them: `read` (before the source scan),
@@ -45,6 +46,10 @@ enum Action {
     },
     Fail {
         class: ErrorClass,
+        times: Option<u32>,
+    },
+    /// Panics, like a bug would.
+    Panic {
         times: Option<u32>,
     },
     /// Fails `percent` of hits, chosen pseudo-randomly.
@@ -141,9 +146,10 @@ fn parse(spec: &str) -> Result<Vec<Entry>, String> {
                 class: ErrorClass::Permanent,
                 times: count,
             },
+            "panic" => Action::Panic { times: count },
             n => Action::Abort {
                 nth: n.parse().map_err(|_| {
-                    format!("\"{n}\" is not an action (abort, error, permanent or a number)")
+                    format!("\"{n}\" is not an action (abort, error, permanent, panic or a number)")
                 })?,
             },
         };
@@ -193,6 +199,11 @@ pub fn hit(point: &'static str, chunk_index: usize) -> Result<(), Injected> {
                     return Err(Injected { point, class });
                 }
             }
+            Action::Panic { times } => {
+                if times.is_none_or(|t| n <= t) {
+                    panic!("failpoint {point}: injected panic (hit {n})");
+                }
+            }
             Action::Storm { class, percent } => {
                 let key = format!("{}|{point}|{chunk_index}|{n}", seed());
                 if twox_hash::XxHash3_64::oneshot(key.as_bytes()) % 100 < u64::from(percent) {
@@ -224,6 +235,10 @@ mod tests {
         assert!(matches!(
             parse("read:error%10").unwrap()[0].action,
             Action::Storm { percent: 10, .. }
+        ));
+        assert!(matches!(
+            parse("write:panic*1").unwrap()[0].action,
+            Action::Panic { times: Some(1) }
         ));
         assert!(parse("read:error%101").is_err());
         assert!(parse("nowhere:1").is_err());

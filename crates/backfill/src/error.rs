@@ -65,6 +65,9 @@ pub enum ChunkError {
     Injected(#[from] Injected),
     #[error("interrupted")]
     Interrupted,
+    /// A bug: the chunk's attempt panicked. Not retried.
+    #[error("internal error, please report it: the chunk's attempt panicked: {0}")]
+    Panicked(String),
     #[cfg(feature = "spark")]
     #[error(transparent)]
     Spark(#[from] crate::spark::SparkError),
@@ -102,6 +105,7 @@ impl ChunkError {
             #[cfg(feature = "spark")]
             ChunkError::Spark(e) => e.class(),
             ChunkError::Interrupted
+            | ChunkError::Panicked(_)
             | ChunkError::RuleFailed { .. }
             | ChunkError::TooManyRejected { .. } => ErrorClass::Permanent,
         }

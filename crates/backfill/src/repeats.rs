@@ -38,7 +38,7 @@ const SPILL_PREFIX: &str = ".dedup-spill-";
 /// when no process has its pid: another run or `validate` of the same job
 /// may be using its own right now.
 pub fn spill_dir(dir: &Path) -> io::Result<tempfile::TempDir> {
-    std::fs::create_dir_all(dir)?;
+    backfill_core::state::create_private_dir(dir)?;
     remove_stale_spills(dir);
     tempfile::Builder::new()
         .prefix(&format!("{SPILL_PREFIX}{}-", std::process::id()))

@@ -551,6 +551,19 @@ impl Backfill {
     /// Marks chunks overlapping `[from, to)` (all when both are `None`) to run
     /// again; their files stay visible until the new attempt commits.
     pub fn reset(&self, from: Option<RangeValue>, to: Option<RangeValue>) -> Result<usize, Error> {
+        // A partition chunk has no bounds, so every one would "overlap".
+        if (from.is_some() || to.is_some())
+            && self
+                .spec
+                .range
+                .as_ref()
+                .is_some_and(|r| r.partitions.is_some())
+        {
+            return Err(Error::Usage(
+                "--from/--to select ranges; this job's chunks are partitions (use `reset --all`)"
+                    .into(),
+            ));
+        }
         let Some(state) = self.open_state_existing()? else {
             return Ok(0);
         };
@@ -877,8 +890,9 @@ impl Backfill {
             let (chunk, outcome) = match joined {
                 Ok(x) => x,
                 Err(e) => {
-                    // A panic in a chunk task is a bug; keep the others going.
-                    tracing::error!("a chunk task panicked: {e}");
+                    // Panics are caught per attempt; only a cancelled task
+                    // gets here.
+                    tracing::error!("a chunk task ended without an outcome: {e}");
                     summary.left += 1;
                     continue;
                 }
@@ -1257,7 +1271,7 @@ pub(crate) async fn dedup_index(
     // Both passes decode the range column of every row just to evaluate
     // the job's range predicate; when the statistics prove every source row
     // is in the range, it would filter nothing.
-    let covers_all = match range {
+    let covers_all = match job.range.as_ref() {
         Some(r) => job
             .source
             .estimate(r, std::slice::from_ref(&whole))
@@ -1586,6 +1600,15 @@ async fn cancelled(mut rx: watch::Receiver<bool>) {
     }
 }
 
+/// The message a panic carried.
+fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".to_string())
+}
+
 async fn run_chunk(shared: &Shared, chunk: &Chunk) -> Outcome {
     let mut tries = 0u32;
     loop {
@@ -1597,7 +1620,17 @@ async fn run_chunk(shared: &Shared, chunk: &Chunk) -> Outcome {
             Ok(None) => return Outcome::Taken,
             Err(e) => return Outcome::Failed(format!("state store: {e}")),
         };
-        match attempt_chunk(shared, chunk, attempt).await {
+        // A panic is a bug, but it must fail this chunk (and the run's exit
+        // code), not vanish with its task while the others go on.
+        use futures::FutureExt;
+        let result = match std::panic::AssertUnwindSafe(attempt_chunk(shared, chunk, attempt))
+            .catch_unwind()
+            .await
+        {
+            Ok(r) => r,
+            Err(payload) => Err(ChunkError::Panicked(panic_text(payload.as_ref()))),
+        };
+        match result {
             Ok(m) => return Outcome::Committed(m),
             Err(ChunkError::State(StateError::LeaseLost { .. })) => {
                 tracing::warn!(

@@ -149,11 +149,19 @@ pub fn save(
         ));
     }
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
+        backfill_core::state::create_private_dir(dir)?;
     }
     let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
     {
-        let mut w = BufWriter::new(File::create(&tmp)?);
+        // Raw key values, often personal data: only the owner reads them.
+        use std::os::unix::fs::OpenOptionsExt;
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        let mut w = BufWriter::new(file);
         w.write_all(MAGIC)?;
         let mut at = MAGIC.len() as u64 + put_bytes(&mut w, fingerprint.as_bytes())?;
         for n in [index.len() as u64, index.versions, chunks as u64] {

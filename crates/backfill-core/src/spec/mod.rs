@@ -17,7 +17,7 @@ use crate::interval::{ChunkSize, RangeValue, ValueKind, parse_duration, parse_ti
 pub use engine::{ConnectUrl, EngineKind, EngineSpec, SparkSpec, parse_connect_url};
 pub use postgres::{
     PgRelation, PgSourceSpec, PgTargetSpec, PgWriteMode, QualifiedName, mask_url, quote_ident,
-    url_password,
+    url_passwords,
 };
 pub use quality::{
     DedupScope, DedupSpec, OrderKey, QuarantineSpec, RuleAction, RuleSpec, ValidateSpec,
@@ -362,6 +362,8 @@ pub struct StateSpec {
     pub path: PathBuf,
     /// `path` was written in the job file (not the default).
     pub explicit: bool,
+    /// Where `path` was written (line 0 for the default).
+    pub path_loc: Loc,
     /// `[state] url`: a PostgreSQL state store shared by several processes.
     pub postgres: Option<PgStateSpec>,
 }
@@ -436,6 +438,15 @@ impl JobSpec {
             }
             _ => {
                 d.list.sort_by_key(|x| (x.line, x.column));
+                // A message may quote a value that came from the environment
+                // (a duration that does not parse): the job never loaded, so
+                // no redactor knows its secrets yet.
+                let mut secrets = std::mem::take(&mut d.secrets);
+                secrets.retain(|s| s.len() >= 4);
+                secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+                for x in &mut d.list {
+                    x.message = redact_with(&secrets, &x.message);
+                }
                 Err(SpecError::Invalid {
                     path: path.to_path_buf(),
                     diagnostics: d.list,
@@ -458,12 +469,97 @@ impl JobSpec {
     }
 }
 
-/// Replaces each secret (longest first) in `text` with `***`.
+/// `p` with `.` and `..` resolved lexically (the paths may not exist yet;
+/// symbolic links are not followed).
+pub(crate) fn lexical(p: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            std::path::Component::CurDir => {}
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other.as_os_str()),
+        }
+    }
+    out
+}
+
+/// `inner` is `outer` or inside it, lexically; local paths only (an object
+/// store location has an empty path).
+pub(crate) fn within(inner: &Path, outer: &Path) -> bool {
+    !inner.as_os_str().is_empty()
+        && !outer.as_os_str().is_empty()
+        && lexical(inner).starts_with(lexical(outer))
+}
+
+/// Folders that must not nest: a target inside a source that is read
+/// recursively (each run would read its own output), and the state inside
+/// the target (readers would find it among the data, and a replace could
+/// delete it).
+fn check_overlaps(d: &mut Diags, source: &SourceSpec, target: &TargetSpec, state: &StateSpec) {
+    let shown_path = |p: &Path| p.display().to_string();
+    let at = |loc: Loc| (loc.line, loc.column);
+    let source_is_dir = source.postgres.is_none()
+        && source.url.is_none()
+        && !source.path_shown.contains(['*', '?', '['])
+        && (source.path.is_dir() || source.path_shown.ends_with('/'));
+    if source_is_dir && target.url.is_none() && within(&target.path, &source.path) {
+        let (line, column) = at(target.path_loc);
+        d.list.push(Diagnostic {
+            line,
+            column,
+            key: "target.path".into(),
+            message: format!(
+                "{} is inside the source {}, which is read recursively: every run would read the rows it wrote; write the target outside the source folder",
+                target.path_shown,
+                source.path_shown
+            ),
+        });
+    }
+    if target.url.is_none() && target.postgres.is_none() && within(&state.path, &target.path) {
+        let (line, column) = if state.explicit {
+            at(state.path_loc)
+        } else {
+            at(target.path_loc)
+        };
+        d.list.push(Diagnostic {
+            line,
+            column,
+            key: "state.path".into(),
+            message: format!(
+                "the state {} is inside the target {}: readers would find it among the data and a replace could delete it; keep it outside the target{}",
+                shown_path(&state.path),
+                target.path_shown,
+                if state.explicit {
+                    ""
+                } else {
+                    " (the default is .backfill/ beside the job file: move the target or set [state] path)"
+                }
+            ),
+        });
+    }
+}
+
+/// Replaces each secret (longest first) in `text` with `***`: as written,
+/// and as JSON writes it inside a string (a secret holding `"`, `\` or a
+/// control character is escaped in `--json` output and the state's JSON).
 pub fn redact_with(secrets: &[String], text: &str) -> String {
     let mut out = text.to_string();
     for s in secrets {
-        if !s.is_empty() && out.contains(s.as_str()) {
+        if s.is_empty() {
+            continue;
+        }
+        if out.contains(s.as_str()) {
             out = out.replace(s.as_str(), "***");
+        }
+        let json = serde_json::to_string(s).unwrap_or_default();
+        let escaped = json
+            .strip_prefix('"')
+            .and_then(|j| j.strip_suffix('"'))
+            .unwrap_or_default();
+        if escaped != s && !escaped.is_empty() && out.contains(escaped) {
+            out = out.replace(escaped, "***");
         }
     }
     out
@@ -543,6 +639,7 @@ fn read_job(
         None => Some(StateSpec {
             path: base.join(default_state_path(&name)),
             explicit: false,
+            path_loc: Loc::default(),
             postgres: None,
         }),
     };
@@ -566,6 +663,9 @@ fn read_job(
         Some(mut t) => engine::read_engine(d, env, &mut t, base, text),
         None => Some(EngineSpec::default()),
     };
+    if let (Some(source), Some(target), Some(state)) = (&source, &target, &state) {
+        check_overlaps(d, source, target, state);
+    }
     Some(JobSpec {
         file: file.to_path_buf(),
         name,
@@ -1321,9 +1421,7 @@ fn read_state(
             None
         }
         Some(u) => {
-            if let Some(p) = postgres::url_password(&u.value) {
-                d.secrets.push(p);
-            }
+            d.secrets.extend(postgres::url_passwords(&u.value));
             let schema = schema.map(|s| s.value).unwrap_or_else(|| "backfill".into());
             Some(PgStateSpec {
                 shown: format!("postgres {} schema {schema}", mask_url(&u.shown)),
@@ -1340,8 +1438,13 @@ fn read_state(
             None
         }
     };
+    let path_loc = path.as_ref().map_or(Loc::default(), |p| {
+        let (line, column) = d.line_col_of(p.span.start);
+        Loc { line, column }
+    });
     ok.then(|| StateSpec {
         explicit: path.is_some(),
+        path_loc,
         path: base.join(
             path.map(|p| PathBuf::from(p.value))
                 .unwrap_or_else(|| default_state_path(job)),

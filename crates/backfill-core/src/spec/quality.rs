@@ -359,7 +359,26 @@ pub(super) fn read_quarantine(
     }
     let (path, url, shown) = match path {
         Some(p) => match super::resolve_location(base, &p.value) {
-            Ok((path, url)) => (path, url, p.shown),
+            Ok((path, url)) => {
+                // Readers of the target would take rejected rows for data,
+                // and each table's recovery would remove the other's files.
+                if let Some(t) = target
+                    && (super::within(&path, &t.path) || super::within(&t.path, &path))
+                {
+                    d.push(
+                        p.span.clone(),
+                        "quarantine.path",
+                        format!(
+                            "{} and the target {} must not be one folder or inside each other; the default is {}_quarantine, beside the target",
+                            p.shown,
+                            t.path_shown,
+                            t.path_shown.trim_end_matches('/')
+                        ),
+                    );
+                    return None;
+                }
+                (path, url, p.shown)
+            }
             Err(e) => {
                 d.push(p.span, "quarantine.path", e);
                 return None;

@@ -35,6 +35,11 @@ impl<'s> Diags<'s> {
         }
     }
 
+    /// 1-based line and column of a byte offset of the job file.
+    pub(crate) fn line_col_of(&self, offset: usize) -> (usize, usize) {
+        line_col(self.src, offset)
+    }
+
     pub(crate) fn push(&mut self, span: Range<usize>, key: &str, message: impl Into<String>) {
         let (line, column) = line_col(self.src, span.start);
         self.list.push(Diagnostic {

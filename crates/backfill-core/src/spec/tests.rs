@@ -275,3 +275,24 @@ fn object_store_urls_stay_urls_and_quarantine_follows_the_target() {
         assert!(resolve_location(base, bad).is_err(), "{bad}");
     }
 }
+
+#[test]
+fn secrets_are_redacted_as_written_and_as_json_escapes_them() {
+    let secrets = vec![r#"pa"ss\w0rd"#.to_string()];
+    let json = serde_json::json!({ "error": r#"login pa"ss\w0rd refused"# }).to_string();
+    let out = redact_with(&secrets, &json);
+    assert_eq!(out, r#"{"error":"login *** refused"}"#);
+    assert_eq!(redact_with(&secrets, r#"plain pa"ss\w0rd"#), "plain ***");
+}
+
+#[test]
+fn a_value_from_the_environment_is_not_echoed_by_a_parse_error() {
+    let text = EXAMPLE.replace("retry_backoff = \"1s\"", "retry_backoff = \"${BACKOFF}\"");
+    let env = |k: &str| (k == "BACKOFF").then(|| "hunter2-not-a-duration".to_string());
+    let shown = match JobSpec::parse(Path::new("job.toml"), &text, &env) {
+        Ok(_) => panic!("a bad duration parsed"),
+        Err(e) => e.to_string(),
+    };
+    assert!(shown.contains("run.retry_backoff"), "{shown}");
+    assert!(!shown.contains("hunter2"), "{shown}");
+}

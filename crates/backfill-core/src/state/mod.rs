@@ -484,3 +484,31 @@ pub trait StateStore: Send + Sync {
     /// Forgets chunks so they run again (their files stay until they do).
     fn reset(&self, chunk_ids: &[String]) -> Result<usize, StateError>;
 }
+
+/// Creates `dir` and its missing parents; a folder this call creates gets
+/// mode 0700 (an existing one keeps its mode: it may be shared on purpose).
+pub fn create_private_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    if dir.is_dir() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
+/// Creates an empty file with mode 0600 unless one exists.
+pub fn create_private_file(path: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
+}

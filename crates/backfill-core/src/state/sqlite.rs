@@ -84,11 +84,18 @@ impl SqliteStateStore {
     pub fn open(path: impl AsRef<Path>) -> Result<SqliteStateStore, StateError> {
         let path = path.as_ref().to_path_buf();
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|source| StateError::Io {
+            super::create_private_dir(dir).map_err(|source| StateError::Io {
                 path: dir.to_path_buf(),
                 source,
             })?;
         }
+        // The state (and the dedup index beside it) holds key values, often
+        // personal data: only the owner reads it. SQLite gives its -wal and
+        // -shm files the database file's mode.
+        super::create_private_file(&path).map_err(|source| StateError::Io {
+            path: path.clone(),
+            source,
+        })?;
         let conn = Connection::open(&path).map_err(|source| StateError::Sqlite {
             path: path.clone(),
             source,

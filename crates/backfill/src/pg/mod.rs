@@ -127,7 +127,9 @@ fn is_transient(e: &tokio_postgres::Error) -> bool {
 }
 
 /// Opens a connection; its driver task ends when the client is dropped.
-/// Sessions run in UTC so `timestamptz` values and range literals agree.
+/// Sessions run in UTC so `timestamptz` values and range literals agree, and
+/// with `standard_conforming_strings` on, which [`quote_literal`] relies on
+/// (off, a backslash in a literal would start an escape).
 pub async fn connect(url: &str, shown: &str) -> Result<Client, PgError> {
     let (client, connection) = tokio_postgres::connect(url, NoTls)
         .await
@@ -141,7 +143,10 @@ pub async fn connect(url: &str, shown: &str) -> Result<Client, PgError> {
         }
     });
     client
-        .batch_execute("SET TIME ZONE 'UTC'; SET application_name = 'backfill'")
+        .batch_execute(
+            "SET TIME ZONE 'UTC'; SET application_name = 'backfill'; \
+             SET standard_conforming_strings = on",
+        )
         .await
         .map_err(PgError::sql("setting up the session"))?;
     Ok(client)

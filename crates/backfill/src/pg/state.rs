@@ -124,7 +124,8 @@ impl PgStateStore {
             .spawn(move || {
                 let connected = Client::connect(&url, NoTls).and_then(|mut c| {
                     c.batch_execute(
-                        "SET TIME ZONE 'UTC'; SET application_name = 'backfill state'",
+                        "SET TIME ZONE 'UTC'; SET application_name = 'backfill state'; \
+                         SET standard_conforming_strings = on",
                     )?;
                     // Two processes creating the tables at once would collide.
                     let mut t = c.transaction()?;

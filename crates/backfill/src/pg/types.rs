@@ -60,15 +60,24 @@ pub fn arrow_type(ty: &Type, typmod: i32) -> Result<DataType, String> {
                     "numeric without a declared precision cannot be read exactly; cast it, e.g. amount::numeric(18,2), in a query".into(),
                 );
             }
+            // typmod - 4 holds the precision (up to 1000) in the high 16
+            // bits and the scale in the low 11, signed since PostgreSQL 15
+            // (-1000..1000). Checked before narrowing: numeric(300,2) must
+            // not wrap into numeric(44,2), nor 260 into 4.
             let m = typmod - 4;
-            let precision = ((m >> 16) & 0xffff) as u8;
-            let scale = (m & 0xffff) as i8;
-            if precision > 38 {
+            let precision = (m >> 16) & 0xffff;
+            let scale = ((m & 0x7ff) ^ 1024) - 1024;
+            let (Ok(p), Ok(sc)) = (u8::try_from(precision), i8::try_from(scale)) else {
                 return Err(format!(
-                    "numeric({precision},{scale}) is wider than 38 digits (Arrow decimal128)"
+                    "numeric({precision},{scale}) does not fit Arrow decimal128 (at most 38 digits, scale -128 to 127); cast it in a query"
+                ));
+            };
+            if p == 0 || p > 38 {
+                return Err(format!(
+                    "numeric({precision},{scale}) is wider than 38 digits (Arrow decimal128); cast it in a query"
                 ));
             }
-            DataType::Decimal128(precision, scale)
+            DataType::Decimal128(p, sc)
         }
         _ => {
             return Err(format!(
@@ -531,6 +540,30 @@ impl ToSql for Cell<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn numeric_modifiers_never_wrap() {
+        let typmod = |p: i32, s: i32| ((p << 16) | (s & 0x7ff)) + 4;
+        assert_eq!(
+            arrow_type(&Type::NUMERIC, typmod(18, 2)),
+            Ok(DataType::Decimal128(18, 2))
+        );
+        assert_eq!(
+            arrow_type(&Type::NUMERIC, typmod(38, 0)),
+            Ok(DataType::Decimal128(38, 0))
+        );
+        // PostgreSQL 15 allows a negative scale: numeric(5,-2) rounds to hundreds.
+        assert_eq!(
+            arrow_type(&Type::NUMERIC, typmod(5, -2)),
+            Ok(DataType::Decimal128(5, -2))
+        );
+        // 260 and 300 digits would wrap to 4 and 44 as a byte.
+        for p in [39, 260, 300, 1000] {
+            let e = arrow_type(&Type::NUMERIC, typmod(p, 2)).expect_err("too wide");
+            assert!(e.contains(&format!("numeric({p},2)")), "{e}");
+        }
+        assert!(arrow_type(&Type::NUMERIC, typmod(20, 200)).is_err());
+    }
 
     fn roundtrip(v: i128, scale: i8) -> i128 {
         let mut b = BytesMut::new();

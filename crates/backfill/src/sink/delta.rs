@@ -81,7 +81,7 @@ impl DeltaSink {
             register_object_store_schemes();
         }
         let files = if spec.merge_keys.is_empty() {
-            ParquetSink::at(spec, location.clone(), spec.path_shown.clone(), true).for_job(job)
+            ParquetSink::at(spec, location.clone(), spec.path_shown.clone(), true)?.for_job(job)
         } else {
             let flat = TargetSpec {
                 partition_by: Vec::new(),
@@ -92,7 +92,7 @@ impl DeltaSink {
                 location.child(STAGING)?,
                 spec.path_shown.clone(),
                 true,
-            )
+            )?
             .for_job(job)
         };
         Ok(DeltaSink {

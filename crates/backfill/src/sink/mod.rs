@@ -318,7 +318,7 @@ impl Sinks {
                 Location::of(&q.path, q.url.as_deref(), &q.path_shown)?,
                 q.path_shown.clone(),
                 false,
-            )
+            )?
             .for_job(&spec.name),
         );
         Ok(Sinks { target, quarantine })

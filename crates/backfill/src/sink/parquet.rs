@@ -132,11 +132,16 @@ impl ParquetSink {
     /// The target table, which checksums what it writes.
     pub fn new(spec: &TargetSpec) -> Result<ParquetSink, SinkError> {
         let location = Location::of(&spec.path, spec.url.as_deref(), &spec.path_shown)?;
-        Ok(Self::at(spec, location, spec.path_shown.clone(), true))
+        Self::at(spec, location, spec.path_shown.clone(), true)
     }
 
     /// Another table with the target's layout and codec (the quarantine).
-    pub fn at(spec: &TargetSpec, location: Location, shown: String, checksum: bool) -> ParquetSink {
+    pub fn at(
+        spec: &TargetSpec,
+        location: Location,
+        shown: String,
+        checksum: bool,
+    ) -> Result<ParquetSink, SinkError> {
         let compression = match spec.compression {
             Compression::Zstd(level) => {
                 PqCompression::ZSTD(ZstdLevel::try_new(level).unwrap_or_default())
@@ -155,18 +160,12 @@ impl ParquetSink {
                 let r = *r;
                 // One directory per sink: dropping a sink removes its own,
                 // and the first sink of a process those of dead processes.
-                static SINKS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
                 static SWEEP: std::sync::Once = std::sync::Once::new();
                 SWEEP.call_once(sweep_dead_spools);
-                let spool = std::env::temp_dir().join(format!(
-                    "backfill-spool-{}-{}",
-                    std::process::id(),
-                    SINKS.fetch_add(1, Ordering::Relaxed)
-                ));
-                (spool, Some(r))
+                (new_spool(&std::env::temp_dir())?, Some(r))
             }
         };
-        ParquetSink {
+        Ok(ParquetSink {
             root,
             remote,
             shown,
@@ -174,7 +173,7 @@ impl ParquetSink {
             props,
             checksum,
             job_tag: job_tag(""),
-        }
+        })
     }
 
     fn abs(&self, rel: &str) -> PathBuf {
@@ -215,6 +214,27 @@ impl Drop for ParquetSink {
     fn drop(&mut self) {
         if self.remote.is_some() {
             let _ = std::fs::remove_dir_all(&self.root);
+        }
+    }
+}
+
+/// A new spool directory in `tmp`, `backfill-spool-<pid>-<random>`: a name
+/// nobody can guess in advance, created (never reused: an existing folder
+/// or symlink of that name is refused) with mode 0700, so another local
+/// user can neither plant it nor read what is spooled.
+fn new_spool(tmp: &Path) -> Result<PathBuf, SinkError> {
+    use std::os::unix::fs::DirBuilderExt;
+    let mut tries = 0;
+    loop {
+        let path = tmp.join(format!(
+            "backfill-spool-{}-{:016x}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        match std::fs::DirBuilder::new().mode(0o700).create(&path) {
+            Ok(()) => return Ok(path),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && tries < 8 => tries += 1,
+            Err(e) => return Err(io("creating the spool directory", &path)(e)),
         }
     }
 }
@@ -1252,6 +1272,22 @@ async fn publish_remote(r: &Remote, chunk: &Chunk, files: &[OwnedFile]) -> Resul
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_spool_is_new_private_and_unguessable() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let a = new_spool(tmp.path()).expect("spool");
+        let b = new_spool(tmp.path()).expect("spool");
+        assert_ne!(a, b);
+        for p in [&a, &b] {
+            let mode = std::fs::metadata(p).expect("metadata").permissions().mode();
+            assert_eq!(mode & 0o777, 0o700, "{}", p.display());
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            let random = name.rsplit('-').next().unwrap_or_default();
+            assert_eq!(random.len(), 16, "{name}");
+        }
+    }
     use arrow::array::ArrayRef;
 
     #[test]

@@ -125,6 +125,31 @@ fn cases() -> Vec<Case> {
         ),
         case("rule_not_sql", Job::Demo(|s| s.replace("check = \"amount > 0\"", "check = \"amount >>> 0\"")), 2),
         case("rule_not_boolean", Job::Demo(|s| s.replace("check = \"amount > 0\"", "check = \"amount + 1\"")), 2),
+        case(
+            "quarantine_inside_target",
+            Job::Demo(|s| {
+                s.replace(
+                    "path = \"warehouse/transactions_quarantine\"",
+                    "path = \"warehouse/transactions/rejected\"",
+                )
+            }),
+            2,
+        ),
+        case(
+            "target_inside_source",
+            Job::Demo(|s| s.replace("path = \"warehouse/transactions\"", "path = \"source/copy\"")),
+            2,
+        ),
+        case(
+            "state_inside_target",
+            Job::Demo(|s| {
+                s.replace(
+                    "[state]\n",
+                    "[state]\npath = \"warehouse/transactions/.state/job.db\"\n",
+                )
+            }),
+            2,
+        ),
         case("env_var_unset", Job::Demo(|s| s.replace("path = \"source/\"", "path = \"${BACKFILL_NOT_SET_XYZ}/\"")), 2),
         case(
             "target_not_writable",

@@ -62,6 +62,22 @@ fn hive_partitions_of_the_source_become_chunks() {
     );
     let narrowed = demo.run(&["run", &demo.job_str(), "--from", "2023-01-01"]);
     assert_eq!(code(&narrowed), 2, "{}", text(&narrowed));
+    // Nor does reset take a range: a partition has no bounds, and every
+    // one of them used to be reset.
+    let out = demo.run(&[
+        "reset",
+        &demo.job_str(),
+        "--from",
+        "2023-01-01",
+        "--to",
+        "2023-02-01",
+    ]);
+    assert_eq!(code(&out), 2, "{}", text(&out));
+    let status = demo.status_json();
+    assert_eq!(
+        status["totals"]["committed"], status["totals"]["chunks"],
+        "nothing was reset: {status}"
+    );
 
     // A partition that appears later is one new chunk; the others stay.
     let first = hive.join(format!("region={}", regions[0]));

@@ -685,6 +685,40 @@ fn the_password_never_appears_in_any_output() {
     let bad_host = pg.url.replace("127.0.0.1", "127.0.0.1:1");
     demo.edit_job(|s| s.replace(&pg.url, &bad_host));
     outputs.push(demo.run(&["-v", "run", &job]));
+    // The password as a query parameter of a literal URL, in a job of its
+    // own (its state is new: the target's identity is recorded there).
+    let in_query = format!(
+        "{}?application_name=x&password={password}",
+        pg.url.replace(&format!(":{password}@"), "@")
+    );
+    let other = Demo::new(2_000, "\"1 month\"");
+    target_to_pg(&other, &pg, "tx_query", "replace");
+    other.edit_job(|s| s.replace(&format!("${{{PG_ENV}}}"), &in_query));
+    let other_job = other.job_str();
+    for args in [
+        vec!["-v", "run", other_job.as_str()],
+        vec!["status", other_job.as_str(), "--json"],
+        vec!["plan", other_job.as_str(), "--json"],
+        vec!["validate", other_job.as_str()],
+    ] {
+        outputs.push(other.run(&args));
+    }
+    assert_eq!(
+        code(&outputs[outputs.len() - 4]),
+        0,
+        "{}",
+        text(&outputs[outputs.len() - 4])
+    );
+    for entry in walk(other.path()) {
+        if let Ok(bytes) = std::fs::read(&entry) {
+            assert!(
+                !String::from_utf8_lossy(&bytes).contains(&password)
+                    || entry.ends_with("backfill.toml"),
+                "password stored in {}",
+                entry.display()
+            );
+        }
+    }
     for out in &outputs {
         let all = text(out);
         assert!(!all.contains(&password), "password printed:\n{all}");
@@ -1097,4 +1131,64 @@ fn a_replan_that_shrinks_the_range_leaves_no_rows_outside_it() {
     );
     let v = run_pg(&demo, &pg, &["validate"]);
     assert_eq!(code(&v), 0, "{}", text(&v));
+}
+
+#[test]
+fn literals_stay_literal_when_the_server_reads_backslashes_as_escapes() {
+    // A database whose sessions default to standard_conforming_strings =
+    // off: a partition value with a backslash, quoted the standard way,
+    // would be read as an escape and match nothing, so a re-run would add
+    // the partition's rows again instead of replacing them.
+    let admin = Pg::new("scs_admin");
+    let db = format!("bf_scs_{}", std::process::id());
+    admin.exec(&format!("DROP DATABASE IF EXISTS {db}"));
+    admin.exec(&format!("CREATE DATABASE {db}"));
+    admin.exec(&format!(
+        "ALTER DATABASE {db} SET standard_conforming_strings = off"
+    ));
+    let url = match admin.url.rsplit_once('/') {
+        Some((server, _)) => format!("{server}/{db}"),
+        None => panic!("a URL with a database: {}", admin.url),
+    };
+    {
+        let pg = Pg::on(url, "scs");
+        let demo = Demo::new(3_000, "\"1 month\"");
+        target_to_pg(&demo, &pg, "tx", "replace");
+        demo.without_quality();
+        let source = demo.path().join("source");
+        let file = demo.path().join("renamed.parquet");
+        duckdb(&format!(
+            "COPY (SELECT * REPLACE (CASE WHEN region = 'eu-west' THEN 'eu\\west' ELSE region END AS region) \
+             FROM read_parquet('{}')) TO '{}' (FORMAT PARQUET)",
+            demo.source_glob(),
+            file.display()
+        ));
+        std::fs::remove_dir_all(&source).unwrap();
+        std::fs::create_dir_all(&source).unwrap();
+        std::fs::rename(&file, source.join("all.parquet")).unwrap();
+        demo.edit_job(|s| {
+            let start = s.find("[range]").expect("range section");
+            let end = s.find("[transform]").expect("transform section");
+            format!(
+                "{}[range]\ncolumn = \"region\"\npartitions = [\"eu\\\\west\", \"us-east\"]\n\n{}",
+                &s[..start],
+                &s[end..]
+            )
+        });
+        run_pg_ok(&demo, &pg, &["run"]);
+        run_pg_ok(&demo, &pg, &["reset", "--all"]);
+        run_pg_ok(&demo, &pg, &["run"]);
+        let expected = duckdb(&format!(
+            "SELECT count(*) FROM read_parquet('{}') WHERE region IN ('eu\\west', 'us-east')",
+            demo.source_glob()
+        ));
+        assert_eq!(
+            pg.one(&format!("SELECT count(*) FROM {}.tx", pg.schema)),
+            int(&expected[0][0]).to_string(),
+            "each partition's rows once"
+        );
+        let v = run_pg(&demo, &pg, &["validate"]);
+        assert_eq!(code(&v), 0, "{}", text(&v));
+    }
+    admin.exec(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"));
 }

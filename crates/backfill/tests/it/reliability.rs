@@ -247,3 +247,62 @@ fn a_reset_state_store_rebuilds_the_target_without_losing_or_doubling_rows() {
     let v = demo.run(&["validate", &demo.job_str()]);
     assert_eq!(code(&v), 0, "{}", text(&v));
 }
+
+#[test]
+fn the_state_and_the_dedup_index_are_private() {
+    // Key values (often personal data) live in the state's quality figures
+    // and the dedup index: only the owner may read them, whatever the umask.
+    use std::os::unix::fs::PermissionsExt;
+    let demo = Demo::new(3_000, "\"1 month\"");
+    demo.run_ok(&[]);
+    let dir = demo.path().join(".backfill");
+    let mode = |p: &std::path::Path| {
+        std::fs::metadata(p)
+            .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    assert_eq!(mode(&dir), 0o700, "{}", dir.display());
+    let mut files = 0;
+    for e in std::fs::read_dir(&dir).expect("state dir").flatten() {
+        let p = e.path();
+        if p.is_file() {
+            files += 1;
+            assert_eq!(mode(&p), 0o600, "{}", p.display());
+        }
+    }
+    assert!(
+        dir.join("transactions.dedup-index").exists(),
+        "the index is saved beside the state"
+    );
+    assert!(files >= 2, "the state and the index: {files} files");
+}
+
+#[test]
+fn a_chunk_that_panics_fails_and_the_run_exits_1() {
+    // A bug that panics in one chunk's attempt: that chunk fails (recorded,
+    // not retried, reported), the others commit, and the run exits 1.
+    let demo = Demo::new(ROWS, CHUNK);
+    let out = demo.run_env(
+        &["run", &demo.job_str()],
+        &[("BACKFILL_FAILPOINTS", "write:panic@2")],
+    );
+    assert_eq!(code(&out), 1, "{}", text(&out));
+    assert!(
+        stdout(&out).contains("failed: chunk #2 ") && text(&out).contains("panicked"),
+        "{}",
+        text(&out)
+    );
+    let status = demo.status_json();
+    let statuses: Vec<(u64, String)> = status["chunks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["status"] != "committed")
+        .map(|c| (c["index"].as_u64().unwrap(), c["status"].to_string()))
+        .collect();
+    assert_eq!(statuses, [(2, "\"failed\"".to_string())]);
+    demo.run_ok(&[]);
+    assert_eq!(&target_fingerprint(&demo), reference());
+}
