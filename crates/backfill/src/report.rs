@@ -394,26 +394,23 @@ pub fn run_text(s: &RunSummary) -> String {
             rules_text(&s.rules)
         );
     }
-    if s.null_range_rows > 0 {
-        let _ = writeln!(
-            out,
-            "note: {} source row(s) have a NULL range column and belong to no chunk",
-            s.null_range_rows
-        );
-    }
-    if s.source_reruns > 0 {
-        let _ = writeln!(
-            out,
-            "note: {} committed chunk(s) ran again: source files under them were added, changed or removed",
-            s.source_reruns
-        );
-    }
-    if s.dedup_reruns > 0 {
-        let _ = writeln!(
-            out,
-            "note: {} committed chunk(s) ran again: the source moved the dedup winners of their keys",
-            s.dedup_reruns
-        );
+    for (n, what) in [
+        (
+            s.null_range_rows,
+            "source row(s) have a NULL range column and belong to no chunk",
+        ),
+        (
+            s.source_reruns as u64,
+            "committed chunk(s) ran again: source files under them were added, changed or removed",
+        ),
+        (
+            s.dedup_reruns as u64,
+            "committed chunk(s) ran again: the source moved the dedup winners of their keys",
+        ),
+    ] {
+        if n > 0 {
+            let _ = writeln!(out, "note: {n} {what}");
+        }
     }
     if s.interrupted {
         let _ = writeln!(out, "interrupted: run the same command again to resume");

@@ -793,15 +793,11 @@ impl Backfill {
                     .zip(now.get(c.index))
                     .is_some_and(|(recorded, now)| recorded != format!("{now:016x}"))
             });
-            if !changed.is_empty() {
-                tracing::info!(
-                    "{} committed chunk(s) run again: source files under them were added, changed or removed",
-                    changed.len()
-                );
-                summary.source_reruns = changed.len();
-                selected.extend(changed);
-                selected.sort_by_key(|c| c.index);
-            }
+            summary.source_reruns = run_again(
+                &mut selected,
+                changed,
+                "source files under them were added, changed or removed",
+            );
         }
         // The index follows the current source. It is needed when chunks
         // run, and also when none would: a changed source may have moved
@@ -819,15 +815,11 @@ impl Backfill {
             }),
             None => Vec::new(),
         };
-        if !moved.is_empty() {
-            tracing::info!(
-                "{} committed chunk(s) run again: the source moved the dedup winners of their keys",
-                moved.len()
-            );
-            summary.dedup_reruns = moved.len();
-            selected.extend(moved);
-            selected.sort_by_key(|c| c.index);
-        }
+        summary.dedup_reruns = run_again(
+            &mut selected,
+            moved,
+            "the source moved the dedup winners of their keys",
+        );
         summary.selected = selected.len();
         if selected.is_empty() {
             return Ok(());
@@ -1191,6 +1183,18 @@ fn uncovered_parts(old: &Chunk, plan: &[Chunk]) -> Vec<Chunk> {
         parts.push(piece(Some(from), Some(hi), None));
     }
     parts
+}
+
+/// Adds committed chunks to the run, in plan order, saying why; returns
+/// how many.
+fn run_again(selected: &mut Vec<Chunk>, more: Vec<Chunk>, why: &str) -> usize {
+    let n = more.len();
+    if n > 0 {
+        tracing::info!("{n} committed chunk(s) run again: {why}");
+        selected.extend(more);
+        selected.sort_by_key(|c| c.index);
+    }
+    n
 }
 
 /// The committed chunks not `selected` for which `changed` says that what
