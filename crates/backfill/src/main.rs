@@ -518,7 +518,15 @@ async fn cmd_gaps(
     }
     let after = bf.gaps(&GapOptions { fix: false, ..opts }).await?;
     show(&after)?;
-    Ok(if after.has_gaps() { 4 } else { 0 })
+    // A chunk that failed is the louder news: gaps left behind it are
+    // expected, and a script must not read 0 or 4 as "it ran".
+    Ok(if !summary.failed.is_empty() {
+        1
+    } else if after.has_gaps() {
+        4
+    } else {
+        0
+    })
 }
 
 fn cmd_reset(job: &Path, w: &Window, all: bool) -> anyhow::Result<u8> {

@@ -407,6 +407,10 @@ pub fn run_text(s: &RunSummary) -> String {
             s.dedup_reruns as u64,
             "committed chunk(s) ran again: the source moved the dedup winners of their keys",
         ),
+        (
+            s.foreign_reruns as u64,
+            "committed chunk(s) ran again: another writer changed rows in their range of the table",
+        ),
     ] {
         if n > 0 {
             let _ = writeln!(out, "note: {n} {what}");

@@ -115,6 +115,9 @@ pub struct RunSummary {
     /// Committed chunks run again because the source moved the dedup
     /// winners of their keys (a late, changed or deleted source file).
     pub dedup_reruns: usize,
+    /// Committed chunks run again because another writer added or removed
+    /// rows in their range of the table (Delta).
+    pub foreign_reruns: usize,
 }
 
 impl RunSummary {
@@ -770,6 +773,48 @@ impl Backfill {
                 .get(&c.id)
                 .is_some_and(|r| r.status == ChunkStatus::Committed)
         };
+        // Another writer's rows in a committed chunk's range: the chunk
+        // runs again, which replaces its range. The mark moves on only
+        // after a run that left nothing undone, so a crash before the
+        // re-runs commit finds the same writes again.
+        let foreign = {
+            let done: Vec<Chunk> = job
+                .chunks
+                .iter()
+                .filter(|c| committed(c) && !selected.iter().any(|s| s.index == c.index))
+                .cloned()
+                .collect();
+            let mark = state.target_mark()?;
+            match job
+                .sinks
+                .target
+                .foreign_writes(mark.as_deref(), &done)
+                .await
+            {
+                Ok(found) => found,
+                Err(e) => {
+                    tracing::warn!(
+                        "could not read the target's log for other writers' changes ({e}); committed chunks stay as they are"
+                    );
+                    None
+                }
+            }
+        };
+        if let Some(found) = &foreign {
+            let touched: HashSet<usize> = found.touched.iter().copied().collect();
+            let more = job
+                .chunks
+                .iter()
+                .filter(|c| touched.contains(&c.index))
+                .cloned()
+                .collect();
+            summary.foreign_reruns = run_again(
+                &mut selected,
+                more,
+                "another writer changed rows in their range of the table",
+            );
+        }
+        let foreign_mark = foreign.map(|f| f.mark);
         // What each chunk may read of the source now, recorded with its
         // commit; a committed chunk whose part of the source changed since
         // runs again.
@@ -822,6 +867,9 @@ impl Backfill {
         );
         summary.selected = selected.len();
         if selected.is_empty() {
+            if let Some(mark) = &foreign_mark {
+                state.set_target_mark(mark)?;
+            }
             return Ok(());
         }
         // Committed chunks this run takes on deliberately: a shared state
@@ -951,6 +999,12 @@ impl Backfill {
             "failed"
         };
         state.release_interrupted()?;
+        if let Some(mark) = foreign_mark
+            .as_deref()
+            .filter(|_| status == "ok" && summary.left == 0)
+        {
+            state.set_target_mark(mark)?;
+        }
         state.finish_run(run_id, status)?;
         Ok(())
     }

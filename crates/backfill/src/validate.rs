@@ -501,9 +501,15 @@ async fn unaccounted_rows(
     let Some(visible) = job.sinks.target.visible_files().await? else {
         return Ok(out);
     };
+    // A file named by another backfill job is that job's to account for:
+    // jobs that share a Parquet folder each own their files (EU and US
+    // sources into one table). A copy of one of this job's files, or a
+    // file no job of ours named, is a stray.
+    let ours = crate::sink::job_tag(&job.spec.name);
     let strays: Vec<String> = visible
         .into_iter()
         .filter(|f| !recorded.contains(f.as_str()))
+        .filter(|f| crate::sink::tag_of(f).is_none_or(|t| t == ours))
         .collect();
     if strays.is_empty() {
         return Ok(out);

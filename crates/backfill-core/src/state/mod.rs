@@ -407,6 +407,11 @@ pub trait StateStore: Send + Sync {
     ) -> Result<PlanSync, StateError>;
 
     fn begin_run(&self, args: &str) -> Result<i64, StateError>;
+    /// How far this job has read the target's own change log (a Delta
+    /// table version): changes after it are looked at for other writers'
+    /// rows in committed ranges. `None` before the first look.
+    fn target_mark(&self) -> Result<Option<String>, StateError>;
+    fn set_target_mark(&self, mark: &str) -> Result<(), StateError>;
     fn finish_run(&self, run_id: i64, status: &str) -> Result<(), StateError>;
 
     fn chunks(&self) -> Result<Vec<ChunkRecord>, StateError>;

@@ -549,6 +549,27 @@ impl StateStore for SqliteStateStore {
         Ok(conn.last_insert_rowid())
     }
 
+    fn target_mark(&self) -> Result<Option<String>, StateError> {
+        self.conn()
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'target_mark'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(self.err())
+    }
+
+    fn set_target_mark(&self, mark: &str) -> Result<(), StateError> {
+        self.conn()
+            .execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('target_mark', ?1)",
+                params![mark],
+            )
+            .map_err(self.err())?;
+        Ok(())
+    }
+
     fn finish_run(&self, run_id: i64, status: &str) -> Result<(), StateError> {
         self.conn()
             .execute(

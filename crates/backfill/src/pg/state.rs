@@ -96,7 +96,8 @@ impl Tables {
                 PRIMARY KEY (job, chunk_id, attempt));
              ALTER TABLE {jobs} ADD COLUMN IF NOT EXISTS target text;
              ALTER TABLE {jobs} ADD COLUMN IF NOT EXISTS target_key text;
-             ALTER TABLE {jobs} ADD COLUMN IF NOT EXISTS chunk_ids integer;",
+             ALTER TABLE {jobs} ADD COLUMN IF NOT EXISTS chunk_ids integer;
+             ALTER TABLE {jobs} ADD COLUMN IF NOT EXISTS target_mark text;",
             schema = self.schema,
             jobs = self.jobs,
             runs = self.runs,
@@ -654,6 +655,27 @@ impl StateStore for PgStateStore {
                 &[&x.job, &(std::process::id() as i32), &hostname(), &args],
             )?;
             Ok(row.get(0))
+        })
+    }
+
+    fn target_mark(&self) -> Result<Option<String>, StateError> {
+        self.call(|c, x| {
+            Ok(c.query_opt(
+                &format!("SELECT target_mark FROM {} WHERE job = $1", x.t.jobs),
+                &[&x.job],
+            )?
+            .and_then(|r| r.get::<_, Option<String>>(0)))
+        })
+    }
+
+    fn set_target_mark(&self, mark: &str) -> Result<(), StateError> {
+        let mark = mark.to_string();
+        self.call(move |c, x| {
+            c.execute(
+                &format!("UPDATE {} SET target_mark = $2 WHERE job = $1", x.t.jobs),
+                &[&x.job, &mark],
+            )?;
+            Ok(())
         })
     }
 

@@ -32,8 +32,8 @@ use tokio::sync::Mutex;
 
 use super::range_files::{ChunkRange, Overlap};
 use super::{
-    ChunkWriter, HIVE_DEFAULT_PARTITION, Location, ParquetSink, Rewritten, Sink, SinkError, Staged,
-    TargetFiles, unescape_partition_value,
+    ChunkWriter, ForeignWrites, HIVE_DEFAULT_PARTITION, Location, ParquetSink, Rewritten, Sink,
+    SinkError, Staged, TargetFiles, unescape_partition_value,
 };
 use crate::store::Remote;
 
@@ -55,7 +55,13 @@ pub struct DeltaSink {
     /// The table is known to exist: later chunks need not read the log to
     /// find out.
     created: std::sync::atomic::AtomicBool,
+    /// Written into the `commitInfo` of this job's commits ([`JOB_KEY`]),
+    /// so that a later run tells them from other writers'.
+    job_tag: String,
 }
+
+/// The `commitInfo` key that names the job (by its tag) whose commit it is.
+const JOB_KEY: &str = "backfill.job";
 
 #[derive(Debug, thiserror::Error)]
 pub enum DeltaError {
@@ -104,6 +110,7 @@ impl DeltaSink {
             range_column: range_column.map(str::to_string),
             commits: Arc::new(Mutex::new(())),
             created: std::sync::atomic::AtomicBool::new(false),
+            job_tag: super::job_tag(job),
         })
     }
 
@@ -369,6 +376,13 @@ fn partition_values(path: &str) -> HashMap<String, Option<String>> {
     out
 }
 
+/// Where a data file's rows lie, as the log says.
+#[derive(Debug, Clone)]
+struct FileRange {
+    partition_values: HashMap<String, Option<String>>,
+    stats: Option<String>,
+}
+
 struct DeltaChunkWriter {
     inner: Box<dyn ChunkWriter>,
     sink: Arc<DeltaSink>,
@@ -567,7 +581,10 @@ impl Sink for Arc<DeltaSink> {
             return Ok(());
         }
         let predicate = format!("chunk {} {}", chunk.id, chunk.bounds());
-        let mut props = CommitProperties::default();
+        let mut props = CommitProperties::default().with_metadata([(
+            JOB_KEY.to_string(),
+            serde_json::Value::String(self.job_tag.clone()),
+        )]);
         if let Some(attempt) = attempt {
             props = props.with_application_transaction(Transaction::new(app_id(chunk), attempt));
         }
@@ -603,6 +620,157 @@ impl Sink for Arc<DeltaSink> {
             self.publish(part, &[]).await?;
         }
         Ok(())
+    }
+
+    /// Reads the log's commits after version `since`: a commit that does
+    /// not carry this job's tag and adds or removes data files
+    /// (`dataChange`: a compaction does not) touches every committed chunk
+    /// whose range those files overlap, unless this job committed the
+    /// chunk again later in the log (which replaced the range).
+    async fn foreign_writes(
+        &self,
+        since: Option<&str>,
+        committed: &[Chunk],
+    ) -> Result<Option<ForeignWrites>, SinkError> {
+        if !self.merge_keys.is_empty() || self.range_column.is_none() {
+            return Ok(None);
+        }
+        let Some(table) = self.open().await? else {
+            return Ok(None);
+        };
+        let Some(current) = table.version() else {
+            return Ok(None);
+        };
+        let mark = current.to_string();
+        let since = match since.map(str::parse::<u64>) {
+            Some(Ok(v)) if v <= current => v,
+            Some(Ok(v)) => {
+                tracing::warn!(
+                    "{}: the table is at version {current}, before version {v} this job last read: it was recreated; other writers' changes before now are not looked for",
+                    self.shown
+                );
+                return Ok(Some(ForeignWrites {
+                    mark,
+                    touched: Vec::new(),
+                }));
+            }
+            // The first look: the job's own commits before it carry no tag
+            // to tell them from others'.
+            _ => {
+                return Ok(Some(ForeignWrites {
+                    mark,
+                    touched: Vec::new(),
+                }));
+            }
+        };
+        let log_store = table.log_store();
+        // Files another writer changed (path, partition values, stats;
+        // removes carry no stats and are looked up) at each version, and
+        // the last version at which this job committed each chunk.
+        let mut foreign: Vec<(u64, FileRange)> = Vec::new();
+        let mut unresolved: Vec<(u64, String, HashMap<String, Option<String>>)> = Vec::new();
+        let mut added: HashMap<String, FileRange> = HashMap::new();
+        let mut ours: HashMap<String, u64> = HashMap::new();
+        for version in since + 1..=current {
+            let Some(bytes) = log_store
+                .read_commit_entry(version)
+                .await
+                .map_err(self.err())?
+            else {
+                tracing::warn!(
+                    "{}: the log no longer holds version {version} (log retention): other writers' changes up to it are not looked for",
+                    self.shown
+                );
+                continue;
+            };
+            let actions = deltalake::logstore::get_actions(version, &bytes).map_err(self.err())?;
+            let mine = actions.iter().any(|a| {
+                matches!(a, Action::CommitInfo(ci)
+                    if ci.info.get(JOB_KEY).and_then(|v| v.as_str()) == Some(self.job_tag.as_str()))
+            });
+            for action in actions {
+                match action {
+                    Action::Txn(t) if mine => {
+                        if let Some(id) = t.app_id.strip_prefix("backfill-") {
+                            ours.insert(id.to_string(), version);
+                        }
+                    }
+                    Action::Add(a) => {
+                        let file = FileRange {
+                            partition_values: a.partition_values,
+                            stats: a.stats,
+                        };
+                        if !mine && a.data_change {
+                            foreign.push((version, file.clone()));
+                        }
+                        added.insert(a.path, file);
+                    }
+                    Action::Remove(r) if !mine && r.data_change => match added.get(&r.path) {
+                        Some(file) => foreign.push((version, file.clone())),
+                        None => unresolved.push((
+                            version,
+                            r.path,
+                            r.partition_values.unwrap_or_default(),
+                        )),
+                    },
+                    _ => {}
+                }
+            }
+        }
+        if !unresolved.is_empty() {
+            // Files removed that were added before `since`: their ranges
+            // are in the table as it was then.
+            let mut old = deltalake::open_table(self.url()?)
+                .await
+                .map_err(self.err())?;
+            let known: HashMap<String, FileRange> = match old.load_version(since).await {
+                Ok(()) => old
+                    .snapshot()
+                    .map_err(self.err())?
+                    .snapshot()
+                    .file_views(old.log_store().as_ref(), None)
+                    .map_ok(|f| {
+                        (
+                            f.path().to_string(),
+                            FileRange {
+                                partition_values: f.partition_values_map(),
+                                stats: f.stats(),
+                            },
+                        )
+                    })
+                    .try_collect()
+                    .await
+                    .map_err(self.err())?,
+                Err(e) => {
+                    tracing::debug!("{}: version {since} unreadable ({e})", self.shown);
+                    HashMap::new()
+                }
+            };
+            for (version, path, partition_values) in unresolved {
+                let file = known.get(&path).cloned().unwrap_or(FileRange {
+                    partition_values,
+                    stats: None,
+                });
+                foreign.push((version, file));
+            }
+        }
+        let touched = committed
+            .iter()
+            .filter(|chunk| {
+                let range = ChunkRange {
+                    column: self.range_column.as_deref(),
+                    chunk,
+                };
+                let replaced = ours.get(&chunk.id).copied();
+                foreign.iter().any(|(version, f)| {
+                    replaced.is_none_or(|r| *version > r)
+                        && range.overlap(&f.partition_values, f.stats.as_deref())
+                            != Overlap::Outside
+                })
+            })
+            .map(|c| c.index)
+            .collect();
+        Ok(Some(ForeignWrites { mark, touched }))
     }
 
     /// Staged files go; files a Delta commit removed stay for readers of

@@ -130,6 +130,17 @@ pub struct TargetFiles {
     pub staged: Vec<String>,
 }
 
+/// What [`Sink::foreign_writes`] found.
+#[derive(Debug, Default)]
+pub struct ForeignWrites {
+    /// Where the look ended: the next one starts after it.
+    pub mark: String,
+    /// Indexes (in the plan) of the committed chunks whose range another
+    /// writer added rows to or removed rows from after this job's last
+    /// commit of the chunk.
+    pub touched: Vec<usize>,
+}
+
 #[async_trait]
 pub trait Sink: Send + Sync + std::fmt::Debug {
     async fn begin(&self, chunk: &Chunk, attempt: u32) -> Result<Box<dyn ChunkWriter>, SinkError>;
@@ -146,6 +157,20 @@ pub trait Sink: Send + Sync + std::fmt::Debug {
     async fn clear_retired(&self, retired: &Chunk, parts: &[Chunk]) -> Result<(), SinkError> {
         let _ = (retired, parts);
         Ok(())
+    }
+    /// The chunks among `committed` whose range another writer changed in
+    /// the target since `since` (a mark this method returned before), and
+    /// the mark to keep for the next look. `None` when the target cannot
+    /// tell (a Parquet folder, whose replace owns only the job's files; a
+    /// PostgreSQL table, which keeps no change log; merge mode, which never
+    /// owns a range).
+    async fn foreign_writes(
+        &self,
+        since: Option<&str>,
+        committed: &[Chunk],
+    ) -> Result<Option<ForeignWrites>, SinkError> {
+        let _ = (since, committed);
+        Ok(None)
     }
     /// Lists the files of this tool in the target, to find orphans after a crash.
     async fn scan(&self) -> Result<TargetFiles, SinkError>;

@@ -133,7 +133,7 @@ fn assert_global_answer(demo: &Demo, step: &str) {
     validate_ok(demo);
 }
 
-fn run_json(demo: &Demo, extra: &[&str]) -> serde_json::Value {
+pub(crate) fn run_json(demo: &Demo, extra: &[&str]) -> serde_json::Value {
     let job = demo.job_str();
     let mut args = vec!["run", job.as_str(), "--json"];
     args.extend_from_slice(extra);

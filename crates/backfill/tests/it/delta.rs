@@ -310,3 +310,55 @@ fn a_replan_that_shrinks_the_range_leaves_no_rows_outside_it() {
     let (rows, hash, _) = table_rows(&demo);
     assert_eq!((rows, hash), source_rows(&demo), "the whole year again");
 }
+
+#[test]
+fn a_plain_run_replaces_what_another_writer_changed_in_a_committed_range() {
+    // Issue 19: a live pipeline's rows in a committed range, or its
+    // deletes there, made the table differ from the job's answer, and
+    // only `validate` (and a run narrowed to the range) knew.
+    let demo = Demo::new(6_000, "\"7d\"");
+    demo.without_quality();
+    target_to_delta(&demo);
+    let run_json = |extra: &[&str]| crate::dedup::run_json(&demo, extra);
+    let same_as_source = |step: &str| {
+        let (rows, hash, repeated) = table_rows(&demo);
+        assert_eq!(repeated, 0, "after {step}: rows in the table twice");
+        assert_eq!((rows, hash), source_rows(&demo), "after {step}");
+        let v = demo.run(&["validate", &demo.job_str()]);
+        assert_eq!(code(&v), 0, "validate after {step}:\n{}", text(&v));
+    };
+    run_json(&[]);
+
+    // A compaction changes no rows: nothing runs again.
+    python_on_table(&demo, "deltalake.DeltaTable(path).optimize.compact()");
+    let summary = run_json(&[]);
+    assert_eq!(summary["selected"], 0, "after a compaction: {summary}");
+
+    // A pipeline appends rows in early March; another tool deletes a
+    // third of May's rows (removing files the compaction wrote, which
+    // the log's `remove` names without their statistics).
+    python_on_table(
+        &demo,
+        r#"dt = deltalake.DeltaTable(path)
+t = dt.to_pyarrow_table()
+march = t.filter(pc.and_(pc.equal(t["month"], 3), pc.less(t["day"], 6))).slice(0, 20)
+march = march.set_column(march.schema.get_field_index("transaction_id"), "transaction_id", pc.add(march["transaction_id"], 10**9))
+deltalake.write_deltalake(path, march, mode="append")
+deltalake.DeltaTable(path).delete("month = 5 AND transaction_id % 3 = 0")"#,
+    );
+    let v = demo.run(&["validate", &demo.job_str()]);
+    assert_eq!(code(&v), 3, "validate sees the writes:\n{}", text(&v));
+    let summary = run_json(&[]);
+    let reruns = summary["foreign_reruns"].as_u64().unwrap_or(0);
+    // The week of 2023-03-01..06 (one or two weekly chunks) and the five
+    // weeks touching May.
+    assert!(
+        (5..=8).contains(&reruns),
+        "the weeks of early March and of May, no others: {summary}"
+    );
+    same_as_source("a foreign append and delete, then a plain run");
+
+    // Replaced once, they stay replaced.
+    let summary = run_json(&[]);
+    assert_eq!(summary["selected"], 0, "{summary}");
+}

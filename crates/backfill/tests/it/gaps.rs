@@ -76,6 +76,13 @@ print(json.dumps(len(files)))
     let v = demo.run(&["validate", &demo.job_str()]);
     assert_eq!(code(&v), 3, "{}", text(&v));
 
+    // A chunk of the refill that fails makes it exit 1, not 0 or 4: a
+    // script must not take it for a refill that ran.
+    let failing = demo.run_env(
+        &["gaps", &demo.job_str(), "--fix", "--run"],
+        &[("BACKFILL_FAILPOINTS", "write:permanent")],
+    );
+    assert_eq!(code(&failing), 1, "{}", text(&failing));
     let fixed = demo.run(&["gaps", &demo.job_str(), "--fix", "--run"]);
     assert_eq!(code(&fixed), 0, "{}", text(&fixed));
     assert!(stdout(&fixed).contains("no gaps"), "{}", text(&fixed));

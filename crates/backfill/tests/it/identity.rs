@@ -126,6 +126,12 @@ fn two_jobs_load_one_target_without_touching_each_other() {
             "after {step}: the shared target is not the union of both sources"
         );
         assert_eq!(duplicate_rows(&demo), 0, "after {step}");
+        // Each job accounts for its own files: the other's, in the same
+        // ranges, are not strays.
+        for job in [&odd, &even] {
+            let v = demo.run(&["validate", job]);
+            assert_eq!(code(&v), 0, "validate {job} after {step}:\n{}", text(&v));
+        }
     };
 
     run_job(&demo, &odd, &[]);

@@ -11,12 +11,13 @@
 //! for as long as it is given.
 //!
 //! Operations today: run, run --from/--to, a replan to another chunk width,
-//! kill -9 mid-run, an abort at a commit step, the state folder deleted,
-//! `reset` of a window, a second job sharing the folder, a late source file
-//! (newer versions of existing keys and new keys), a source file deleted,
-//! and on Delta a compaction by deltalake-python. Foreign rows appended to
-//! a Delta range are not drawn yet: a plain run does not yet notice that a
-//! committed chunk's target changed under it (`validate` does).
+//! a replan that moves the range's end, kill -9 mid-run, an abort at a
+//! commit step, the state folder deleted, `reset` of a window, `gaps --fix
+//! --run`, a second job sharing the folder (writing elsewhere), a second job
+//! sharing a Parquet target folder (its own source and state), a late
+//! source file (newer versions of existing keys and new keys), a source
+//! file deleted, and on Delta a compaction and another writer's appends
+//! and deletes in the range, both by deltalake-python.
 
 use rand::rngs::SmallRng as StdRng;
 use rand::{Rng, SeedableRng};
@@ -33,17 +34,46 @@ enum Target {
 #[derive(Debug, Clone)]
 enum Op {
     Run,
-    Narrowed { from: u32, to: u32 },
+    Narrowed {
+        from: u32,
+        to: u32,
+    },
     Replan(&'static str),
-    Kill { delay_ms: u64 },
-    Abort { point: &'static str, nth: u32 },
+    Kill {
+        delay_ms: u64,
+    },
+    Abort {
+        point: &'static str,
+        nth: u32,
+    },
     LoseState,
-    Reset { from: u32, to: u32 },
+    Reset {
+        from: u32,
+        to: u32,
+    },
     SecondJob,
     Compact,
-    LateFile { n: u32 },
-    DeleteFile { pick: u32 },
+    LateFile {
+        n: u32,
+    },
+    DeleteFile {
+        pick: u32,
+    },
+    /// `gaps --fix --run`.
+    GapsFix,
+    /// A replan that moves the range's end (and so drops or adds chunks).
+    RangeEnd(&'static str),
+    /// Another writer appends rows in the range (new keys) and deletes
+    /// some of a month's rows: Delta, by deltalake-python.
+    ForeignWrite {
+        n: u32,
+    },
+    /// Another job, with its own source and state, runs into the same
+    /// Parquet folder (EU and US sources into one table).
+    SharedTarget,
 }
+
+const ENDS: &[&str] = &["2024-01-01", "2023-07-15", "2023-10-01"];
 
 const WIDTHS: &[&str] = &["\"1 month\"", "\"7d\"", "\"14d\"", "\"3d\""];
 
@@ -86,7 +116,7 @@ fn draw(rng: &mut StdRng, target: Target) -> Op {
         (from, to)
     };
     loop {
-        let op = match rng.random_range(0..12) {
+        let op = match rng.random_range(0..16) {
             0 | 1 => Op::Run,
             2 => {
                 let (from, to) = window(rng);
@@ -115,12 +145,24 @@ fn draw(rng: &mut StdRng, target: Target) -> Op {
             10 => Op::DeleteFile {
                 pick: rng.random_range(0..100),
             },
+            11 => Op::GapsFix,
+            12 => Op::RangeEnd(ENDS[rng.random_range(0..ENDS.len())]),
+            13 => Op::ForeignWrite {
+                n: rng.random_range(0..1000),
+            },
+            14 => Op::SharedTarget,
             _ => Op::Compact,
         };
-        if matches!(op, Op::Compact) && target != Target::Delta {
-            continue;
+        let fits = match op {
+            Op::Compact | Op::ForeignWrite { .. } => target == Target::Delta,
+            // Replace in a table owns the chunk's range whoever wrote it:
+            // jobs sharing one must not overlap, so only a folder is shared.
+            Op::SharedTarget => target == Target::Parquet,
+            _ => true,
+        };
+        if fits {
+            return op;
         }
-        return op;
     }
 }
 
@@ -129,8 +171,13 @@ struct Case {
     target: Target,
     quality: bool,
     width: &'static str,
+    /// The range's end (exclusive).
+    end: &'static str,
     /// The PostgreSQL schema of a PostgreSQL target, dropped with the case.
     pg: Option<crate::postgres::Pg>,
+    /// The range end of the job sharing the Parquet folder, once a run of
+    /// it committed every chunk: its rows are then part of the model.
+    neighbour: Option<&'static str>,
 }
 
 impl Case {
@@ -163,7 +210,9 @@ impl Case {
             target,
             quality,
             width,
+            end: ENDS[0],
             pg,
+            neighbour: None,
         }
     }
 
@@ -294,6 +343,90 @@ impl Case {
                 }
                 Ok(false)
             }
+            Op::GapsFix => {
+                let out = self.run(&["gaps", &job, "--fix", "--run"]);
+                match code(&out) {
+                    // Gaps may remain where the source has none to give.
+                    0 | 4 => Ok(true),
+                    _ => Err(format!("gaps --fix --run failed:\n{}", text(&out))),
+                }
+            }
+            Op::RangeEnd(end) => {
+                let old = self.end;
+                demo.edit_job(|s| {
+                    s.replace(&format!("end = \"{old}\""), &format!("end = \"{end}\""))
+                });
+                self.end = end;
+                ok(self.run(&["run", &job, "--replan"]))
+            }
+            Op::ForeignWrite { n } => {
+                let path = crate::delta::delta_path(demo);
+                if !std::path::Path::new(&path).join("_delta_log").exists() {
+                    return Ok(false);
+                }
+                // Months wholly inside the range, so the rows are the job's
+                // business.
+                let months = match self.end {
+                    "2024-01-01" => 12,
+                    "2023-10-01" => 9,
+                    _ => 6,
+                };
+                pyarrow(
+                    &format!(
+                        "import deltalake, pyarrow.compute as pc, sys\npath = sys.argv[1]\n\
+                         t = deltalake.DeltaTable(path).to_pyarrow_table()\n\
+                         t = t.filter(pc.less_equal(t['month'], {months}))\n\
+                         rows = t.slice({n} % max(1, t.num_rows - 30), 25)\n\
+                         rows = rows.set_column(rows.schema.get_field_index('transaction_id'), 'transaction_id', pc.add(rows['transaction_id'], {new}))\n\
+                         if rows.num_rows:\n    deltalake.write_deltalake(path, rows, mode='append')\n\
+                         deltalake.DeltaTable(path).delete('month = {month} AND transaction_id % {m} = 0')\n\
+                         print(1)",
+                        new = 3_000_000_000u64 + u64::from(*n) * 1_000_000,
+                        month = n % months + 1,
+                        m = n % 5 + 3,
+                    ),
+                    &path,
+                );
+                Ok(false)
+            }
+            Op::SharedTarget => {
+                // Its own source, made once: the source as it is now, under
+                // other keys, in a folder the main job does not read.
+                let us = demo.path().join("source_us");
+                if !us.exists() {
+                    std::fs::create_dir_all(&us).map_err(|e| e.to_string())?;
+                    duckdb(&format!(
+                        "COPY (SELECT * REPLACE (transaction_id + 5000000000 AS transaction_id) FROM read_parquet('{}')) TO '{}' (FORMAT PARQUET)",
+                        demo.source_glob(),
+                        us.join("us.parquet").display()
+                    ));
+                }
+                let job_text = std::fs::read_to_string(demo.job())
+                    .map_err(|e| e.to_string())?
+                    .replace("name = \"transactions\"", "name = \"us\"")
+                    .replace("path = \"source/\"", "path = \"source_us/\"")
+                    .replace(
+                        "warehouse/transactions_quarantine",
+                        "warehouse/us_quarantine",
+                    );
+                let other = demo.path().join("us.toml");
+                std::fs::write(&other, job_text).map_err(|e| e.to_string())?;
+                let other = other.display().to_string();
+                let out = self.run(&["run", &other, "--replan"]);
+                if code(&out) != 0 {
+                    return Err(format!(
+                        "the job sharing the folder failed:\n{}",
+                        text(&out)
+                    ));
+                }
+                let out = self.run(&["status", &other, "--json"]);
+                let status: serde_json::Value = serde_json::from_slice(&out.stdout)
+                    .map_err(|e| format!("status --json: {e}\n{}", text(&out)))?;
+                if status["totals"]["committed"] == status["totals"]["chunks"] {
+                    self.neighbour = Some(self.end);
+                }
+                Ok(false)
+            }
             Op::Compact => {
                 pyarrow(
                     "import deltalake, sys\ndeltalake.DeltaTable(sys.argv[1]).optimize.compact()\nprint(1)",
@@ -312,20 +445,31 @@ impl Case {
         )
     }
 
-    /// The model: what the job computes over the current source.
-    fn expected(&self) -> Vec<serde_json::Value> {
-        let rows = if self.quality {
+    /// The rows the job computes from the Parquet files `glob` with the
+    /// range ending at `end`: rules, then the latest version of each key.
+    fn model_rows(&self, glob: &str, end: &str) -> String {
+        let range =
+            format!("created_at >= TIMESTAMP '2023-01-01' AND created_at < TIMESTAMP '{end}'");
+        if self.quality {
             format!(
-                "(SELECT * FROM (SELECT *, row_number() OVER (PARTITION BY transaction_id ORDER BY created_at DESC NULLS LAST, amount DESC NULLS LAST) AS rn
-                  FROM ({}) WHERE rule IS NULL) WHERE rn = 1)",
-                ruled_source_sql(&self.demo)
+                "(SELECT transaction_id, amount, created_at FROM (SELECT *, row_number() OVER (PARTITION BY transaction_id ORDER BY created_at DESC NULLS LAST, amount DESC NULLS LAST) AS rn
+                  FROM (SELECT *, {RULES_CASE} AS rule FROM read_parquet('{glob}') WHERE {range}) WHERE rule IS NULL) WHERE rn = 1)"
             )
         } else {
             format!(
-                "(SELECT * FROM read_parquet('{}') WHERE created_at >= TIMESTAMP '2023-01-01' AND created_at < TIMESTAMP '2024-01-01')",
-                self.demo.source_glob()
+                "(SELECT transaction_id, amount, created_at FROM read_parquet('{glob}') WHERE {range})"
             )
-        };
+        }
+    }
+
+    /// The model: what the job computes over the current source (and, in a
+    /// shared folder, what the other job computes over its own).
+    fn expected(&self) -> Vec<serde_json::Value> {
+        let mut rows = self.model_rows(&self.demo.source_glob(), self.end);
+        if let Some(end) = self.neighbour {
+            let us = format!("{}/source_us/*.parquet", self.demo.path().display());
+            rows = format!("({rows} UNION ALL {})", self.model_rows(&us, end));
+        }
         duckdb(&Case::aggregates(&rows)).remove(0)
     }
 
