@@ -12,6 +12,8 @@
 //!   the point, the hit number and `BACKFILL_FAILPOINTS_SEED`, so a run can
 //!   be repeated;
 //! - `read:panic` panics (a bug in a chunk task), `read:panic*1` only once;
+//! - `read:sleep=2000` holds the chunk there for 2000 ms (a slow chunk, to
+//!   test leases), every hit;
 //! - `@5` restricts the entry to the chunk with index 5.
 //!
 //! Points, in the order a chunk reaches them: `read` (before the source scan),
@@ -51,6 +53,10 @@ enum Action {
     /// Panics, like a bug would.
     Panic {
         times: Option<u32>,
+    },
+    /// Blocks the chunk's thread for `ms` milliseconds.
+    Sleep {
+        ms: u64,
     },
     /// Fails `percent` of hits, chosen pseudo-randomly.
     Storm {
@@ -105,6 +111,19 @@ fn parse(spec: &str) -> Result<Vec<Entry>, String> {
             ),
             None => (rest, None),
         };
+        if let Some(ms) = action.strip_prefix("sleep=") {
+            out.push(Entry {
+                point: point.to_string(),
+                action: Action::Sleep {
+                    ms: ms
+                        .parse()
+                        .map_err(|_| format!("\"{ms}\" is not a number of milliseconds"))?,
+                },
+                chunk,
+                hits: AtomicU32::new(0),
+            });
+            continue;
+        }
         if let Some((verb, pct)) = action.split_once('%') {
             let class = match verb {
                 "error" => ErrorClass::Transient,
@@ -204,6 +223,7 @@ pub fn hit(point: &'static str, chunk_index: usize) -> Result<(), Injected> {
                     panic!("failpoint {point}: injected panic (hit {n})");
                 }
             }
+            Action::Sleep { ms } => std::thread::sleep(std::time::Duration::from_millis(ms)),
             Action::Storm { class, percent } => {
                 let key = format!("{}|{point}|{chunk_index}|{n}", seed());
                 if twox_hash::XxHash3_64::oneshot(key.as_bytes()) % 100 < u64::from(percent) {

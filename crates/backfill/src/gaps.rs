@@ -277,7 +277,9 @@ impl Backfill {
                 .cloned()
                 .collect();
             marked = Some(match &state {
-                Some(s) if !committed.is_empty() => s.reset(&committed)?,
+                Some(s) if !committed.is_empty() => {
+                    crate::runner::with_lock(s.as_ref(), || Ok(s.reset(&committed)?))?
+                }
                 _ => 0,
             });
         }

@@ -13,8 +13,8 @@ use backfill_core::plan::{self, Chunk};
 use backfill_core::retry::RetryPolicy;
 use backfill_core::spec::JobSpec;
 use backfill_core::state::{
-    ChunkMetrics, ChunkRecord, ChunkStatus, JobOwner, LockHolder, SqliteStateStore, StateError,
-    StateStore,
+    ChunkMetrics, ChunkRecord, ChunkStatus, JobOwner, LockHolder, NOTE_NULL_RANGE,
+    NOTE_TARGET_MARK, SqliteStateStore, StateError, StateStore,
 };
 use backfill_core::{ErrorClass, fingerprint};
 use datafusion::execution::runtime_env::RuntimeEnv;
@@ -138,6 +138,11 @@ pub struct Recovery {
     pub garbage_removed: usize,
     pub orphans_removed: usize,
     pub interrupted_chunks: usize,
+    /// Committed chunks whose publish failed again (id, error): they stay
+    /// committed and unpublished for the next run, and this run goes on
+    /// without them.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub stuck: Vec<(String, String)>,
 }
 
 /// One row of `plan`.
@@ -570,13 +575,15 @@ impl Backfill {
         let Some(state) = self.open_state_existing()? else {
             return Ok(0);
         };
-        let ids: Vec<String> = state
-            .chunks()?
-            .into_iter()
-            .filter(|c| c.chunk().overlaps(from, to))
-            .map(|c| c.id)
-            .collect();
-        Ok(state.reset(&ids)?)
+        with_lock(state.as_ref(), || {
+            let ids: Vec<String> = state
+                .chunks()?
+                .into_iter()
+                .filter(|c| c.chunk().overlaps(from, to))
+                .map(|c| c.id)
+                .collect();
+            Ok(state.reset(&ids)?)
+        })
     }
 
     /// The same job planned up to now along its chunk grid (`run
@@ -613,12 +620,20 @@ impl Backfill {
         r.extend_to.map(|_| r.lookback)
     }
 
-    /// Removes the job's lock, whoever holds it.
+    /// Removes the job's lock (ends its leases, in a shared state),
+    /// unless its holder is a process of this host that is running.
     pub fn unlock(&self) -> Result<Option<LockHolder>, Error> {
-        match self.open_state_existing()? {
-            Some(s) => Ok(s.force_unlock()?),
-            None => Ok(None),
+        let Some(state) = self.open_state_existing()? else {
+            return Ok(None);
+        };
+        if let Some(h) = state.holders()?.into_iter().find(LockHolder::is_alive_here) {
+            return Err(StateError::HolderAlive {
+                pid: h.pid,
+                host: h.host,
+            }
+            .into());
         }
+        Ok(state.force_unlock()?)
     }
 
     /// Runs every chunk not yet committed.
@@ -746,13 +761,33 @@ impl Backfill {
         let pending_orphans = recover(&job, state.as_ref(), &mut summary.recovered).await?;
         self.check_schema(&job).await?;
         if let Some(range) = &job.range {
-            summary.null_range_rows =
-                engine::count_null_range(&job.source, range, &job.config, &job.runtime)
-                    .await
-                    .map_err(|source| crate::source::SourceError::Read {
-                        shown: job.source.describe(),
-                        source,
-                    })?;
+            // Counted once per source change: without statistics (CSV,
+            // JSON) it is a scan of the whole source.
+            let counted_at = format!("{}|{}", range.name, job.source.fingerprint());
+            let known = state.note(NOTE_NULL_RANGE)?.and_then(|v| {
+                v.rsplit_once('\t')
+                    .filter(|(at, _)| *at == counted_at)
+                    .and_then(|(_, n)| n.parse::<u64>().ok())
+            });
+            summary.null_range_rows = match known {
+                Some(n) => {
+                    tracing::debug!(
+                        "{n} source row(s) with a NULL {}: counted before, the source is unchanged",
+                        range.name
+                    );
+                    n
+                }
+                None => {
+                    let n = engine::count_null_range(&job.source, range, &job.config, &job.runtime)
+                        .await
+                        .map_err(|source| crate::source::SourceError::Read {
+                            shown: job.source.describe(),
+                            source,
+                        })?;
+                    state.set_note(NOTE_NULL_RANGE, &format!("{counted_at}\t{n}"))?;
+                    n
+                }
+            };
             if summary.null_range_rows > 0 {
                 tracing::warn!(
                     "{} source row(s) have a NULL {}: no chunk covers them, so they are not in the target",
@@ -768,6 +803,22 @@ impl Backfill {
             .map(|c| (c.id.clone(), c))
             .collect();
         let mut selected = select(&job.chunks, &records, opts, self.lookback());
+        // A chunk whose publish failed in recovery keeps its committed
+        // files for the next run; running it now would only stack another
+        // version behind them. It fails this run.
+        for (id, error) in &summary.recovered.stuck {
+            selected.retain(|c| &c.id != id);
+            if let Some(c) = job.chunks.iter().find(|c| &c.id == id) {
+                summary.failed.push(FailedChunk {
+                    index: c.index,
+                    id: c.id.clone(),
+                    bounds: c.bounds(),
+                    error: format!(
+                        "committed, but publishing it failed again: {error}; the next run tries again"
+                    ),
+                });
+            }
+        }
         let committed = |c: &Chunk| {
             records
                 .get(&c.id)
@@ -784,7 +835,7 @@ impl Backfill {
                 .filter(|c| committed(c) && !selected.iter().any(|s| s.index == c.index))
                 .cloned()
                 .collect();
-            let mark = state.target_mark()?;
+            let mark = state.note(NOTE_TARGET_MARK)?;
             match job
                 .sinks
                 .target
@@ -868,7 +919,7 @@ impl Backfill {
         summary.selected = selected.len();
         if selected.is_empty() {
             if let Some(mark) = &foreign_mark {
-                state.set_target_mark(mark)?;
+                state.set_note(NOTE_TARGET_MARK, mark)?;
             }
             return Ok(());
         }
@@ -1003,7 +1054,7 @@ impl Backfill {
             .as_deref()
             .filter(|_| status == "ok" && summary.left == 0)
         {
-            state.set_target_mark(mark)?;
+            state.set_note(NOTE_TARGET_MARK, mark)?;
         }
         state.finish_run(run_id, status)?;
         Ok(())
@@ -1239,6 +1290,22 @@ fn uncovered_parts(old: &Chunk, plan: &[Chunk]) -> Vec<Chunk> {
     parts
 }
 
+/// Runs `f` holding the job's lock, as `run` does: a change to the state
+/// (`reset`, `gaps --fix`) waits for no one and is refused while a live
+/// run holds the job (a shared state has no job lock: it leases chunks).
+pub(crate) fn with_lock<T>(
+    state: &dyn StateStore,
+    f: impl FnOnce() -> Result<T, Error>,
+) -> Result<T, Error> {
+    let me = LockHolder::current();
+    state.lock(&me)?;
+    let out = f();
+    if let Err(e) = state.unlock(&me) {
+        tracing::warn!("could not release the job lock: {e}");
+    }
+    out
+}
+
 /// Adds committed chunks to the run, in plan order, saying why; returns
 /// how many.
 fn run_again(selected: &mut Vec<Chunk>, more: Vec<Chunk>, why: &str) -> usize {
@@ -1448,7 +1515,15 @@ async fn recover(
                 state.reset(std::slice::from_ref(&chunk_id))?;
                 rec.lost_chunks += 1;
             }
-            Err(e) => return Err(e.into()),
+            // One chunk whose publish keeps failing (a target refusing its
+            // files, an object too large to copy) must not hold back every
+            // other chunk: it is reported, and the next run tries again.
+            Err(e) => {
+                tracing::error!(
+                    "chunk {chunk_id} is committed but publishing it failed again: {e}; the other chunks go on"
+                );
+                rec.stuck.push((chunk_id.clone(), e.to_string()));
+            }
         }
     }
     let garbage = state.garbage()?;

@@ -67,6 +67,11 @@ pub enum StateError {
         since: String,
     },
     #[error(
+        "the job's lock is held by pid {pid} on this host ({host}), which is running: stop it \
+         (it releases the lock as it ends) instead of unlocking"
+    )]
+    HolderAlive { pid: u32, host: String },
+    #[error(
         "state store {store} belongs to another job: it records job \"{found_name}\" writing to {found_target}, \
          and this is job \"{name}\" writing to {target}. A state serves one job: give this job a state of its own \
          (leave out [state] path for the default .backfill/<job name>.db, or set another path or [job] name); \
@@ -278,21 +283,82 @@ pub struct LockHolder {
     pub pid: u32,
     pub host: String,
     pub since: String,
+    /// Random per process ([`process_token`]): pid and host name are not
+    /// unique across containers (PID 1 and one host name in each).
+    pub token: String,
+}
+
+/// A random token of this process, the same for its whole life: with pid
+/// and host, it tells apart two processes that share both (containers).
+pub fn process_token() -> &'static str {
+    static TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TOKEN.get_or_init(|| format!("{:016x}", rand::random::<u64>()))
+}
+
+/// This process's id as a holder shows it; `BACKFILL_HOLDER_PID`
+/// overrides it (tests that play two containers with one PID).
+pub fn holder_pid() -> u32 {
+    std::env::var("BACKFILL_HOLDER_PID")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(std::process::id)
+}
+
+/// This host's name as a holder shows it; `BACKFILL_HOLDER_HOST`
+/// overrides it (tests that play two containers with one host name).
+pub fn holder_host() -> String {
+    std::env::var("BACKFILL_HOLDER_HOST")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(hostname)
 }
 
 impl LockHolder {
     pub fn current() -> LockHolder {
         LockHolder {
-            pid: std::process::id(),
-            host: hostname(),
+            pid: holder_pid(),
+            host: holder_host(),
             since: now(),
+            token: process_token().to_string(),
         }
     }
 
+    /// The same process: pid, host and token.
+    pub fn is_me(&self) -> bool {
+        self.pid == holder_pid() && self.host == holder_host() && self.token == process_token()
+    }
+
+    /// As a lease holder is recorded: `pid@host#token`.
+    pub fn lease_name(&self) -> String {
+        format!("{}@{}#{}", self.pid, self.host, self.token)
+    }
+
+    /// Reads [`LockHolder::lease_name`] (and the `pid@host` of states
+    /// written before holders carried a token).
+    pub fn from_lease_name(name: &str) -> Option<LockHolder> {
+        let (who, token) = name.split_once('#').unwrap_or((name, ""));
+        let (pid, host) = who.split_once('@')?;
+        Some(LockHolder {
+            pid: pid.parse().ok()?,
+            host: host.to_string(),
+            since: String::new(),
+            token: token.to_string(),
+        })
+    }
+
     /// Whether the holder is surely gone: a process on this host that no
-    /// longer exists. Holders on other hosts cannot be checked from here.
+    /// longer exists. Holders on other hosts cannot be checked from here,
+    /// nor one that shows this process's own pid and host with another
+    /// token (another container, or an earlier life of this pid).
+    /// Whether the holder surely runs: a live process of this host other
+    /// than this one (this pid with another token may be another
+    /// container, or an earlier life of this pid: that cannot be told).
+    pub fn is_alive_here(&self) -> bool {
+        self.host == holder_host() && self.pid != holder_pid() && process_alive(self.pid)
+    }
+
     pub fn is_stale(&self) -> bool {
-        self.host == hostname() && !process_alive(self.pid)
+        self.host == holder_host() && self.pid != holder_pid() && !process_alive(self.pid)
     }
 }
 
@@ -369,6 +435,15 @@ pub struct PlanSync {
     pub retired: Vec<String>,
 }
 
+/// How far this job has read the target's own change log (a Delta table
+/// version): changes after it are looked at for other writers' rows in
+/// committed ranges.
+pub const NOTE_TARGET_MARK: &str = "target_mark";
+/// The count of source rows with a NULL range column, with the source
+/// fingerprint it was counted at: a CSV or JSON source is scanned for it
+/// once per change, not on every run.
+pub const NOTE_NULL_RANGE: &str = "null_range_rows";
+
 /// The state behind a backfill. Implementations must make each method atomic:
 /// a crash in the middle leaves either the old or the new state.
 pub trait StateStore: Send + Sync {
@@ -392,6 +467,9 @@ pub trait StateStore: Send + Sync {
     fn unlock(&self, holder: &LockHolder) -> Result<(), StateError>;
     /// Removes any lock, whoever holds it (`backfill unlock`).
     fn force_unlock(&self) -> Result<Option<LockHolder>, StateError>;
+    /// Who holds the job now: the lock's holder, or the holders of live
+    /// chunk leases in a shared store.
+    fn holders(&self) -> Result<Vec<LockHolder>, StateError>;
 
     /// Makes the stored chunks match `chunks`. Refuses with
     /// [`StateError::RangeChanged`] when committed chunks are not in
@@ -407,11 +485,10 @@ pub trait StateStore: Send + Sync {
     ) -> Result<PlanSync, StateError>;
 
     fn begin_run(&self, args: &str) -> Result<i64, StateError>;
-    /// How far this job has read the target's own change log (a Delta
-    /// table version): changes after it are looked at for other writers'
-    /// rows in committed ranges. `None` before the first look.
-    fn target_mark(&self) -> Result<Option<String>, StateError>;
-    fn set_target_mark(&self, mark: &str) -> Result<(), StateError>;
+    /// A small fact the job keeps between runs under `key` (see [`NOTE_TARGET_MARK`],
+    /// [`NOTE_NULL_RANGE`]); `None` before it is first set.
+    fn note(&self, key: &str) -> Result<Option<String>, StateError>;
+    fn set_note(&self, key: &str, value: &str) -> Result<(), StateError>;
     fn finish_run(&self, run_id: i64, status: &str) -> Result<(), StateError>;
 
     fn chunks(&self) -> Result<Vec<ChunkRecord>, StateError>;

@@ -18,6 +18,19 @@ use crate::plan::Chunk;
 /// chunk ids are of the current version (`meta.chunk_ids`).
 pub const SCHEMA_VERSION: i64 = 3;
 
+/// The job lock's holder, with the token kept in `meta`.
+const LOCK_HOLDER: &str = "SELECT pid, host, since, \
+     coalesce((SELECT value FROM meta WHERE key = 'lock_token'), '') FROM lock WHERE id = 1";
+
+fn holder_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<LockHolder> {
+    Ok(LockHolder {
+        pid: r.get(0)?,
+        host: r.get(1)?,
+        since: r.get(2)?,
+        token: r.get(3)?,
+    })
+}
+
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS runs (
@@ -386,18 +399,13 @@ impl StateStore for SqliteStateStore {
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(self.err())?;
         let existing = tx
-            .query_row("SELECT pid, host, since FROM lock WHERE id = 1", [], |r| {
-                Ok(LockHolder {
-                    pid: r.get(0)?,
-                    host: r.get(1)?,
-                    since: r.get(2)?,
-                })
-            })
+            .query_row(LOCK_HOLDER, [], holder_row)
             .optional()
             .map_err(self.err())?;
         let mut replaced = None;
         if let Some(old) = existing {
-            let ours = old.pid == holder.pid && old.host == holder.host;
+            let ours =
+                old.pid == holder.pid && old.host == holder.host && old.token == holder.token;
             if !ours {
                 if !old.is_stale() {
                     return Err(StateError::Locked {
@@ -414,6 +422,12 @@ impl StateStore for SqliteStateStore {
             params![holder.pid, holder.host, holder.since],
         )
         .map_err(self.err())?;
+        // The lock table predates tokens; the token lives beside it.
+        tx.execute(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES ('lock_token', ?1)",
+            params![holder.token],
+        )
+        .map_err(self.err())?;
         tx.commit().map_err(self.err())?;
         Ok(replaced)
     }
@@ -421,23 +435,28 @@ impl StateStore for SqliteStateStore {
     fn unlock(&self, holder: &LockHolder) -> Result<(), StateError> {
         self.conn()
             .execute(
-                "DELETE FROM lock WHERE pid = ?1 AND host = ?2",
-                params![holder.pid, holder.host],
+                "DELETE FROM lock WHERE pid = ?1 AND host = ?2 \
+                 AND coalesce((SELECT value FROM meta WHERE key = 'lock_token'), '') = ?3",
+                params![holder.pid, holder.host, holder.token],
             )
             .map_err(self.err())?;
         Ok(())
     }
 
+    fn holders(&self) -> Result<Vec<LockHolder>, StateError> {
+        Ok(self
+            .conn()
+            .query_row(LOCK_HOLDER, [], holder_row)
+            .optional()
+            .map_err(self.err())?
+            .into_iter()
+            .collect())
+    }
+
     fn force_unlock(&self) -> Result<Option<LockHolder>, StateError> {
         let conn = self.conn();
         let old = conn
-            .query_row("SELECT pid, host, since FROM lock WHERE id = 1", [], |r| {
-                Ok(LockHolder {
-                    pid: r.get(0)?,
-                    host: r.get(1)?,
-                    since: r.get(2)?,
-                })
-            })
+            .query_row(LOCK_HOLDER, [], holder_row)
             .optional()
             .map_err(self.err())?;
         conn.execute("DELETE FROM lock", []).map_err(self.err())?;
@@ -549,22 +568,22 @@ impl StateStore for SqliteStateStore {
         Ok(conn.last_insert_rowid())
     }
 
-    fn target_mark(&self) -> Result<Option<String>, StateError> {
+    fn note(&self, key: &str) -> Result<Option<String>, StateError> {
         self.conn()
             .query_row(
-                "SELECT value FROM meta WHERE key = 'target_mark'",
-                [],
+                "SELECT value FROM meta WHERE key = ?1",
+                params![format!("note:{key}")],
                 |r| r.get(0),
             )
             .optional()
             .map_err(self.err())
     }
 
-    fn set_target_mark(&self, mark: &str) -> Result<(), StateError> {
+    fn set_note(&self, key: &str, value: &str) -> Result<(), StateError> {
         self.conn()
             .execute(
-                "INSERT OR REPLACE INTO meta (key, value) VALUES ('target_mark', ?1)",
-                params![mark],
+                "INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)",
+                params![format!("note:{key}"), value],
             )
             .map_err(self.err())?;
         Ok(())

@@ -59,6 +59,8 @@ struct Inner {
     prefix: String,
     /// Serialises `CREATE TABLE` between this process's chunks.
     ensured: Mutex<bool>,
+    /// Merge: the order that tells newer versions of a key from older.
+    versions: Vec<backfill_core::spec::OrderKey>,
 }
 
 #[derive(Debug, Clone)]
@@ -90,8 +92,18 @@ impl PgSink {
                 checksum,
                 prefix: format!("_bf_{:08x}_", hash as u32),
                 ensured: Mutex::new(false),
+                versions: Vec::new(),
             }),
         }
+    }
+
+    /// Merge replaces a row only with a newer-or-equal version by `order`
+    /// ([`crate::sink::newer_or_equal`]).
+    pub fn with_versions(mut self, order: Vec<backfill_core::spec::OrderKey>) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.versions = order;
+        }
+        self
     }
 
     pub fn mode_slice(mode: PgWriteMode, keys: &[String], range_column: Option<&str>) -> Slice {
@@ -328,7 +340,7 @@ impl Inner {
             sql.push_str(&format!("DELETE FROM {target} WHERE {pred};"));
         }
         sql.push_str(&format!(
-            "INSERT INTO {target} ({list}) SELECT {list} FROM {staged}"
+            "INSERT INTO {target} AS t ({list}) SELECT {list} FROM {staged}"
         ));
         if let Slice::Merge(keys) = &self.slice {
             let keys: Vec<String> = keys.iter().map(|k| quote_ident(k)).collect();
@@ -345,6 +357,13 @@ impl Inner {
                     keys.join(", "),
                     updates.join(", ")
                 ));
+                // Never an older version over a newer one: a re-run of an
+                // earlier window, or chunks finishing out of order.
+                if let Some(newer) =
+                    crate::sink::newer_or_equal(&self.versions, "EXCLUDED", "t", quote_ident)
+                {
+                    sql.push_str(&format!(" WHERE {newer}"));
+                }
             }
         }
         sql.push(';');

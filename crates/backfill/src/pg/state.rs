@@ -52,6 +52,7 @@ struct Tables {
     files: String,
     garbage: String,
     attempts: String,
+    notes: String,
 }
 
 impl Tables {
@@ -66,6 +67,7 @@ impl Tables {
             files: t("chunk_files"),
             garbage: t("garbage"),
             attempts: t("attempts"),
+            notes: t("notes"),
         }
     }
 
@@ -97,7 +99,8 @@ impl Tables {
              ALTER TABLE {jobs} ADD COLUMN IF NOT EXISTS target text;
              ALTER TABLE {jobs} ADD COLUMN IF NOT EXISTS target_key text;
              ALTER TABLE {jobs} ADD COLUMN IF NOT EXISTS chunk_ids integer;
-             ALTER TABLE {jobs} ADD COLUMN IF NOT EXISTS target_mark text;",
+             CREATE TABLE IF NOT EXISTS {notes} (
+                job text NOT NULL, key text NOT NULL, value text NOT NULL, PRIMARY KEY (job, key));",
             schema = self.schema,
             jobs = self.jobs,
             runs = self.runs,
@@ -105,6 +108,7 @@ impl Tables {
             files = self.files,
             garbage = self.garbage,
             attempts = self.attempts,
+            notes = self.notes,
         )
     }
 }
@@ -164,7 +168,7 @@ impl PgStateStore {
             tx: Mutex::new(tx),
             shown,
             job: job.to_string(),
-            me: format!("{}@{}", std::process::id(), hostname()),
+            me: LockHolder::current().lease_name(),
             lease_secs: spec.lease.as_secs_f64(),
             url: spec.url.clone(),
             stop: Arc::new(AtomicBool::new(false)),
@@ -174,25 +178,34 @@ impl PgStateStore {
         Ok(store)
     }
 
-    /// Renews this process's leases every third of the lease time.
+    /// Renews this process's leases every third of the lease time, on a
+    /// connection of its own: behind a long state call (a chunk's publish
+    /// in the same database runs its whole DELETE and INSERT there) the
+    /// leases of the other chunks would lapse while the process is well.
+    /// Every chunk it holds is renewed until done: running ones, and
+    /// committed ones it runs again or is publishing (a lease ends, set to
+    /// NULL, when the chunk's work does).
     fn start_heartbeat(&self) {
-        let tx = match self.tx.lock() {
-            Ok(t) => t.clone(),
-            Err(p) => p.into_inner().clone(),
-        };
         let stop = self.stop.clone();
         let every = Duration::from_secs_f64((self.lease_secs / 3.0).max(0.2));
         let sql = format!(
             "UPDATE {} SET lease_until = now() + make_interval(secs => $3) \
-             WHERE job = $1 AND leased_by = $2 AND status = 'running'",
+             WHERE job = $1 AND leased_by = $2 AND lease_until IS NOT NULL \
+             AND status IN ('running', 'committed')",
             self.t.chunks
         );
-        let (job, me, secs) = (self.job.clone(), self.me.clone(), self.lease_secs);
+        let (job, me, secs, url) = (
+            self.job.clone(),
+            self.me.clone(),
+            self.lease_secs,
+            self.url.clone(),
+        );
         let _ = std::thread::Builder::new()
             .name("backfill-lease".into())
             .spawn(move || {
                 let step = Duration::from_millis(100);
                 let mut waited = Duration::ZERO;
+                let mut client: Option<Client> = None;
                 while !stop.load(Ordering::SeqCst) {
                     std::thread::sleep(step);
                     waited += step;
@@ -200,20 +213,31 @@ impl PgStateStore {
                         continue;
                     }
                     waited = Duration::ZERO;
-                    let (sql, job, me) = (sql.clone(), job.clone(), me.clone());
-                    let task: Task = Box::new(move |c: &mut Client| {
-                        if let Err(e) = c.execute(&sql, &[&job, &me, &secs]) {
-                            tracing::warn!("renewing chunk leases failed: {}", describe(&e));
-                        }
-                    });
-                    if tx.send(task).is_err() {
-                        return;
+                    if client.as_ref().is_none_or(|c| c.is_closed()) {
+                        client = match Client::connect(&url, NoTls).and_then(|mut c| {
+                            c.batch_execute("SET application_name = 'backfill lease'")?;
+                            Ok(c)
+                        }) {
+                            Ok(c) => Some(c),
+                            Err(e) => {
+                                tracing::warn!(
+                                    "renewing chunk leases: cannot connect: {}",
+                                    describe(&e)
+                                );
+                                None
+                            }
+                        };
+                    }
+                    if let Some(c) = client.as_mut()
+                        && let Err(e) = c.execute(&sql, &[&job, &me, &secs])
+                    {
+                        tracing::warn!("renewing chunk leases failed: {}", describe(&e));
+                        client = None;
                     }
                 }
             });
     }
 
-    /// Runs `f` on the state thread and waits for its answer.
     fn call<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Client, &Ctx) -> Result<T, CallError> + Send + 'static,
@@ -535,6 +559,22 @@ impl StateStore for PgStateStore {
         })
     }
 
+    fn holders(&self) -> Result<Vec<LockHolder>, StateError> {
+        self.call(|c, x| {
+            Ok(c.query(
+                &format!(
+                    "SELECT DISTINCT leased_by FROM {} WHERE job = $1 AND lease_until >= now() \
+                     AND leased_by IS NOT NULL",
+                    x.t.chunks
+                ),
+                &[&x.job],
+            )?
+            .iter()
+            .filter_map(|r| LockHolder::from_lease_name(r.get(0)))
+            .collect())
+        })
+    }
+
     /// Ends every lease of the job, so another run can take the chunks now.
     fn force_unlock(&self) -> Result<Option<LockHolder>, StateError> {
         self.call(|c, x| {
@@ -658,22 +698,30 @@ impl StateStore for PgStateStore {
         })
     }
 
-    fn target_mark(&self) -> Result<Option<String>, StateError> {
-        self.call(|c, x| {
+    fn note(&self, key: &str) -> Result<Option<String>, StateError> {
+        let key = key.to_string();
+        self.call(move |c, x| {
             Ok(c.query_opt(
-                &format!("SELECT target_mark FROM {} WHERE job = $1", x.t.jobs),
-                &[&x.job],
+                &format!(
+                    "SELECT value FROM {} WHERE job = $1 AND key = $2",
+                    x.t.notes
+                ),
+                &[&x.job, &key],
             )?
-            .and_then(|r| r.get::<_, Option<String>>(0)))
+            .map(|r| r.get(0)))
         })
     }
 
-    fn set_target_mark(&self, mark: &str) -> Result<(), StateError> {
-        let mark = mark.to_string();
+    fn set_note(&self, key: &str, value: &str) -> Result<(), StateError> {
+        let (key, value) = (key.to_string(), value.to_string());
         self.call(move |c, x| {
             c.execute(
-                &format!("UPDATE {} SET target_mark = $2 WHERE job = $1", x.t.jobs),
-                &[&x.job, &mark],
+                &format!(
+                    "INSERT INTO {} (job, key, value) VALUES ($1, $2, $3) \
+                     ON CONFLICT (job, key) DO UPDATE SET value = EXCLUDED.value",
+                    x.t.notes
+                ),
+                &[&x.job, &key, &value],
             )?;
             Ok(())
         })
@@ -1008,18 +1056,7 @@ impl StateStore for PgStateStore {
                 .collect();
             let mut dead: Vec<String> = holders
                 .into_iter()
-                .filter(|h| {
-                    h.split_once('@').is_some_and(|(pid, host)| {
-                        pid.parse::<u32>().is_ok_and(|pid| {
-                            LockHolder {
-                                pid,
-                                host: host.to_string(),
-                                since: String::new(),
-                            }
-                            .is_stale()
-                        })
-                    })
-                })
+                .filter(|h| LockHolder::from_lease_name(h).is_some_and(|h| h.is_stale()))
                 .collect();
             dead.push(x.me.clone());
             let n = t.execute(

@@ -55,6 +55,8 @@ pub struct DeltaSink {
     /// The table is known to exist: later chunks need not read the log to
     /// find out.
     created: std::sync::atomic::AtomicBool,
+    /// Merge: the order that tells newer versions of a key from older.
+    versions: Vec<backfill_core::spec::OrderKey>,
     /// Written into the `commitInfo` of this job's commits ([`JOB_KEY`]),
     /// so that a later run tells them from other writers'.
     job_tag: String,
@@ -111,7 +113,15 @@ impl DeltaSink {
             commits: Arc::new(Mutex::new(())),
             created: std::sync::atomic::AtomicBool::new(false),
             job_tag: super::job_tag(job),
+            versions: Vec::new(),
         })
+    }
+
+    /// Merge replaces a row only with a newer-or-equal version by `order`
+    /// ([`super::newer_or_equal`]).
+    pub fn with_versions(mut self, order: Vec<backfill_core::spec::OrderKey>) -> Self {
+        self.versions = order;
+        self
     }
 
     fn err(&self) -> impl Fn(deltalake::DeltaTableError) -> SinkError + '_ {
@@ -218,14 +228,24 @@ impl DeltaSink {
                 .map(|k| format!("target.{0} = source.{0}", q(k)))
                 .collect::<Vec<_>>()
                 .join(" AND ");
+            let newer = super::newer_or_equal(&self.versions, "source", "target", q);
             let props = CommitProperties::default()
-                .with_application_transaction(Transaction::new(app_id(chunk), attempt));
+                .with_application_transaction(Transaction::new(app_id(chunk), attempt))
+                .with_metadata([(
+                    JOB_KEY.to_string(),
+                    serde_json::Value::String(self.job_tag.clone()),
+                )]);
             table
                 .merge(source, predicate.as_str())
                 .with_source_alias("source")
                 .with_target_alias("target")
                 .with_commit_properties(props)
                 .when_matched_update(|mut u| {
+                    // Never an older version over a newer one: a re-run of
+                    // an earlier window, or chunks finishing out of order.
+                    if let Some(newer) = &newer {
+                        u = u.predicate(newer.as_str());
+                    }
                     for c in &columns {
                         u = u.update(q(c).as_str(), format!("source.{}", q(c)).as_str());
                     }

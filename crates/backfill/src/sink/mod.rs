@@ -16,6 +16,7 @@ use arrow::array::RecordBatch;
 use async_trait::async_trait;
 use backfill_core::ErrorClass;
 use backfill_core::plan::Chunk;
+use backfill_core::spec::OrderKey;
 use backfill_core::spec::TargetFormat;
 use backfill_core::state::OwnedFile;
 
@@ -269,6 +270,55 @@ pub trait Sink: Send + Sync + std::fmt::Debug {
 /// partition directory names, so no target path can start with it.)
 pub const QUARANTINE_PREFIX: &str = "quarantine::";
 
+/// The order that tells a newer version of a key from an older one, for
+/// a merge that must never replace a row with an older version: the
+/// `[dedup] order_by` (its first row wins); empty (last writer wins)
+/// without `[dedup]`.
+pub fn merge_versions(spec: &backfill_core::spec::JobSpec) -> Vec<OrderKey> {
+    spec.dedup
+        .as_ref()
+        .map(|d| d.order_by.clone())
+        .unwrap_or_default()
+}
+
+/// SQL, for PostgreSQL and DataFusion alike, that is true when row `new`
+/// is at least as new as row `old` by `order` (`new` sorts first or ties
+/// in it): the condition under which a merge replaces `old`. Ties replace,
+/// so a re-run of the same rows, or a correction at the same version,
+/// still lands. `None` for an empty order.
+pub fn newer_or_equal(
+    order: &[OrderKey],
+    new: &str,
+    old: &str,
+    quote: impl Fn(&str) -> String,
+) -> Option<String> {
+    if order.is_empty() {
+        return None;
+    }
+    let mut acc: Option<String> = None;
+    for key in order.iter().rev() {
+        let n = format!("{new}.{}", quote(&key.column));
+        let o = format!("{old}.{}", quote(&key.column));
+        let op = if key.descending { ">" } else { "<" };
+        // Every operand in parentheses: DataFusion's parser (for Delta)
+        // binds `IS NOT DISTINCT FROM` looser than `AND`.
+        let first = if key.nulls_first {
+            format!(
+                "((({n} IS NULL) AND ({o} IS NOT NULL)) OR (({n} IS NOT NULL) AND ({o} IS NOT NULL) AND ({n} {op} {o})))"
+            )
+        } else {
+            format!("(({n} IS NOT NULL) AND (({o} IS NULL) OR ({n} {op} {o})))")
+        };
+        let tie = format!("({n} IS NOT DISTINCT FROM {o})");
+        acc = Some(match acc {
+            // The last key: a tie in every key replaces.
+            None => format!("({first} OR {tie})"),
+            Some(rest) => format!("({first} OR ({tie} AND {rest}))"),
+        });
+    }
+    acc
+}
+
 /// The target and its quarantine table, as one place to publish into,
 /// remove from and scan.
 #[derive(Debug, Clone)]
@@ -314,7 +364,8 @@ impl Sinks {
                 slice,
                 range,
                 pg.create,
-            );
+            )
+            .with_versions(merge_versions(spec));
             let quarantine = PgSink::new(
                 &pg.url,
                 &spec.quarantine.path_shown,
@@ -329,11 +380,14 @@ impl Sinks {
             });
         }
         let target: Arc<dyn Sink> = match spec.target.format {
-            TargetFormat::Delta => Arc::new(Arc::new(delta::DeltaSink::new(
-                &spec.target,
-                spec.range.as_ref().map(|r| r.column.as_str()),
-                &spec.name,
-            )?)),
+            TargetFormat::Delta => Arc::new(Arc::new(
+                delta::DeltaSink::new(
+                    &spec.target,
+                    spec.range.as_ref().map(|r| r.column.as_str()),
+                    &spec.name,
+                )?
+                .with_versions(merge_versions(spec)),
+            )),
             _ => Arc::new(ParquetSink::new(&spec.target)?.for_job(&spec.name)),
         };
         let q = &spec.quarantine;

@@ -426,3 +426,49 @@ fn torture() {
         "most trials must actually interrupt a run"
     );
 }
+
+#[test]
+fn a_chunk_whose_publish_keeps_failing_does_not_hold_back_the_others() {
+    // Issue 20: recovery stopped the whole run at the first committed
+    // chunk it could not publish, so one stuck chunk blocked every run.
+    let demo = Demo::new(4_000, "\"7d\"");
+    demo.without_quality();
+    // Chunk 4, [2023-01-29, 2023-02-05), writes into two month folders:
+    // it is committed, then the process dies before publishing it.
+    let out = demo.run_env(
+        &["run", &demo.job_str()],
+        &[("BACKFILL_FAILPOINTS", "after_commit:1@4")],
+    );
+    assert_ne!(code(&out), 0, "{}", text(&out));
+    // Its publish now fails every time.
+    let out = demo.run_env(
+        &["run", &demo.job_str()],
+        &[("BACKFILL_FAILPOINTS", "mid_publish:permanent@4")],
+    );
+    assert_eq!(code(&out), 1, "{}", text(&out));
+    assert!(
+        stdout(&out).contains("publishing it failed again"),
+        "{}",
+        text(&out)
+    );
+    // Every other chunk ran and is visible.
+    let rows = |filter: &str| {
+        int(&duckdb(&format!(
+            "SELECT count(*) FROM read_parquet('{}') WHERE {filter}",
+            demo.source_glob()
+        ))[0][0])
+    };
+    let week4 = "created_at >= TIMESTAMP '2023-01-29' AND created_at < TIMESTAMP '2023-02-05'";
+    let others = rows(&format!(
+        "created_at >= TIMESTAMP '2023-01-01' AND created_at < TIMESTAMP '2024-01-01' AND NOT ({week4})"
+    ));
+    let visible = int(&duckdb(&format!(
+        "SELECT count(*) FROM read_parquet('{}', hive_partitioning = true) WHERE NOT ({week4})",
+        demo.target_glob()
+    ))[0][0]);
+    assert_eq!(visible, others, "the other chunks' rows");
+    // The next run publishes it.
+    demo.run_ok(&[]);
+    let v = demo.run(&["validate", &demo.job_str()]);
+    assert_eq!(code(&v), 0, "{}", text(&v));
+}

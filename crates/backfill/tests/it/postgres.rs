@@ -1188,3 +1188,209 @@ fn literals_stay_literal_when_the_server_reads_backslashes_as_escapes() {
     }
     admin.exec(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"));
 }
+
+#[test]
+fn merge_never_replaces_a_newer_version_with_an_older_one() {
+    // Issue 20: re-running an older window in merge mode put its older
+    // versions back over keys a later chunk had updated.
+    let pg = Pg::new("merge_versions");
+    let demo = Demo::new(6_000, "\"7d\"");
+    crate::dedup::dedup_per_chunk(&demo);
+    target_to_pg(&demo, &pg, "tx", "merge");
+    run_pg_ok(&demo, &pg, &["run"]);
+    crate::dedup::newer_versions_in_april(&demo);
+    // April's weeks run again (a source file under them is new).
+    run_pg_ok(&demo, &pg, &["run"]);
+    run_pg_ok(
+        &demo,
+        &pg,
+        &["run", "--from", "2023-03-01", "--to", "2023-04-01"],
+    );
+    let table = pg.rows(&format!(
+        "SELECT count(*)::text, sum(transaction_id)::text, round(sum(amount) * 100)::bigint::text FROM {}.tx",
+        pg.schema
+    ));
+    assert_eq!(
+        table[0],
+        crate::dedup::latest_per_key(&demo),
+        "rows, sum(id), sum(amount): the latest version of each key"
+    );
+}
+
+/// Attempts per chunk, from the shared state.
+fn attempts(pg: &Pg) -> Vec<(String, i64)> {
+    pg.rows(&format!(
+        "SELECT chunk_id, count(*) FROM {}_state.attempts GROUP BY chunk_id ORDER BY chunk_id",
+        pg.schema
+    ))
+    .into_iter()
+    .map(|r| (r[0].clone(), r[1].parse().unwrap_or(-1)))
+    .collect()
+}
+
+fn spawn_with(demo: &Demo, pg: &Pg, args: &[&str], env: &[(&str, &str)]) -> std::process::Child {
+    let job = demo.job_str();
+    let mut all = vec![args[0], job.as_str()];
+    all.extend_from_slice(&args[1..]);
+    let mut cmd = Command::new(BIN);
+    cmd.args(&all)
+        .env(PG_ENV, &pg.url)
+        .env_remove("BACKFILL_FAILPOINTS")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.spawn().expect("spawn")
+}
+
+#[test]
+fn two_containers_with_one_pid_and_host_never_hold_one_chunk_together() {
+    // Issue 20: holders were `pid@host`, which two containers share (PID 1,
+    // one host name): `claim` then let both hold one chunk.
+    let pg = Pg::new("containers");
+    let demo = Demo::new(20_000, "\"3d\"");
+    state_to_pg(&demo, &pg, "30s");
+    let container = [
+        ("BACKFILL_HOLDER_PID", "1"),
+        ("BACKFILL_HOLDER_HOST", "container"),
+    ];
+    let a = spawn_with(&demo, &pg, &["run"], &container);
+    let b = spawn_with(&demo, &pg, &["run"], &container);
+    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    assert_eq!(code(&a), 0, "{}", text(&a));
+    assert_eq!(code(&b), 0, "{}", text(&b));
+    let twice: Vec<_> = attempts(&pg).into_iter().filter(|(_, n)| *n > 1).collect();
+    assert!(twice.is_empty(), "chunks both processes ran: {twice:?}");
+    let workers = pg.rows(&format!(
+        "SELECT DISTINCT worker FROM {}_state.attempts ORDER BY 1",
+        pg.schema
+    ));
+    assert_eq!(workers.len(), 2, "two holders, told apart: {workers:?}");
+    assert!(
+        workers.iter().all(|w| w[0].starts_with("1@container#")),
+        "{workers:?}"
+    );
+    let v = run_pg(&demo, &pg, &["validate"]);
+    assert_eq!(code(&v), 0, "{}", text(&v));
+}
+
+#[test]
+fn a_committed_chunk_run_again_stays_leased_until_done() {
+    // Issue 20: a committed chunk re-run with --from/--to kept its status,
+    // and the heartbeat renewed only running chunks: its lease lapsed
+    // mid-run and another process took it too.
+    let pg = Pg::new("rerun_lease");
+    let demo = Demo::new(6_000, "\"1 month\"");
+    state_to_pg(&demo, &pg, "1s");
+    run_pg_ok(&demo, &pg, &["run"]);
+    let before = attempts(&pg);
+    let window = [
+        "run",
+        "--from",
+        "2023-03-01",
+        "--to",
+        "2023-06-01",
+        "--parallel",
+        "3",
+    ];
+    // Each chunk is held 4 s (four leases) as it writes.
+    let slow = spawn_with(
+        &demo,
+        &pg,
+        &window,
+        &[("BACKFILL_FAILPOINTS", "write:sleep=4000")],
+    );
+    // Once it holds all three, longer than a lease.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline
+        && pg
+            .try_one(&format!(
+                "SELECT count(*) FROM {}_state.attempts WHERE outcome = 'running'",
+                pg.schema
+            ))
+            .as_deref()
+            != Some("3")
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(1_500));
+    let other = spawn_with(&demo, &pg, &window, &[]);
+    let (slow, other) = (
+        slow.wait_with_output().unwrap(),
+        other.wait_with_output().unwrap(),
+    );
+    assert_eq!(code(&slow), 0, "{}", text(&slow));
+    assert_eq!(code(&other), 0, "{}", text(&other));
+    let after = attempts(&pg);
+    let more: Vec<(String, i64)> = after
+        .iter()
+        .zip(&before)
+        .map(|((id, n), (_, m))| (id.clone(), n - m))
+        .filter(|(_, d)| *d > 0)
+        .collect();
+    assert_eq!(more.len(), 3, "March, April and May ran again: {more:?}");
+    assert!(
+        stdout(&slow).contains("3 of 3 selected chunks committed"),
+        "{}",
+        text(&slow)
+    );
+    // The second process found the chunks held: a lapsed lease would have
+    // let it take them over mid-run (the first one's attempts then end
+    // `interrupted`, and it leaves them).
+    assert!(
+        !text(&slow).contains("took it over"),
+        "the second process took over chunks the first still ran:\n{}",
+        text(&slow)
+    );
+    let interrupted = pg.one(&format!(
+        "SELECT count(*) FROM {}_state.attempts WHERE outcome = 'interrupted'",
+        pg.schema
+    ));
+    assert_eq!(interrupted, "0", "{more:?}");
+    let v = run_pg(&demo, &pg, &["validate"]);
+    assert_eq!(code(&v), 0, "{}", text(&v));
+}
+
+#[test]
+fn unlock_refuses_a_holder_that_runs_on_this_host() {
+    let demo = Demo::new(2_000, "\"1 month\"");
+    let mut slow = Command::new(BIN)
+        .args(["run", &demo.job_str()])
+        .env("BACKFILL_FAILPOINTS", "read:sleep=20000")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    // Wait until it holds the lock (its chunks are running).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut refused = None;
+    while Instant::now() < deadline {
+        let out = demo.run(&["unlock", &demo.job_str()]);
+        if code(&out) != 0 {
+            refused = Some(out);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // reset and gaps --fix change the state: they wait for no one either.
+    let reset = demo.run(&["reset", &demo.job_str(), "--all"]);
+    let _ = slow.kill();
+    let _ = slow.wait();
+    assert_ne!(
+        code(&reset),
+        0,
+        "reset while a run holds the job:\n{}",
+        text(&reset)
+    );
+    assert!(
+        text(&reset).contains("being run by another process"),
+        "{}",
+        text(&reset)
+    );
+    let out = refused.expect("unlock never refused while the run held the lock");
+    assert!(text(&out).contains("which is running"), "{}", text(&out));
+    // Once it is gone, unlock takes the lock away.
+    let out = demo.run(&["unlock", &demo.job_str()]);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+}

@@ -179,4 +179,31 @@ fn rows_with_a_null_range_value_are_counted_not_silently_lost() {
         "{}",
         text(&v)
     );
+    // Counted once per source change: an unchanged CSV is not scanned for
+    // it again, a changed one is.
+    let run = || {
+        let out = std::process::Command::new(BIN)
+            .args(["-v", "run", job.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert_eq!(code(&out), 0, "{}", text(&out));
+        out
+    };
+    let again = run();
+    assert!(
+        text(&again).contains("2 source row(s) have a NULL event_id")
+            && text(&again).contains("counted before, the source is unchanged"),
+        "{}",
+        text(&again)
+    );
+    let mut csv = std::fs::read_to_string(dir.path().join("events/part1.csv")).unwrap();
+    csv.push_str(",c,7,2023-01-01 00:00:00\n");
+    std::fs::write(dir.path().join("events/part1.csv"), csv).unwrap();
+    let changed = run();
+    assert!(
+        text(&changed).contains("3 source row(s) have a NULL event_id")
+            && !text(&changed).contains("counted before"),
+        "{}",
+        text(&changed)
+    );
 }

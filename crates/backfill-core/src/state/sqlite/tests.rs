@@ -139,6 +139,7 @@ fn lock_refuses_a_live_holder_and_takes_over_a_dead_one() {
         pid: 1,
         host: me.host.clone(),
         since: "t".into(),
+        token: "another".into(),
     };
     s.unlock(&me).unwrap();
     s.lock(&other_live).unwrap();
@@ -149,6 +150,7 @@ fn lock_refuses_a_live_holder_and_takes_over_a_dead_one() {
         pid: u32::MAX - 7,
         host: me.host.clone(),
         since: "t".into(),
+        token: "another".into(),
     };
     s.lock(&dead).unwrap();
     assert_eq!(s.lock(&me).unwrap(), Some(dead));
