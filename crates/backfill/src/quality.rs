@@ -120,8 +120,9 @@ struct Held {
     rows: u64,
 }
 
-/// Encoded ordering values, and the row's (batch, row) in [`Held::batches`].
-type HeldBest = (Box<[u8]>, u32, u32);
+/// Encoded ordering values, the whole row's hash (which breaks ties), and
+/// the row's (batch, row) in [`Held::batches`].
+type HeldBest = (Box<[u8]>, u64, u32, u32);
 
 /// What one batch turned into.
 pub struct Split {
@@ -204,20 +205,25 @@ impl Splitter {
         let held = compact_views(&taken)?;
         let orders = named_columns(&held, dedup.order_by.iter().map(|o| &o.column))?;
         let orders = oc.convert_columns(&orders)?;
+        let hashes = row_hashes(&held)?;
         let b = u32::try_from(self.held.batches.len())
             .map_err(|_| DataFusionError::Execution("too many held batches".into()))?;
         for (j, &i) in rows.iter().enumerate() {
             let key = keys.row(i as usize);
             let order = orders.row(j);
+            let hash = hashes[j];
+            // A total order: ordering values first, then the whole row's
+            // hash, so a tie goes to the same row in every run.
             match self.held.best.get_mut(key.as_ref()) {
-                Some(best) if order.as_ref() < best.0.as_ref() => {
-                    *best = (order.as_ref().into(), b, j as u32);
+                Some(best) if (order.as_ref(), hash) < (best.0.as_ref(), best.1) => {
+                    *best = (order.as_ref().into(), hash, b, j as u32);
                 }
                 Some(_) => {}
                 None => {
-                    self.held
-                        .best
-                        .insert(key.as_ref().into(), (order.as_ref().into(), b, j as u32));
+                    self.held.best.insert(
+                        key.as_ref().into(),
+                        (order.as_ref().into(), hash, b, j as u32),
+                    );
                 }
             }
         }
@@ -236,7 +242,7 @@ impl Splitter {
         let mut winners: Vec<(usize, usize)> = held
             .best
             .into_values()
-            .map(|(_, b, r)| (b as usize, r as usize))
+            .map(|(_, _, b, r)| (b as usize, r as usize))
             .collect();
         winners.sort_unstable();
         self.counts.duplicates += held.rows - winners.len() as u64;
@@ -318,8 +324,16 @@ impl Splitter {
                             } else {
                                 versions.best_in(self.chunk_index)
                             };
-                            winner = best.is_some_and(|b| b == orders.row(i).as_ref())
-                                && self.emitted.insert(key.as_ref().into());
+                            let best_row = best.is_some_and(|b| b == orders.row(i).as_ref());
+                            if best_row && versions.tied_in(self.chunk_index) {
+                                // Which of the tied rows comes first depends
+                                // on the read order: hold them, keep the one
+                                // whose row hashes lowest when the chunk ends.
+                                hold = true;
+                                winner = false;
+                            } else {
+                                winner = best_row && self.emitted.insert(key.as_ref().into());
+                            }
                         }
                     }
                     if hold {
@@ -400,6 +414,22 @@ impl Splitter {
             quarantine,
         })
     }
+}
+
+/// A hash of each row of `batch`, all its columns (xxh3 of Arrow's row
+/// format): the tie-break between versions that `order_by` ranks equal.
+pub fn row_hashes(batch: &RecordBatch) -> Result<Vec<u64>, DataFusionError> {
+    let fields: Vec<SortField> = batch
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| SortField::new(f.data_type().clone()))
+        .collect();
+    let rows = RowConverter::new(fields)?.convert_columns(batch.columns())?;
+    Ok(rows
+        .iter()
+        .map(|r| twox_hash::XxHash3_64::oneshot(r.as_ref()))
+        .collect())
 }
 
 /// The columns of `batch` named `names`, in that order.
@@ -494,6 +524,10 @@ pub struct KeyVersions<'a> {
     /// Best encoded ordering values in each other chunk that holds a
     /// version (chunk scope); empty when all versions share one chunk.
     per_chunk: &'a [(u32, Box<[u8]>)],
+    /// The chunks in which two or more versions share the best ordering
+    /// values (a tie `order_by` does not break).
+    tied: &'a HashSet<(u32, u32)>,
+    entry: u32,
 }
 
 /// A key as one chunk sees it: its bytes, the chunk holding its winner, and
@@ -502,6 +536,8 @@ pub(crate) struct ChunkKey<'a> {
     pub key: &'a [u8],
     pub winner: u32,
     pub best: &'a [u8],
+    /// Several versions share the best in this chunk.
+    pub tied: bool,
 }
 
 /// A key's best encoded ordering values in each chunk but the winner's.
@@ -511,6 +547,13 @@ impl KeyVersions<'_> {
     /// The chunks holding a version, the winner's first.
     pub fn chunks(&self) -> impl Iterator<Item = u32> + '_ {
         std::iter::once(self.chunk).chain(self.per_chunk.iter().map(|(c, _)| *c))
+    }
+
+    /// Whether, in `chunk`, several versions share its best ordering
+    /// values: the chunk then keeps the one whose whole row hashes lowest
+    /// ([`row_hashes`]), whatever order it reads them in.
+    pub fn tied_in(&self, chunk: u32) -> bool {
+        self.tied.contains(&(self.entry, chunk))
     }
 
     pub fn best_in(&self, chunk: u32) -> Option<&[u8]> {
@@ -661,6 +704,9 @@ pub struct DedupIndex {
     /// Per entry with versions in several chunks: the best of each chunk
     /// other than the winner's.
     per_chunk: HashMap<u32, ChunkBests>,
+    /// (entry, chunk) where several versions share the chunk's best
+    /// ordering values.
+    tied: HashSet<(u32, u32)>,
     /// Entries with at least two versions: the index proper. Entries met
     /// once (their other versions failed a rule) stay in the arena but are
     /// never returned.
@@ -800,7 +846,11 @@ impl DedupIndex {
         for (_, key, v) in self.multi_version() {
             for c in v.chunks() {
                 if let Some(d) = digests.get_mut(c as usize) {
-                    *d = d.wrapping_add(section_record_hash(key, v.chunk, v.best_in(c)));
+                    *d = d.wrapping_add(section_record_hash(
+                        key,
+                        v.chunk | tie_bit(v.tied_in(c)),
+                        v.best_in(c),
+                    ));
                 }
             }
         }
@@ -815,6 +865,8 @@ impl DedupIndex {
                 chunk: e.chunk,
                 order: self.order_of(e),
                 per_chunk: self.per_chunk.get(&i).map_or(&[], |v| v.as_slice()),
+                tied: &self.tied,
+                entry: i,
             };
             (i, self.key_of(e), versions)
         })
@@ -836,11 +888,15 @@ impl DedupIndex {
                     "a key appears twice in one chunk's section of the dedup index".into(),
                 ));
             }
-            if k.winner == chunk {
-                index.push_entry(hash, k.key, chunk, k.best, 2)?;
+            let i = if k.winner == chunk {
+                index.push_entry(hash, k.key, chunk, k.best, 2)?
             } else {
                 let i = index.push_entry(hash, k.key, k.winner, &[], 2)?;
                 index.per_chunk.insert(i, vec![(chunk, k.best.into())]);
+                i
+            };
+            if k.tied {
+                index.tied.insert((i, chunk));
             }
         }
         Ok(index.seal())
@@ -858,7 +914,14 @@ impl DedupIndex {
         let e = self.entries[i as usize];
         self.entries[i as usize].versions = e.versions.saturating_add(1);
         let best = self.order_of(&e);
+        if chunk == e.chunk && order == best {
+            self.tied.insert((i, chunk));
+            return Ok(());
+        }
         if (order, chunk) < (best, e.chunk) {
+            // Strictly better than anything this chunk had: a tie in it,
+            // if any, is over (ties between chunks go to the lower one).
+            self.tied.remove(&(i, chunk));
             // The new overall winner is also its own chunk's best; the
             // winner's chunk never has an entry of its own.
             if let Some(others) = self.per_chunk.get_mut(&i) {
@@ -883,7 +946,13 @@ impl DedupIndex {
         } else if chunk != e.chunk {
             let others = self.per_chunk.entry(i).or_default();
             match others.iter_mut().find(|(c, _)| *c == chunk) {
-                Some((_, best)) if order < best.as_ref() => *best = order.into(),
+                Some((_, best)) if order < best.as_ref() => {
+                    *best = order.into();
+                    self.tied.remove(&(i, chunk));
+                }
+                Some((_, best)) if order == best.as_ref() => {
+                    self.tied.insert((i, chunk));
+                }
                 Some(_) => {}
                 None => others.push((chunk, order.into())),
             }
@@ -898,6 +967,8 @@ impl DedupIndex {
         self.bytes.shrink_to_fit();
         self.per_chunk
             .retain(|&i, _| self.entries.get(i as usize).is_some_and(|e| e.versions > 1));
+        self.tied
+            .retain(|&(i, _)| self.entries.get(i as usize).is_some_and(|e| e.versions > 1));
         self.keys = self.entries.iter().filter(|e| e.versions > 1).count();
         self.versions = self
             .entries
@@ -987,6 +1058,14 @@ impl DedupIndex {
         );
         Ok(index)
     }
+}
+
+/// The high bit of a saved winner's chunk: a tie in the section's chunk.
+/// Chunk numbers stay far below it (plans are capped at millions).
+pub(crate) const TIED: u32 = 1 << 31;
+
+fn tie_bit(tied: bool) -> u32 {
+    if tied { TIED } else { 0 }
 }
 
 fn section_record_hash(key: &[u8], winner: u32, best: Option<&[u8]>) -> u64 {

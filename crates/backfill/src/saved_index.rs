@@ -14,14 +14,15 @@
 //! Layout (integers little-endian):
 //!
 //! ```text
-//! magic "BFDXv6\n\0" | fingerprint (u32 length, bytes) | keys u64 | versions u64 | chunks u64
+//! magic "BFDXv7\n\0" | fingerprint (u32 length, bytes) | keys u64 | versions u64 | chunks u64
 //! section of chunk 0 | section of chunk 1 | ...
 //! table: per chunk, offset u64, length u64, keys u64, digest u64
 //! table offset u64 | "BFDXend\0"
 //! ```
 //!
 //! A section is a run of records: key (u32 length, bytes), winner's chunk
-//! u32, best ordering values in this chunk (u32 length, bytes). The file
+//! u32 (its high bit set when several versions tie for this chunk's best),
+//! best ordering values in this chunk (u32 length, bytes). The file
 //! is written to a temporary name and renamed, so a crash leaves the old
 //! index or none; anything that does not parse is rebuilt.
 
@@ -32,9 +33,9 @@ use std::sync::{Arc, Mutex};
 
 use datafusion::error::DataFusionError;
 
-use crate::quality::{ChunkKey, DedupIndex};
+use crate::quality::{ChunkKey, DedupIndex, TIED};
 
-const MAGIC: &[u8; 8] = b"BFDXv6\n\0";
+const MAGIC: &[u8; 8] = b"BFDXv7\n\0";
 const END: &[u8; 8] = b"BFDXend\0";
 /// Bytes of one table row.
 const ROW: u64 = 32;
@@ -191,8 +192,9 @@ pub fn save(
                     continue;
                 };
                 let best = v.best_in(chunk).unwrap_or_default();
+                let tied = if v.tied_in(chunk) { TIED } else { 0 };
                 at += put_bytes(&mut w, key)?;
-                w.write_all(&v.chunk.to_le_bytes())?;
+                w.write_all(&(v.chunk | tied).to_le_bytes())?;
                 at += 4 + put_bytes(&mut w, best)?;
             }
             section.len = at - section.at;
@@ -323,7 +325,12 @@ impl SavedIndex {
                 let winner = u32_at(&buf, at)?;
                 at += 4;
                 let best = bytes(&mut at)?;
-                Some(ChunkKey { key, winner, best })
+                Some(ChunkKey {
+                    key,
+                    winner: winner & !TIED,
+                    best,
+                    tied: winner & TIED != 0,
+                })
             })();
             records.push(record.ok_or_else(|| self.damaged(chunk, "a cut record"))?);
         }
