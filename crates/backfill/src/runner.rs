@@ -1068,7 +1068,8 @@ pub(crate) fn open_state(spec: &JobSpec) -> Result<Arc<dyn StateStore>, Error> {
     let state: Arc<dyn StateStore> = match &spec.state.postgres {
         Some(pg) => {
             let name = crate::redact::redact(&spec.name);
-            Arc::new(crate::pg::state::PgStateStore::open(pg, &name)?)
+            let ordered = spec.range.as_ref().is_some_and(|r| r.ordered);
+            Arc::new(crate::pg::state::PgStateStore::open(pg, &name)?.ordered(ordered))
         }
         None => Arc::new(SqliteStateStore::open(&spec.state.path)?),
     };

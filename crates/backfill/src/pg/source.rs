@@ -40,6 +40,66 @@ struct Shared {
     pg_types: Vec<Type>,
     connections: Arc<Semaphore>,
     limiter: Option<RateLimiter>,
+    /// The snapshot every scan of this process reads at, taken by the
+    /// first scan ([`Snapshot`]).
+    snapshot: tokio::sync::OnceCell<Option<Snapshot>>,
+}
+
+/// One consistent view of a live source for the whole run: the dedup
+/// index's passes and every chunk read the rows as of one moment, so a row
+/// written in between is either in all of them or in none (a key the index
+/// never saw would be kept twice; a winner deleted after the index would
+/// be lost). A connection exports the snapshot (`pg_export_snapshot`, as
+/// `pg_dump --jobs` does) and holds its transaction open while the process
+/// runs; each scan imports it.
+#[derive(Debug)]
+struct Snapshot {
+    id: String,
+    // Holds the exporting transaction, and so the snapshot, open.
+    _holder: Client,
+}
+
+impl Shared {
+    /// The run's snapshot id; `None` when the server cannot export one (a
+    /// standby before PostgreSQL 10, a pooler in transaction mode): scans
+    /// then read the live table, each at its own moment, as said once.
+    async fn snapshot(&self) -> Option<&str> {
+        self.snapshot
+            .get_or_init(|| async {
+                let exported = async {
+                    let client = connect(&self.url, &self.shown).await?;
+                    client
+                        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                        .await
+                        .map_err(PgError::sql("starting the source snapshot"))?;
+                    let row = client
+                        .query_one("SELECT pg_export_snapshot()", &[])
+                        .await
+                        .map_err(PgError::sql("exporting the source snapshot"))?;
+                    Ok::<_, PgError>(Snapshot {
+                        id: row.get(0),
+                        _holder: client,
+                    })
+                }
+                .await;
+                match exported {
+                    Ok(s) => {
+                        tracing::debug!("{}: reading at snapshot {}", self.shown, s.id);
+                        Some(s)
+                    }
+                    Err(e) => {
+                        tracing::warn!(
+                            "{}: no consistent snapshot ({e}); each scan reads the table as it is then",
+                            self.shown
+                        );
+                        None
+                    }
+                }
+            })
+            .await
+            .as_ref()
+            .map(|s| s.id.as_str())
+    }
 }
 
 #[derive(Debug)]
@@ -89,6 +149,7 @@ impl PgSource {
                 pg_types,
                 connections: Arc::new(Semaphore::new(spec.max_connections)),
                 limiter: spec.max_rows_per_second.map(RateLimiter::new),
+                snapshot: tokio::sync::OnceCell::new(),
             }),
         })
     }
@@ -338,7 +399,18 @@ impl PartitionStream for PgPartition {
                 .acquire_owned()
                 .await
                 .map_err(|e| DataFusionError::External(Box::new(e)))?;
+            let snapshot = shared.snapshot().await.map(str::to_string);
             let client = connect(&shared.url, &shared.shown).await.map_err(ext)?;
+            if let Some(id) = snapshot {
+                client
+                    .batch_execute(&format!(
+                        "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; SET TRANSACTION SNAPSHOT {}",
+                        quote_literal(&id)
+                    ))
+                    .await
+                    .map_err(PgError::sql(format!("reading {} at the run's snapshot", shared.shown)))
+                    .map_err(ext)?;
+            }
             let copy = format!("COPY ({sql}) TO STDOUT (FORMAT binary)");
             let copy_types = if count_only {
                 vec![Type::INT4]

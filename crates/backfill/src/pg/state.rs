@@ -38,6 +38,9 @@ pub struct PgStateStore {
     lease_secs: f64,
     /// To recognise a target in the same database.
     url: String,
+    /// `[range] ordered`: a chunk is claimed only once every chunk before
+    /// it is committed, so processes sharing the state keep the order.
+    ordered: bool,
     stop: Arc<AtomicBool>,
     /// SQL fragments with the schema quoted in.
     t: Tables,
@@ -171,11 +174,18 @@ impl PgStateStore {
             me: LockHolder::current().lease_name(),
             lease_secs: spec.lease.as_secs_f64(),
             url: spec.url.clone(),
+            ordered: false,
             stop: Arc::new(AtomicBool::new(false)),
             t: tables,
         };
         store.start_heartbeat();
         Ok(store)
+    }
+
+    /// Claims keep the chunks' order across processes (`[range] ordered`).
+    pub fn ordered(mut self, ordered: bool) -> Self {
+        self.ordered = ordered;
+        self
     }
 
     /// Renews this process's leases every third of the lease time, on a
@@ -799,14 +809,16 @@ impl StateStore for PgStateStore {
         rerun_committed: bool,
     ) -> Result<Option<u32>, StateError> {
         let chunk = chunk_id.to_string();
+        let ordered = self.ordered;
         self.call(move |c, x| {
             let mut t = c.transaction()?;
             // Free: pending or failed; ours already (a retry); held by a
             // process whose lease ran out; or committed, when asked to run
-            // it again and nobody is publishing it.
+            // it again and nobody is publishing it. Ordered: and every
+            // chunk before it committed (whoever runs them).
             let row = t.query_opt(
                 &format!(
-                    "UPDATE {} SET attempts = attempts + 1, leased_by = $3, run_id = $4, updated_at = now(),
+                    "UPDATE {c} SET attempts = attempts + 1, leased_by = $3, run_id = $4, updated_at = now(),
                             lease_until = now() + make_interval(secs => $5),
                             status = CASE WHEN status = 'committed' THEN status ELSE 'running' END
                      WHERE job = $1 AND chunk_id = $2 AND (
@@ -814,10 +826,12 @@ impl StateStore for PgStateStore {
                         OR leased_by = $3
                         OR ((status = 'running' OR $6) AND (lease_until IS NULL OR lease_until < now()))
                      ) AND (status <> 'committed' OR $6)
+                     AND (NOT $7 OR NOT EXISTS (
+                        SELECT 1 FROM {c} b WHERE b.job = $1 AND b.idx < {c}.idx AND b.status <> 'committed'))
                      RETURNING attempts",
-                    x.t.chunks
+                    c = x.t.chunks
                 ),
-                &[&x.job, &chunk, &x.me, &run_id, &x.lease_secs, &rerun_committed],
+                &[&x.job, &chunk, &x.me, &run_id, &x.lease_secs, &rerun_committed, &ordered],
             )?;
             let Some(row) = row else {
                 return Ok(None);

@@ -642,7 +642,8 @@ impl Sink for Arc<DeltaSink> {
         Ok(())
     }
 
-    /// Reads the log's commits after version `since`: a commit that does
+    /// Reads the log's commits after version `since` (all of them after
+    /// `-1`, the mark of a table that did not exist yet): a commit that does
     /// not carry this job's tag and adds or removes data files
     /// (`dataChange`: a compaction does not) touches every committed chunk
     /// whose range those files overlap, unless this job committed the
@@ -655,15 +656,22 @@ impl Sink for Arc<DeltaSink> {
         if !self.merge_keys.is_empty() || self.range_column.is_none() {
             return Ok(None);
         }
+        // Before the table exists, every version it will have is to read:
+        // the mark says so with -1.
         let Some(table) = self.open().await? else {
-            return Ok(None);
+            return Ok(Some(ForeignWrites {
+                mark: "-1".into(),
+                touched: Vec::new(),
+            }));
         };
         let Some(current) = table.version() else {
             return Ok(None);
         };
         let mark = current.to_string();
-        let since = match since.map(str::parse::<u64>) {
-            Some(Ok(v)) if v <= current => v,
+        // The first version to read.
+        let first = match since.map(str::parse::<i64>) {
+            Some(Ok(v)) if v < 0 => 0,
+            Some(Ok(v)) if v as u64 <= current => v as u64 + 1,
             Some(Ok(v)) => {
                 tracing::warn!(
                     "{}: the table is at version {current}, before version {v} this job last read: it was recreated; other writers' changes before now are not looked for",
@@ -691,7 +699,7 @@ impl Sink for Arc<DeltaSink> {
         let mut unresolved: Vec<(u64, String, HashMap<String, Option<String>>)> = Vec::new();
         let mut added: HashMap<String, FileRange> = HashMap::new();
         let mut ours: HashMap<String, u64> = HashMap::new();
-        for version in since + 1..=current {
+        for version in first..=current {
             let Some(bytes) = log_store
                 .read_commit_entry(version)
                 .await
@@ -737,13 +745,14 @@ impl Sink for Arc<DeltaSink> {
                 }
             }
         }
-        if !unresolved.is_empty() {
-            // Files removed that were added before `since`: their ranges
-            // are in the table as it was then.
+        let mut known: HashMap<String, FileRange> = HashMap::new();
+        if let (false, Some(before)) = (unresolved.is_empty(), first.checked_sub(1)) {
+            // Files removed that were added before the versions read:
+            // their ranges are in the table as it was then.
             let mut old = deltalake::open_table(self.url()?)
                 .await
                 .map_err(self.err())?;
-            let known: HashMap<String, FileRange> = match old.load_version(since).await {
+            known = match old.load_version(before).await {
                 Ok(()) => old
                     .snapshot()
                     .map_err(self.err())?
@@ -762,17 +771,19 @@ impl Sink for Arc<DeltaSink> {
                     .await
                     .map_err(self.err())?,
                 Err(e) => {
-                    tracing::debug!("{}: version {since} unreadable ({e})", self.shown);
+                    tracing::debug!("{}: version {before} unreadable ({e})", self.shown);
                     HashMap::new()
                 }
             };
-            for (version, path, partition_values) in unresolved {
-                let file = known.get(&path).cloned().unwrap_or(FileRange {
-                    partition_values,
-                    stats: None,
-                });
-                foreign.push((version, file));
-            }
+        }
+        // A file not found there counts as touching every chunk its
+        // partition values allow.
+        for (version, path, partition_values) in unresolved {
+            let file = known.get(&path).cloned().unwrap_or(FileRange {
+                partition_values,
+                stats: None,
+            });
+            foreign.push((version, file));
         }
         let touched = committed
             .iter()

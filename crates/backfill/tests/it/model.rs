@@ -628,6 +628,16 @@ fn regressions_found_by_the_model() {
             "\"1 month\"",
             vec![Op::Run, Op::LoseState, Op::Replan("\"14d\"")],
         ),
+        // Seed 7105: the first run found no table, so kept no mark of the
+        // log it had read; the next run took its log as read, and another
+        // writer's rows in June and deletes in August stayed.
+        (
+            "another writer after the run that created the Delta table",
+            Target::Delta,
+            false,
+            "\"1 month\"",
+            vec![Op::Run, Op::ForeignWrite { n: 835 }, Op::Run],
+        ),
     ];
     for (name, target, quality, width, ops) in found {
         let mut case = Case::with(target, quality, width);
