@@ -1481,3 +1481,107 @@ fn a_live_source_is_read_at_one_snapshot_for_the_whole_run() {
         text(&out)
     );
 }
+
+#[test]
+fn a_secret_in_every_place_never_reaches_any_output_file_or_state_row() {
+    // Issue 20: one password, with the characters that escaping changes
+    // (`"`, `\`, `'`), in the source, target and state URLs at once; every
+    // command, text and JSON, success and failure; every file the job
+    // leaves; every row of the state.
+    let pg = Pg::new("sweep");
+    let secret = "Sw\"e\\ep'9x";
+    pg.exec(&format!(
+        "DO $$ BEGIN CREATE ROLE bf_sweep LOGIN SUPERUSER; EXCEPTION WHEN duplicate_object THEN NULL; END $$; \
+         ALTER ROLE bf_sweep PASSWORD '{}'",
+        secret.replace('\'', "''")
+    ));
+    let encoded: String = secret
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect();
+    let host = pg
+        .url
+        .split_once('@')
+        .map(|(_, h)| h.to_string())
+        .expect("a URL with a host");
+    let url = format!("postgres://bf_sweep:{encoded}@{host}");
+    let demo = Demo::new(2_000, "\"1 month\"");
+    pg.load_demo(&demo);
+    source_to_pg(&demo, &pg, "");
+    target_to_pg(&demo, &pg, "tx", "replace");
+    state_to_pg(&demo, &pg, "30s");
+    let job = demo.job_str();
+    let env = [(PG_ENV, url.as_str())];
+    let mut outputs = Vec::new();
+    for args in [
+        vec!["-v", "run", &job],
+        vec!["run", &job, "--json"],
+        vec!["run", &job, "--dry-run"],
+        vec!["status", &job],
+        vec!["status", &job, "--json"],
+        vec!["plan", &job, "--json"],
+        vec!["validate", &job],
+        vec!["validate", &job, "--json"],
+        vec!["gaps", &job, "--json"],
+        vec!["gaps", &job, "--fix", "--run"],
+        vec!["reset", &job, "--all"],
+        vec!["-v", "run", &job],
+        vec!["unlock", &job],
+    ] {
+        outputs.push((args.join(" "), demo.run_env(&args, &env)));
+    }
+    assert_eq!(code(&outputs[0].1), 0, "{}", text(&outputs[0].1));
+    // Failures: a wrong password, an unreachable port.
+    let wrong = url.replace(&encoded, &format!("{encoded}0"));
+    outputs.push((
+        "wrong password".into(),
+        demo.run_env(&["-v", "run", &job], &[(PG_ENV, &wrong)]),
+    ));
+    let unreachable = url.replace("127.0.0.1:", "127.0.0.1:1");
+    outputs.push((
+        "unreachable".into(),
+        demo.run_env(&["-v", "validate", &job], &[(PG_ENV, &unreachable)]),
+    ));
+    let forms = [
+        secret.to_string(),
+        encoded.clone(),
+        // As JSON escapes it, and as Debug output does.
+        secret.replace('\\', "\\\\").replace('"', "\\\""),
+        "Sw\\\"e".to_string(),
+    ];
+    for (what, out) in &outputs {
+        let all = text(out);
+        for form in &forms {
+            assert!(
+                !all.contains(form.as_str()),
+                "`{what}` printed the secret as {form:?}:\n{all}"
+            );
+        }
+    }
+    for form in &forms {
+        assert_not_stored(demo.path(), form);
+    }
+    // No state row holds it either.
+    let state_rows = pg.rows(&format!(
+        "SELECT string_agg(t::text, '|') FROM (SELECT to_jsonb(r)::text AS t FROM {0}_state.runs r \
+         UNION ALL SELECT to_jsonb(c)::text FROM {0}_state.chunks c \
+         UNION ALL SELECT to_jsonb(a)::text FROM {0}_state.attempts a \
+         UNION ALL SELECT to_jsonb(j)::text FROM {0}_state.jobs j \
+         UNION ALL SELECT to_jsonb(n)::text FROM {0}_state.notes n) all_rows",
+        pg.schema
+    ));
+    let dump = state_rows[0][0].clone();
+    assert!(dump.len() > 100, "the state holds rows: {dump}");
+    for form in &forms {
+        assert!(
+            !dump.contains(form.as_str()),
+            "a state row holds the secret as {form:?}"
+        );
+    }
+}
