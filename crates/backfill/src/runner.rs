@@ -412,6 +412,19 @@ impl Backfill {
                 }
             }
         }
+        if let Some(v) = &self.spec.target.version_column
+            && out.field_with_name(v).is_err()
+        {
+            let cols: Vec<_> = out.fields().iter().map(|f| f.name().as_str()).collect();
+            return Err(self.job_error(
+                self.spec.target.version_loc,
+                "target.version_column",
+                format!(
+                    "column \"{v}\" is not produced by the transform (columns: {})",
+                    cols.join(", ")
+                ),
+            ));
+        }
         // A Delta chunk replaces the table's rows in its range, found by the
         // range column's values in the table.
         if let Some(r) = &self.spec.range

@@ -291,6 +291,11 @@ pub struct TargetSpec {
     pub compression: Compression,
     /// Delta `mode = "merge"`: the keys; empty for `replace`.
     pub merge_keys: Vec<String>,
+    /// Merge (Delta or PostgreSQL): the column whose larger value is the
+    /// newer version of a key; a row is replaced only by one at least as
+    /// new. Without it, `[dedup] order_by` says which version is newer.
+    pub version_column: Option<String>,
+    pub version_loc: Loc,
     /// Set exactly when `format = "postgres"` (then `path` is empty).
     pub postgres: Option<PgTargetSpec>,
 }
@@ -1121,6 +1126,11 @@ fn read_target(
 ) -> Option<TargetSpec> {
     let format = t.string(d, env, "format");
     let schema_raw = t.string(d, env, "schema");
+    let version = t.string(d, env, "version_column");
+    let version_loc = loc(
+        text,
+        &t.raw_span("version_column").unwrap_or_else(|| t.span()),
+    );
     let schema_loc = loc(text, &t.raw_span("schema").unwrap_or_else(|| t.span()));
     let schema = match schema_raw {
         None => SchemaMode::Strict,
@@ -1147,7 +1157,10 @@ fn read_target(
     {
         let span = t.span();
         let (pg, shown) = postgres::read_target(d, env, t)?;
+        let merge = pg.mode == postgres::PgWriteMode::Merge;
         return Some(TargetSpec {
+            version_column: version_column(d, version, merge),
+            version_loc,
             format: TargetFormat::Postgres,
             schema,
             schema_loc,
@@ -1179,6 +1192,7 @@ fn read_target(
             "mode",
             "keys",
             "schema",
+            "version_column",
         ],
     );
     let format = match format {
@@ -1303,9 +1317,33 @@ fn read_target(
         partition_by: parts,
         partition_loc: loc(text, &partition_span.unwrap_or(0..0)),
         compression: compression?,
+        version_column: version_column(d, version, !merge_keys.is_empty()),
+        version_loc,
         merge_keys,
         postgres: None,
     })
+}
+
+/// `[target] version_column`, which only a merge reads.
+fn version_column(d: &mut Diags, version: Option<Located<String>>, merge: bool) -> Option<String> {
+    let v = version?;
+    if v.value.trim().is_empty() {
+        d.push(
+            v.span,
+            "target.version_column",
+            "empty: name the column whose larger value is the newer version",
+        );
+        return None;
+    }
+    if !merge {
+        d.push(
+            v.span,
+            "target.version_column",
+            "version_column only applies with mode = \"merge\" (replace owns the chunk's range and keeps no older rows)",
+        );
+        return None;
+    }
+    Some(v.value)
 }
 
 /// URL schemes served by object stores (credentials from the environment).

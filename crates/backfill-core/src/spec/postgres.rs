@@ -395,7 +395,16 @@ pub(super) fn read_target(
     let create = t.bool(d, "create");
     t.finish(
         d,
-        &["format", "url", "table", "mode", "keys", "create", "schema"],
+        &[
+            "format",
+            "url",
+            "table",
+            "mode",
+            "keys",
+            "create",
+            "schema",
+            "version_column",
+        ],
     );
     let table = match table {
         Some(l) => table_name(d, "target.table", l),

@@ -271,10 +271,18 @@ pub trait Sink: Send + Sync + std::fmt::Debug {
 pub const QUARANTINE_PREFIX: &str = "quarantine::";
 
 /// The order that tells a newer version of a key from an older one, for
-/// a merge that must never replace a row with an older version: the
-/// `[dedup] order_by` (its first row wins); empty (last writer wins)
-/// without `[dedup]`.
+/// a merge that must never replace a row with an older version: `[target]
+/// version_column` (larger is newer), else the `[dedup] order_by` (its
+/// first row wins); empty (last writer wins) without either.
 pub fn merge_versions(spec: &backfill_core::spec::JobSpec) -> Vec<OrderKey> {
+    if let Some(column) = &spec.target.version_column {
+        // The larger value is the newer version; a NULL version never wins.
+        return vec![OrderKey {
+            column: column.clone(),
+            descending: true,
+            nulls_first: false,
+        }];
+    }
     spec.dedup
         .as_ref()
         .map(|d| d.order_by.clone())

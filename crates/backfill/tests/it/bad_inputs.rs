@@ -126,6 +126,26 @@ fn cases() -> Vec<Case> {
         case("rule_not_sql", Job::Demo(|s| s.replace("check = \"amount > 0\"", "check = \"amount >>> 0\"")), 2),
         case("rule_not_boolean", Job::Demo(|s| s.replace("check = \"amount > 0\"", "check = \"amount + 1\"")), 2),
         case(
+            "version_column_without_merge",
+            Job::Demo(|s| {
+                s.replace(
+                    "path = \"warehouse/transactions\"",
+                    "path = \"warehouse/transactions\"\nversion_column = \"created_at\"",
+                )
+            }),
+            2,
+        ),
+        case(
+            "version_column_not_in_rows",
+            Job::Demo(|s| {
+                s.replace(
+                    "format = \"parquet\"\npath = \"warehouse/transactions\"",
+                    "format = \"delta\"\nmode = \"merge\"\nkeys = [\"transaction_id\"]\nversion_column = \"updated_at\"\npath = \"warehouse/transactions\"",
+                )
+            }),
+            2,
+        ),
+        case(
             "quarantine_inside_target",
             Job::Demo(|s| {
                 s.replace(

@@ -1585,3 +1585,59 @@ fn a_secret_in_every_place_never_reaches_any_output_file_or_state_row() {
         );
     }
 }
+
+#[test]
+fn a_version_column_decides_which_version_a_merge_keeps() {
+    // `[target] version_column` orders versions for the merge, whatever
+    // `[dedup] order_by` says within a chunk: here dedup keeps each chunk's
+    // largest amount, and the merge the latest created_at.
+    let pg = Pg::new("merge_version_column");
+    let demo = Demo::new(6_000, "\"7d\"");
+    crate::dedup::dedup_per_chunk(&demo);
+    demo.edit_job(|s| {
+        s.replace(
+            "order_by = [\"created_at DESC\", \"amount DESC\"]",
+            "order_by = [\"amount DESC\"]",
+        )
+    });
+    target_to_pg(&demo, &pg, "tx", "merge");
+    demo.edit_job(|s| {
+        s.replace(
+            "mode = \"merge\"\nkeys = [\"transaction_id\"]\n",
+            "mode = \"merge\"\nkeys = [\"transaction_id\"]\nversion_column = \"created_at\"\n",
+        )
+    });
+    run_pg_ok(&demo, &pg, &["run"]);
+    // Later versions of some of March's keys, with a smaller amount: by
+    // amount they would lose, by created_at they win.
+    let source = demo.source_glob();
+    duckdb(&format!(
+        "COPY (SELECT * REPLACE (created_at + INTERVAL 35 DAY AS created_at, amount * 0.5 AS amount) FROM read_parquet('{source}') \
+         WHERE created_at >= TIMESTAMP '2023-03-01' AND created_at < TIMESTAMP '2023-03-20' AND transaction_id % 7 = 0) TO '{}' (FORMAT PARQUET)",
+        demo.path().join("source/april-versions.parquet").display()
+    ));
+    run_pg_ok(&demo, &pg, &["run"]);
+    run_pg_ok(
+        &demo,
+        &pg,
+        &["run", "--from", "2023-03-01", "--to", "2023-04-01"],
+    );
+    let table = pg.rows(&format!(
+        "SELECT count(*)::text, sum(transaction_id)::text, round(sum(amount) * 100)::bigint::text FROM {}.tx",
+        pg.schema
+    ));
+    let expected = duckdb(&format!(
+        "SELECT count(*)::VARCHAR, sum(transaction_id)::VARCHAR, round(sum(amount) * 100)::BIGINT::VARCHAR FROM (
+           SELECT *, row_number() OVER (PARTITION BY transaction_id ORDER BY created_at DESC) AS v FROM (
+             SELECT *, row_number() OVER (
+               PARTITION BY transaction_id, floor((epoch(created_at) - epoch(TIMESTAMP '2023-01-01')) / 604800)
+               ORDER BY amount DESC NULLS LAST) AS rn
+             FROM ({}) WHERE rule IS NULL) WHERE rn = 1) WHERE v = 1",
+        ruled_source_sql(&demo)
+    ));
+    let expected: Vec<String> = expected[0]
+        .iter()
+        .map(|v| v.as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(table[0], expected, "rows, sum(id), sum(amount)");
+}
