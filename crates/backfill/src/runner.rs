@@ -773,6 +773,7 @@ impl Backfill {
         }
         let pending_orphans = recover(&job, state.as_ref(), &mut summary.recovered).await?;
         self.check_schema(&job).await?;
+        reconcile_footprint(&job).await?;
         if let Some(range) = &job.range {
             // Counted once per source change: without statistics (CSV,
             // JSON) it is a scan of the whole source.
@@ -1250,6 +1251,45 @@ async fn clear_retired(job: &OpenJob, recorded: &[ChunkRecord]) -> Result<(), Er
             "--replan: cleared {cleared} range(s) of retired chunks that the new plan does not cover"
         );
     }
+    Ok(())
+}
+
+/// A table that owns ranges (Delta, PostgreSQL replace) records the range
+/// the job's rows may lie in, its footprint. Where the plan no longer
+/// covers part of it (a range shrunk by `--replan`, also after the state
+/// that knew the old plan was lost) that part's rows go, as a retired
+/// chunk's do; then the footprint becomes the plan's range. Clearing first
+/// is safe to repeat: a crash in between clears again next time.
+async fn reconcile_footprint(job: &OpenJob) -> Result<(), Error> {
+    let (Some(lo), Some(hi)) = (
+        job.chunks.first().and_then(|c| c.lo),
+        job.chunks.last().and_then(|c| c.hi),
+    ) else {
+        return Ok(());
+    };
+    let target = &job.sinks.target;
+    if let Some((was_lo, was_hi)) = target.footprint().await? {
+        let old = Chunk {
+            // Beyond the plan: no failpoint or chunk of it is meant.
+            index: job.chunks.len(),
+            id: format!(
+                "{:016x}",
+                twox_hash::XxHash3_64::oneshot(format!("footprint {}", job.spec.name).as_bytes())
+            ),
+            lo: Some(was_lo),
+            hi: Some(was_hi),
+            value: None,
+        };
+        let parts = uncovered_parts(&old, &job.chunks);
+        if !parts.is_empty() {
+            tracing::warn!(
+                "the target holds this job's rows of an earlier plan in {} range(s) the plan no longer covers ([{was_lo}, {was_hi}) then, [{lo}, {hi}) now); removing them",
+                parts.len()
+            );
+            target.clear_retired(&old, &parts).await?;
+        }
+    }
+    target.set_footprint((lo, hi)).await?;
     Ok(())
 }
 

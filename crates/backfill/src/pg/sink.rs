@@ -61,6 +61,10 @@ struct Inner {
     ensured: Mutex<bool>,
     /// Merge: the order that tells newer versions of a key from older.
     versions: Vec<backfill_core::spec::OrderKey>,
+    /// The job's tag ([`crate::sink::job_tag`]), naming its footprint.
+    job: String,
+    /// The footprint to record when this process creates the table.
+    pending_footprint: std::sync::Mutex<Option<crate::sink::Footprint>>,
 }
 
 #[derive(Debug, Clone)]
@@ -69,6 +73,8 @@ pub struct PgSink {
 }
 
 const PUBLISHED: &str = "_backfill_published";
+/// Per target table and job, the range the job's rows may lie in.
+const FOOTPRINT: &str = "_backfill_footprint";
 
 impl PgSink {
     pub fn new(
@@ -93,6 +99,8 @@ impl PgSink {
                 prefix: format!("_bf_{:08x}_", hash as u32),
                 ensured: Mutex::new(false),
                 versions: Vec::new(),
+                job: String::new(),
+                pending_footprint: std::sync::Mutex::new(None),
             }),
         }
     }
@@ -102,6 +110,14 @@ impl PgSink {
     pub fn with_versions(mut self, order: Vec<backfill_core::spec::OrderKey>) -> Self {
         if let Some(inner) = Arc::get_mut(&mut self.inner) {
             inner.versions = order;
+        }
+        self
+    }
+
+    /// The job whose footprint this sink records.
+    pub fn for_job(mut self, job: &str) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.job = crate::sink::job_tag(job);
         }
         self
     }
@@ -202,7 +218,44 @@ impl Inner {
             ))
             .await
             .map_err(PgError::sql(what))?;
+        let pending = *self
+            .pending_footprint
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(range) = pending {
+            self.write_footprint(client, range).await?;
+        }
         *done = true;
+        Ok(())
+    }
+
+    /// Whether this sink owns ranges (replace by the range column), and so
+    /// keeps a footprint.
+    fn keeps_footprint(&self) -> bool {
+        matches!(self.slice, Slice::Range(Some(_))) && !self.job.is_empty()
+    }
+
+    async fn write_footprint(
+        &self,
+        client: &impl tokio_postgres::GenericClient,
+        range: crate::sink::Footprint,
+    ) -> Result<(), SinkError> {
+        let fp = self.qualified(FOOTPRINT);
+        client
+            .batch_execute(&format!(
+                "CREATE TABLE IF NOT EXISTS {fp} (target text NOT NULL, job text NOT NULL, \
+                 range text NOT NULL, PRIMARY KEY (target, job)); \
+                 INSERT INTO {fp} (target, job, range) VALUES ({t}, {j}, {r}) \
+                 ON CONFLICT (target, job) DO UPDATE SET range = EXCLUDED.range",
+                t = quote_literal(&self.table.to_string()),
+                j = quote_literal(&self.job),
+                r = quote_literal(&crate::sink::encode_footprint(range)),
+            ))
+            .await
+            .map_err(PgError::sql(format!(
+                "recording the footprint of {}",
+                self.table
+            )))?;
         Ok(())
     }
 
@@ -660,6 +713,51 @@ impl ChunkWriter for PgChunkWriter {
 
 #[async_trait]
 impl Sink for PgSink {
+    async fn footprint(&self) -> Result<Option<crate::sink::Footprint>, SinkError> {
+        if !self.inner.keeps_footprint() {
+            return Ok(None);
+        }
+        let client = self.inner.connect().await?;
+        if !self.inner.table_exists(&client, FOOTPRINT).await? {
+            return Ok(None);
+        }
+        let row = client
+            .query_opt(
+                &format!(
+                    "SELECT range FROM {} WHERE target = $1 AND job = $2",
+                    self.inner.qualified(FOOTPRINT)
+                ),
+                &[&self.inner.table.to_string(), &self.inner.job],
+            )
+            .await
+            .map_err(PgError::sql(format!(
+                "reading the footprint of {}",
+                self.inner.table
+            )))?;
+        Ok(row.and_then(|r| crate::sink::decode_footprint(r.get(0))))
+    }
+
+    async fn set_footprint(&self, range: crate::sink::Footprint) -> Result<(), SinkError> {
+        if !self.inner.keeps_footprint() {
+            return Ok(());
+        }
+        *self
+            .inner
+            .pending_footprint
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(range);
+        let client = self.inner.connect().await?;
+        if !self
+            .inner
+            .table_exists(&client, &self.inner.table.name)
+            .await?
+        {
+            // Recorded as the table is created.
+            return Ok(());
+        }
+        self.inner.write_footprint(&client, range).await
+    }
+
     async fn begin(&self, chunk: &Chunk, attempt: u32) -> Result<Box<dyn ChunkWriter>, SinkError> {
         Ok(Box::new(PgChunkWriter {
             inner: self.inner.clone(),

@@ -57,6 +57,8 @@ pub struct DeltaSink {
     created: std::sync::atomic::AtomicBool,
     /// Merge: the order that tells newer versions of a key from older.
     versions: Vec<backfill_core::spec::OrderKey>,
+    /// The footprint to record when this process creates the table.
+    pending_footprint: std::sync::Mutex<Option<super::Footprint>>,
     /// Written into the `commitInfo` of this job's commits ([`JOB_KEY`]),
     /// so that a later run tells them from other writers'.
     job_tag: String,
@@ -64,6 +66,11 @@ pub struct DeltaSink {
 
 /// The `commitInfo` key that names the job (by its tag) whose commit it is.
 const JOB_KEY: &str = "backfill.job";
+
+/// The table property holding a job's footprint (`backfill.footprint.<tag>`).
+fn footprint_key(tag: &str) -> String {
+    format!("backfill.footprint.{tag}")
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum DeltaError {
@@ -114,7 +121,14 @@ impl DeltaSink {
             created: std::sync::atomic::AtomicBool::new(false),
             job_tag: super::job_tag(job),
             versions: Vec::new(),
+            pending_footprint: std::sync::Mutex::new(None),
         })
+    }
+
+    /// Replace by the range column: the table's rows in a range are the
+    /// job's, so it keeps a footprint.
+    fn owns_ranges(&self) -> bool {
+        self.merge_keys.is_empty() && self.range_column.is_some()
     }
 
     /// Merge replaces a row only with a newer-or-equal version by `order`
@@ -171,10 +185,28 @@ impl DeltaSink {
                 schema.as_ref(),
             )
             .map_err(|e| self.err()(e.into()))?;
+        let footprint = self
+            .owns_ranges()
+            .then(|| {
+                *self
+                    .pending_footprint
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+            })
+            .flatten()
+            .map(|f| {
+                (
+                    footprint_key(&self.job_tag),
+                    Some(super::encode_footprint(f)),
+                )
+            });
         CreateBuilder::new()
             .with_location(self.url()?.to_string())
             .with_columns(st.fields().cloned())
             .with_partition_columns(self.partition_by.clone())
+            .with_configuration(footprint)
+            // Ours is not a Delta property: accept it as an application's.
+            .with_raise_if_key_not_exists(false)
             .with_save_mode(SaveMode::Ignore)
             .await
             .map_err(self.err())?;
@@ -639,6 +671,61 @@ impl Sink for Arc<DeltaSink> {
         for part in parts {
             self.publish(part, &[]).await?;
         }
+        Ok(())
+    }
+
+    async fn footprint(&self) -> Result<Option<super::Footprint>, SinkError> {
+        if !self.owns_ranges() {
+            return Ok(None);
+        }
+        let Some(table) = self.open().await? else {
+            return Ok(None);
+        };
+        let snapshot = table.snapshot().map_err(self.err())?;
+        Ok(snapshot
+            .metadata()
+            .configuration()
+            .get(&footprint_key(&self.job_tag))
+            .and_then(|v| super::decode_footprint(v)))
+    }
+
+    /// A table property, in a metadata commit carrying the job's tag (so
+    /// the next run does not take it for another writer's).
+    async fn set_footprint(&self, range: super::Footprint) -> Result<(), SinkError> {
+        if !self.owns_ranges() {
+            return Ok(());
+        }
+        *self
+            .pending_footprint
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(range);
+        let _guard = self.commits.lock().await;
+        let Some(table) = self.open().await? else {
+            // Recorded as the table is created.
+            return Ok(());
+        };
+        let key = footprint_key(&self.job_tag);
+        let value = super::encode_footprint(range);
+        let current = table
+            .snapshot()
+            .map_err(self.err())?
+            .metadata()
+            .configuration()
+            .get(&key)
+            .cloned();
+        if current.as_deref() == Some(value.as_str()) {
+            return Ok(());
+        }
+        table
+            .set_tbl_properties()
+            .with_properties(HashMap::from([(key, value)]))
+            .with_raise_if_not_exists(false)
+            .with_commit_properties(CommitProperties::default().with_metadata([(
+                JOB_KEY.to_string(),
+                serde_json::Value::String(self.job_tag.clone()),
+            )]))
+            .await
+            .map_err(self.err())?;
         Ok(())
     }
 

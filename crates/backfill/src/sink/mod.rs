@@ -15,6 +15,7 @@ use std::sync::Arc;
 use arrow::array::RecordBatch;
 use async_trait::async_trait;
 use backfill_core::ErrorClass;
+use backfill_core::interval::RangeValue;
 use backfill_core::plan::Chunk;
 use backfill_core::spec::OrderKey;
 use backfill_core::spec::TargetFormat;
@@ -131,6 +132,25 @@ pub struct TargetFiles {
     pub staged: Vec<String>,
 }
 
+/// A range `[lo, hi)` of the range column.
+pub type Footprint = (RangeValue, RangeValue);
+
+/// A footprint as stored: `lo|hi`, each bound as the state encodes it.
+pub fn encode_footprint(f: Footprint) -> String {
+    let enc = |v| backfill_core::state::encode_bound(Some(v)).unwrap_or_default();
+    format!("{}|{}", enc(f.0), enc(f.1))
+}
+
+pub fn decode_footprint(s: &str) -> Option<Footprint> {
+    let (lo, hi) = s.split_once('|')?;
+    let dec = |b: &str| {
+        backfill_core::state::decode_bound(Some(b.to_string()))
+            .ok()
+            .flatten()
+    };
+    Some((dec(lo)?, dec(hi)?))
+}
+
 /// What [`Sink::foreign_writes`] found.
 #[derive(Debug, Default)]
 pub struct ForeignWrites {
@@ -157,6 +177,19 @@ pub trait Sink: Send + Sync + std::fmt::Debug {
     /// chunk's files are removed as garbage.
     async fn clear_retired(&self, retired: &Chunk, parts: &[Chunk]) -> Result<(), SinkError> {
         let _ = (retired, parts);
+        Ok(())
+    }
+    /// The range this job's rows in the target may lie in, as the target
+    /// itself records it (so it survives a lost state): `None` when the
+    /// target keeps none (yet), or owns no ranges (a Parquet folder, whose
+    /// files carry the job's tag; merge mode).
+    async fn footprint(&self) -> Result<Option<Footprint>, SinkError> {
+        Ok(None)
+    }
+    /// Records `range` as the footprint: at once when the table exists,
+    /// else as the table is created.
+    async fn set_footprint(&self, range: Footprint) -> Result<(), SinkError> {
+        let _ = range;
         Ok(())
     }
     /// The chunks among `committed` whose range another writer changed in
@@ -373,7 +406,8 @@ impl Sinks {
                 range,
                 pg.create,
             )
-            .with_versions(merge_versions(spec));
+            .with_versions(merge_versions(spec))
+            .for_job(&spec.name);
             let quarantine = PgSink::new(
                 &pg.url,
                 &spec.quarantine.path_shown,

@@ -638,6 +638,24 @@ fn regressions_found_by_the_model() {
             "\"1 month\"",
             vec![Op::Run, Op::ForeignWrite { n: 835 }, Op::Run],
         ),
+        // Seed 2540040657 (the hour-long run): the state is lost, then the
+        // range shrinks. Nothing recorded the old plan, so the rows past the
+        // new end stayed in the PostgreSQL table, and `validate` (which
+        // reads the plan's ranges) passed. The same on Delta.
+        (
+            "lost state, then a shorter range, on PostgreSQL",
+            Target::Postgres,
+            true,
+            "\"1 month\"",
+            vec![Op::Run, Op::LoseState, Op::RangeEnd("2023-10-01")],
+        ),
+        (
+            "lost state, then a shorter range, on Delta",
+            Target::Delta,
+            true,
+            "\"7d\"",
+            vec![Op::Run, Op::LoseState, Op::RangeEnd("2023-07-15")],
+        ),
     ];
     for (name, target, quality, width, ops) in found {
         let mut case = Case::with(target, quality, width);

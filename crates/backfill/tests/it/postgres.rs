@@ -1612,7 +1612,7 @@ fn a_version_column_decides_which_version_a_merge_keeps() {
     // amount they would lose, by created_at they win.
     let source = demo.source_glob();
     duckdb(&format!(
-        "COPY (SELECT * REPLACE (created_at + INTERVAL 35 DAY AS created_at, amount * 0.5 AS amount) FROM read_parquet('{source}') \
+        "COPY (SELECT * REPLACE (created_at + INTERVAL 35 DAY AS created_at, round(amount * 0.5, 2) AS amount) FROM read_parquet('{source}') \
          WHERE created_at >= TIMESTAMP '2023-03-01' AND created_at < TIMESTAMP '2023-03-20' AND transaction_id % 7 = 0) TO '{}' (FORMAT PARQUET)",
         demo.path().join("source/april-versions.parquet").display()
     ));
