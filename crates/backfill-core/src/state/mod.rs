@@ -292,7 +292,20 @@ pub struct LockHolder {
 /// and host, it tells apart two processes that share both (containers).
 pub fn process_token() -> &'static str {
     static TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    TOKEN.get_or_init(|| format!("{:016x}", rand::random::<u64>()))
+    TOKEN.get_or_init(|| {
+        // std's hasher keys come from the OS's randomness once per process:
+        // random enough for a name, with no extra dependency (the core crate
+        // builds alone for the fuzzer, without `rand`'s thread RNG).
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u32(std::process::id());
+        h.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos()),
+        );
+        format!("{:016x}", h.finish())
+    })
 }
 
 /// This process's id as a holder shows it; `BACKFILL_HOLDER_PID`
