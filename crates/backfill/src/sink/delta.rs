@@ -533,6 +533,11 @@ impl Sink for Arc<DeltaSink> {
         // An empty chunk adds nothing but still removes its old files.
         let attempt = files.first().and_then(|f| attempt_of(&f.path));
         let _guard = self.commits.lock().await;
+        if files.is_empty() && self.open().await?.is_none() {
+            // No table yet (the chunks with rows have not created it):
+            // there is nothing of its range to remove.
+            return Ok(());
+        }
         let (table, done) = self.table_for_commit(chunk, attempt).await?;
         if done {
             return Ok(());
