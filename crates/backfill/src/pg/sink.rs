@@ -146,6 +146,15 @@ impl Inner {
         Ok(connect(&self.url, &self.shown).await?)
     }
 
+    /// A connection, when the target table exists.
+    async fn connect_to_table(&self) -> Result<Option<Client>, SinkError> {
+        let client = self.connect().await?;
+        Ok(self
+            .table_exists(&client, &self.table.name)
+            .await?
+            .then_some(client))
+    }
+
     async fn table_exists(
         &self,
         client: &impl tokio_postgres::GenericClient,
@@ -746,16 +755,11 @@ impl Sink for PgSink {
             .pending_footprint
             .lock()
             .unwrap_or_else(|p| p.into_inner()) = Some(range);
-        let client = self.inner.connect().await?;
-        if !self
-            .inner
-            .table_exists(&client, &self.inner.table.name)
-            .await?
-        {
+        match self.inner.connect_to_table().await? {
+            Some(client) => self.inner.write_footprint(&client, range).await,
             // Recorded as the table is created.
-            return Ok(());
+            None => Ok(()),
         }
-        self.inner.write_footprint(&client, range).await
     }
 
     async fn begin(&self, chunk: &Chunk, attempt: u32) -> Result<Box<dyn ChunkWriter>, SinkError> {
@@ -804,14 +808,9 @@ impl Sink for PgSink {
         if predicates.is_empty() {
             return Ok(());
         }
-        let client = self.inner.connect().await?;
-        if !self
-            .inner
-            .table_exists(&client, &self.inner.table.name)
-            .await?
-        {
+        let Some(client) = self.inner.connect_to_table().await? else {
             return Ok(());
-        }
+        };
         let what = format!(
             "removing retired chunk {} from {}",
             retired.id, self.inner.table

@@ -74,6 +74,15 @@ impl Tables {
         }
     }
 
+    /// The holders of the job's live leases (`$1`: the job).
+    fn live_holders(&self) -> String {
+        format!(
+            "SELECT DISTINCT leased_by FROM {} WHERE job = $1 AND lease_until >= now() \
+             AND leased_by IS NOT NULL",
+            self.chunks
+        )
+    }
+
     fn ddl(&self) -> String {
         format!(
             "CREATE SCHEMA IF NOT EXISTS {schema};
@@ -571,17 +580,10 @@ impl StateStore for PgStateStore {
 
     fn holders(&self) -> Result<Vec<LockHolder>, StateError> {
         self.call(|c, x| {
-            Ok(c.query(
-                &format!(
-                    "SELECT DISTINCT leased_by FROM {} WHERE job = $1 AND lease_until >= now() \
-                     AND leased_by IS NOT NULL",
-                    x.t.chunks
-                ),
-                &[&x.job],
-            )?
-            .iter()
-            .filter_map(|r| LockHolder::from_lease_name(r.get(0)))
-            .collect())
+            Ok(c.query(&x.t.live_holders(), &[&x.job])?
+                .iter()
+                .filter_map(|r| LockHolder::from_lease_name(r.get(0)))
+                .collect())
         })
     }
 
@@ -1057,14 +1059,7 @@ impl StateStore for PgStateStore {
         self.call(|c, x| {
             let mut t = c.transaction()?;
             let holders: Vec<String> = t
-                .query(
-                    &format!(
-                        "SELECT DISTINCT leased_by FROM {} WHERE job = $1 AND lease_until >= now() \
-                         AND leased_by IS NOT NULL",
-                        x.t.chunks
-                    ),
-                    &[&x.job],
-                )?
+                .query(&x.t.live_holders(), &[&x.job])?
                 .iter()
                 .map(|r| r.get(0))
                 .collect();

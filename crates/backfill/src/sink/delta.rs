@@ -125,8 +125,17 @@ impl DeltaSink {
         })
     }
 
+    /// Commit properties naming this job in `commitInfo` ([`JOB_KEY`]):
+    /// every commit of the job carries them.
+    fn tagged(&self) -> CommitProperties {
+        CommitProperties::default().with_metadata([(
+            JOB_KEY.to_string(),
+            serde_json::Value::String(self.job_tag.clone()),
+        )])
+    }
+
     /// Replace by the range column: the table's rows in a range are the
-    /// job's, so it keeps a footprint.
+    /// job's, so it keeps a footprint and follows other writers.
     fn owns_ranges(&self) -> bool {
         self.merge_keys.is_empty() && self.range_column.is_some()
     }
@@ -261,12 +270,9 @@ impl DeltaSink {
                 .collect::<Vec<_>>()
                 .join(" AND ");
             let newer = super::newer_or_equal(&self.versions, "source", "target", q);
-            let props = CommitProperties::default()
-                .with_application_transaction(Transaction::new(app_id(chunk), attempt))
-                .with_metadata([(
-                    JOB_KEY.to_string(),
-                    serde_json::Value::String(self.job_tag.clone()),
-                )]);
+            let props = self
+                .tagged()
+                .with_application_transaction(Transaction::new(app_id(chunk), attempt));
             table
                 .merge(source, predicate.as_str())
                 .with_source_alias("source")
@@ -638,10 +644,7 @@ impl Sink for Arc<DeltaSink> {
             return Ok(());
         }
         let predicate = format!("chunk {} {}", chunk.id, chunk.bounds());
-        let mut props = CommitProperties::default().with_metadata([(
-            JOB_KEY.to_string(),
-            serde_json::Value::String(self.job_tag.clone()),
-        )]);
+        let mut props = self.tagged();
         if let Some(attempt) = attempt {
             props = props.with_application_transaction(Transaction::new(app_id(chunk), attempt));
         }
@@ -667,10 +670,7 @@ impl Sink for Arc<DeltaSink> {
     /// publish of no rows would. Merge mode never removed rows, and keeps
     /// them.
     async fn clear_retired(&self, _retired: &Chunk, parts: &[Chunk]) -> Result<(), SinkError> {
-        if !self.merge_keys.is_empty()
-            || self.range_column.is_none()
-            || self.open().await?.is_none()
-        {
+        if !self.owns_ranges() || self.open().await?.is_none() {
             return Ok(());
         }
         for part in parts {
@@ -725,10 +725,7 @@ impl Sink for Arc<DeltaSink> {
             .set_tbl_properties()
             .with_properties(HashMap::from([(key, value)]))
             .with_raise_if_not_exists(false)
-            .with_commit_properties(CommitProperties::default().with_metadata([(
-                JOB_KEY.to_string(),
-                serde_json::Value::String(self.job_tag.clone()),
-            )]))
+            .with_commit_properties(self.tagged())
             .await
             .map_err(self.err())?;
         Ok(())
@@ -745,7 +742,7 @@ impl Sink for Arc<DeltaSink> {
         since: Option<&str>,
         committed: &[Chunk],
     ) -> Result<Option<ForeignWrites>, SinkError> {
-        if !self.merge_keys.is_empty() || self.range_column.is_none() {
+        if !self.owns_ranges() {
             return Ok(None);
         }
         // Before the table exists, every version it will have is to read:

@@ -780,14 +780,7 @@ fn commits(pg: &Pg) -> Vec<(String, i64, i64)> {
 }
 
 fn spawn_run(demo: &Demo, pg: &Pg) -> std::process::Child {
-    Command::new(BIN)
-        .args(["run", &demo.job_str()])
-        .env(PG_ENV, &pg.url)
-        .env_remove("BACKFILL_FAILPOINTS")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn")
+    spawn_with(demo, pg, &["run"], &[])
 }
 
 #[test]
