@@ -252,9 +252,46 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     }
 }
 
+/// A size in bytes: a whole number with an optional unit, binary (`KiB`,
+/// `MiB`, `GiB`, `TiB`, or `K`, `M`, `G`, `T`) or decimal (`kB`, `MB`, `GB`,
+/// `TB`), or `B`. The error says what was expected, not what was written
+/// (the text may come from the environment).
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    const EXPECTED: &str = "is not a size (try \"512MiB\", \"2GiB\", \"4GB\")";
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let n: u64 = digits.parse().map_err(|_| EXPECTED.to_string())?;
+    let scale: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "K" | "KiB" => 1 << 10,
+        "M" | "MiB" => 1 << 20,
+        "G" | "GiB" => 1 << 30,
+        "T" | "TiB" => 1 << 40,
+        "kB" | "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        "TB" => 1_000_000_000_000,
+        _ => return Err(EXPECTED.to_string()),
+    };
+    n.checked_mul(scale).ok_or_else(|| EXPECTED.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parses_sizes() {
+        assert_eq!(parse_size("512MiB"), Ok(512 << 20));
+        assert_eq!(parse_size(" 2 GiB "), Ok(2 << 30));
+        assert_eq!(parse_size("4GB"), Ok(4_000_000_000));
+        assert_eq!(parse_size("1024"), Ok(1024));
+        assert_eq!(parse_size("3G"), Ok(3 << 30));
+        for bad in ["", "MiB", "1.5GiB", "-1GiB", "2 parsecs", "99999999999TiB"] {
+            assert!(parse_size(bad).is_err(), "{bad} parsed");
+        }
+    }
 
     #[test]
     fn parses_chunk_sizes() {

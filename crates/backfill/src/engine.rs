@@ -50,18 +50,11 @@ pub fn chunk_config(base: &SessionConfig, in_flight: usize) -> SessionConfig {
     base.clone().with_target_partitions(partitions)
 }
 
-/// Memory DataFusion may hold for sorts, joins and aggregations before it
-/// spills to disk (`BACKFILL_MEMORY_LIMIT_MB` overrides it). The dedup
-/// index's aggregation over every key grows with the data; bounded, it spills.
-pub const DEFAULT_MEMORY_LIMIT: usize = 512 * 1024 * 1024;
-
-pub fn runtime_env() -> DfResult<Arc<RuntimeEnv>> {
-    let limit = std::env::var("BACKFILL_MEMORY_LIMIT_MB")
-        .ok()
-        .and_then(|v| v.parse::<usize>().ok())
-        .map_or(DEFAULT_MEMORY_LIMIT, |mb| mb * 1024 * 1024);
+/// DataFusion's share of `[run] memory_limit` for sorts, joins and
+/// aggregations before they spill to disk.
+pub fn runtime_env(memory: &crate::memory::Memory) -> DfResult<Arc<RuntimeEnv>> {
     datafusion::execution::runtime_env::RuntimeEnvBuilder::new()
-        .with_memory_limit(limit, 1.0)
+        .with_memory_limit(memory.engine(), 1.0)
         .build_arc()
 }
 
@@ -219,6 +212,10 @@ pub struct ChunkQuery<'a> {
     pub runtime: &'a Arc<RuntimeEnv>,
     pub index: Option<Arc<DedupIndex>>,
     pub run_id: i64,
+    /// Bytes of held-back dedup rows the chunk keeps in memory.
+    pub hold_back: usize,
+    /// Where held-back rows spill beyond that.
+    pub spill_dir: Option<&'a std::path::Path>,
 }
 
 fn transform_sql(spec: &JobSpec) -> &str {
@@ -299,7 +296,14 @@ async fn run_chunk(
     let table = StreamingTable::try_new(schema, partitions)?;
     ctx.register_table("source", Arc::new(table))?;
     let df = with_quality_columns(&ctx, q.spec).await?;
-    let mut splitter = Splitter::new(q.spec, q.index.clone(), chunk, q.run_id);
+    let mut splitter = Splitter::new(
+        q.spec,
+        q.index.clone(),
+        chunk,
+        q.run_id,
+        q.hold_back,
+        q.spill_dir.map(|d| d.to_path_buf()),
+    );
     let mut stream = df.execute_stream().await?;
     while let Some(batch) = stream.next().await {
         let batch = batch?;
@@ -325,7 +329,7 @@ async fn run_chunk(
             quarantine.write(qb).await?;
         }
     }
-    if let Some(winners) = splitter.finish()? {
+    while let Some(winners) = splitter.next_held_winners()? {
         target.write(winners).await?;
     }
     let counts = splitter.counts;

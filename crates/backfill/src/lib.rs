@@ -24,6 +24,8 @@ pub mod engine;
 pub mod error;
 pub mod evolve;
 pub mod gaps;
+mod holdback;
+pub mod memory;
 pub mod pg;
 pub mod placement;
 pub mod progress;

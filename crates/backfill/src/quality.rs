@@ -29,7 +29,7 @@ use arrow::array::AsArray;
 use arrow::array::{
     Array, ArrayRef, BooleanArray, Int32Array, Int64Array, RecordBatch, StringArray, UInt32Array,
 };
-use arrow::compute::{cast, filter_record_batch, interleave_record_batch, take_record_batch};
+use arrow::compute::{cast, filter_record_batch, take_record_batch};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::row::{RowConverter, Rows, SortField};
 use backfill_core::plan::Chunk;
@@ -39,6 +39,7 @@ use datafusion::arrow::compute::SortOptions;
 use datafusion::error::DataFusionError;
 use futures::StreamExt;
 
+use crate::holdback::{Codec, HoldBack};
 use crate::repeats::{HashIsKey, KeyHashes, RepeatedKeys};
 
 pub const RULE_COL: &str = "__bf_rule";
@@ -86,6 +87,8 @@ pub struct QualityCounts {
     pub quarantined: u64,
     pub dropped: u64,
     pub duplicates: u64,
+    /// Arrow bytes of held-back rows written to disk.
+    pub spilled_bytes: u64,
     pub per_rule: BTreeMap<String, RuleCount>,
     /// Rows failing a `fail` rule, per rule, with a few example keys.
     pub failed: BTreeMap<String, (u64, Vec<String>)>,
@@ -105,24 +108,13 @@ pub struct Splitter {
     order_converter: Option<RowConverter>,
     /// Multi-version keys whose winner this chunk already kept (ties).
     emitted: HashSet<Box<[u8]>>,
+    order_cols: Vec<String>,
     /// Rows of repeated keys held back until the chunk ends, when the index
-    /// only knows the keys' hashes ([`DedupIndex::within_one_chunk`]).
-    held: Held,
+    /// only knows the keys' hashes ([`DedupIndex::within_one_chunk`]), or
+    /// when the best versions tie.
+    held: HoldBack,
     pub counts: QualityCounts,
 }
-
-/// The passing rows of repeated keys, and per key where its best row is.
-#[derive(Default)]
-struct Held {
-    batches: Vec<RecordBatch>,
-    /// Key to its best row so far; ties keep the first row met.
-    best: HashMap<Box<[u8]>, HeldBest>,
-    rows: u64,
-}
-
-/// Encoded ordering values, the whole row's hash (which breaks ties), and
-/// the row's (batch, row) in [`Held::batches`].
-type HeldBest = (Box<[u8]>, u64, u32, u32);
 
 /// What one batch turned into.
 pub struct Split {
@@ -133,11 +125,15 @@ pub struct Split {
 }
 
 impl Splitter {
+    /// `hold_back` bytes of held rows stay in memory; more spill to a
+    /// directory made in `spill_root` (`None`: they stay in memory).
     pub fn new(
         spec: &JobSpec,
         index: Option<Arc<DedupIndex>>,
         chunk: &Chunk,
         run_id: i64,
+        hold_back: usize,
+        spill_root: Option<std::path::PathBuf>,
     ) -> Splitter {
         Splitter {
             rules: spec.rules.clone(),
@@ -151,10 +147,15 @@ impl Splitter {
                 .as_ref()
                 .map(|d| d.keys.clone())
                 .unwrap_or_default(),
+            order_cols: spec
+                .dedup
+                .as_ref()
+                .map(|d| d.order_by.iter().map(|o| o.column.clone()).collect())
+                .unwrap_or_default(),
             key_converter: None,
             order_converter: None,
             emitted: HashSet::new(),
-            held: Held::default(),
+            held: HoldBack::new(hold_back, spill_root),
             counts: QualityCounts::default(),
         }
     }
@@ -187,14 +188,14 @@ impl Splitter {
     }
 
     /// Keeps rows `rows` of `data` (whose keys are repeated) until
-    /// [`Splitter::finish`], with each key's best row so far.
+    /// [`Splitter::next_held_winners`].
     fn hold(
         &mut self,
         data: &RecordBatch,
         keys: &Rows,
         rows: &[u32],
     ) -> Result<(), DataFusionError> {
-        let (Some(dedup), Some(oc)) = (&self.dedup, &self.order_converter) else {
+        let (Some(kc), Some(oc)) = (&self.key_converter, &self.order_converter) else {
             return Err(DataFusionError::Internal(
                 "rows held back without dedup ordering".into(),
             ));
@@ -203,51 +204,38 @@ impl Splitter {
         // `take` of a view column still points into the whole batch's
         // buffers; copying the held strings out lets those go.
         let held = compact_views(&taken)?;
-        let orders = named_columns(&held, dedup.order_by.iter().map(|o| &o.column))?;
-        let orders = oc.convert_columns(&orders)?;
-        let hashes = row_hashes(&held)?;
-        let b = u32::try_from(self.held.batches.len())
-            .map_err(|_| DataFusionError::Execution("too many held batches".into()))?;
-        for (j, &i) in rows.iter().enumerate() {
-            let key = keys.row(i as usize);
-            let order = orders.row(j);
-            let hash = hashes[j];
-            // A total order: ordering values first, then the whole row's
-            // hash, so a tie goes to the same row in every run.
-            match self.held.best.get_mut(key.as_ref()) {
-                Some(best) if (order.as_ref(), hash) < (best.0.as_ref(), best.1) => {
-                    *best = (order.as_ref().into(), hash, b, j as u32);
-                }
-                Some(_) => {}
-                None => {
-                    self.held.best.insert(
-                        key.as_ref().into(),
-                        (order.as_ref().into(), hash, b, j as u32),
-                    );
-                }
-            }
-        }
-        self.held.rows += rows.len() as u64;
-        self.held.batches.push(held);
-        Ok(())
+        let codec = Codec {
+            keys: kc,
+            orders: oc,
+            key_cols: &self.key_cols,
+            order_cols: &self.order_cols,
+        };
+        self.held.hold(held, keys, rows, &codec)
     }
 
-    /// The held rows that won, in the order they were met, once the chunk's
-    /// last batch has been split; counts the others as duplicates.
-    pub fn finish(&mut self) -> Result<Option<RecordBatch>, DataFusionError> {
-        let held = std::mem::take(&mut self.held);
-        if held.rows == 0 {
+    /// Once the chunk's last batch has been split: the next batch of held
+    /// rows that won (all of them, or one spilled bucket's), until `None`,
+    /// when the others are counted as duplicates.
+    pub fn next_held_winners(&mut self) -> Result<Option<RecordBatch>, DataFusionError> {
+        if self.held.rows() == 0 {
             return Ok(None);
         }
-        let mut winners: Vec<(usize, usize)> = held
-            .best
-            .into_values()
-            .map(|(_, _, b, r)| (b as usize, r as usize))
-            .collect();
-        winners.sort_unstable();
-        self.counts.duplicates += held.rows - winners.len() as u64;
-        let batches: Vec<&RecordBatch> = held.batches.iter().collect();
-        Ok(Some(interleave_record_batch(&batches, &winners)?))
+        let (Some(kc), Some(oc)) = (&self.key_converter, &self.order_converter) else {
+            return Ok(None);
+        };
+        let codec = Codec {
+            keys: kc,
+            orders: oc,
+            key_cols: &self.key_cols,
+            order_cols: &self.order_cols,
+        };
+        let next = self.held.next_winners(&codec)?;
+        if next.is_none() {
+            self.counts.duplicates += self.held.duplicates();
+            self.counts.spilled_bytes += self.held.spilled;
+            self.held = HoldBack::new(0, None);
+        }
+        Ok(next)
     }
 
     pub fn split(&mut self, batch: &RecordBatch) -> Result<Split, DataFusionError> {

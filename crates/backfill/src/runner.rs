@@ -170,6 +170,8 @@ pub(crate) struct OpenJob {
     pub chunks: Vec<Chunk>,
     pub config: SessionConfig,
     pub runtime: Arc<RuntimeEnv>,
+    /// `[run] memory_limit`, resolved.
+    pub memory: crate::memory::Memory,
     /// `[engine] kind = "spark"`: the connection and the job as Spark sees it.
     #[cfg(feature = "spark")]
     pub spark: Option<Arc<crate::spark::SparkJob>>,
@@ -236,7 +238,8 @@ impl Backfill {
     /// partition columns exist. Errors point at the job file's lines.
     pub(crate) async fn open(&self) -> Result<OpenJob, Error> {
         let config = engine::session_config();
-        let runtime = engine::runtime_env()?;
+        let memory = crate::memory::Memory::resolve(self.spec.run.memory_limit);
+        let runtime = engine::runtime_env(&memory)?;
         let ctx = SessionContext::new_with_config_rt(config.clone(), runtime.clone());
         let hive_column = self
             .spec
@@ -459,6 +462,7 @@ impl Backfill {
             chunks,
             config,
             runtime,
+            memory,
             #[cfg(feature = "spark")]
             spark,
         })
@@ -975,7 +979,11 @@ impl Backfill {
             },
             state_nanos: Default::default(),
             chunk_config: engine::chunk_config(&job.config, parallelism.min(selected.len())),
+            hold_back: job.memory.hold_back(parallelism.min(selected.len())),
         });
+        job.sinks
+            .set_writer_memory(job.memory.writer(parallelism.min(selected.len())));
+        tracing::debug!("memory limit: {}", job.memory.describe());
 
         let mut queue = selected.into_iter();
         let mut tasks: JoinSet<(Chunk, Outcome)> = JoinSet::new();
@@ -1725,6 +1733,8 @@ struct Shared {
     /// The DataFusion settings of a chunk: the cores shared out among the
     /// chunks in flight ([`engine::chunk_config`]).
     chunk_config: SessionConfig,
+    /// Each chunk's share of the memory limit for held-back dedup rows.
+    hold_back: usize,
 }
 
 impl Shared {
@@ -1911,6 +1921,8 @@ async fn attempt_chunk(
             runtime: &job.runtime,
             index,
             run_id: shared.run_id,
+            hold_back: shared.hold_back,
+            spill_dir: job.spec.state.path.parent(),
         };
         let work = async {
             #[cfg(feature = "spark")]

@@ -662,6 +662,8 @@ async fn check_chunk(
         runtime: &job.runtime,
         index: index.map(|i| i.for_chunk(chunk.index)).transpose()?,
         run_id: 0,
+        hold_back: job.memory.hold_back(1),
+        spill_dir: spec.state.path.parent(),
     };
     let stats =
         match engine::measure_chunk(&query, chunk, &mut target, &mut quarantine, &mut all).await {

@@ -357,6 +357,10 @@ pub struct RunSpec {
     pub parallelism: usize,
     pub retries: u32,
     pub retry_backoff: Duration,
+    /// `memory_limit`: what the engine's sorts and aggregations, the rows
+    /// a dedup holds back and the writers' open files may take before they
+    /// spill to disk or close files. `None`: sized from the machine.
+    pub memory_limit: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -1385,6 +1389,7 @@ impl Default for RunSpec {
             parallelism: 1,
             retries: 3,
             retry_backoff: Duration::from_secs(1),
+            memory_limit: None,
         }
     }
 }
@@ -1491,6 +1496,9 @@ fn read_state(
     })
 }
 
+/// Below this the shares of the limit are too small to hold a batch.
+pub const MIN_MEMORY_LIMIT: u64 = 4 << 20;
+
 fn read_run(d: &mut Diags, env: Env, t: &mut TableReader) -> Option<RunSpec> {
     let mut run = RunSpec::default();
     let mut ok = true;
@@ -1528,7 +1536,27 @@ fn read_run(d: &mut Diags, env: Env, t: &mut TableReader) -> Option<RunSpec> {
             }
         }
     }
-    t.finish(d, &["parallelism", "retries", "retry_backoff"]);
+    if let Some(m) = t.string(d, env, "memory_limit") {
+        match crate::interval::parse_size(&m.value) {
+            Ok(v) if v >= MIN_MEMORY_LIMIT => run.memory_limit = Some(v),
+            Ok(_) => {
+                d.push(
+                    m.span,
+                    "run.memory_limit",
+                    format!("must be at least 4MiB, got \"{}\"", m.shown),
+                );
+                ok = false;
+            }
+            Err(e) => {
+                d.push(m.span, "run.memory_limit", format!("\"{}\" {e}", m.shown));
+                ok = false;
+            }
+        }
+    }
+    t.finish(
+        d,
+        &["parallelism", "retries", "retry_backoff", "memory_limit"],
+    );
     ok.then_some(run)
 }
 

@@ -296,3 +296,36 @@ fn a_value_from_the_environment_is_not_echoed_by_a_parse_error() {
     assert!(shown.contains("run.retry_backoff"), "{shown}");
     assert!(!shown.contains("hunter2"), "{shown}");
 }
+
+#[test]
+fn memory_limit_is_a_size_of_at_least_4_mib() {
+    let with = |v: &str| {
+        EXAMPLE.replace(
+            "retry_backoff = \"1s\"",
+            &format!("retry_backoff = \"1s\"\nmemory_limit = {v}"),
+        )
+    };
+    let spec = JobSpec::parse(Path::new("job.toml"), &with("\"2GiB\""), &|_| None).expect("parses");
+    assert_eq!(spec.run.memory_limit, Some(2 << 30));
+    let spec = JobSpec::parse(Path::new("job.toml"), EXAMPLE, &|_| None).expect("parses");
+    assert_eq!(spec.run.memory_limit, None);
+    for (value, says) in [("\"lots\"", "is not a size"), ("\"1MiB\"", "at least 4MiB")] {
+        let shown = match JobSpec::parse(Path::new("job.toml"), &with(value), &|_| None) {
+            Ok(_) => panic!("{value} parsed"),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            shown.contains("run.memory_limit") && shown.contains(says),
+            "{shown}"
+        );
+        let line = with(value)
+            .lines()
+            .position(|l| l.starts_with("memory_limit"))
+            .map(|i| i + 1)
+            .unwrap_or_default();
+        assert!(
+            shown.contains(&format!(":{line}:")),
+            "no line {line} in {shown}"
+        );
+    }
+}

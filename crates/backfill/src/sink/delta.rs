@@ -530,6 +530,10 @@ impl Sink for Arc<DeltaSink> {
         }))
     }
 
+    fn set_writer_memory(&self, memory: crate::memory::WriterMemory) {
+        self.files.set_writer_memory(memory);
+    }
+
     async fn publish(&self, chunk: &Chunk, files: &[OwnedFile]) -> Result<(), SinkError> {
         // Files first: in place but unknown to the log, readers ignore them.
         self.files.publish(chunk, files).await?;

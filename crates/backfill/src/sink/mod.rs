@@ -60,6 +60,8 @@ pub enum SinkError {
     Postgres(#[from] crate::pg::PgError),
     #[error("{0}")]
     Read(String),
+    #[error("spilling rows to disk: {0}")]
+    Spill(String),
     #[error(transparent)]
     Delta(#[from] delta::DeltaError),
     #[error(transparent)]
@@ -87,7 +89,7 @@ impl SinkError {
                 }
                 _ => ErrorClass::Permanent,
             },
-            SinkError::WriterGone => ErrorClass::Transient,
+            SinkError::WriterGone | SinkError::Spill(_) => ErrorClass::Transient,
             SinkError::Postgres(e) => e.class(),
             SinkError::Store(e) => e.class(),
             SinkError::Delta(delta::DeltaError::Delta { source, .. }) => match **source {
@@ -165,6 +167,9 @@ pub struct ForeignWrites {
 #[async_trait]
 pub trait Sink: Send + Sync + std::fmt::Debug {
     async fn begin(&self, chunk: &Chunk, attempt: u32) -> Result<Box<dyn ChunkWriter>, SinkError>;
+    /// What each chunk writer may keep in memory and open from now on
+    /// (writers that stream elsewhere ignore it).
+    fn set_writer_memory(&self, _memory: crate::memory::WriterMemory) {}
     /// Makes staged files visible. Idempotent: files already published are
     /// left alone, so recovery can call it again after a crash.
     async fn publish(&self, chunk: &Chunk, files: &[OwnedFile]) -> Result<(), SinkError>;
@@ -443,6 +448,12 @@ impl Sinks {
             .for_job(&spec.name),
         );
         Ok(Sinks { target, quarantine })
+    }
+
+    /// Shares each chunk writer's memory out: see [`Sink::set_writer_memory`].
+    pub fn set_writer_memory(&self, memory: crate::memory::WriterMemory) {
+        self.target.set_writer_memory(memory);
+        self.quarantine.set_writer_memory(memory);
     }
 
     pub fn prefix_quarantine(files: Vec<OwnedFile>) -> Vec<OwnedFile> {

@@ -19,7 +19,7 @@ use std::fs::File;
 use std::hash::BuildHasherDefault;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use arrow::array::{Array, RecordBatch, UInt32Array};
 use arrow::compute::take_record_batch;
@@ -46,7 +46,17 @@ use tokio::io::AsyncWriteExt;
 use super::rowgroups::RowGroupWriter;
 use super::{ChunkWriter, Sink, SinkError, Staged, TargetFiles};
 use crate::failpoint;
+use crate::holdback::{MAX_LEVEL, Pending, Spill};
+use crate::memory::WriterMemory;
 use crate::store::Remote;
+
+/// The smallest row group many open files are given: below it, more
+/// partitions wait for a later round instead.
+const MIN_GROUP_BYTES: usize = 256 * 1024;
+
+fn spill_err(e: datafusion::error::DataFusionError) -> SinkError {
+    SinkError::Spill(e.to_string())
+}
 
 /// What Hive, Spark, DuckDB and pyarrow call a NULL partition value.
 pub const HIVE_DEFAULT_PARTITION: &str = "__HIVE_DEFAULT_PARTITION__";
@@ -120,6 +130,10 @@ pub struct ParquetSink {
     checksum: bool,
     /// See [`job_tag`].
     job_tag: String,
+    /// Each chunk writer's share of `[run] memory_limit`: bytes (as two
+    /// words, set once the run knows how many chunks run at once) and files
+    /// open at once.
+    memory: [AtomicUsize; 2],
 }
 
 impl ParquetSink {
@@ -173,7 +187,24 @@ impl ParquetSink {
             props,
             checksum,
             job_tag: job_tag(""),
+            memory: [
+                AtomicUsize::new(WriterMemory::UNBOUNDED.bytes),
+                AtomicUsize::new(WriterMemory::UNBOUNDED.max_open),
+            ],
         })
+    }
+
+    /// What each chunk writer may keep in memory and open.
+    pub fn set_writer_memory(&self, m: WriterMemory) {
+        self.memory[0].store(m.bytes, Ordering::Relaxed);
+        self.memory[1].store(m.max_open, Ordering::Relaxed);
+    }
+
+    fn writer_memory(&self) -> WriterMemory {
+        WriterMemory {
+            bytes: self.memory[0].load(Ordering::Relaxed),
+            max_open: self.memory[1].load(Ordering::Relaxed).max(1),
+        }
     }
 
     fn abs(&self, rel: &str) -> PathBuf {
@@ -488,6 +519,15 @@ fn tune_dictionary(
 }
 
 /// Splits batches by partition values into one open file per partition.
+///
+/// At most `memory.max_open` files are open at once, and their row groups
+/// share `memory.bytes`. Once that many partitions are open, the rows of
+/// any other partition go to spill files on disk, by a hash of their
+/// partition values; when the chunk's rows are all in, the open files are
+/// closed and each spill file is written out in turn the same way (split
+/// again if it still holds too many partitions). A partition thus still
+/// gets one file per chunk (more only when row groups fill it), whatever
+/// the order of the rows.
 struct PartitionedWriter {
     root: PathBuf,
     chunk_id: String,
@@ -497,9 +537,20 @@ struct PartitionedWriter {
     props: WriterProperties,
     partition_by: Vec<String>,
     layout: Option<Layout>,
-    /// Index `i` names the file `RowGroupWriter` knows as `i`.
+    /// Index `i` names the file `RowGroupWriter` knows as `i` (this round's).
     files: Vec<OwnedFile>,
     by_key: HashMap<Box<[u8]>, usize>,
+    /// Files opened in all rounds, which numbers their names.
+    opened: usize,
+    memory: WriterMemory,
+    /// Rows of partitions that found no open file, and the rounds to come.
+    spill: Option<Spill>,
+    pending: Vec<Pending>,
+    spill_dir: Option<tempfile::TempDir>,
+    spills: u32,
+    level: u32,
+    /// The closed rounds.
+    done: Staged,
     rows: u64,
     /// Every path created, so an abort can remove them all.
     created: Vec<PathBuf>,
@@ -623,6 +674,10 @@ impl PartitionedWriter {
         }
         let mut writing = std::time::Duration::ZERO;
         for (key, idx) in groups {
+            if !self.by_key.contains_key(&key) && self.by_key.len() >= self.memory.max_open {
+                self.spill_rows(batch, &rows, idx)?;
+                continue;
+            }
             let first = idx[0] as usize;
             let part = if idx.len() == batch.num_rows() {
                 data.clone()
@@ -639,6 +694,41 @@ impl PartitionedWriter {
             let nanos = u64::try_from(splitting.as_nanos()).unwrap_or(u64::MAX);
             layout.groups.note_overhead(nanos, batch.num_rows());
         }
+        Ok(())
+    }
+
+    /// Sends rows `idx` of `batch` (partition values `keys`) to the spill,
+    /// for a later round.
+    fn spill_rows(
+        &mut self,
+        batch: &RecordBatch,
+        keys: &arrow::row::Rows,
+        idx: Vec<u32>,
+    ) -> Result<(), SinkError> {
+        if self.spill.is_none() {
+            if self.spill_dir.is_none() {
+                let dir = tempfile::Builder::new()
+                    .prefix("backfill-partitions-")
+                    .tempdir()
+                    .map_err(io("creating a spill directory in", &std::env::temp_dir()))?;
+                tracing::info!(
+                    "chunk {}: more than {} partitions; the rows of the others wait in {}",
+                    self.chunk_id,
+                    self.memory.max_open,
+                    dir.path().display()
+                );
+                self.spill_dir = Some(dir);
+            }
+            if let Some(dir) = &self.spill_dir {
+                self.spill = Some(Spill::new(dir.path(), self.spills, self.level));
+                self.spills += 1;
+            }
+        }
+        let Some(spill) = self.spill.as_mut() else {
+            return Err(SinkError::WriterGone);
+        };
+        let rows = take_record_batch(batch, &UInt32Array::from(idx.clone()))?;
+        spill.write(&rows, keys, &idx).map_err(spill_err)?;
         Ok(())
     }
 
@@ -677,7 +767,7 @@ impl PartitionedWriter {
                 self.attempt,
                 self.stamp,
                 &self.job_tag,
-                self.files.len(),
+                self.opened,
             )
         );
         let staged = staged_name(&published);
@@ -693,27 +783,62 @@ impl PartitionedWriter {
             path: published,
             staged,
         });
+        self.opened += 1;
+        // The open files share the writer's memory.
+        let open = layout.groups.open_files().max(1);
+        layout
+            .groups
+            .set_group_bytes((self.memory.bytes / open).max(MIN_GROUP_BYTES));
         self.by_key.insert(key.into(), f);
         Ok(f)
     }
 
-    fn finish(self) -> Result<Staged, SinkError> {
-        let mut staged = Staged {
-            rows: self.rows,
-            ..Default::default()
+    /// Closes this round's files into `done`; they are durable before the
+    /// commit point (a power cut after the state says "committed" must not
+    /// leave a torn file).
+    fn close_round(&mut self) -> Result<(), SinkError> {
+        let Some(layout) = self.layout.as_mut() else {
+            return Ok(());
         };
-        let Some(layout) = self.layout else {
-            return Ok(staged);
-        };
-        let (files, checksum) = layout.groups.finish()?;
-        staged.checksum = checksum;
-        for (file, owned) in files.into_iter().zip(self.files) {
+        let (files, checksum) = layout.groups.close_all()?;
+        self.done.checksum = self.done.checksum.wrapping_add(checksum);
+        for (file, owned) in files.into_iter().zip(std::mem::take(&mut self.files)) {
             let abs = self.root.join(&owned.staged);
-            // Durable before the commit point: a power cut after the state
-            // says "committed" must not leave a torn file.
             file.sync_all().map_err(io("syncing", &abs))?;
-            staged.bytes += file.metadata().map_err(io("reading size of", &abs))?.len();
-            staged.files.push(owned);
+            self.done.bytes += file.metadata().map_err(io("reading size of", &abs))?.len();
+            self.done.files.push(owned);
+        }
+        self.by_key.clear();
+        Ok(())
+    }
+
+    fn finish(mut self) -> Result<Staged, SinkError> {
+        loop {
+            self.close_round()?;
+            if let Some(spill) = self.spill.take() {
+                self.pending.extend(spill.close().map_err(spill_err)?);
+            }
+            let Some(next) = self.pending.pop() else {
+                break;
+            };
+            // A round whose spill cannot be split further keeps all its
+            // partitions open.
+            self.level = next.level;
+            if self.level >= MAX_LEVEL {
+                self.memory.max_open = usize::MAX;
+            }
+            let file = File::open(&next.path).map_err(io("reading", &next.path))?;
+            let reader =
+                arrow::ipc::reader::StreamReader::try_new(std::io::BufReader::new(file), None)?;
+            for batch in reader {
+                self.write(&batch?)?;
+            }
+            let _ = std::fs::remove_file(&next.path);
+        }
+        let mut staged = std::mem::take(&mut self.done);
+        staged.rows = self.rows;
+        if let Some(layout) = self.layout.take() {
+            layout.groups.finish()?;
         }
         Ok(staged)
     }
@@ -812,6 +937,14 @@ impl Sink for ParquetSink {
             layout: None,
             files: Vec::new(),
             by_key: HashMap::new(),
+            opened: 0,
+            memory: self.writer_memory(),
+            spill: None,
+            pending: Vec::new(),
+            spill_dir: None,
+            spills: 0,
+            level: 0,
+            done: Staged::default(),
             rows: 0,
             created: Vec::new(),
             checksum: self.checksum,
@@ -842,6 +975,10 @@ impl Sink for ParquetSink {
             chunk_index: chunk.index,
             upload: self.remote.clone().map(|r| (self.root.clone(), r)),
         }))
+    }
+
+    fn set_writer_memory(&self, memory: WriterMemory) {
+        ParquetSink::set_writer_memory(self, memory);
     }
 
     async fn publish(&self, chunk: &Chunk, files: &[OwnedFile]) -> Result<(), SinkError> {

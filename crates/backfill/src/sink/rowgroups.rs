@@ -34,8 +34,9 @@ use super::checksum::RowChecksum;
 /// Rows per row group.
 const ROW_GROUP_ROWS: usize = 128 * 1024;
 /// Caps the Arrow memory one row group takes in: wide rows end a row group
-/// before [`ROW_GROUP_ROWS`] does.
-const ROW_GROUP_BYTES: usize = 64 * 1024 * 1024;
+/// before [`ROW_GROUP_ROWS`] does. Many open files share a smaller cap
+/// ([`RowGroupWriter::set_group_bytes`]).
+pub const ROW_GROUP_BYTES: usize = 64 * 1024 * 1024;
 /// Batches queued for the helper: enough to ride out jitter, few enough
 /// that they are still in cache when it gets to them.
 const HELPER_QUEUE: usize = 4;
@@ -123,6 +124,8 @@ pub struct RowGroupWriter {
     overhead_cost: f64,
     /// Whether the helper does a task, decided at each row group start.
     on_helper: Vec<bool>,
+    /// Arrow bytes that end a row group.
+    group_bytes: usize,
 }
 
 impl RowGroupWriter {
@@ -146,7 +149,20 @@ impl RowGroupWriter {
             overhead: (0, 0),
             overhead_cost: 0.0,
             on_helper: vec![false; tasks],
+            group_bytes: ROW_GROUP_BYTES,
         }
+    }
+
+    /// Ends row groups at `bytes` of Arrow memory (at most
+    /// [`ROW_GROUP_BYTES`]): the writer's memory share divided among its
+    /// open files. A group already larger ends at its next write.
+    pub fn set_group_bytes(&mut self, bytes: usize) {
+        self.group_bytes = bytes.min(ROW_GROUP_BYTES);
+    }
+
+    /// Files open now.
+    pub fn open_files(&self) -> usize {
+        self.files.len()
     }
 
     /// Starts a file; returns its index for [`RowGroupWriter::write`].
@@ -223,7 +239,7 @@ impl RowGroupWriter {
             let open = self.files[f].open.get_or_insert((0, 0));
             open.0 += take;
             open.1 += bytes;
-            if open.0 >= ROW_GROUP_ROWS || open.1 >= ROW_GROUP_BYTES {
+            if open.0 >= ROW_GROUP_ROWS || open.1 >= self.group_bytes {
                 self.end_group(f)?;
             }
         }
@@ -430,22 +446,24 @@ impl RowGroupWriter {
     }
 
     /// Encodes what is left, writes each footer and returns the files in
-    /// the order they were opened, with the checksum of all rows.
-    pub fn finish(mut self) -> Result<(Vec<File>, u64), SinkError> {
+    /// the order they were opened, with the checksum of their rows. The
+    /// writer then starts over with no file open (file indexes start at 0
+    /// again), keeping its helper thread and what it measured.
+    pub fn close_all(&mut self) -> Result<(Vec<File>, u64), SinkError> {
         for f in 0..self.files.len() {
             if self.files[f].open.is_some() {
                 self.end_group(f)?;
             }
         }
-        if let Some(helper) = self.helper.take() {
-            drop(helper.tx);
-            while !self.awaiting.is_empty() {
-                let closed = helper.rx.recv().map_err(|_| SinkError::WriterGone)?;
-                self.append_oldest(closed)?;
-            }
+        while !self.awaiting.is_empty() {
+            let Some(helper) = &self.helper else {
+                return Err(SinkError::WriterGone);
+            };
+            let closed = helper.rx.recv().map_err(|_| SinkError::WriterGone)?;
+            self.append_oldest(closed)?;
         }
         let mut files = Vec::with_capacity(self.files.len());
-        for file in self.files {
+        for file in std::mem::take(&mut self.files) {
             let path = file.path;
             files.push(
                 file.writer
@@ -453,7 +471,14 @@ impl RowGroupWriter {
                     .map_err(|source| SinkError::Parquet { path, source })?,
             );
         }
-        Ok((files, self.sum))
+        Ok((files, std::mem::take(&mut self.sum)))
+    }
+
+    /// [`RowGroupWriter::close_all`], and the helper thread stops.
+    pub fn finish(mut self) -> Result<(Vec<File>, u64), SinkError> {
+        let closed = self.close_all();
+        drop(self.helper.take());
+        closed
     }
 }
 

@@ -12,6 +12,7 @@ mod evolution;
 mod gaps;
 mod harness;
 mod identity;
+mod memory;
 mod model;
 mod partitions;
 mod postgres;
