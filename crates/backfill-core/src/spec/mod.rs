@@ -289,6 +289,10 @@ pub struct TargetSpec {
     pub partition_by: Vec<String>,
     pub partition_loc: Loc,
     pub compression: Compression,
+    /// `max_file_size`: a file that reaches it is closed and the
+    /// partition's next rows start another (S3 copies at most 5 GiB into
+    /// place in one request).
+    pub max_file_size: u64,
     /// Delta `mode = "merge"`: the keys; empty for `replace`.
     pub merge_keys: Vec<String>,
     /// Merge (Delta or PostgreSQL): the column whose larger value is the
@@ -1175,6 +1179,7 @@ fn read_target(
             partition_by: Vec::new(),
             partition_loc: loc(text, &span),
             compression: Compression::None,
+            max_file_size: DEFAULT_MAX_FILE_SIZE,
             merge_keys: Vec::new(),
             postgres: Some(pg),
         });
@@ -1182,6 +1187,7 @@ fn read_target(
     let path = t.string(d, env, "path");
     let partition_by = t.strings(d, env, "partition_by");
     let compression = t.string(d, env, "compression");
+    let max_file_size = t.string(d, env, "max_file_size");
     let mode = t.string(d, env, "mode");
     let keys = t.strings(d, env, "keys");
     let keys_span = t.raw_span("keys");
@@ -1193,12 +1199,35 @@ fn read_target(
             "path",
             "partition_by",
             "compression",
+            "max_file_size",
             "mode",
             "keys",
             "schema",
             "version_column",
         ],
     );
+    let max_file_size = match max_file_size {
+        None => Some(DEFAULT_MAX_FILE_SIZE),
+        Some(m) => match crate::interval::parse_size(&m.value) {
+            Ok(v) if (MIN_MAX_FILE_SIZE..=MAX_MAX_FILE_SIZE).contains(&v) => Some(v),
+            Ok(_) => {
+                d.push(
+                    m.span,
+                    "target.max_file_size",
+                    format!("must be between 1MiB and 4GiB, got \"{}\"", m.shown),
+                );
+                None
+            }
+            Err(e) => {
+                d.push(
+                    m.span,
+                    "target.max_file_size",
+                    format!("\"{}\" {e}", m.shown),
+                );
+                None
+            }
+        },
+    };
     let format = match format {
         Some(f) if f.value.eq_ignore_ascii_case("parquet") => Some(TargetFormat::Parquet),
         Some(f) if f.value.eq_ignore_ascii_case("delta") => Some(TargetFormat::Delta),
@@ -1321,6 +1350,7 @@ fn read_target(
         partition_by: parts,
         partition_loc: loc(text, &partition_span.unwrap_or(0..0)),
         compression: compression?,
+        max_file_size: max_file_size?,
         version_column: version_column(d, version, !merge_keys.is_empty()),
         version_loc,
         merge_keys,
@@ -1495,6 +1525,13 @@ fn read_state(
         postgres,
     })
 }
+
+/// `[target] max_file_size` unless the job says otherwise.
+pub const DEFAULT_MAX_FILE_SIZE: u64 = 1 << 30;
+const MIN_MAX_FILE_SIZE: u64 = 1 << 20;
+/// S3 copies at most 5 GiB into place in one request, and a file may end
+/// a few row groups (each at most 64 MiB before encoding) past its cap.
+const MAX_MAX_FILE_SIZE: u64 = 4 << 30;
 
 /// Below this the shares of the limit are too small to hold a batch.
 pub const MIN_MEMORY_LIMIT: u64 = 4 << 20;

@@ -329,3 +329,29 @@ fn memory_limit_is_a_size_of_at_least_4_mib() {
         );
     }
 }
+
+#[test]
+fn max_file_size_is_between_1_mib_and_4_gib() {
+    let with = |v: &str| {
+        EXAMPLE.replace(
+            "compression = \"zstd\"",
+            &format!("compression = \"zstd\"\nmax_file_size = {v}"),
+        )
+    };
+    let spec = parse(&with("\"256MiB\"")).expect("parses");
+    assert_eq!(spec.target.max_file_size, 256 << 20);
+    assert_eq!(
+        parse(EXAMPLE).expect("parses").target.max_file_size,
+        1 << 30
+    );
+    for (value, says) in [
+        ("\"5GiB\"", "between 1MiB and 4GiB"),
+        ("\"big\"", "is not a size"),
+    ] {
+        let shown = errors(&with(value));
+        assert!(
+            shown.contains("target.max_file_size") && shown.contains(says),
+            "{shown}"
+        );
+    }
+}

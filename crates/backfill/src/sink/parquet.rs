@@ -130,6 +130,8 @@ pub struct ParquetSink {
     checksum: bool,
     /// See [`job_tag`].
     job_tag: String,
+    /// `[target] max_file_size`.
+    max_file_size: u64,
     /// Each chunk writer's share of `[run] memory_limit`: bytes (as two
     /// words, set once the run knows how many chunks run at once) and files
     /// open at once.
@@ -187,6 +189,7 @@ impl ParquetSink {
             props,
             checksum,
             job_tag: job_tag(""),
+            max_file_size: spec.max_file_size,
             memory: [
                 AtomicUsize::new(WriterMemory::UNBOUNDED.bytes),
                 AtomicUsize::new(WriterMemory::UNBOUNDED.max_open),
@@ -542,6 +545,7 @@ struct PartitionedWriter {
     by_key: HashMap<Box<[u8]>, usize>,
     /// Files opened in all rounds, which numbers their names.
     opened: usize,
+    max_file_size: u64,
     memory: WriterMemory,
     /// Rows of partitions that found no open file, and the rounds to come.
     spill: Option<Spill>,
@@ -614,15 +618,14 @@ impl PartitionedWriter {
             } else {
                 None
             };
+            let mut groups =
+                RowGroupWriter::new(self.runtime.clone(), data_schema.clone(), row_checksum);
+            groups.set_file_bytes(self.max_file_size);
             self.layout = Some(Layout {
                 part_cols,
                 data_cols,
                 converter,
-                groups: RowGroupWriter::new(
-                    self.runtime.clone(),
-                    data_schema.clone(),
-                    row_checksum,
-                ),
+                groups,
             });
         }
         self.layout.as_ref().ok_or(SinkError::WriterGone)
@@ -639,7 +642,8 @@ impl PartitionedWriter {
         let data = batch.project(&layout.data_cols)?;
         let Some(converter) = layout.converter.as_ref() else {
             let f = self.file_for(&[], batch, 0)?;
-            return self.write_to(f, data);
+            self.write_to(f, data)?;
+            return self.close_if_full(&[], f);
         };
         let part_arrays: Vec<_> = layout
             .part_cols
@@ -687,12 +691,26 @@ impl PartitionedWriter {
             let f = self.file_for(&key, batch, first)?;
             let start = std::time::Instant::now();
             self.write_to(f, part)?;
+            self.close_if_full(&key, f)?;
             writing += start.elapsed();
         }
         if let Some(layout) = self.layout.as_mut() {
             let splitting = started.elapsed().saturating_sub(writing);
             let nanos = u64::try_from(splitting.as_nanos()).unwrap_or(u64::MAX);
             layout.groups.note_overhead(nanos, batch.num_rows());
+        }
+        Ok(())
+    }
+
+    /// Closes file `f` of partition `key` once it reached `max_file_size`:
+    /// the partition's next rows open another file.
+    fn close_if_full(&mut self, key: &[u8], f: usize) -> Result<(), SinkError> {
+        let Some(layout) = self.layout.as_mut() else {
+            return Err(SinkError::WriterGone);
+        };
+        if layout.groups.is_full(f) {
+            layout.groups.close_file(f)?;
+            self.by_key.remove(key);
         }
         Ok(())
     }
@@ -794,18 +812,15 @@ impl PartitionedWriter {
     }
 
     /// Closes this round's files into `done`; they are durable before the
-    /// commit point (a power cut after the state says "committed" must not
-    /// leave a torn file).
+    /// commit point.
     fn close_round(&mut self) -> Result<(), SinkError> {
         let Some(layout) = self.layout.as_mut() else {
             return Ok(());
         };
-        let (files, checksum) = layout.groups.close_all()?;
+        let (sizes, checksum) = layout.groups.close_all()?;
         self.done.checksum = self.done.checksum.wrapping_add(checksum);
-        for (file, owned) in files.into_iter().zip(std::mem::take(&mut self.files)) {
-            let abs = self.root.join(&owned.staged);
-            file.sync_all().map_err(io("syncing", &abs))?;
-            self.done.bytes += file.metadata().map_err(io("reading size of", &abs))?.len();
+        for (bytes, owned) in sizes.into_iter().zip(std::mem::take(&mut self.files)) {
+            self.done.bytes += bytes;
             self.done.files.push(owned);
         }
         self.by_key.clear();
@@ -938,6 +953,7 @@ impl Sink for ParquetSink {
             files: Vec::new(),
             by_key: HashMap::new(),
             opened: 0,
+            max_file_size: self.max_file_size,
             memory: self.writer_memory(),
             spill: None,
             pending: Vec::new(),

@@ -75,7 +75,12 @@ struct Half {
 type Closed = Result<Half, SinkError>;
 
 struct OpenFile {
-    writer: SerializedFileWriter<File>,
+    /// `None` once the file is closed ([`RowGroupWriter::close_file`]);
+    /// then `closed` holds its size.
+    writer: Option<SerializedFileWriter<File>>,
+    closed: Option<u64>,
+    /// It reached the writer's file size cap.
+    full: bool,
     factory: ArrowRowGroupWriterFactory,
     path: PathBuf,
     /// Seeds each row's hash with its partition, which is not in the file.
@@ -126,6 +131,8 @@ pub struct RowGroupWriter {
     on_helper: Vec<bool>,
     /// Arrow bytes that end a row group.
     group_bytes: usize,
+    /// Bytes at which a file is full.
+    file_bytes: u64,
 }
 
 impl RowGroupWriter {
@@ -150,7 +157,42 @@ impl RowGroupWriter {
             overhead_cost: 0.0,
             on_helper: vec![false; tasks],
             group_bytes: ROW_GROUP_BYTES,
+            file_bytes: u64::MAX,
         }
+    }
+
+    /// A file whose row groups reach `bytes` is full ([`RowGroupWriter::is_full`]).
+    pub fn set_file_bytes(&mut self, bytes: u64) {
+        self.file_bytes = bytes;
+    }
+
+    /// Whether file `f` reached the file size cap: its writer should close
+    /// it and go on in a new file. Row groups are appended as the helper
+    /// finishes them, so a file may end a few row groups past the cap.
+    pub fn is_full(&self, f: usize) -> bool {
+        self.files.get(f).is_some_and(|file| file.full)
+    }
+
+    /// Encodes what is left of file `f`, writes its footer and makes it
+    /// durable, then lets its descriptor go (a chunk may close many files
+    /// by size under a limit on open files); its index stays taken until
+    /// [`RowGroupWriter::close_all`].
+    pub fn close_file(&mut self, f: usize) -> Result<(), SinkError> {
+        if self.files[f].open.is_some() {
+            self.end_group(f)?;
+        }
+        while self.awaiting.iter().any(|a| a.file == f) {
+            let Some(helper) = &self.helper else {
+                return Err(SinkError::WriterGone);
+            };
+            let closed = helper.rx.recv().map_err(|_| SinkError::WriterGone)?;
+            self.append_oldest(closed)?;
+        }
+        let file = &mut self.files[f];
+        if let Some(writer) = file.writer.take() {
+            file.closed = Some(durable(writer, &file.path)?);
+        }
+        Ok(())
     }
 
     /// Ends row groups at `bytes` of Arrow memory (at most
@@ -160,9 +202,9 @@ impl RowGroupWriter {
         self.group_bytes = bytes.min(ROW_GROUP_BYTES);
     }
 
-    /// Files open now.
+    /// Files open now (not closed by [`RowGroupWriter::close_file`]).
     pub fn open_files(&self) -> usize {
-        self.files.len()
+        self.files.iter().filter(|f| f.writer.is_some()).count()
     }
 
     /// Starts a file; returns its index for [`RowGroupWriter::write`].
@@ -183,7 +225,9 @@ impl RowGroupWriter {
             self.helper = Some(self.spawn_helper());
         }
         self.files.push(OpenFile {
-            writer,
+            writer: Some(writer),
+            closed: None,
+            full: false,
             factory,
             path,
             seed,
@@ -411,12 +455,16 @@ impl RowGroupWriter {
             path: path.clone(),
             source,
         };
-        let mut group = file.writer.next_row_group().map_err(pq)?;
+        let Some(writer) = file.writer.as_mut() else {
+            return Err(SinkError::WriterGone);
+        };
+        let mut group = writer.next_row_group().map_err(pq)?;
         for (_, chunk) in chunks {
             chunk.append_to_row_group(&mut group).map_err(pq)?;
         }
         group.close().map_err(pq)?;
-        start_writeback(file.writer.inner());
+        start_writeback(writer.inner());
+        file.full = writer.bytes_written() as u64 >= self.file_bytes;
         Ok(())
     }
 
@@ -445,11 +493,13 @@ impl RowGroupWriter {
         }
     }
 
-    /// Encodes what is left, writes each footer and returns the files in
-    /// the order they were opened, with the checksum of their rows. The
-    /// writer then starts over with no file open (file indexes start at 0
-    /// again), keeping its helper thread and what it measured.
-    pub fn close_all(&mut self) -> Result<(Vec<File>, u64), SinkError> {
+    /// Encodes what is left, writes each footer, makes each file durable
+    /// (a power cut after the state says "committed" must not leave a torn
+    /// file) and returns their sizes in the order they were opened, with
+    /// the checksum of their rows. The writer then starts over with no file
+    /// open (file indexes start at 0 again), keeping its helper thread and
+    /// what it measured.
+    pub fn close_all(&mut self) -> Result<(Vec<u64>, u64), SinkError> {
         for f in 0..self.files.len() {
             if self.files[f].open.is_some() {
                 self.end_group(f)?;
@@ -462,24 +512,40 @@ impl RowGroupWriter {
             let closed = helper.rx.recv().map_err(|_| SinkError::WriterGone)?;
             self.append_oldest(closed)?;
         }
-        let mut files = Vec::with_capacity(self.files.len());
+        let mut sizes = Vec::with_capacity(self.files.len());
         for file in std::mem::take(&mut self.files) {
-            let path = file.path;
-            files.push(
-                file.writer
-                    .into_inner()
-                    .map_err(|source| SinkError::Parquet { path, source })?,
-            );
+            match (file.writer, file.closed) {
+                (Some(writer), _) => sizes.push(durable(writer, &file.path)?),
+                (None, Some(bytes)) => sizes.push(bytes),
+                (None, None) => return Err(SinkError::WriterGone),
+            }
         }
-        Ok((files, std::mem::take(&mut self.sum)))
+        Ok((sizes, std::mem::take(&mut self.sum)))
     }
 
     /// [`RowGroupWriter::close_all`], and the helper thread stops.
-    pub fn finish(mut self) -> Result<(Vec<File>, u64), SinkError> {
+    pub fn finish(mut self) -> Result<(Vec<u64>, u64), SinkError> {
         let closed = self.close_all();
         drop(self.helper.take());
         closed
     }
+}
+
+/// Writes `writer`'s footer, fsyncs the file and returns its size.
+fn durable(writer: SerializedFileWriter<File>, path: &std::path::Path) -> Result<u64, SinkError> {
+    let file = writer.into_inner().map_err(|source| SinkError::Parquet {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let io = |op| {
+        move |source| SinkError::Io {
+            op,
+            path: path.to_path_buf(),
+            source,
+        }
+    };
+    file.sync_all().map_err(io("syncing"))?;
+    Ok(file.metadata().map_err(io("reading size of"))?.len())
 }
 
 /// Asks the kernel to start writing the file's dirty pages to disk now.

@@ -457,3 +457,43 @@ fn a_crash_while_writing_to_s3_is_repaired_exactly() {
         );
     }
 }
+
+#[test]
+fn a_partition_over_max_file_size_is_split_into_files_each_published() {
+    // S3 copies at most 5 GiB into place in one request; files are capped
+    // below that. Here the cap is 1 MiB and row groups are small (the
+    // writer's share of a 4 MiB limit), so one chunk of one partition
+    // makes several files.
+    let s3 = S3::start();
+    let demo = Demo::new(120_000, "\"all\"");
+    target_to_s3(&demo);
+    demo.edit_job(|s| {
+        s.replace(
+            "partition_by = [\"year\", \"month\"]",
+            "partition_by = []\nmax_file_size = \"1MiB\"",
+        )
+        .replace(
+            "parallelism = 2",
+            "parallelism = 2\nmemory_limit = \"4MiB\"",
+        )
+    });
+    run_s3_ok(&demo, &s3, &[]);
+    let keys = mirror(&demo, &s3);
+    assert!(staged(&keys).is_empty(), "staged objects left: {keys:?}");
+    let files: Vec<std::path::PathBuf> = keys
+        .iter()
+        .filter(|k| k.starts_with("warehouse/transactions/part-"))
+        .map(|k| demo.path().join("mirror").join(&k["warehouse/".len()..]))
+        .collect();
+    assert!(files.len() >= 2, "one file: {keys:?}");
+    for f in &files {
+        let size = std::fs::metadata(f).unwrap().len();
+        // Row groups are appended as they finish, so a file may end a
+        // little past the cap, never far.
+        assert!(size < 2 << 20, "{} is {size} bytes", f.display());
+    }
+    let (months, _) = expected_global(&demo);
+    assert_months_equal(&months, &mirror_months(&demo));
+    let v = run_s3(&demo, &s3, &["validate", &demo.job_str()]);
+    assert_eq!(code(&v), 0, "{}", text(&v));
+}
