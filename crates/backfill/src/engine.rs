@@ -425,6 +425,7 @@ pub async fn repeated_keys(
     ctx: &SessionContext,
     dedup: &DedupSpec,
     spill_dir: &std::path::Path,
+    budget: usize,
 ) -> DfResult<RepeatedKeys> {
     let started = std::time::Instant::now();
     let dir = repeats::spill_dir(spill_dir)?;
@@ -451,17 +452,28 @@ pub async fn repeated_keys(
         );
     }
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let repeated = tokio::task::spawn_blocking(move || RepeatedKeys::find(partitions, threads))
-        .await
-        .map_err(|e| DataFusionError::External(Box::new(e)))??;
+    let repeated =
+        tokio::task::spawn_blocking(move || RepeatedKeys::find(partitions, threads, budget))
+            .await
+            .map_err(|e| DataFusionError::External(Box::new(e)))??;
     // The spill files go now, not when the index has been built.
     drop(dir);
     tracing::debug!(
         "dedup index: {} repeated key hashes among {} rows in {:.2}s",
         repeated.len(),
         repeated.rows(),
-        started.elapsed().as_secs_f64()
+        started.elapsed().as_secs_f64(),
     );
+    if repeated.is_filter() {
+        tracing::info!(
+            "dedup: the {} repeated keys' hashes may need more than their {} MiB share of \
+             memory_limit; a filter of {} MiB stands for them (it lets a few keys met once \
+             through, which costs work, not correctness)",
+            repeated.len(),
+            budget >> 20,
+            repeated.bytes() >> 20
+        );
+    }
     Ok(repeated)
 }
 

@@ -1,7 +1,9 @@
 //! How `[run] memory_limit` is shared out among the parts of a run that
-//! grow with the data: DataFusion's sorts and aggregations, the rows a
-//! one-chunk dedup holds back, and the chunk writers' open files. Each part
-//! spills to disk or closes files when it reaches its share. What does not
+//! grow with the data: DataFusion's sorts and aggregations, the dedup
+//! index's repeated keys and its build, the rows a one-chunk dedup holds
+//! back, and the chunk writers' open files. Each part spills to disk,
+//! builds in parts, narrows to a filter or closes files when it reaches
+//! its share. What does not
 //! grow with the data (the binary, a source row group being decoded, the
 //! batches in flight between stages) comes on top.
 
@@ -88,6 +90,18 @@ impl Memory {
         self.total() / 2
     }
 
+    /// The repeated keys' hashes, which a one-chunk job keeps for the whole
+    /// run: an eighth.
+    pub fn repeated_keys(&self) -> usize {
+        self.total() / 8
+    }
+
+    /// Building the dedup index, before any chunk runs: a quarter (beside
+    /// the engine's half reading the rows and the repeated keys' eighth).
+    pub fn index_build(&self) -> usize {
+        self.total() / 4
+    }
+
     /// The rows one chunk may hold back for dedup: an eighth, shared by
     /// the chunks in flight.
     pub fn hold_back(&self, in_flight: usize) -> usize {
@@ -164,8 +178,10 @@ mod tests {
         };
         for in_flight in [1, 2, 3, 8] {
             let per_chunk = m.hold_back(in_flight) + 2 * m.writer(in_flight).bytes;
-            assert!(m.engine() + per_chunk * in_flight <= 64 << 20);
+            assert!(m.engine() + m.repeated_keys() + per_chunk * in_flight <= 64 << 20);
         }
+        // The index is built before any chunk runs.
+        assert!(m.engine() + m.repeated_keys() + m.index_build() <= 64 << 20);
         assert_eq!(m.writer(1).bytes, 8 << 20);
         assert!(m.writer(1).max_open <= 32, "{:?}", m.writer(1));
         assert!(m.writer(64).max_open >= 2);

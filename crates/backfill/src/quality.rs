@@ -87,8 +87,6 @@ pub struct QualityCounts {
     pub quarantined: u64,
     pub dropped: u64,
     pub duplicates: u64,
-    /// Arrow bytes of held-back rows written to disk.
-    pub spilled_bytes: u64,
     pub per_rule: BTreeMap<String, RuleCount>,
     /// Rows failing a `fail` rule, per rule, with a few example keys.
     pub failed: BTreeMap<String, (u64, Vec<String>)>,
@@ -232,7 +230,15 @@ impl Splitter {
         let next = self.held.next_winners(&codec)?;
         if next.is_none() {
             self.counts.duplicates += self.held.duplicates();
-            self.counts.spilled_bytes += self.held.spilled;
+            if self.held.spilled > 0 {
+                tracing::info!(
+                    "held-back rows of repeated keys: {} of them, {} MiB written to disk \
+                     in all, {} winners",
+                    self.held.rows(),
+                    self.held.spilled >> 20,
+                    self.held.rows() - self.held.duplicates()
+                );
+            }
             self.held = HoldBack::new(0, None);
         }
         Ok(next)
@@ -432,7 +438,7 @@ fn named_columns<'a>(
 
 /// `batch` with its string and binary view columns copied into buffers of
 /// their own.
-fn compact_views(batch: &RecordBatch) -> Result<RecordBatch, DataFusionError> {
+pub(crate) fn compact_views(batch: &RecordBatch) -> Result<RecordBatch, DataFusionError> {
     let columns: Vec<ArrayRef> = batch
         .columns()
         .iter()
@@ -584,7 +590,7 @@ const BLOOM_PROBES: u32 = 3;
 /// A key's word among `words` (a power of two) and the bits it sets there:
 /// the low half of the hash picks the word, 6-bit slices of the high half
 /// the bits, so a probe costs one cache miss.
-fn bloom_probe(hash: u64, words: usize) -> (usize, u64) {
+pub(crate) fn bloom_probe(hash: u64, words: usize) -> (usize, u64) {
     let word = (hash as usize) & (words - 1);
     let high = hash >> 32;
     let bits = (0..BLOOM_PROBES).fold(0u64, |m, i| m | 1 << ((high >> (6 * i)) & 63));
@@ -988,63 +994,101 @@ impl DedupIndex {
     /// versions of the repeated keys, and maybe some keys met once, which
     /// are dropped.
     pub async fn build(
-        mut stream: datafusion::physical_plan::SendableRecordBatchStream,
+        mut stream: impl futures::Stream<Item = Result<RecordBatch, DataFusionError>> + Unpin,
         dedup: &DedupSpec,
     ) -> Result<DedupIndex, DataFusionError> {
-        let nk = dedup.keys.len();
-        let no = dedup.order_by.len();
-        let mut key_conv: Option<RowConverter> = None;
-        let mut order_conv: Option<RowConverter> = None;
+        let mut rows = IndexRows::new(dedup);
         let mut index = DedupIndex::default();
         while let Some(batch) = stream.next().await {
-            let batch = batch?;
-            if batch.num_rows() == 0 {
-                continue;
-            }
-            let key_cols: Vec<ArrayRef> = batch.columns()[..nk].to_vec();
-            let order_cols: Vec<ArrayRef> = batch.columns()[nk..nk + no].to_vec();
-            if key_conv.is_none() {
-                key_conv = Some(key_converter(&key_cols)?);
-                order_conv = Some(order_converter(&order_cols, dedup)?);
-            }
-            let (Some(kc), Some(oc)) = (&key_conv, &order_conv) else {
-                continue;
-            };
-            let key_rows = kc.convert_columns(&key_cols)?;
-            let order_rows = oc.convert_columns(&order_cols)?;
-            let chunks = match batch.columns().get(nk + no) {
-                Some(c) => Some(
-                    c.as_any()
-                        .downcast_ref::<UInt32Array>()
-                        .ok_or_else(|| {
-                            DataFusionError::Internal("the chunk column is not UInt32".into())
-                        })?
-                        .clone(),
-                ),
-                None => None,
-            };
-            for i in 0..batch.num_rows() {
-                // No chunk selects a row outside the job's range (NULL), so
-                // it must not win: the pass drops the range predicate when
-                // the statistics say no row is outside, and this keeps the
-                // index right should they be wrong.
-                let chunk = match &chunks {
-                    Some(c) if c.is_null(i) => continue,
-                    Some(c) => c.value(i),
-                    None => 0,
-                };
-                index.add(key_rows.row(i).as_ref(), chunk, order_rows.row(i).as_ref())?;
-            }
+            rows.each(&batch?, |key, chunk, order| index.add(key, chunk, order))?;
         }
-        let candidates = index.entries.len();
-        let index = index.seal();
+        Ok(index.sealed())
+    }
+
+    /// Builds the index from (key, chunk, ordering values) versions.
+    pub(crate) fn from_versions<'a>(
+        versions: impl Iterator<Item = Result<(&'a [u8], u32, &'a [u8]), DataFusionError>>,
+    ) -> Result<DedupIndex, DataFusionError> {
+        let mut index = DedupIndex::default();
+        for v in versions {
+            let (key, chunk, order) = v?;
+            index.add(key, chunk, order)?;
+        }
+        Ok(index.sealed())
+    }
+
+    fn sealed(self) -> DedupIndex {
+        let candidates = self.entries.len();
+        let index = self.seal();
         tracing::debug!(
             "dedup index: {} of {candidates} candidate keys have several versions \
              ({} MiB of keys and ordering values)",
             index.keys,
             index.bytes.len() >> 20
         );
-        Ok(index)
+        index
+    }
+}
+
+/// The index pass's batches as (key, chunk, ordering values) rows, in the
+/// row encodings the index compares.
+pub struct IndexRows {
+    keys: usize,
+    orders: usize,
+    dedup: DedupSpec,
+    converters: Option<(RowConverter, RowConverter)>,
+}
+
+impl IndexRows {
+    pub fn new(dedup: &DedupSpec) -> IndexRows {
+        IndexRows {
+            keys: dedup.keys.len(),
+            orders: dedup.order_by.len(),
+            dedup: dedup.clone(),
+            converters: None,
+        }
+    }
+
+    /// Calls `f` with each row of `batch` that a chunk selects.
+    pub fn each(
+        &mut self,
+        batch: &RecordBatch,
+        mut f: impl FnMut(&[u8], u32, &[u8]) -> Result<(), DataFusionError>,
+    ) -> Result<(), DataFusionError> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        let (nk, no) = (self.keys, self.orders);
+        let key_cols: Vec<ArrayRef> = batch.columns()[..nk].to_vec();
+        let order_cols: Vec<ArrayRef> = batch.columns()[nk..nk + no].to_vec();
+        let (kc, oc) = match &self.converters {
+            Some(c) => c,
+            None => self.converters.insert((
+                key_converter(&key_cols)?,
+                order_converter(&order_cols, &self.dedup)?,
+            )),
+        };
+        let key_rows = kc.convert_columns(&key_cols)?;
+        let order_rows = oc.convert_columns(&order_cols)?;
+        let chunks = match batch.columns().get(nk + no) {
+            Some(c) => Some(c.as_any().downcast_ref::<UInt32Array>().ok_or_else(|| {
+                DataFusionError::Internal("the chunk column is not UInt32".into())
+            })?),
+            None => None,
+        };
+        for i in 0..batch.num_rows() {
+            // No chunk selects a row outside the job's range (NULL), so
+            // it must not win: the pass drops the range predicate when
+            // the statistics say no row is outside, and this keeps the
+            // index right should they be wrong.
+            let chunk = match chunks {
+                Some(c) if c.is_null(i) => continue,
+                Some(c) => c.value(i),
+                None => 0,
+            };
+            f(key_rows.row(i).as_ref(), chunk, order_rows.row(i).as_ref())?;
+        }
+        Ok(())
     }
 }
 

@@ -20,6 +20,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Buckets by the hash's top `BUCKET_BITS` bits: at a billion rows a
 /// bucket is still only 32 MiB to sort.
@@ -230,18 +231,59 @@ impl Hasher for HashIsKey {
     }
 }
 
-/// The hashes of the keys met more than once.
+/// The hashes of the keys met more than once: the exact set while it fits
+/// its memory budget, else a Bloom filter of the budget's size. A filter
+/// also answers "repeated" for a few keys met once; its users only do more
+/// work for those (the index pass drops them, a one-chunk job holds back
+/// rows it need not), never give a wrong answer.
 #[derive(Debug, Default)]
 pub struct RepeatedKeys {
-    hashes: HashSet<u64, BuildHasherDefault<HashIsKey>>,
+    set: Repeats,
+    /// Distinct repeated hashes.
+    keys: u64,
+    /// Rows with a repeated hash.
+    versions: u64,
     rows: u64,
 }
 
+#[derive(Debug)]
+enum Repeats {
+    Exact(HashSet<u64, BuildHasherDefault<HashIsKey>>),
+    /// Words of a blocked Bloom filter ([`crate::quality::bloom_probe`]).
+    Filter(Vec<u64>),
+}
+
+impl Default for Repeats {
+    fn default() -> Repeats {
+        Repeats::Exact(HashSet::default())
+    }
+}
+
+/// Bytes the exact set takes per hash, with the hash table's spare room.
+const EXACT_BYTES_PER_KEY: u64 = 18;
+
 impl RepeatedKeys {
     /// Merges the partitions' hashes bucket by bucket, on up to `threads`
-    /// threads. Blocking: file reads and sorts.
-    pub fn find(partitions: Vec<KeyHashes>, threads: usize) -> io::Result<RepeatedKeys> {
-        let rows = partitions.iter().map(|p| p.rows).sum();
+    /// threads, into at most about `budget` bytes. Blocking: file reads and
+    /// sorts.
+    pub fn find(
+        partitions: Vec<KeyHashes>,
+        threads: usize,
+        budget: usize,
+    ) -> io::Result<RepeatedKeys> {
+        let rows: u64 = partitions.iter().map(|p| p.rows).sum();
+        // At most every other row is a repeat; the exact set is chosen only
+        // when even that would fit, so it never outgrows the budget.
+        let filter_words = if (rows / 2).saturating_mul(EXACT_BYTES_PER_KEY) <= budget as u64 {
+            None
+        } else {
+            // The largest power of two of words within the budget.
+            let words = (budget / 8).max(1);
+            Some(1usize << (usize::BITS - 1 - words.leading_zeros()))
+        };
+        let filter: Vec<AtomicU64> = (0..filter_words.unwrap_or(0))
+            .map(|_| AtomicU64::new(0))
+            .collect();
         let threads = threads.clamp(1, BUCKETS);
         let mut buckets: Vec<Bucket> = (0..BUCKETS).map(|_| Bucket::default()).collect();
         let mut paths = Vec::new();
@@ -260,16 +302,19 @@ impl RepeatedKeys {
             }
         }
         let paths = &paths;
+        let filter = &filter;
         let mut shares: Vec<Vec<Bucket>> = (0..threads).map(|_| Vec::new()).collect();
         for (b, bucket) in buckets.into_iter().enumerate() {
             shares[b % threads].push(bucket);
         }
-        let found: Vec<io::Result<Vec<u64>>> = std::thread::scope(|s| {
+        type Found = io::Result<(Vec<u64>, u64, u64)>;
+        let found: Vec<Found> = std::thread::scope(|s| {
             let handles: Vec<_> = shares
                 .into_iter()
                 .map(|share| {
-                    s.spawn(move || -> io::Result<Vec<u64>> {
+                    s.spawn(move || -> Found {
                         let mut repeated = Vec::new();
+                        let (mut keys, mut versions) = (0u64, 0u64);
                         let mut all = Vec::new();
                         let mut bytes = Vec::new();
                         let mut files: Vec<Option<File>> = paths.iter().map(|_| None).collect();
@@ -277,14 +322,22 @@ impl RepeatedKeys {
                             all.clear();
                             bucket.read_into(paths, &mut files, &mut bytes, &mut all)?;
                             all.sort_unstable();
-                            // The first of each run of equal hashes longer than one.
-                            for (i, pair) in all.windows(2).enumerate() {
-                                if pair[0] == pair[1] && (i == 0 || all[i - 1] != pair[0]) {
-                                    repeated.push(pair[0]);
+                            for run in all.chunk_by(|a, b| a == b) {
+                                if run.len() < 2 {
+                                    continue;
+                                }
+                                keys += 1;
+                                versions += run.len() as u64;
+                                if filter.is_empty() {
+                                    repeated.push(run[0]);
+                                } else {
+                                    let (word, bits) =
+                                        crate::quality::bloom_probe(run[0], filter.len());
+                                    filter[word].fetch_or(bits, Ordering::Relaxed);
                                 }
                             }
                         }
-                        Ok(repeated)
+                        Ok((repeated, keys, versions))
                     })
                 })
                 .collect();
@@ -296,24 +349,65 @@ impl RepeatedKeys {
                 })
                 .collect()
         });
+        let (mut keys, mut versions) = (0, 0);
         let mut hashes = HashSet::default();
         for f in found {
-            hashes.extend(f?);
+            let (repeated, k, v) = f?;
+            hashes.extend(repeated);
+            keys += k;
+            versions += v;
         }
-        Ok(RepeatedKeys { hashes, rows })
+        let set = if filter_words.is_some() {
+            Repeats::Filter(filter.iter().map(|w| w.load(Ordering::Relaxed)).collect())
+        } else {
+            Repeats::Exact(hashes)
+        };
+        Ok(RepeatedKeys {
+            set,
+            keys,
+            versions,
+            rows,
+        })
     }
 
+    /// Whether `hash` is a repeated key's; with a filter, also for a few
+    /// that are not.
     pub fn contains(&self, hash: u64) -> bool {
-        self.hashes.contains(&hash)
+        match &self.set {
+            Repeats::Exact(set) => set.contains(&hash),
+            Repeats::Filter(words) => {
+                let (word, bits) = crate::quality::bloom_probe(hash, words.len());
+                words[word] & bits == bits
+            }
+        }
+    }
+
+    /// Whether it holds a filter rather than the exact set.
+    pub fn is_filter(&self) -> bool {
+        matches!(self.set, Repeats::Filter(_))
+    }
+
+    /// Bytes it holds.
+    pub fn bytes(&self) -> usize {
+        match &self.set {
+            Repeats::Exact(set) => set.capacity() * 9,
+            Repeats::Filter(words) => words.len() * 8,
+        }
     }
 
     /// Distinct repeated hashes.
     pub fn len(&self) -> usize {
-        self.hashes.len()
+        self.keys as usize
     }
 
     pub fn is_empty(&self) -> bool {
-        self.hashes.is_empty()
+        self.keys == 0
+    }
+
+    /// Rows whose hash is repeated: at least the versions of the repeated
+    /// keys (before the rules), which sizes the index.
+    pub fn versions(&self) -> u64 {
+        self.versions
     }
 
     /// Rows whose keys were counted.
@@ -327,7 +421,11 @@ mod tests {
     use super::*;
     use crate::quality::key_hash;
 
-    fn find(keys_per_partition: &[Vec<u64>], budget: usize) -> (RepeatedKeys, usize) {
+    fn find(
+        keys_per_partition: &[Vec<u64>],
+        budget: usize,
+        memory: usize,
+    ) -> (RepeatedKeys, usize) {
         let dir = tempfile::tempdir().expect("temp dir");
         let path: Arc<Path> = dir.path().into();
         let parts: Vec<KeyHashes> = keys_per_partition
@@ -355,7 +453,7 @@ mod tests {
                 );
             }
         }
-        (RepeatedKeys::find(parts, 2).expect("find"), files)
+        (RepeatedKeys::find(parts, 2, memory).expect("find"), files)
     }
 
     #[test]
@@ -402,7 +500,8 @@ mod tests {
             }
         }
         for budget in [1_000, DEFAULT_BUDGET] {
-            let (found, files) = find(&parts, budget);
+            let (found, files) = find(&parts, budget, usize::MAX);
+            assert!(!found.is_filter());
             if budget == 1_000 {
                 assert_eq!(files, 2, "the small budget spilled, one file per partition");
             } else {
@@ -418,5 +517,36 @@ mod tests {
             assert_eq!(named, expected, "budget {budget}");
             assert_eq!(found.len(), expected.len());
         }
+    }
+
+    #[test]
+    fn over_its_budget_a_filter_names_every_repeat_and_few_others() {
+        // Keys 0..200k, every 3rd twice and every 7th three times: the
+        // exact set would need more than the 64 KiB it is given.
+        let mut keys = Vec::new();
+        let mut expected = std::collections::BTreeSet::new();
+        let mut versions = 0u64;
+        for k in 0..200_000u64 {
+            let copies = 1 + usize::from(k % 3 == 0) + 2 * usize::from(k % 7 == 0);
+            keys.extend(std::iter::repeat_n(k, copies));
+            if copies > 1 {
+                expected.insert(k);
+                versions += copies as u64;
+            }
+        }
+        let (a, b) = keys.split_at(keys.len() / 2);
+        let (found, _) = find(&[a.to_vec(), b.to_vec()], 50_000, 64 << 10);
+        assert!(found.is_filter());
+        assert!(found.bytes() <= 64 << 10, "{} bytes", found.bytes());
+        assert_eq!(found.len(), expected.len());
+        assert_eq!(found.versions(), versions);
+        let named: std::collections::BTreeSet<u64> = (0..200_000u64)
+            .filter(|k| found.contains(key_hash(&k.to_le_bytes())))
+            .collect();
+        assert!(named.is_superset(&expected), "a repeated key was missed");
+        let others = named.len() - expected.len();
+        // 64 KiB of filter for 86k keys is 6 bits a key: some keys met
+        // once pass, never a repeated one is missed.
+        assert!(others < 114_000 / 5, "{others} of 114k keys met once pass");
     }
 }

@@ -1482,7 +1482,7 @@ pub(crate) async fn dedup_index(
     )
     .await?;
     let spill = path.parent().unwrap_or(Path::new("."));
-    let repeated = engine::repeated_keys(&ctx, dedup, spill).await?;
+    let repeated = engine::repeated_keys(&ctx, dedup, spill, job.memory.repeated_keys()).await?;
     if job.chunks.len() == 1 {
         // The one chunk sees every version of every key: it holds back the
         // rows of repeated keys and keeps each key's best at its end, which
@@ -1496,34 +1496,24 @@ pub(crate) async fn dedup_index(
             DedupIndex::within_one_chunk(repeated),
         )))));
     }
+    let versions = repeated.versions();
     let stream = engine::index_rows(&ctx, &job.spec, dedup, range.is_some(), repeated).await?;
-    let index = DedupIndex::build(stream, dedup).await?;
-    tracing::info!(
-        "dedup index: {} keys have {} versions across the range ({:.1}s)",
-        index.len(),
-        index.versions,
-        t.elapsed().as_secs_f64()
-    );
-    match saved_index::save(&index, &path, &fp, job.chunks.len()) {
-        Ok(saved) => {
-            drop(index);
-            // The chunks read their sections from the file: the freed
-            // index goes back to the system rather than staying in the
-            // allocator's arenas.
-            release_free_memory();
-            Ok(Some(Arc::new(ChunkIndexes::Saved(saved))))
-        }
-        Err(e) => {
-            tracing::warn!(
-                "could not save the dedup index to {}: {e}; keeping it all in memory",
-                path.display()
-            );
-            Ok(Some(Arc::new(saved_index::in_memory(
-                index,
-                job.chunks.len(),
-            ))))
-        }
-    }
+    let indexes = saved_index::build(
+        stream,
+        dedup,
+        &path,
+        &fp,
+        job.chunks.len(),
+        versions,
+        job.memory.index_build(),
+        spill,
+    )
+    .await?;
+    tracing::debug!("dedup index built in {:.1}s", t.elapsed().as_secs_f64());
+    // The chunks read their sections from the file: the freed index goes
+    // back to the system rather than staying in the allocator's arenas.
+    release_free_memory();
+    Ok(Some(Arc::new(indexes)))
 }
 
 /// Returns the free pages of glibc's heaps to the system. Freed memory

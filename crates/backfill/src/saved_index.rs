@@ -27,13 +27,16 @@
 //! index or none; anything that does not parse is rebuilt.
 
 use std::fs::File;
-use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use datafusion::error::DataFusionError;
 
-use crate::quality::{ChunkKey, DedupIndex, TIED};
+use arrow::array::RecordBatch;
+use backfill_core::spec::DedupSpec;
+
+use crate::quality::{ChunkKey, DedupIndex, IndexRows, TIED, key_hash};
 
 const MAGIC: &[u8; 8] = b"BFDXv7\n\0";
 const END: &[u8; 8] = b"BFDXend\0";
@@ -134,6 +137,60 @@ pub fn save(
     fingerprint: &str,
     chunks: usize,
 ) -> std::io::Result<SavedIndex> {
+    let tmp = temporary(path)?;
+    let written = (|| {
+        let mut w = BufWriter::new(private_file(&tmp)?);
+        let at = write_head(
+            &mut w,
+            fingerprint,
+            [index.len() as u64, index.versions, chunks as u64],
+        )?;
+        let sections = write_sections(index, &mut w, chunks, at)?;
+        write_table(w, &sections)
+    })();
+    publish(written, tmp, path, fingerprint, chunks)
+}
+
+/// `path`'s temporary name, its folder created.
+fn temporary(path: &Path) -> std::io::Result<PathBuf> {
+    if let Some(dir) = path.parent() {
+        backfill_core::state::create_private_dir(dir)?;
+    }
+    Ok(path.with_extension(format!("tmp-{}", std::process::id())))
+}
+
+/// A new file only its owner reads: the index holds raw key values, often
+/// personal data.
+fn private_file(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+}
+
+/// The head: magic, fingerprint, and keys, versions and chunks. Returns
+/// its length.
+fn write_head(w: &mut impl Write, fingerprint: &str, counts: [u64; 3]) -> std::io::Result<u64> {
+    w.write_all(MAGIC)?;
+    let mut at = MAGIC.len() as u64 + put_bytes(w, fingerprint.as_bytes())?;
+    for n in counts {
+        w.write_all(&n.to_le_bytes())?;
+        at += 8;
+    }
+    Ok(at)
+}
+
+/// Writes `index`'s section of each of `chunks` chunks, the first at
+/// offset `at`.
+fn write_sections(
+    index: &DedupIndex,
+    w: &mut impl Write,
+    chunks: usize,
+    mut at: u64,
+) -> std::io::Result<Vec<Section>> {
     // Every (chunk, key) pair, grouped by chunk: 8 bytes a pair, where
     // copying the keys into per-chunk lists would double the index.
     let mut pairs: Vec<(u32, u32)> = Vec::new();
@@ -149,71 +206,71 @@ pub fn save(
             format!("dedup index names chunk {c} of {chunks}"),
         ));
     }
-    if let Some(dir) = path.parent() {
-        backfill_core::state::create_private_dir(dir)?;
-    }
-    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
-    {
-        // Raw key values, often personal data: only the owner reads them.
-        use std::os::unix::fs::OpenOptionsExt;
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        let mut w = BufWriter::new(file);
-        w.write_all(MAGIC)?;
-        let mut at = MAGIC.len() as u64 + put_bytes(&mut w, fingerprint.as_bytes())?;
-        for n in [index.len() as u64, index.versions, chunks as u64] {
-            w.write_all(&n.to_le_bytes())?;
-            at += 8;
-        }
-        let digests = index.section_digests(chunks);
-        let mut sections = vec![
-            Section {
-                at: 0,
-                len: 0,
-                keys: 0,
-                digest: 0,
+    let digests = index.section_digests(chunks);
+    let mut sections = Vec::with_capacity(chunks);
+    let mut rest = pairs.as_slice();
+    for c in 0..chunks {
+        let n = rest.partition_point(|&(pc, _)| pc as usize == c);
+        let (here, after) = rest.split_at(n);
+        rest = after;
+        let mut section = Section {
+            at,
+            len: 0,
+            keys: here.len() as u64,
+            digest: digests.get(c).copied().unwrap_or_default(),
+        };
+        for &(chunk, i) in here {
+            let Some((_, key, v)) = index.view(i) else {
+                continue;
             };
-            chunks
-        ];
-        let mut rest = pairs.as_slice();
-        for (c, section) in sections.iter_mut().enumerate() {
-            let n = rest.partition_point(|&(pc, _)| pc as usize == c);
-            let (here, after) = rest.split_at(n);
-            rest = after;
-            section.at = at;
-            section.keys = here.len() as u64;
-            section.digest = digests.get(c).copied().unwrap_or_default();
-            for &(chunk, i) in here {
-                let Some((_, key, v)) = index.view(i) else {
-                    continue;
-                };
-                let best = v.best_in(chunk).unwrap_or_default();
-                let tied = if v.tied_in(chunk) { TIED } else { 0 };
-                at += put_bytes(&mut w, key)?;
-                w.write_all(&(v.chunk | tied).to_le_bytes())?;
-                at += 4 + put_bytes(&mut w, best)?;
-            }
-            section.len = at - section.at;
+            let best = v.best_in(chunk).unwrap_or_default();
+            let tied = if v.tied_in(chunk) { TIED } else { 0 };
+            at += put_bytes(w, key)?;
+            w.write_all(&(v.chunk | tied).to_le_bytes())?;
+            at += 4 + put_bytes(w, best)?;
         }
-        for s in &sections {
-            for n in [s.at, s.len, s.keys, s.digest] {
-                w.write_all(&n.to_le_bytes())?;
-            }
-        }
-        w.write_all(&at.to_le_bytes())?;
-        w.write_all(END)?;
-        w.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+        section.len = at - section.at;
+        sections.push(section);
     }
-    let Some(mut saved) = SavedIndex::open(&tmp, fingerprint, chunks) else {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            "the index written does not read back",
-        ));
+    Ok(sections)
+}
+
+/// Ends the file: the table of sections, its offset and the end mark;
+/// then makes it durable.
+fn write_table(mut w: BufWriter<File>, sections: &[Section]) -> std::io::Result<()> {
+    for s in sections {
+        for n in [s.at, s.len, s.keys, s.digest] {
+            w.write_all(&n.to_le_bytes())?;
+        }
+    }
+    let end = sections.last().map_or(0, |s| s.at + s.len);
+    w.write_all(&end.to_le_bytes())?;
+    w.write_all(END)?;
+    w.into_inner().map_err(|e| e.into_error())?.sync_all()
+}
+
+/// Opens the index just written to `tmp` and renames it to `path`.
+fn publish(
+    written: std::io::Result<()>,
+    tmp: PathBuf,
+    path: &Path,
+    fingerprint: &str,
+    chunks: usize,
+) -> std::io::Result<SavedIndex> {
+    let opened = written.and_then(|()| {
+        SavedIndex::open(&tmp, fingerprint, chunks).ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "the index written does not read back",
+            )
+        })
+    });
+    let mut saved = match opened {
+        Ok(saved) => saved,
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
     };
     if let Err(e) = std::fs::rename(&tmp, path) {
         let _ = std::fs::remove_file(&tmp);
@@ -221,6 +278,260 @@ pub fn save(
     }
     saved.path = path.to_path_buf();
     Ok(saved)
+}
+
+/// Bytes the index holds per version of a key beyond the key's and the
+/// ordering values' own bytes (its entry, hash slot, filter bits and, for
+/// a key in several chunks, the chunk's best): an upper bound, so that a
+/// part built in memory stays within its budget.
+const INDEX_BYTES_PER_VERSION: u64 = 96;
+
+/// Parts an index build needs within a budget, the most it uses: each
+/// part keeps a spill file open while the rows are read.
+const MAX_PARTS: usize = 128;
+
+/// Builds the index from the index pass's rows and writes it to `path`
+/// ([`save`]), within about `budget` bytes: when `versions` versions (the
+/// rows with a repeated key hash) would not fit, the rows are spilled to
+/// part files by key hash in `spill`, and each part is built in memory in
+/// turn, written in sections, and merged section by section into the
+/// file. Falls back to the whole index in memory only when it fits and the
+/// file cannot be written.
+#[allow(clippy::too_many_arguments)]
+pub async fn build(
+    mut stream: datafusion::physical_plan::SendableRecordBatchStream,
+    dedup: &DedupSpec,
+    path: &Path,
+    fingerprint: &str,
+    chunks: usize,
+    versions: u64,
+    budget: usize,
+    spill: &Path,
+) -> Result<ChunkIndexes, DataFusionError> {
+    use futures::StreamExt;
+    let mut rows = IndexRows::new(dedup);
+    let mut first = None;
+    while let Some(batch) = stream.next().await {
+        let batch = batch?;
+        if batch.num_rows() > 0 {
+            first = Some(batch);
+            break;
+        }
+    }
+    // The first batch's row sizes stand for the rest.
+    let mut sample = (0u64, 0u64);
+    if let Some(batch) = &first {
+        rows.each(batch, |key, _, order| {
+            sample.0 += 1;
+            sample.1 += (key.len() + order.len()) as u64;
+            Ok(())
+        })?;
+    }
+    let per_version = sample.1 / sample.0.max(1) + INDEX_BYTES_PER_VERSION;
+    let needed = versions.saturating_mul(per_version);
+    let parts = needed
+        .div_ceil(budget.max(1) as u64)
+        .clamp(1, MAX_PARTS as u64)
+        .next_power_of_two() as usize;
+    if parts == 1 {
+        let rest = futures::stream::iter(first.map(Ok)).chain(stream);
+        let index = DedupIndex::build(rest, dedup).await?;
+        tracing::info!(
+            "dedup index: {} keys have {} versions across the range",
+            index.len(),
+            index.versions
+        );
+        return match save(&index, path, fingerprint, chunks) {
+            Ok(saved) => Ok(ChunkIndexes::Saved(saved)),
+            Err(e) => {
+                tracing::warn!(
+                    "could not save the dedup index to {}: {e}; keeping it all in memory",
+                    path.display()
+                );
+                Ok(in_memory(index, chunks))
+            }
+        };
+    }
+    tracing::info!(
+        "dedup index: {versions} versions of repeated keys need about {} MiB, over the \
+         index's {} MiB share of memory_limit: building it in {parts} parts",
+        needed >> 20,
+        budget >> 20
+    );
+    let dir = tempfile::Builder::new()
+        .prefix(".dedup-parts-")
+        .tempdir_in(spill)?;
+    let io = |e: std::io::Error| DataFusionError::External(Box::new(e));
+    let buffer = (budget / parts / 2).clamp(4 << 10, 64 << 10);
+    let mut writers = Vec::with_capacity(parts);
+    for p in 0..parts {
+        writers.push(BufWriter::with_capacity(
+            buffer,
+            private_file(&dir.path().join(format!("rows-{p}"))).map_err(io)?,
+        ));
+    }
+    let mut spill_rows = |batch: &RecordBatch| {
+        rows.each(batch, |key, chunk, order| {
+            let w = &mut writers[part_of(key_hash(key), parts)];
+            w.write_all(&chunk.to_le_bytes()).map_err(io)?;
+            put_bytes(w, key).map_err(io)?;
+            put_bytes(w, order).map_err(io)?;
+            Ok(())
+        })
+    };
+    if let Some(batch) = &first {
+        spill_rows(batch)?;
+    }
+    while let Some(batch) = stream.next().await {
+        spill_rows(&batch?)?;
+    }
+    for w in writers {
+        w.into_inner().map_err(|e| io(e.into_error()))?;
+    }
+    let (path, fingerprint) = (path.to_path_buf(), fingerprint.to_string());
+    tokio::task::spawn_blocking(move || -> Result<ChunkIndexes, DataFusionError> {
+        let saved = build_parts(dir.path(), parts, &path, &fingerprint, chunks)?;
+        tracing::info!(
+            "dedup index: {} keys have {} versions across the range",
+            saved.keys,
+            saved.versions
+        );
+        Ok(ChunkIndexes::Saved(saved))
+    })
+    .await
+    .map_err(|e| DataFusionError::External(Box::new(e)))?
+}
+
+/// A key hash's part among `parts` (a power of two): bits that neither the
+/// hash tables (low bits, top 7) nor the repeated keys' buckets (top 8)
+/// use, so each part's keys still spread over its table.
+fn part_of(hash: u64, parts: usize) -> usize {
+    ((hash >> 40) as usize) & (parts - 1)
+}
+
+/// A part written in sections, its table after them.
+struct Part {
+    file: File,
+    body: BufReader<File>,
+    table_at: u64,
+    /// Table rows read ahead, and where the next row is.
+    rows: Vec<u8>,
+    next: usize,
+    read: u64,
+}
+
+/// Bytes of a part's table row: section length, keys, digest.
+const PART_ROW: usize = 24;
+
+impl Part {
+    /// The next section's length, keys and digest.
+    fn next_row(&mut self, chunks: usize) -> std::io::Result<[u64; 3]> {
+        use std::os::unix::fs::FileExt;
+        if self.next == self.rows.len() {
+            let left = (chunks as u64 - self.read) as usize;
+            self.rows.resize(left.min(4096) * PART_ROW, 0);
+            self.file
+                .read_exact_at(&mut self.rows, self.table_at + self.read * PART_ROW as u64)?;
+            self.next = 0;
+        }
+        let at = self.next;
+        self.next += PART_ROW;
+        self.read += 1;
+        let n = |i: usize| u64_at(&self.rows, at + 8 * i).unwrap_or_default();
+        Ok([n(0), n(1), n(2)])
+    }
+}
+
+/// Builds each part's index from its spilled rows and writes it in
+/// sections; then merges the parts into the index file, chunk by chunk.
+fn build_parts(
+    dir: &Path,
+    parts: usize,
+    path: &Path,
+    fingerprint: &str,
+    chunks: usize,
+) -> Result<SavedIndex, DataFusionError> {
+    let io = |e: std::io::Error| DataFusionError::External(Box::new(e));
+    let (mut keys, mut versions) = (0u64, 0u64);
+    let mut built = Vec::with_capacity(parts);
+    for p in 0..parts {
+        let rows_path = dir.join(format!("rows-{p}"));
+        let bytes = std::fs::read(&rows_path).map_err(io)?;
+        let _ = std::fs::remove_file(&rows_path);
+        let cut = || DataFusionError::Internal(format!("spilled index rows of part {p} are cut"));
+        let mut at = 0usize;
+        let take = |at: &mut usize| -> Option<&[u8]> {
+            let n = u32_at(&bytes, *at)? as usize;
+            let b = bytes.get(*at + 4..(*at + 4).checked_add(n)?)?;
+            *at += 4 + n;
+            Some(b)
+        };
+        let rows = std::iter::from_fn(|| {
+            (at < bytes.len()).then(|| {
+                let chunk = u32_at(&bytes, at).ok_or_else(cut)?;
+                at += 4;
+                let key = take(&mut at).ok_or_else(cut)?;
+                let order = take(&mut at).ok_or_else(cut)?;
+                Ok((key, chunk, order))
+            })
+        });
+        let index = DedupIndex::from_versions(rows)?;
+        drop(bytes);
+        keys += index.len() as u64;
+        versions += index.versions;
+        let part_path = dir.join(format!("part-{p}"));
+        let mut w = BufWriter::new(private_file(&part_path).map_err(io)?);
+        let sections = write_sections(&index, &mut w, chunks, 0).map_err(io)?;
+        drop(index);
+        for s in &sections {
+            for n in [s.len, s.keys, s.digest] {
+                w.write_all(&n.to_le_bytes()).map_err(io)?;
+            }
+        }
+        w.flush().map_err(io)?;
+        let table_at = sections.last().map_or(0, |s| s.at + s.len);
+        let file = File::open(&part_path).map_err(io)?;
+        built.push(Part {
+            body: BufReader::new(file.try_clone().map_err(io)?),
+            file,
+            table_at,
+            rows: Vec::new(),
+            next: 0,
+            read: 0,
+        });
+    }
+    let tmp = temporary(path).map_err(io)?;
+    let written = (|| {
+        let mut w = BufWriter::new(private_file(&tmp)?);
+        let mut at = write_head(&mut w, fingerprint, [keys, versions, chunks as u64])?;
+        let mut sections = Vec::with_capacity(chunks);
+        for _ in 0..chunks {
+            let mut section = Section {
+                at,
+                len: 0,
+                keys: 0,
+                digest: 0,
+            };
+            for part in &mut built {
+                let [len, keys, digest] = part.next_row(chunks)?;
+                let copied = std::io::copy(&mut (&mut part.body).take(len), &mut w)?;
+                if copied != len {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "a part of the dedup index is cut",
+                    ));
+                }
+                section.len += len;
+                section.keys += keys;
+                // Section digests are sums over their records.
+                section.digest = section.digest.wrapping_add(digest);
+            }
+            at += section.len;
+            sections.push(section);
+        }
+        write_table(w, &sections)
+    })();
+    publish(written, tmp, path, fingerprint, chunks).map_err(io)
 }
 
 impl SavedIndex {
@@ -410,5 +721,117 @@ mod tests {
         let reopened = SavedIndex::open(&file, "fp", 4).expect("table intact");
         let err = reopened.chunk(0).expect_err("damaged section");
         assert!(err.to_string().contains("damaged"), "{err}");
+    }
+
+    /// Rows (key, ordering value, chunk) for the index pass: 30,000 keys,
+    /// a third with several versions over 16 chunks, some tied.
+    fn index_batches() -> (Vec<RecordBatch>, DedupSpec) {
+        use arrow::array::{ArrayRef, Int64Array, UInt32Array};
+        use arrow::datatypes::{DataType, Field, Schema};
+        use backfill_core::spec::{DedupScope, OrderKey};
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(5);
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Int64, false),
+            Field::new("o", DataType::Int64, false),
+            Field::new("__bf_c", DataType::UInt32, true),
+        ]));
+        let (mut k, mut o, mut c) = (Vec::new(), Vec::new(), Vec::new());
+        for key in 0..30_000i64 {
+            let versions = if key % 3 == 0 {
+                rng.random_range(2..6)
+            } else {
+                1
+            };
+            for _ in 0..versions {
+                k.push(key);
+                o.push(rng.random_range(0..4));
+                c.push(Some(rng.random_range(0..16u32)));
+            }
+        }
+        let batches = k
+            .chunks(4096)
+            .zip(o.chunks(4096))
+            .zip(c.chunks(4096))
+            .map(|((k, o), c)| {
+                RecordBatch::try_new(
+                    schema.clone(),
+                    vec![
+                        Arc::new(Int64Array::from(k.to_vec())) as ArrayRef,
+                        Arc::new(Int64Array::from(o.to_vec())),
+                        Arc::new(UInt32Array::from(c.to_vec())),
+                    ],
+                )
+                .expect("batch")
+            })
+            .collect();
+        let dedup = DedupSpec {
+            keys: vec!["k".into()],
+            order_by: vec![OrderKey {
+                column: "o".into(),
+                descending: true,
+                nulls_first: false,
+            }],
+            scope: DedupScope::Global,
+            loc: Default::default(),
+        };
+        (batches, dedup)
+    }
+
+    #[tokio::test]
+    async fn an_index_built_in_parts_answers_every_chunk_as_one_built_whole() {
+        let (batches, dedup) = index_batches();
+        let versions: u64 = 10_000 * 4;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let build = |name: &'static str, budget: usize| {
+            let stream = futures::stream::iter(batches.clone().into_iter().map(Ok));
+            let schema = batches[0].schema();
+            let (dedup, dir) = (dedup.clone(), dir.path().to_path_buf());
+            async move {
+                let stream = Box::pin(
+                    datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(
+                        schema, stream,
+                    ),
+                );
+                let path = dir.join(name);
+                build(stream, &dedup, &path, "fp", 16, versions, budget, &dir)
+                    .await
+                    .expect("build")
+            }
+        };
+        let whole = build("whole", usize::MAX).await;
+        // About 40k versions at over 100 bytes each: 64 KiB means the most
+        // parts a build makes.
+        let parted = build("parted", 64 << 10).await;
+        let (ChunkIndexes::Saved(whole), ChunkIndexes::Saved(parted)) = (whole, parted) else {
+            panic!("both indexes are saved");
+        };
+        assert_eq!((parted.keys, parted.versions), (whole.keys, whole.versions));
+        assert!(whole.keys > 9_000, "{} keys", whole.keys);
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .expect("list")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        let mut names = names;
+        names.sort();
+        assert_eq!(names, ["parted", "whole"], "the parts' files are gone");
+        for chunk in 0..16 {
+            let (w, p) = (whole.sections[chunk], parted.sections[chunk]);
+            assert_eq!(
+                (w.len, w.keys, w.digest),
+                (p.len, p.keys, p.digest),
+                "chunk {chunk}"
+            );
+            let (w, p) = (
+                whole.chunk(chunk).expect("section"),
+                parted.chunk(chunk).expect("section"),
+            );
+            assert_eq!(w.len(), p.len());
+            assert_eq!(
+                w.section_digests(16),
+                p.section_digests(16),
+                "chunk {chunk} answers the same"
+            );
+        }
     }
 }

@@ -831,7 +831,7 @@ impl PartitionedWriter {
         loop {
             self.close_round()?;
             if let Some(spill) = self.spill.take() {
-                self.pending.extend(spill.close().map_err(spill_err)?);
+                self.pending.extend(spill.close().map_err(spill_err)?.0);
             }
             let Some(next) = self.pending.pop() else {
                 break;

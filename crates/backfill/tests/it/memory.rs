@@ -79,6 +79,52 @@ fn a_change_log_dedups_in_one_chunk_by_spilling_held_rows() {
     assert!(left.is_empty(), "spill directories left: {left:?}");
 }
 
+#[test]
+fn a_change_log_in_weekly_chunks_builds_its_dedup_index_in_parts() {
+    let demo = Demo::new(16_000, "\"7d\"");
+    change_log(&demo);
+    // 73,600 source rows: their repeated keys' hashes would take more
+    // than their eighth of 4 MiB exactly, and the index's 72,000 versions
+    // (each some 120 bytes in memory) much more than its quarter.
+    demo.edit_job(|s| {
+        s.replace(
+            "parallelism = 2",
+            "parallelism = 2\nmemory_limit = \"4MiB\"",
+        )
+    });
+    let out = demo.run_ok(&[]);
+    for said in ["a filter of", "building it in"] {
+        assert!(text(&out).contains(said), "no '{said}':\n{}", text(&out));
+    }
+    let expected = duckdb(&fingerprint_sql(&format!(
+        "(SELECT *, row_number() OVER (PARTITION BY transaction_id ORDER BY {ORDER}) AS rn \
+           FROM ({}) WHERE rule IS NULL) WHERE rn = 1",
+        ruled_source_sql(&demo)
+    )));
+    let target = || {
+        duckdb(&fingerprint_sql(&format!(
+            "read_parquet('{}', hive_partitioning = true)",
+            demo.target_glob()
+        )))
+    };
+    assert_eq!(target(), expected);
+    assert_eq!(duplicate_rows(&demo), 0);
+    // `validate` and a narrowed re-run read the saved index; the re-run
+    // changes nothing.
+    let v = demo.run(&["validate", &demo.job_str()]);
+    assert_eq!(code(&v), 0, "{}", text(&v));
+    let again = demo.run_ok(&["--from", "2023-03-01", "--to", "2023-04-01"]);
+    assert!(!text(&again).contains("building it in"), "{}", text(&again));
+    assert_eq!(target(), expected);
+    let left: Vec<_> = std::fs::read_dir(demo.path().join(".backfill"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".dedup-"))
+        .collect();
+    assert!(left.is_empty(), "spill directories left: {left:?}");
+}
+
 /// Runs `backfill ARGS` with the soft and hard open-file limit at `files`.
 fn run_with_file_limit(files: u32, args: &[&str]) -> std::process::Output {
     let mut cmd = std::process::Command::new("sh");
