@@ -780,8 +780,20 @@ impl Backfill {
         reconcile_footprint(&job).await?;
         if let Some(range) = &job.range {
             // Counted once per source change: without statistics (CSV,
-            // JSON) it is a scan of the whole source.
-            let counted_at = format!("{}|{}", range.name, job.source.fingerprint());
+            // JSON) it is a scan of the whole source. How the files are
+            // parsed decides which values read as NULL, so it is part of
+            // what was counted.
+            let src = &job.spec.source;
+            let parsing = format!(
+                "{:?}|{}|{:?}|{:?}",
+                range.data_type, src.has_header, src.delimiter, src.columns
+            );
+            let counted_at = format!(
+                "{}|{}|{:016x}",
+                range.name,
+                job.source.fingerprint(),
+                twox_hash::XxHash3_64::oneshot(parsing.as_bytes())
+            );
             let known = state.note(NOTE_NULL_RANGE)?.and_then(|v| {
                 v.rsplit_once('\t')
                     .filter(|(at, _)| *at == counted_at)

@@ -206,4 +206,22 @@ fn rows_with_a_null_range_value_are_counted_not_silently_lost() {
         "{}",
         text(&changed)
     );
+    // So is a change of how the files are parsed: a column's declared type
+    // decides which of its values read as NULL.
+    let text_now = std::fs::read_to_string(&job).unwrap();
+    std::fs::write(
+        &job,
+        text_now.replace(
+            "at = \"timestamp\"",
+            "at = \"timestamp\"\nkind = \"string\"",
+        ),
+    )
+    .unwrap();
+    let reparsed = run();
+    assert!(
+        text(&reparsed).contains("3 source row(s) have a NULL event_id")
+            && !text(&reparsed).contains("counted before"),
+        "{}",
+        text(&reparsed)
+    );
 }
