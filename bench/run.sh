@@ -12,6 +12,7 @@
 #   bench/run.sh --scale        # backfill alone at 1M, 10M and 50M rows, with a plot
 #   bench/run.sh --state        # checkpointing cost: plan and state store over 87,648 hourly chunks
 #   bench/run.sh --postgres [--rows N]   # PostgreSQL replace/merge against COPY (default 1M rows)
+#   bench/run.sh --memory [--rows N]     # peak RSS under [run] memory_limit: a change log, 10,000 partitions (default 1M rows)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,6 +22,7 @@ SMOKE=
 SCALE=
 STATE=
 POSTGRES=
+MEMORY=
 ROWS_SET=
 EXTRA=()
 FEATURES=
@@ -34,6 +36,7 @@ while [ $# -gt 0 ]; do
     --scale) SCALE=1; shift ;;
     --state) STATE=1; shift ;;
     --postgres) POSTGRES=1; shift ;;
+    --memory) MEMORY=1; shift ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -74,6 +77,11 @@ if [ -n "$POSTGRES" ]; then
   "$VENV/bin/python" bench/pg.py --rows "$ROWS" --bin "$BIN" --python "$VENV/bin/python" \
     --work "$WORK" --results "$RESULTS"
   exit 0
+fi
+if [ -n "$MEMORY" ]; then
+  [ -n "$ROWS_SET" ] || ROWS=1000000
+  exec "$VENV/bin/python" bench/memory.py --rows "$ROWS" --bin "$BIN" --python "$VENV/bin/python" \
+    --work "$WORK" --results "$RESULTS"
 fi
 if [ -n "$STATE" ]; then
   exec "$VENV/bin/python" bench/state.py --bin "$BIN" --work "$WORK" --results "$RESULTS"
