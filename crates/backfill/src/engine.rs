@@ -22,10 +22,11 @@ use datafusion::physical_plan::{ExecutionPlan, SendableRecordBatchStream};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use futures::StreamExt;
 
+use crate::dedup::index::{self as dedup_index, DedupIndex};
+use crate::dedup::repeats::{self, KeyHashes, RepeatedKeys};
 use crate::error::ChunkError;
 use crate::failpoint;
-use crate::quality::{self, DedupIndex, QualityCounts, Splitter};
-use crate::repeats::{self, KeyHashes, RepeatedKeys};
+use crate::quality::{self, QualityCounts, Splitter};
 use crate::sink::ChunkWriter;
 use crate::source::Source;
 
@@ -441,7 +442,7 @@ pub async fn repeated_keys(
         .enumerate()
         .map(|(i, stream)| {
             let hashes = KeyHashes::new(path.clone(), i, repeats::DEFAULT_BUDGET);
-            tokio::spawn(quality::hash_keys(stream, hashes))
+            tokio::spawn(dedup_index::hash_keys(stream, hashes))
         })
         .collect();
     let mut partitions = Vec::with_capacity(tasks.len());
@@ -482,7 +483,7 @@ pub async fn repeated_keys(
 /// the row's chunk `__bf_c`, for [`DedupIndex::build`]. It reads only the
 /// columns it needs.
 ///
-/// [`DedupIndex::build`]: crate::quality::DedupIndex::build
+/// [`DedupIndex::build`]: crate::dedup::DedupIndex::build
 pub async fn index_rows(
     ctx: &SessionContext,
     spec: &JobSpec,
@@ -502,12 +503,12 @@ pub async fn index_rows(
         select.push(quality::ident(crate::placement::CHUNK_COL));
     }
     ctx.register_udf(datafusion::logical_expr::ScalarUDF::new_from_impl(
-        quality::CandidateUdf::new(Arc::new(repeated)),
+        dedup_index::CandidateUdf::new(Arc::new(repeated)),
     ));
     let sql = format!(
         "SELECT {} FROM \"__bf_t\" WHERE {}({}) AND {}",
         select.join(", "),
-        quality::CANDIDATE_UDF,
+        dedup_index::CANDIDATE_UDF,
         key_list(dedup),
         quality::all_rules_pass(&spec.rules),
     );

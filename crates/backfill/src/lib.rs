@@ -19,22 +19,20 @@
 //! # Ok(()) }
 //! ```
 
+pub mod dedup;
 pub mod demo;
 pub mod engine;
 pub mod error;
 pub mod evolve;
 pub mod gaps;
-mod holdback;
 pub mod memory;
 pub mod pg;
 pub mod placement;
 pub mod progress;
 pub mod quality;
 pub mod redact;
-pub mod repeats;
 pub mod report;
 pub mod runner;
-pub mod saved_index;
 pub mod sink;
 pub mod source;
 #[cfg(feature = "spark")]

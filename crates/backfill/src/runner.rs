@@ -23,12 +23,11 @@ use serde::Serialize;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use crate::dedup::{self, ChunkIndexes, DedupIndex, SavedIndex, saved as saved_index};
 use crate::engine::{self, ChunkQuery, RangeColumn};
 use crate::error::{ChunkError, Error};
 use crate::failpoint;
 use crate::progress::{Progress, ProgressMode};
-use crate::quality::{self, DedupIndex};
-use crate::saved_index::{self, ChunkIndexes, SavedIndex};
 use crate::sink::checksum::ChecksumVersion;
 use crate::sink::{SinkError, Sinks};
 use crate::source::{self, Source};
@@ -1440,7 +1439,7 @@ pub(crate) async fn dedup_index(
         .filter_map(|k| job.transformed.field_with_name(k).ok().cloned())
         .collect();
     let key_schema = Arc::new(arrow::datatypes::Schema::new(key_fields));
-    let fp = quality::index_fingerprint(&job.spec, &job.source.fingerprint(), &key_schema);
+    let fp = dedup::index_fingerprint(&job.spec, &job.source.fingerprint(), &key_schema);
     let (Some(first), Some(last)) = (job.chunks.first(), job.chunks.last()) else {
         return Ok(None);
     };

@@ -626,7 +626,7 @@ fn chunk_of_text<'a>(chunks: &'a [Chunk], text: &str) -> Option<&'a Chunk> {
 async fn check_chunk(
     job: &OpenJob,
     opts: &ValidateOptions,
-    index: Option<&crate::saved_index::ChunkIndexes>,
+    index: Option<&crate::dedup::ChunkIndexes>,
     chunk: &Chunk,
     record: Option<&ChunkRecord>,
     files: Option<&Vec<String>>,

@@ -37,7 +37,7 @@ use tokio::task::JoinHandle;
 use twox_hash::XxHash3_64;
 
 use super::checksum::{ChecksumVersion, RowChecksum, value_hashes};
-use crate::repeats::HashIsKey;
+use crate::dedup::repeats::HashIsKey;
 
 use object_store::{ObjectStore, ObjectStoreExt};
 use parquet::arrow::async_reader::AsyncFileReader;
@@ -45,8 +45,8 @@ use tokio::io::AsyncWriteExt;
 
 use super::rowgroups::RowGroupWriter;
 use super::{ChunkWriter, Sink, SinkError, Staged, TargetFiles};
+use crate::dedup::holdback::{MAX_LEVEL, Pending, Spill};
 use crate::failpoint;
-use crate::holdback::{MAX_LEVEL, Pending, Spill};
 use crate::memory::WriterMemory;
 use crate::store::Remote;
 

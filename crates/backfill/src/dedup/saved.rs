@@ -36,7 +36,7 @@ use datafusion::error::DataFusionError;
 use arrow::array::RecordBatch;
 use backfill_core::spec::DedupSpec;
 
-use crate::quality::{ChunkKey, DedupIndex, IndexRows, TIED, key_hash};
+use super::index::{ChunkKey, DedupIndex, IndexRows, TIED, key_hash};
 
 const MAGIC: &[u8; 8] = b"BFDXv7\n\0";
 const END: &[u8; 8] = b"BFDXend\0";
@@ -655,7 +655,7 @@ impl SavedIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::quality::{best_in_chunk, random_index};
+    use crate::dedup::index::{best_in_chunk, random_index};
 
     #[test]
     fn each_chunks_section_answers_as_the_whole_index_does() {

@@ -25,7 +25,8 @@ use arrow::ipc::writer::StreamWriter;
 use arrow::row::{RowConverter, Rows};
 use datafusion::error::DataFusionError;
 
-use crate::quality::{compact_views, key_hash, row_hashes};
+use super::index::key_hash;
+use crate::quality::{compact_views, row_hashes};
 
 /// Bucket files one spill writes; a key's bucket is 6 bits of its hash.
 const BUCKET_BITS: u32 = 6;
@@ -331,7 +332,7 @@ impl HoldBack {
             return Ok(());
         };
         if self.dir.is_none() {
-            self.dir = Some(crate::repeats::spill_dir(root)?);
+            self.dir = Some(super::repeats::spill_dir(root)?);
             tracing::info!(
                 "held-back rows of repeated keys passed {} KiB; spilling them to {}",
                 self.budget >> 10,
