@@ -5,17 +5,16 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use arrow::datatypes::{DataType, SchemaRef, TimeUnit};
-use backfill_core::interval::{MICROS_PER_DAY, RangeValue};
+use arrow::datatypes::{DataType, SchemaRef};
 use backfill_core::plan::Chunk;
 use backfill_core::spec::{DedupSpec, JobSpec};
 use datafusion::catalog::streaming::StreamingTable;
-use datafusion::common::{Column, ScalarValue};
+use datafusion::common::Column;
 use datafusion::dataframe::DataFrame;
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::TaskContext;
 use datafusion::execution::runtime_env::RuntimeEnv;
-use datafusion::logical_expr::{Expr, lit};
+use datafusion::logical_expr::Expr;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::streaming::PartitionStream;
 use datafusion::physical_plan::{ExecutionPlan, SendableRecordBatchStream};
@@ -66,86 +65,12 @@ pub struct ExecStats {
     pub quality: QualityCounts,
 }
 
-/// The range column's Arrow type decides how chunk bounds become literals.
-#[derive(Debug, Clone)]
-pub struct RangeColumn {
-    pub name: String,
-    pub data_type: DataType,
-}
+pub use crate::predicate::RangeColumn;
 
-pub(crate) fn ceil_div(a: i64, b: i64) -> i64 {
-    let q = a.div_euclid(b);
-    if a.rem_euclid(b) == 0 { q } else { q + 1 }
-}
-
-/// A literal of the column's own type, so the predicate prunes on statistics.
-/// For coarser types the bound is rounded up: a value `v` is in `[lo, hi)`
-/// exactly when `v >= ceil(lo)` and `v < ceil(hi)`, so no row lands in two
-/// chunks or in none.
-fn bound_literal(col: &RangeColumn, v: RangeValue) -> Result<ScalarValue, DataFusionError> {
-    Ok(match (v, &col.data_type) {
-        (RangeValue::Time(us), DataType::Timestamp(unit, tz)) => {
-            let tz = tz.clone();
-            match unit {
-                TimeUnit::Second => ScalarValue::TimestampSecond(Some(ceil_div(us, 1_000_000)), tz),
-                TimeUnit::Millisecond => {
-                    ScalarValue::TimestampMillisecond(Some(ceil_div(us, 1_000)), tz)
-                }
-                TimeUnit::Microsecond => ScalarValue::TimestampMicrosecond(Some(us), tz),
-                TimeUnit::Nanosecond => ScalarValue::TimestampNanosecond(
-                    Some(us.checked_mul(1000).ok_or_else(|| {
-                        DataFusionError::Plan(format!(
-                            "bound {v} does not fit a nanosecond timestamp"
-                        ))
-                    })?),
-                    tz,
-                ),
-            }
-        }
-        (RangeValue::Time(us), DataType::Date32) => {
-            let days = i32::try_from(ceil_div(us, MICROS_PER_DAY))
-                .map_err(|_| DataFusionError::Plan(format!("bound {v} does not fit a date")))?;
-            ScalarValue::Date32(Some(days))
-        }
-        (RangeValue::Time(us), DataType::Date64) => ScalarValue::Date64(Some(ceil_div(us, 1_000))),
-        (RangeValue::Int(i), dt) if dt.is_integer() => ScalarValue::Int64(Some(i)).cast_to(dt)?,
-        (v, dt) => {
-            return Err(DataFusionError::Plan(format!(
-                "range bound {v} does not fit column {} of type {dt}",
-                col.name
-            )));
-        }
-    })
-}
-
-/// `column >= lo AND column < hi` for a chunk; `None` for a full load.
+/// `column >= lo AND column < hi` for a chunk; `None` for a full load
+/// ([`crate::predicate::datafusion`]).
 pub fn chunk_predicate(col: &RangeColumn, chunk: &Chunk) -> Result<Option<Expr>, DataFusionError> {
-    let column = || Expr::Column(Column::new_unqualified(col.name.clone()));
-    if let Some(v) = &chunk.value {
-        // A partition chunk: the value as the column's type (a Hive
-        // directory value is text; a listed one is cast like SQL would).
-        let value = ScalarValue::Utf8(Some(v.clone())).cast_to(&col.data_type)?;
-        return Ok(Some(column().eq(lit(value))));
-    }
-    let mut pred: Option<Expr> = None;
-    if let Some(lo) = chunk.lo {
-        pred = Some(column().gt_eq(lit(bound_literal(col, lo)?)));
-    }
-    if let Some(hi) = chunk.hi {
-        // An integer bound past the column type's maximum means "no upper bound".
-        match bound_literal(col, hi) {
-            Ok(v) => {
-                let e = column().lt(lit(v));
-                pred = Some(match pred {
-                    Some(p) => p.and(e),
-                    None => e,
-                });
-            }
-            Err(_) if matches!(hi, RangeValue::Int(_)) => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(pred)
+    Ok(crate::predicate::datafusion(col, chunk)?)
 }
 
 /// One partition of a chunk's scan, as a partition of the `source` table.

@@ -19,6 +19,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod cancel;
 pub mod dedup;
 pub mod demo;
 pub mod engine;
@@ -28,6 +29,7 @@ pub mod gaps;
 pub mod memory;
 pub mod pg;
 pub mod placement;
+pub mod predicate;
 pub mod progress;
 pub mod quality;
 pub mod redact;
@@ -42,6 +44,7 @@ pub mod validate;
 
 pub use backfill_core as core;
 pub use backfill_core::failpoint;
+pub use cancel::Cancel;
 pub use error::{ChunkError, Error};
 pub use progress::ProgressMode;
 pub use runner::{Backfill, FailedChunk, PlannedChunk, Recovery, RunOptions, RunSummary};

@@ -15,7 +15,7 @@ use backfill::demo::{self, DemoManifest};
 use backfill::gaps::{Cadence, GapOptions};
 use backfill::progress::BarAwareStderr;
 use backfill::redact::redact;
-use backfill::{Backfill, Error, ProgressMode, RunOptions, ValidateOptions, report};
+use backfill::{Backfill, Cancel, Error, ProgressMode, RunOptions, ValidateOptions, report};
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser)]
@@ -282,6 +282,42 @@ async fn dispatch(command: Command, progress: ProgressMode) -> u8 {
     }
 }
 
+/// A [`Cancel`] for a run: the first Ctrl-C or SIGTERM stops it cleanly
+/// (chunks in flight roll back or finish committing), a second exits at
+/// once with 130. The listener lives as long as the process: a command
+/// runs once.
+fn cancel_on_signals() -> Cancel {
+    let cancel = Cancel::new();
+    let on_signal = cancel.clone();
+    tokio::spawn(async move {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        next_signal(&mut term).await;
+        tracing::warn!(
+            "stopping: in-flight chunks are rolled back or finish committing; the next run resumes (press Ctrl-C again to exit at once)"
+        );
+        on_signal.cancel();
+        next_signal(&mut term).await;
+        std::process::exit(130);
+    });
+    cancel
+}
+
+async fn next_signal(term: &mut Option<tokio::signal::unix::Signal>) {
+    let term_fut = async {
+        match term.as_mut() {
+            Some(t) => {
+                t.recv().await;
+            }
+            None => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term_fut => {},
+    }
+}
+
 /// Writes command output; a closed pipe (`backfill status job | head`) ends
 /// the process quietly instead of panicking.
 fn emit(text: &str) {
@@ -382,7 +418,7 @@ async fn cmd_run(a: RunArgs, progress: ProgressMode) -> anyhow::Result<u8> {
         dry_run: a.dry_run,
         only_failed: a.only_failed,
         progress,
-        handle_signals: true,
+        cancel: Some(cancel_on_signals()),
     };
     let summary = bf.run_with(opts).await?;
     if a.json {
@@ -506,7 +542,7 @@ async fn cmd_gaps(
     let summary = bf
         .run_with(RunOptions {
             progress,
-            handle_signals: true,
+            cancel: Some(cancel_on_signals()),
             ..Default::default()
         })
         .await?;
@@ -617,7 +653,7 @@ async fn cmd_demo(a: DemoArgs, progress: ProgressMode) -> anyhow::Result<u8> {
         .run_with(RunOptions {
             parallelism: a.parallel.map(usize::from),
             progress,
-            handle_signals: true,
+            cancel: Some(cancel_on_signals()),
             ..Default::default()
         })
         .await?;

@@ -62,8 +62,9 @@ pub struct RunOptions {
     /// Only chunks whose last attempt failed.
     pub only_failed: bool,
     pub progress: ProgressMode,
-    /// Stop cleanly on Ctrl-C / SIGTERM (the CLI sets this).
-    pub handle_signals: bool,
+    /// Stops the run cleanly when cancelled (the CLI cancels on Ctrl-C and
+    /// SIGTERM); `None`: runs to the end.
+    pub cancel: Option<crate::Cancel>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -968,10 +969,7 @@ impl Backfill {
             opts.parallelism.unwrap_or(job.spec.run.parallelism).max(1)
         };
         let run_id = state.begin_run(&std::env::args().collect::<Vec<_>>().join(" "))?;
-        let (cancel_tx, cancel_rx) = watch::channel(false);
-        let signals = opts
-            .handle_signals
-            .then(|| spawn_signal_listener(cancel_tx.clone()));
+        let cancel_rx = opts.cancel.clone().unwrap_or_default().subscribe();
         let progress = Arc::new(Progress::new(opts.progress, selected.len()));
         let shared = Arc::new(Shared {
             job: job.clone(),
@@ -1072,9 +1070,6 @@ impl Backfill {
         summary.left += queue.len();
         summary.interrupted = *cancel_rx.borrow();
         summary.failed.sort_by_key(|f| f.index);
-        if let Some(handle) = signals {
-            handle.abort();
-        }
         let status = if summary.interrupted {
             "interrupted"
         } else if summary.failed.is_empty() {
@@ -1215,35 +1210,6 @@ fn select(
         })
         .cloned()
         .collect()
-}
-
-fn spawn_signal_listener(cancel: watch::Sender<bool>) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-        next_signal(&mut term).await;
-        tracing::warn!(
-            "stopping: in-flight chunks are rolled back or finish committing; the next run resumes (press Ctrl-C again to exit at once)"
-        );
-        let _ = cancel.send(true);
-        next_signal(&mut term).await;
-        std::process::exit(130);
-    })
-}
-
-async fn next_signal(term: &mut Option<tokio::signal::unix::Signal>) {
-    let term_fut = async {
-        match term.as_mut() {
-            Some(t) => {
-                t.recv().await;
-            }
-            None => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {},
-        _ = term_fut => {},
-    }
 }
 
 /// Removes from the target what chunks of the recorded plan that the new

@@ -1,11 +1,12 @@
-//! PostgreSQL as a source and a target, over tokio-postgres with binary COPY.
+//! What the PostgreSQL source (`source/postgres.rs`), target
+//! (`sink/postgres.rs`) and shared state store (`state.rs`) have in common:
+//! connections, errors, type mapping; all over tokio-postgres with binary
+//! COPY.
 //!
 //! Connection strings are secrets: messages show them through
 //! [`mask_url`](backfill_core::spec::mask_url) only, and tokio-postgres's own
 //! errors never contain them.
 
-pub mod sink;
-pub mod source;
 pub mod state;
 pub mod types;
 

@@ -5,6 +5,7 @@
 pub mod checksum;
 pub mod delta;
 mod parquet;
+pub mod postgres;
 pub(crate) mod range_files;
 mod rowgroups;
 
@@ -21,8 +22,7 @@ use backfill_core::spec::OrderKey;
 use backfill_core::spec::TargetFormat;
 use backfill_core::state::OwnedFile;
 
-use crate::pg;
-use crate::pg::sink::PgSink;
+use postgres::PgSink;
 
 pub use parquet::{
     HIVE_DEFAULT_PARTITION, Location, ParquetSink, Rewritten, escape_partition_value, job_tag,
@@ -417,7 +417,7 @@ impl Sinks {
                 &pg.url,
                 &spec.quarantine.path_shown,
                 q,
-                pg::sink::Slice::ChunkColumn,
+                postgres::Slice::ChunkColumn,
                 range,
                 true,
             );

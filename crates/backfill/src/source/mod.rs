@@ -3,6 +3,7 @@
 //! providers push down into their scans.
 
 mod files;
+pub mod postgres;
 
 use std::sync::Arc;
 
@@ -134,7 +135,7 @@ pub async fn open(
         )),
         SourceFormat::Postgres => match &spec.postgres {
             Some(pg) => Ok(Arc::new(
-                crate::pg::source::PgSource::open(pg, &spec.path_shown).await?,
+                postgres::PgSource::open(pg, &spec.path_shown).await?,
             )),
             None => Err(SourceError::Postgres(crate::pg::PgError::Invalid(
                 "internal: format = \"postgres\" without its settings".into(),

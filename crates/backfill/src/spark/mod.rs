@@ -31,7 +31,6 @@ use std::sync::Arc;
 
 use arrow::array::{Array, RecordBatch};
 use arrow::datatypes::{DataType, Schema, SchemaRef};
-use backfill_core::interval::{MICROS_PER_DAY, RangeValue};
 use backfill_core::plan::Chunk;
 use backfill_core::spec::{DedupScope, JobSpec, RuleAction, SourceFormat, SparkSpec};
 use futures::StreamExt;
@@ -77,36 +76,6 @@ pub fn spark_type(dt: &DataType) -> Option<String> {
     )
 }
 
-/// A chunk bound as a Spark literal of the column's kind. Spark reads every
-/// timestamp at microsecond precision, so `v >= lo` compares exactly; a date
-/// column's bound is rounded up to a day, as the local engine does.
-fn bound_literal(col: &RangeColumn, v: RangeValue) -> Result<String, SparkError> {
-    let time = |us: i64| {
-        chrono::DateTime::from_timestamp_micros(us)
-            .map(|t| t.naive_utc().format("%Y-%m-%d %H:%M:%S%.6f").to_string())
-            .ok_or_else(|| SparkError::Protocol(format!("bound {v} is out of range")))
-    };
-    Ok(match (v, &col.data_type) {
-        (RangeValue::Time(us), DataType::Timestamp(_, None)) => {
-            format!("TIMESTAMP_NTZ '{}'", time(us)?)
-        }
-        (RangeValue::Time(us), DataType::Timestamp(_, Some(_))) => {
-            format!("TIMESTAMP '{}+00:00'", time(us)?)
-        }
-        (RangeValue::Time(us), DataType::Date32 | DataType::Date64) => {
-            let day = crate::engine::ceil_div(us, MICROS_PER_DAY) * MICROS_PER_DAY;
-            format!("DATE '{}'", &time(day)?[..10])
-        }
-        (RangeValue::Int(i), dt) if dt.is_integer() => format!("CAST({i} AS BIGINT)"),
-        (v, dt) => {
-            return Err(SparkError::Protocol(format!(
-                "range bound {v} does not fit column {} of type {dt}",
-                col.name
-            )));
-        }
-    })
-}
-
 /// The chunk's predicate on `expr` (the range column, or the index's copy
 /// of it); `None` for a chunk without bounds.
 pub fn chunk_predicate(
@@ -114,18 +83,7 @@ pub fn chunk_predicate(
     chunk: &Chunk,
     expr: &str,
 ) -> Result<Option<String>, SparkError> {
-    if let Some(v) = &chunk.value {
-        let ty = spark_type(&col.data_type).unwrap_or_else(|| "STRING".to_string());
-        return Ok(Some(format!("{expr} = CAST({} AS {ty})", string_lit(v))));
-    }
-    let mut parts = Vec::new();
-    if let Some(lo) = chunk.lo {
-        parts.push(format!("{expr} >= {}", bound_literal(col, lo)?));
-    }
-    if let Some(hi) = chunk.hi {
-        parts.push(format!("{expr} < {}", bound_literal(col, hi)?));
-    }
-    Ok((!parts.is_empty()).then(|| parts.join(" AND ")))
+    crate::predicate::spark(col, chunk, expr).map_err(|e| SparkError::Protocol(e.to_string()))
 }
 
 fn order_sql(spec: &JobSpec, prefix: &str) -> Vec<String> {

@@ -34,3 +34,36 @@ async fn run_plan_and_status_through_the_library() {
         1_000
     );
 }
+
+/// A library user stops a run with a [`backfill::Cancel`], as the CLI does
+/// on Ctrl-C: no chunk starts after it, the run says it was interrupted,
+/// and the next run finishes the rest. The library installs no signal
+/// handler and never exits the process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_run_stops_and_the_next_one_finishes() {
+    let demo = Demo::new(1_000, "\"1 month\"");
+    let job = Backfill::from_file(demo.job()).unwrap();
+    let cancel = backfill::Cancel::new();
+    cancel.cancel();
+    let stopped = job
+        .run_with(RunOptions {
+            cancel: Some(cancel.clone()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(stopped.interrupted, "{stopped:?}");
+    assert_eq!(stopped.committed, 0);
+    assert_eq!(stopped.left, 12);
+    // A cancel that never fires changes nothing.
+    let finished = job
+        .run_with(RunOptions {
+            cancel: Some(backfill::Cancel::new()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(!finished.interrupted);
+    assert_eq!(finished.committed, 12);
+    assert_eq!(target_fingerprint(&demo).0, finished.rows_written as i64);
+}

@@ -26,8 +26,8 @@ use tokio_postgres::Client;
 use tokio_postgres::binary_copy::BinaryCopyOutStream;
 use tokio_postgres::types::Type;
 
-use super::types::{Decoder, Raw, arrow_type};
-use super::{PgError, connect, quote_ident, quote_literal};
+use crate::pg::types::{Decoder, Raw, arrow_type};
+use crate::pg::{PgError, connect, quote_ident, quote_literal};
 use crate::source::{Source, SourceError};
 
 /// What every scan of one source shares.

@@ -16,20 +16,18 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use arrow::array::RecordBatch;
 use arrow::datatypes::{Schema, SchemaRef};
 use async_trait::async_trait;
-use backfill_core::interval::RangeValue;
 use backfill_core::plan::Chunk;
 use backfill_core::spec::{PgWriteMode, QualifiedName};
 use backfill_core::state::OwnedFile;
-use chrono::DateTime;
 use tokio::sync::Mutex;
 use tokio_postgres::Client;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{ToSql, Type};
 use twox_hash::XxHash3_64;
 
-use super::types::{Cell, Column, ddl_type};
-use super::{PgError, connect, quote_ident, quote_literal};
 use crate::failpoint;
+use crate::pg::types::{Cell, Column, ddl_type};
+use crate::pg::{PgError, connect, quote_ident, quote_literal};
 use crate::sink::checksum::{ChecksumVersion, RowChecksum};
 use crate::sink::{ChunkWriter, Sink, SinkError, Staged, TargetFiles, partition_seed};
 
@@ -300,14 +298,14 @@ impl Inner {
     async fn read_back(
         &self,
         relation: backfill_core::spec::PgRelation,
-    ) -> Result<super::source::PgSource, SinkError> {
+    ) -> Result<crate::source::postgres::PgSource, SinkError> {
         let spec = backfill_core::spec::PgSourceSpec {
             url: self.url.clone(),
             relation,
             max_rows_per_second: None,
             max_connections: 1,
         };
-        super::source::PgSource::open(&spec, &self.shown)
+        crate::source::postgres::PgSource::open(&spec, &self.shown)
             .await
             .map_err(|e| SinkError::Read(e.to_string()))
     }
@@ -470,7 +468,8 @@ fn staged_rows(path: &str) -> Option<u64> {
     path.rsplit_once("#rows=")?.1.parse().ok()
 }
 
-/// `col >= lo AND col < hi` for the chunk's bounds.
+/// `col >= lo AND col < hi` for the chunk's bounds
+/// ([`crate::predicate::postgres`]).
 fn range_predicate(col: &str, chunk: &Chunk) -> Result<String, SinkError> {
     if chunk.index == usize::MAX {
         // Recovery of a chunk the current plan does not know: its bounds are
@@ -480,36 +479,7 @@ fn range_predicate(col: &str, chunk: &Chunk) -> Result<String, SinkError> {
             staged: "(bounds unknown)".into(),
         });
     }
-    let c = quote_ident(col);
-    if let Some(v) = &chunk.value {
-        // The server casts the literal to the column's type.
-        return Ok(format!("{c} = {}", quote_literal(v)));
-    }
-    let mut parts = Vec::new();
-    if let Some(lo) = chunk.lo {
-        parts.push(format!("{c} >= {}", range_literal(lo)));
-    }
-    if let Some(hi) = chunk.hi {
-        parts.push(format!("{c} < {}", range_literal(hi)));
-    }
-    Ok(if parts.is_empty() {
-        "true".into()
-    } else {
-        parts.join(" AND ")
-    })
-}
-
-fn range_literal(v: RangeValue) -> String {
-    match v {
-        RangeValue::Int(i) => i.to_string(),
-        RangeValue::Time(us) => match DateTime::from_timestamp_micros(us) {
-            Some(t) => format!(
-                "'{}'::timestamp",
-                t.naive_utc().format("%Y-%m-%d %H:%M:%S%.6f")
-            ),
-            None => "NULL".into(),
-        },
-    }
+    Ok(crate::predicate::postgres(&quote_ident(col), chunk))
 }
 
 struct Copying {
