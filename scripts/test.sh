@@ -19,7 +19,10 @@ fi
 export BACKFILL_TEST_PYTHON="$VENV/bin/python"
 scripts/deps.sh
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/backfill-target}"
-# Snapshots are compared, never rewritten, when CI=true.
+# Snapshots are compared, never rewritten, when CI=true. A test binary
+# that cargo reuses from a build in another checkout sharing the target
+# directory carries that checkout's path; insta finds the snapshots here.
+export INSTA_WORKSPACE_ROOT="$PWD"
 log="$(mktemp)"
 pg_dir=""
 cleanup() {
