@@ -1,0 +1,435 @@
+//! Opening a job: binding it to its source's schema, its sinks and its
+//! state store (which must be this job's), and planning its chunks.
+
+use super::*;
+
+/// A job opened against its source: the schema is checked, the plan made.
+pub(crate) struct OpenJob {
+    pub spec: JobSpec,
+    pub source: Arc<dyn Source>,
+    pub sinks: Sinks,
+    /// The transform's output schema.
+    pub transformed: arrow::datatypes::SchemaRef,
+    pub range: Option<RangeColumn>,
+    pub chunks: Vec<Chunk>,
+    pub config: SessionConfig,
+    pub runtime: Arc<RuntimeEnv>,
+    /// `[run] memory_limit`, resolved.
+    pub memory: crate::memory::Memory,
+    /// `[engine] kind = "spark"`: the connection and the job as Spark sees it.
+    #[cfg(feature = "spark")]
+    pub spark: Option<Arc<crate::spark::SparkJob>>,
+}
+
+impl Backfill {
+    /// Compares the transformed rows' columns with the target's under
+    /// `[target] schema` and evolves the target (and a database quarantine)
+    /// when the mode accepts the difference. Nothing is written otherwise.
+    pub(crate) async fn check_schema(&self, job: &OpenJob) -> Result<(), Error> {
+        let target = &job.sinks.target;
+        let ctx = SessionContext::new_with_config_rt(job.config.clone(), job.runtime.clone());
+        let Some(current) = target.current_schema(&ctx).await? else {
+            return Ok(());
+        };
+        let mut diff = crate::evolve::diff(&current, &job.transformed, &target.derived_columns());
+        if target.casts_on_insert() {
+            diff.changed
+                .retain(|(_, _, _, c)| *c == crate::evolve::Change::Widen);
+        }
+        let mode = job.spec.target.schema;
+        if let Some(message) = crate::evolve::refused(mode, &diff) {
+            return Err(self.job_error(job.spec.target.schema_loc, "target.schema", message));
+        }
+        if diff.is_empty() {
+            return Ok(());
+        }
+        tracing::info!(
+            "evolving the target's schema (schema = \"{}\"):\n{}",
+            mode.name(),
+            diff.render().trim_end()
+        );
+        target.evolve(&job.transformed, &diff).await?;
+        job.sinks.quarantine.evolve(&job.transformed, &diff).await?;
+        Ok(())
+    }
+
+    pub(crate) fn job_error(
+        &self,
+        loc: backfill_core::spec::Loc,
+        key: &str,
+        message: String,
+    ) -> Error {
+        Error::Job {
+            file: self.spec.file.clone(),
+            loc,
+            key: key.to_string(),
+            message,
+        }
+    }
+
+    /// Opens the source and checks the job against its schema: the range
+    /// column exists and has the right type, the transform plans, the
+    /// partition columns exist. Errors point at the job file's lines.
+    pub(crate) async fn open(&self) -> Result<OpenJob, Error> {
+        let config = engine::session_config();
+        let memory = crate::memory::Memory::resolve(self.spec.run.memory_limit);
+        let runtime = engine::runtime_env(&memory)?;
+        let ctx = SessionContext::new_with_config_rt(config.clone(), runtime.clone());
+        let hive_column = self
+            .spec
+            .range
+            .as_ref()
+            .filter(|r| r.partitions == Some(backfill_core::spec::Partitions::Source))
+            .map(|r| r.column.as_str());
+        let source = source::open(&self.spec.source, &ctx, hive_column)
+            .await
+            .map_err(|e| {
+                if e.is_configuration() {
+                    self.job_error(self.spec.source.path_loc, "source.path", e.to_string())
+                } else {
+                    e.into()
+                }
+            })?;
+        let schema = source.schema();
+        let range = match &self.spec.range {
+            None => None,
+            Some(r) => {
+                let names = || {
+                    schema
+                        .fields()
+                        .iter()
+                        .map(|f| f.name().as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                };
+                let field = schema.field_with_name(&r.column).map_err(|_| {
+                    self.job_error(
+                        r.column_loc,
+                        "range.column",
+                        format!(
+                            "column \"{}\" is not in source {} (columns: {})",
+                            r.column,
+                            source.describe(),
+                            names()
+                        ),
+                    )
+                })?;
+                if let Some(kind) = r.kind()
+                    && !engine::check_range_type(field.data_type(), kind)
+                {
+                    let want = match kind {
+                        backfill_core::ValueKind::Time => "a timestamp or date column",
+                        backfill_core::ValueKind::Int => "an integer column",
+                    };
+                    let text_source =
+                        self.spec.source.format != backfill_core::spec::SourceFormat::Parquet;
+                    let stringly = matches!(
+                        field.data_type(),
+                        arrow::datatypes::DataType::Utf8
+                            | arrow::datatypes::DataType::LargeUtf8
+                            | arrow::datatypes::DataType::Utf8View
+                    );
+                    let hint = if text_source && stringly {
+                        format!(
+                            "; for text sources declare its type, e.g. [source.columns] {} = \"timestamp\"",
+                            r.column
+                        )
+                    } else {
+                        String::new()
+                    };
+                    return Err(self.job_error(
+                            r.column_loc,
+                            "range.column",
+                            format!(
+                                "column \"{}\" has type {}, but the range is {kind}, which needs {want}{hint}",
+                                r.column,
+                                field.data_type()
+                            ),
+                        ));
+                }
+                Some(RangeColumn {
+                    name: r.column.clone(),
+                    data_type: field.data_type().clone(),
+                })
+            }
+        };
+        #[cfg(feature = "spark")]
+        let spark = self.open_spark(&schema, range.as_ref()).await?;
+        #[cfg(not(feature = "spark"))]
+        if let Some(s) = &self.spec.engine.spark {
+            return Err(self.job_error(
+                s.loc,
+                "engine.kind",
+                "this backfill was built without the Spark engine; build it with `cargo build --release --features spark` (needs protoc, Debian's protobuf-compiler)".into(),
+            ));
+        }
+        let sql = self.spec.transform.as_ref().map(|t| t.sql.as_str());
+        #[cfg(feature = "spark")]
+        let spark_out = spark.as_ref().map(|s| s.transformed.clone());
+        #[cfg(not(feature = "spark"))]
+        let spark_out: Option<arrow::datatypes::SchemaRef> = None;
+        let out = match spark_out {
+            Some(out) => out,
+            None => engine::check_transform(schema.clone(), sql, &config, &runtime)
+                .await
+                .map_err(|e| {
+                    let loc = self
+                        .spec
+                        .transform
+                        .as_ref()
+                        .map(|t| t.loc)
+                        .unwrap_or_default();
+                    self.job_error(loc, "transform.sql", e.to_string())
+                })?,
+        };
+        for p in &self.spec.target.partition_by {
+            if out.field_with_name(p).is_err() {
+                let cols: Vec<_> = out.fields().iter().map(|f| f.name().as_str()).collect();
+                return Err(self.job_error(
+                    self.spec.target.partition_loc,
+                    "target.partition_by",
+                    format!(
+                        "column \"{p}\" is not produced by the transform (columns: {})",
+                        cols.join(", ")
+                    ),
+                ));
+            }
+        }
+        // Spark checked the rules in its own dialect.
+        let local_rules = if self.spec.engine.spark.is_some() {
+            &[][..]
+        } else {
+            &self.spec.rules[..]
+        };
+        for (i, rule) in local_rules.iter().enumerate() {
+            engine::check_rule(out.clone(), &rule.check, &config, &runtime)
+                .await
+                .map_err(|e| {
+                    self.job_error(rule.check_loc, &format!("rules[{i}].check"), e.to_string())
+                })?;
+        }
+        let mut chunks = plan::plan(&self.spec.name, self.spec.range.as_ref())?;
+        if let Some(column) = hive_column {
+            let values = source.partition_values();
+            if values.is_empty() {
+                let r = self
+                    .spec
+                    .range
+                    .as_ref()
+                    .map(|r| r.column_loc)
+                    .unwrap_or_default();
+                return Err(self.job_error(
+                    r,
+                    "range.partitions",
+                    format!(
+                        "no {column}=<value>/ directories under source {}",
+                        source.describe()
+                    ),
+                ));
+            }
+            chunks = plan::plan_values(&self.spec.name, column, &values)?;
+        }
+        if let Some(dedup) = &self.spec.dedup {
+            let cols: Vec<_> = out.fields().iter().map(|f| f.name().as_str()).collect();
+            for (key, col) in dedup
+                .keys
+                .iter()
+                .map(|k| ("dedup.keys", k))
+                .chain(dedup.order_by.iter().map(|o| ("dedup.order_by", &o.column)))
+            {
+                if out.field_with_name(col).is_err() {
+                    return Err(self.job_error(
+                        dedup.loc,
+                        key,
+                        format!(
+                            "column \"{col}\" is not produced by the transform (columns: {})",
+                            cols.join(", ")
+                        ),
+                    ));
+                }
+            }
+        }
+        if let Some(v) = &self.spec.target.version_column
+            && out.field_with_name(v).is_err()
+        {
+            let cols: Vec<_> = out.fields().iter().map(|f| f.name().as_str()).collect();
+            return Err(self.job_error(
+                self.spec.target.version_loc,
+                "target.version_column",
+                format!(
+                    "column \"{v}\" is not produced by the transform (columns: {})",
+                    cols.join(", ")
+                ),
+            ));
+        }
+        // A Delta chunk replaces the table's rows in its range, found by the
+        // range column's values in the table.
+        if let Some(r) = &self.spec.range
+            && self.spec.target.format == backfill_core::spec::TargetFormat::Delta
+            && self.spec.target.merge_keys.is_empty()
+            && chunks
+                .iter()
+                .any(|c| c.lo.is_some() || c.hi.is_some() || c.value.is_some())
+            && out.field_with_name(&r.column).is_err()
+        {
+            return Err(self.job_error(
+                r.column_loc,
+                "range.column",
+                format!(
+                    "a Delta target replaces each chunk's range by the column \"{}\" in the table; keep it in the transform's SELECT",
+                    r.column
+                ),
+            ));
+        }
+        let sinks = Sinks::open(&self.spec).map_err(|e| match e {
+            SinkError::Store(StoreError::Invalid { .. }) => {
+                self.job_error(self.spec.target.path_loc, "target.path", e.to_string())
+            }
+            e => e.into(),
+        })?;
+        Ok(OpenJob {
+            spec: self.spec.clone(),
+            source,
+            sinks,
+            transformed: out,
+            range,
+            chunks,
+            config,
+            runtime,
+            memory,
+            #[cfg(feature = "spark")]
+            spark,
+        })
+    }
+
+    /// Connects to Spark and checks the transform and rules there.
+    #[cfg(feature = "spark")]
+    pub(crate) async fn open_spark(
+        &self,
+        schema: &arrow::datatypes::SchemaRef,
+        range: Option<&RangeColumn>,
+    ) -> Result<Option<Arc<crate::spark::SparkJob>>, Error> {
+        use crate::spark::{CheckError, SparkJob};
+        let Some(s) = &self.spec.engine.spark else {
+            return Ok(None);
+        };
+        match SparkJob::open(&self.spec, schema.clone(), range.cloned()).await {
+            Ok(j) => Ok(Some(Arc::new(j))),
+            Err(CheckError::Unsupported(m)) => Err(self.job_error(s.loc, "engine.kind", m)),
+            Err(CheckError::Transform(e)) => {
+                let loc = self.spec.transform.as_ref().map(|t| t.loc).unwrap_or(s.loc);
+                // A server that is down is not the job file's fault.
+                if e.class() == backfill_core::ErrorClass::Transient {
+                    return Err(e.into());
+                }
+                Err(self.job_error(loc, "transform.sql", e.to_string()))
+            }
+            Err(CheckError::Rule(i, m)) => Err(self.job_error(
+                self.spec.rules[i].check_loc,
+                &format!("rules[{i}].check"),
+                m,
+            )),
+            Err(CheckError::Source(e)) => Err(self.job_error(
+                self.spec.source.path_loc,
+                "source.path",
+                format!("Spark cannot read the source: {e}"),
+            )),
+            Err(CheckError::Settings(e)) => {
+                Err(self.job_error(s.loc, "engine.conf", e.to_string()))
+            }
+            Err(CheckError::Spark(e)) => Err(e.into()),
+        }
+    }
+
+    pub(crate) fn open_state(&self) -> Result<Arc<dyn StateStore>, Error> {
+        open_state(&self.spec)
+    }
+
+    pub(crate) fn open_state_existing(&self) -> Result<Option<Arc<dyn StateStore>>, Error> {
+        open_state_existing(&self.spec)
+    }
+}
+
+/// The job's state store: SQLite beside the job, or shared PostgreSQL.
+/// Refuses a state that belongs to another job; a run records this job as
+/// its owner.
+pub(crate) fn open_state(spec: &JobSpec) -> Result<Arc<dyn StateStore>, Error> {
+    let state: Arc<dyn StateStore> = match &spec.state.postgres {
+        Some(pg) => {
+            let name = crate::redact::redact(&spec.name);
+            let ordered = spec.range.as_ref().is_some_and(|r| r.ordered);
+            Arc::new(crate::pg::state::PgStateStore::open(pg, &name)?.ordered(ordered))
+        }
+        None => Arc::new(SqliteStateStore::open(&spec.state.path)?),
+    };
+    bind_to_job(spec, state.as_ref(), true)?;
+    Ok(state)
+}
+
+/// The state store if the job ever ran (a shared PostgreSQL one always
+/// counts as existing).
+pub(crate) fn open_state_existing(spec: &JobSpec) -> Result<Option<Arc<dyn StateStore>>, Error> {
+    if spec.state.postgres.is_some() {
+        return open_state(spec).map(Some);
+    }
+    let Some(state) = SqliteStateStore::open_existing(&spec.state.path)? else {
+        return Ok(None);
+    };
+    let state: Arc<dyn StateStore> = Arc::new(state);
+    bind_to_job(spec, state.as_ref(), false)?;
+    Ok(Some(state))
+}
+
+/// Who this job is, as its state records it.
+pub(crate) fn job_owner(spec: &JobSpec) -> JobOwner {
+    JobOwner {
+        name: crate::redact::redact(&spec.name),
+        target: spec.target.identity(),
+        target_key: spec.target_key(),
+    }
+}
+
+/// Checks that `state` is this job's (recording it as the owner when
+/// `adopt`), and moves a state written before chunk ids carried the job's
+/// name to the current ids.
+pub(crate) fn bind_to_job(
+    spec: &JobSpec,
+    state: &dyn StateStore,
+    adopt: bool,
+) -> Result<(), Error> {
+    state.check_owner(&job_owner(spec), adopt)?;
+    let range = spec.range.as_ref();
+    let renamed = state.upgrade_chunk_ids(&|c: &Chunk| {
+        (plan::legacy_id(range, c) == c.id).then(|| plan::id_for(&spec.name, range, c))
+    })?;
+    if renamed > 0 {
+        tracing::info!(
+            "state {}: {renamed} chunk(s) renamed to this version's chunk ids (64 bits, with the job's name)",
+            state.describe()
+        );
+    }
+    Ok(())
+}
+
+/// Where a job's SQLite state is: `[state] path`, else `.backfill/<job
+/// name>.db`, unless only the state file that every job in the folder once
+/// shared (`.backfill/state.db`) exists and records this job: a job that
+/// ran before each job had its own state keeps it.
+pub(crate) fn resolve_state_path(spec: &mut JobSpec) {
+    if spec.state.explicit || spec.state.path.exists() {
+        return;
+    }
+    let Some(dir) = spec.state.path.parent().and_then(Path::parent) else {
+        return;
+    };
+    let legacy = dir.join(backfill_core::spec::LEGACY_STATE_PATH);
+    if SqliteStateStore::recorded_job(&legacy).as_deref()
+        == Some(crate::redact::redact(&spec.name).as_str())
+    {
+        tracing::debug!(
+            "using {}, the state this job wrote before each job had its own",
+            legacy.display()
+        );
+        spec.state.path = legacy;
+    }
+}
