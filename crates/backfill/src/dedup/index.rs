@@ -713,6 +713,22 @@ pub(crate) fn random_index(seed: u64) -> (DedupIndex, Vec<(Vec<u8>, TestVersions
     (index.seal(), all)
 }
 
+/// Global dedup on key `k`, the largest `o` winning.
+#[cfg(test)]
+pub(crate) fn test_dedup() -> DedupSpec {
+    use backfill_core::spec::{DedupScope, OrderKey};
+    DedupSpec {
+        keys: vec!["k".into()],
+        order_by: vec![OrderKey {
+            column: "o".into(),
+            descending: true,
+            nulls_first: false,
+        }],
+        scope: DedupScope::Global,
+        loc: Default::default(),
+    }
+}
+
 /// The best of `versions` in `chunk`, as brute force finds it.
 #[cfg(test)]
 pub(crate) fn best_in_chunk(versions: &TestVersions, chunk: u32) -> Option<&[u8]> {
@@ -729,7 +745,6 @@ mod tests {
     use arrow::array::Int64Array;
     use arrow::datatypes::{Field, Schema};
     use backfill_core::plan::Chunk;
-    use backfill_core::spec::DedupScope;
 
     #[test]
     fn key_versions_track_the_winner_and_each_chunks_best() {
@@ -767,7 +782,6 @@ mod tests {
     #[tokio::test]
     async fn rows_outside_the_job_range_never_enter_the_index() {
         use backfill_core::interval::RangeValue;
-        use backfill_core::spec::OrderKey;
         let chunk = |index: usize, lo: i64, hi: i64| Chunk {
             index,
             id: format!("c{index}"),
@@ -776,16 +790,7 @@ mod tests {
             value: None,
         };
         let chunks = [chunk(0, 0, 10), chunk(1, 10, 20)];
-        let dedup = DedupSpec {
-            keys: vec!["k".into()],
-            order_by: vec![OrderKey {
-                column: "o".into(),
-                descending: true,
-                nulls_first: false,
-            }],
-            scope: DedupScope::Global,
-            loc: Default::default(),
-        };
+        let dedup = test_dedup();
         let schema = Arc::new(Schema::new(vec![
             Field::new("k", DataType::Int64, false),
             Field::new("o", DataType::Int64, false),

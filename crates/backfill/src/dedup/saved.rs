@@ -728,7 +728,6 @@ mod tests {
     fn index_batches() -> (Vec<RecordBatch>, DedupSpec) {
         use arrow::array::{ArrayRef, Int64Array, UInt32Array};
         use arrow::datatypes::{DataType, Field, Schema};
-        use backfill_core::spec::{DedupScope, OrderKey};
         use rand::{Rng, SeedableRng};
         let mut rng = rand::rngs::SmallRng::seed_from_u64(5);
         let schema = Arc::new(Schema::new(vec![
@@ -765,16 +764,7 @@ mod tests {
                 .expect("batch")
             })
             .collect();
-        let dedup = DedupSpec {
-            keys: vec!["k".into()],
-            order_by: vec![OrderKey {
-                column: "o".into(),
-                descending: true,
-                nulls_first: false,
-            }],
-            scope: DedupScope::Global,
-            loc: Default::default(),
-        };
+        let dedup = crate::dedup::index::test_dedup();
         (batches, dedup)
     }
 
