@@ -10,7 +10,7 @@ pub mod state;
 
 pub use interval::{ChunkSize, RangeValue, ValueKind};
 pub use plan::{Chunk, PlanError, fingerprint, plan};
-pub use retry::{ErrorClass, RetryPolicy};
+pub use retry::{ErrorClass, RetryPolicy, error_chain};
 pub use spec::{JobSpec, SpecError};
 pub use state::{
     ChunkMetrics, ChunkRecord, ChunkStatus, RuleCount, SqliteStateStore, StateError, StateStore,

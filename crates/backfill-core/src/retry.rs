@@ -51,6 +51,22 @@ impl RetryPolicy {
     }
 }
 
+/// An error and its causes, each cause once: DataFusion and SQLite errors
+/// often repeat their sources in their own message.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cur = s.source();
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -36,9 +36,8 @@ pub enum Error {
     Sink(#[from] SinkError),
     #[error("{0}")]
     Query(#[from] DataFusionError),
-    #[cfg(feature = "spark")]
     #[error(transparent)]
-    Spark(#[from] crate::spark::SparkError),
+    Engine(#[from] EngineError),
 }
 
 impl Error {
@@ -49,6 +48,43 @@ impl Error {
             Error::Source(e) if e.is_configuration() => 2,
             _ => 1,
         }
+    }
+}
+
+/// A failure of an execution engine other than DataFusion itself (Spark
+/// Connect), classified by the engine where it arose. Boxed so that this
+/// module names no engine: the engines build on these errors, not the
+/// other way round.
+#[derive(Debug)]
+pub struct EngineError {
+    error: Box<dyn std::error::Error + Send + Sync>,
+    pub class: ErrorClass,
+}
+
+impl EngineError {
+    pub fn new(error: impl std::error::Error + Send + Sync + 'static, class: ErrorClass) -> Self {
+        EngineError {
+            error: Box::new(error),
+            class,
+        }
+    }
+
+    /// The engine's own error, for a caller that knows the engine.
+    pub fn get_ref(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+        self.error.as_ref()
+    }
+}
+
+impl std::fmt::Display for EngineError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.error.fmt(f)
+    }
+}
+
+// Transparent: the engine's error speaks for itself, causes included.
+impl std::error::Error for EngineError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.error.source()
     }
 }
 
@@ -68,9 +104,8 @@ pub enum ChunkError {
     /// A bug: the chunk's attempt panicked. Not retried.
     #[error("internal error, please report it: the chunk's attempt panicked: {0}")]
     Panicked(String),
-    #[cfg(feature = "spark")]
     #[error(transparent)]
-    Spark(#[from] crate::spark::SparkError),
+    Engine(#[from] EngineError),
     #[error("rule \"{rule}\" (action = \"fail\") failed for {count} row(s), e.g. {examples}")]
     RuleFailed {
         rule: String,
@@ -102,8 +137,7 @@ impl ChunkError {
             // The state store is local; a failure there is worth one more try.
             ChunkError::State(_) => ErrorClass::Transient,
             ChunkError::Injected(i) => i.class,
-            #[cfg(feature = "spark")]
-            ChunkError::Spark(e) => e.class(),
+            ChunkError::Engine(e) => e.class,
             ChunkError::Interrupted
             | ChunkError::Panicked(_)
             | ChunkError::RuleFailed { .. }
@@ -138,18 +172,3 @@ pub fn classify_datafusion(e: &DataFusionError) -> ErrorClass {
     }
 }
 
-/// An error and its causes, each cause once: DataFusion and SQLite errors
-/// often repeat their sources in their own message.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        cur = s.source();
-    }
-    out
-}

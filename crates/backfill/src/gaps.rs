@@ -23,8 +23,8 @@ use datafusion::functions_aggregate::expr_fn::count;
 use datafusion::prelude::{SessionContext, lit};
 use serde::Serialize;
 
-use crate::engine::{self, RangeColumn};
 use crate::error::Error;
+use crate::predicate::RangeColumn;
 use crate::runner::{Backfill, OpenJob};
 
 /// Periods on each side whose median a period is compared with.
@@ -393,10 +393,10 @@ async fn target_counts(
         hi: Some(RangeValue::Time(end)),
         value: None,
     };
-    let df = match engine::chunk_predicate(&column, &whole) {
+    let df = match crate::predicate::datafusion(&column, &whole) {
         Ok(Some(p)) => df.filter(p).map_err(fail)?,
         Ok(None) => df,
-        Err(e) => return Err(fail(e)),
+        Err(e) => return Err(fail(e.into())),
     };
     let quoted = format!("\"{}\"", range.name.replace('"', "\"\""));
     let as_ts = format!("CAST({quoted} AS TIMESTAMP)");
@@ -444,7 +444,7 @@ async fn source_rows(job: &OpenJob, range: &RangeColumn, chunk: &Chunk) -> Resul
         Error::Usage(format!("counting source rows of chunk {}: {e}", chunk.id))
     };
     let mut df = ctx.read_table(job.source.table()).map_err(fail)?;
-    if let Some(p) = engine::chunk_predicate(range, chunk).map_err(fail)? {
+    if let Some(p) = crate::predicate::datafusion(range, chunk).map_err(|e| fail(e.into()))? {
         df = df.filter(p).map_err(fail)?;
     }
     Ok(df.count().await.map_err(fail)? as u64)

@@ -26,6 +26,7 @@ pub mod engine;
 pub mod error;
 pub mod evolve;
 pub mod gaps;
+pub mod hive;
 pub mod memory;
 pub mod pg;
 pub mod placement;
@@ -37,8 +38,6 @@ pub mod report;
 pub mod runner;
 pub mod sink;
 pub mod source;
-#[cfg(feature = "spark")]
-pub mod spark;
 pub mod store;
 pub mod validate;
 

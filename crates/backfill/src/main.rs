@@ -273,10 +273,7 @@ async fn dispatch(command: Command, progress: ProgressMode) -> u8 {
         Ok(code) => code,
         Err(e) => {
             let code = e.downcast_ref::<Error>().map_or(1, |e| e.exit_code() as u8);
-            eprintln!(
-                "error: {}",
-                redact(&backfill::error::error_chain(e.as_ref()))
-            );
+            eprintln!("error: {}", redact(&backfill_core::error_chain(e.as_ref())));
             code
         }
     }

@@ -1,7 +1,7 @@
 //! Which chunk holds each version of a key, for the dedup index.
 //!
 //! A chunk selects its rows from the source, before the transform, by its
-//! predicate ([`engine::chunk_predicate`]): `lo <= column < hi`, or
+//! predicate ([`predicate::datafusion`]): `lo <= column < hi`, or
 //! `column = value` for a partition chunk. The index must place every
 //! version in the chunk that will read it, or a chunk keeps a version that
 //! another chunk was told is the winner (a key twice) or drops the one it
@@ -16,7 +16,7 @@
 //!   it once per chunk over that chunk's rows, as the chunk itself will,
 //!   with the chunk's number as a literal.
 //!
-//! [`engine::chunk_predicate`]: crate::engine::chunk_predicate
+//! [`predicate::datafusion`]: crate::predicate::datafusion
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -35,7 +35,7 @@ use datafusion::logical_expr::{
 };
 use datafusion::prelude::{DataFrame, SessionContext, col, lit};
 
-use crate::engine::RangeColumn;
+use crate::predicate::RangeColumn;
 
 /// The chunk number column of the index passes' rows.
 pub const CHUNK_COL: &str = "__bf_c";
@@ -322,7 +322,7 @@ pub async fn transformed_with_chunks(
         // A context of its own, so each chunk has its own `source`.
         let own = SessionContext::new_with_config_rt(ctx.copied_config(), ctx.runtime_env());
         let mut rows = raw.clone();
-        if let Some(pred) = crate::engine::chunk_predicate(range, chunk)? {
+        if let Some(pred) = crate::predicate::datafusion(range, chunk)? {
             rows = rows.filter(pred)?;
         }
         own.register_table("source", rows.into_view())?;

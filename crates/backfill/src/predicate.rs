@@ -183,10 +183,11 @@ pub fn spark(
     expr: &str,
 ) -> Result<Option<String>, PredicateError> {
     if let Some(v) = &chunk.value {
-        let ty = crate::spark::spark_type(&col.data_type).unwrap_or_else(|| "STRING".to_string());
+        let ty = crate::engine::spark::sql::spark_type(&col.data_type)
+            .unwrap_or_else(|| "STRING".to_string());
         return Ok(Some(format!(
             "{expr} = CAST({} AS {ty})",
-            crate::spark::string_lit(v)
+            crate::engine::spark::sql::string_lit(v)
         )));
     }
     let literal = |v: RangeValue| -> Result<String, PredicateError> {

@@ -10,19 +10,18 @@
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
-use arrow::array::AsArray;
 use arrow::array::{
     Array, ArrayRef, BooleanArray, Int32Array, Int64Array, RecordBatch, StringArray, UInt32Array,
 };
 use arrow::compute::{cast, filter_record_batch, take_record_batch};
 use arrow::datatypes::{DataType, Field, Schema};
-use arrow::row::{RowConverter, Rows, SortField};
+use arrow::row::{RowConverter, Rows};
 use backfill_core::plan::Chunk;
 use backfill_core::spec::{DedupScope, DedupSpec, JobSpec, RuleAction, RuleSpec};
 use backfill_core::state::RuleCount;
 use datafusion::error::DataFusionError;
 
-use crate::dedup::holdback::{Codec, HoldBack};
+use crate::dedup::holdback::{Codec, HoldBack, compact_views};
 use crate::dedup::index::{DedupIndex, key_converter, order_converter};
 
 pub const RULE_COL: &str = "__bf_rule";
@@ -393,22 +392,6 @@ impl Splitter {
     }
 }
 
-/// A hash of each row of `batch`, all its columns (xxh3 of Arrow's row
-/// format): the tie-break between versions that `order_by` ranks equal.
-pub fn row_hashes(batch: &RecordBatch) -> Result<Vec<u64>, DataFusionError> {
-    let fields: Vec<SortField> = batch
-        .schema()
-        .fields()
-        .iter()
-        .map(|f| SortField::new(f.data_type().clone()))
-        .collect();
-    let rows = RowConverter::new(fields)?.convert_columns(batch.columns())?;
-    Ok(rows
-        .iter()
-        .map(|r| twox_hash::XxHash3_64::oneshot(r.as_ref()))
-        .collect())
-}
-
 /// The columns of `batch` named `names`, in that order.
 fn named_columns<'a>(
     batch: &RecordBatch,
@@ -417,21 +400,6 @@ fn named_columns<'a>(
     names
         .map(|name| Ok(batch.column(batch.schema().index_of(name)?).clone()))
         .collect()
-}
-
-/// `batch` with its string and binary view columns copied into buffers of
-/// their own.
-pub(crate) fn compact_views(batch: &RecordBatch) -> Result<RecordBatch, DataFusionError> {
-    let columns: Vec<ArrayRef> = batch
-        .columns()
-        .iter()
-        .map(|c| match c.data_type() {
-            DataType::Utf8View => Arc::new(c.as_string_view().gc()) as ArrayRef,
-            DataType::BinaryView => Arc::new(c.as_binary_view().gc()) as ArrayRef,
-            _ => c.clone(),
-        })
-        .collect();
-    Ok(RecordBatch::try_new(batch.schema(), columns)?)
 }
 
 /// The quarantine table's columns: the transformed row's, then `_rule`,

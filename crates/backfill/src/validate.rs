@@ -25,13 +25,13 @@ use futures::TryStreamExt;
 use parquet::arrow::ParquetRecordBatchStreamBuilder;
 use serde::Serialize;
 
-use crate::engine::{self, ChunkQuery};
+use crate::engine::ExecStats;
+use crate::engine::local::{self, ChunkQuery};
 use crate::error::{ChunkError, Error};
+use crate::hive::{escape_partition_value, partition_value, unescape_partition_value};
 use crate::runner::{Backfill, OpenJob, dedup_index};
 use crate::sink::checksum::{ChecksumVersion, RowChecksum};
-use crate::sink::{
-    ChunkWriter, QUARANTINE_PREFIX, Sink, SinkError, Staged, partition_seed, partition_value,
-};
+use crate::sink::{ChunkWriter, QUARANTINE_PREFIX, Sink, SinkError, Staged, partition_seed};
 
 #[derive(Debug, Clone, Default)]
 pub struct ValidateOptions {
@@ -160,7 +160,7 @@ impl Measure {
     /// escaped directory form, others as Arrow displays them.
     fn value(&self, col: &str, array: &dyn Array, row: usize) -> Result<String, SinkError> {
         if self.partition_by.iter().any(|p| p == col) {
-            partition_value(array, row)
+            Ok(partition_value(array, row)?)
         } else if array.is_null(row) {
             Ok("NULL".to_string())
         } else {
@@ -195,7 +195,7 @@ impl Measure {
         let sums = sum_arrays(batch, &self.sums)?;
         let mut keys: Vec<Vec<String>> = vec![Vec::with_capacity(self.group_by.len()); n];
         for g in &self.group_by {
-            if let Some(v) = dir_values.get(&crate::sink::escape_partition_value(g)) {
+            if let Some(v) = dir_values.get(&escape_partition_value(g)) {
                 keys.iter_mut().for_each(|k| k.push(v.clone()));
                 continue;
             }
@@ -244,7 +244,7 @@ impl Measure {
         for i in 0..batch.num_rows() {
             let mut dir = String::new();
             for (&p, name) in part_idx.iter().zip(&self.partition_by) {
-                dir.push_str(&crate::sink::escape_partition_value(name));
+                dir.push_str(&escape_partition_value(name));
                 dir.push('=');
                 dir.push_str(&partition_value(batch.column(p).as_ref(), i)?);
                 dir.push('/');
@@ -469,7 +469,7 @@ impl Backfill {
         }
         let ok = checks.iter().all(|c| c.problems.is_empty()) && groups.values().all(|g| g.ok);
         let null_range_rows = match &job.range {
-            Some(r) => engine::count_null_range(&job.source, r, &job.config, &job.runtime)
+            Some(r) => local::count_null_range(&job.source, r, &job.config, &job.runtime)
                 .await
                 .map_err(|source| crate::source::SourceError::Read {
                     shown: job.source.describe(),
@@ -537,12 +537,12 @@ async fn unaccounted_rows(
                 }
             }
             Some(col) if in_dirs => {
-                let escaped = crate::sink::escape_partition_value(col);
+                let escaped = escape_partition_value(col);
                 let value = rel
                     .split('/')
                     .filter_map(|seg| seg.split_once('='))
                     .find(|(k, _)| *k == escaped)
-                    .map(|(_, v)| crate::sink::unescape_partition_value(v));
+                    .map(|(_, v)| unescape_partition_value(v));
                 if let Some(c) = value.as_deref().and_then(|v| chunk_of_text(&job.chunks, v)) {
                     counts.insert(c.id.clone(), rows);
                 }
@@ -666,11 +666,11 @@ async fn check_chunk(
         spill_dir: spec.state.path.parent(),
     };
     let stats =
-        match engine::measure_chunk(&query, chunk, &mut target, &mut quarantine, &mut all).await {
+        match local::measure_chunk(&query, chunk, &mut target, &mut quarantine, &mut all).await {
             Ok(s) => s,
             // A fail rule or max_ratio still lets us count; other errors stop validation.
             Err(ChunkError::RuleFailed { .. } | ChunkError::TooManyRejected { .. }) => {
-                engine::ExecStats::default()
+                ExecStats::default()
             }
             Err(e) => return Err(Error::Usage(format!("validating chunk {}: {e}", chunk.id))),
         };

@@ -18,15 +18,16 @@ use std::fs::File;
 use std::io::{BufReader, BufWriter};
 use std::path::{Path, PathBuf};
 
-use arrow::array::{ArrayRef, RecordBatch, UInt32Array};
+use arrow::array::{ArrayRef, AsArray, RecordBatch, UInt32Array};
 use arrow::compute::{interleave_record_batch, take_record_batch};
+use arrow::datatypes::DataType;
 use arrow::ipc::reader::StreamReader;
 use arrow::ipc::writer::StreamWriter;
 use arrow::row::{RowConverter, Rows};
 use datafusion::error::DataFusionError;
+use std::sync::Arc;
 
-use super::index::key_hash;
-use crate::quality::{compact_views, row_hashes};
+use super::hash::{key_hash, row_hashes};
 
 /// Bucket files one spill writes; a key's bucket is 6 bits of its hash.
 const BUCKET_BITS: u32 = 6;
@@ -380,6 +381,21 @@ impl HoldBack {
             std::fs::remove_file(&next.path)?;
         }
     }
+}
+
+/// `batch` with its string and binary view columns copied into buffers of
+/// their own.
+pub(crate) fn compact_views(batch: &RecordBatch) -> Result<RecordBatch, DataFusionError> {
+    let columns: Vec<ArrayRef> = batch
+        .columns()
+        .iter()
+        .map(|c| match c.data_type() {
+            DataType::Utf8View => Arc::new(c.as_string_view().gc()) as ArrayRef,
+            DataType::BinaryView => Arc::new(c.as_binary_view().gc()) as ArrayRef,
+            _ => c.clone(),
+        })
+        .collect();
+    Ok(RecordBatch::try_new(batch.schema(), columns)?)
 }
 
 #[cfg(test)]

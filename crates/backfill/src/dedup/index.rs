@@ -13,6 +13,7 @@ use datafusion::arrow::compute::SortOptions;
 use datafusion::error::DataFusionError;
 use futures::StreamExt;
 
+use super::hash::{bloom_probe, key_hash};
 use super::repeats::{HashIsKey, KeyHashes, RepeatedKeys};
 
 pub(crate) fn key_converter(keys: &[ArrayRef]) -> Result<RowConverter, DataFusionError> {
@@ -83,7 +84,7 @@ impl KeyVersions<'_> {
 
     /// Whether, in `chunk`, several versions share its best ordering
     /// values: the chunk then keeps the one whose whole row hashes lowest
-    /// ([`row_hashes`]), whatever order it reads them in.
+    /// ([`row_hashes`](super::hash::row_hashes)), whatever order it reads them in.
     pub fn tied_in(&self, chunk: u32) -> bool {
         self.tied.contains(&(self.entry, chunk))
     }
@@ -116,24 +117,6 @@ struct Entry {
 }
 
 const NO_ENTRY: u32 = u32::MAX;
-
-/// The hash of a key's row encoding.
-pub fn key_hash(row: &[u8]) -> u64 {
-    twox_hash::XxHash3_64::oneshot(row)
-}
-
-/// Bits a key sets in its word of a blocked Bloom filter.
-const BLOOM_PROBES: u32 = 3;
-
-/// A key's word among `words` (a power of two) and the bits it sets there:
-/// the low half of the hash picks the word, 6-bit slices of the high half
-/// the bits, so a probe costs one cache miss.
-pub(crate) fn bloom_probe(hash: u64, words: usize) -> (usize, u64) {
-    let word = (hash as usize) & (words - 1);
-    let high = hash >> 32;
-    let bits = (0..BLOOM_PROBES).fold(0u64, |m, i| m | 1 << ((high >> (6 * i)) & 63));
-    (word, bits)
-}
 
 /// Adds the key hash of every row of a stream of key columns.
 pub async fn hash_keys(
@@ -796,7 +779,7 @@ mod tests {
             Field::new("o", DataType::Int64, false),
             Field::new("__bf_c", DataType::UInt32, true),
         ]));
-        let range = crate::engine::RangeColumn {
+        let range = crate::predicate::RangeColumn {
             name: "r".into(),
             data_type: DataType::Int64,
         };

@@ -20,6 +20,7 @@
 //! skips the index: the chunk holds back the rows of repeated keys
 //! ([`holdback`]) and keeps each key's best at its end.
 //!
+//! - [`hash`]: the key and row hashes the others share;
 //! - [`repeats`]: the first pass's repeated key hashes;
 //! - [`index`]: the index, its build from the second pass, its fingerprint;
 //! - [`saved`]: the index on disk in per-chunk sections, and its build in
@@ -28,10 +29,12 @@
 //! - the passes are put together for a run or `validate` by
 //!   `runner::dedup_index`, until the runner is split by job.
 
+pub mod hash;
 pub(crate) mod holdback;
 pub mod index;
 pub mod repeats;
 pub mod saved;
 
-pub use index::{DedupIndex, KeyVersions, index_fingerprint, key_hash};
+pub use hash::key_hash;
+pub use index::{DedupIndex, KeyVersions, index_fingerprint};
 pub use saved::{ChunkIndexes, SavedIndex};

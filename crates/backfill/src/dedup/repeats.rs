@@ -249,7 +249,7 @@ pub struct RepeatedKeys {
 #[derive(Debug)]
 enum Repeats {
     Exact(HashSet<u64, BuildHasherDefault<HashIsKey>>),
-    /// Words of a blocked Bloom filter ([`super::index::bloom_probe`]).
+    /// Words of a blocked Bloom filter ([`super::hash::bloom_probe`]).
     Filter(Vec<u64>),
 }
 
@@ -332,7 +332,7 @@ impl RepeatedKeys {
                                     repeated.push(run[0]);
                                 } else {
                                     let (word, bits) =
-                                        super::index::bloom_probe(run[0], filter.len());
+                                        super::hash::bloom_probe(run[0], filter.len());
                                     filter[word].fetch_or(bits, Ordering::Relaxed);
                                 }
                             }
@@ -376,7 +376,7 @@ impl RepeatedKeys {
         match &self.set {
             Repeats::Exact(set) => set.contains(&hash),
             Repeats::Filter(words) => {
-                let (word, bits) = super::index::bloom_probe(hash, words.len());
+                let (word, bits) = super::hash::bloom_probe(hash, words.len());
                 words[word] & bits == bits
             }
         }
@@ -419,7 +419,7 @@ impl RepeatedKeys {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dedup::index::key_hash;
+    use crate::dedup::hash::key_hash;
 
     fn find(
         keys_per_partition: &[Vec<u64>],

@@ -36,7 +36,8 @@ use datafusion::error::DataFusionError;
 use arrow::array::RecordBatch;
 use backfill_core::spec::DedupSpec;
 
-use super::index::{ChunkKey, DedupIndex, IndexRows, TIED, key_hash};
+use super::hash::key_hash;
+use super::index::{ChunkKey, DedupIndex, IndexRows, TIED};
 
 const MAGIC: &[u8; 8] = b"BFDXv7\n\0";
 const END: &[u8; 8] = b"BFDXend\0";

@@ -35,7 +35,7 @@ pub(crate) struct Shared {
     /// Time spent in the state store's per-chunk calls.
     pub(crate) state_nanos: std::sync::atomic::AtomicU64,
     /// The DataFusion settings of a chunk: the cores shared out among the
-    /// chunks in flight ([`engine::chunk_config`]).
+    /// chunks in flight ([`engine::local::chunk_config`]).
     pub(crate) chunk_config: SessionConfig,
     /// Each chunk's share of the memory limit for held-back dedup rows.
     pub(crate) hold_back: usize,
@@ -151,7 +151,7 @@ pub(crate) async fn run_chunk(shared: &Shared, chunk: &Chunk) -> Outcome {
                 return Outcome::Interrupted;
             }
             Err(e) => {
-                let message = crate::redact::redact(&crate::error::error_chain(&e));
+                let message = crate::redact::redact(&backfill_core::error_chain(&e));
                 let retry =
                     shared.policy.should_retry(tries, e.class()) && !*shared.cancel.borrow();
                 if let Err(se) =
@@ -228,21 +228,9 @@ pub(crate) async fn attempt_chunk(
             hold_back: shared.hold_back,
             spill_dir: job.spec.state.path.parent(),
         };
-        let work = async {
-            #[cfg(feature = "spark")]
-            if let Some(spark) = &job.spark {
-                return spark
-                    .execute_chunk(
-                        chunk,
-                        attempt,
-                        shared.run_id,
-                        target.as_mut(),
-                        quarantine.as_mut(),
-                    )
-                    .await;
-            }
-            engine::execute_chunk(&query, chunk, target.as_mut(), quarantine.as_mut()).await
-        };
+        let work =
+            job.engine
+                .execute_chunk(&query, chunk, attempt, target.as_mut(), quarantine.as_mut());
         let executed = tokio::select! {
             r = work => r,
             _ = cancelled(shared.cancel.clone()) => Err(ChunkError::Interrupted),
@@ -383,7 +371,7 @@ pub(crate) async fn publish_with_retries(
     chunk: &Chunk,
     files: &[backfill_core::state::OwnedFile],
 ) -> Result<(), SinkError> {
-    let mut delay = Duration::from_millis(100);
+    let mut delay = std::time::Duration::from_millis(100);
     for _ in 0..4 {
         match sink.publish(chunk, files).await {
             Err(e) if e.class() == ErrorClass::Transient => {

@@ -9,9 +9,6 @@ pub(crate) async fn dedup_index(
     job: &OpenJob,
     for_run: bool,
 ) -> Result<Option<Arc<ChunkIndexes>>, Error> {
-    // Only the Spark engine builds its index elsewhere when running.
-    #[cfg(not(feature = "spark"))]
-    let _ = for_run;
     let Some(dedup) = &job.spec.dedup else {
         return Ok(None);
     };
@@ -39,11 +36,15 @@ pub(crate) async fn dedup_index(
         hi: last.hi,
         value: None,
     };
-    // The Spark engine keeps its winners' index on the cluster side; validate
-    // (which measures with the local engine) builds the local one.
-    #[cfg(feature = "spark")]
-    if let (Some(spark), true) = (&job.spark, for_run) {
-        spark.prepare(&whole, &fp, job.chunks.len() > 1).await?;
+    // An engine may keep its winners' index itself (Spark, on the cluster
+    // side); validate, which measures with the local engine, builds the
+    // local one.
+    if for_run
+        && job
+            .engine
+            .prepare_dedup(&whole, &fp, job.chunks.len() > 1)
+            .await?
+    {
         return Ok(None);
     }
     let path = job.spec.state.path.with_extension("dedup-index");
@@ -71,7 +72,7 @@ pub(crate) async fn dedup_index(
     if covers_all {
         tracing::debug!("dedup index: every source row is in the range; no range predicate");
     }
-    let ctx = engine::index_context(
+    let ctx = engine::local::index_context(
         &job.spec,
         &job.source,
         range.map(|r| (r, job.chunks.as_slice())),
@@ -82,7 +83,8 @@ pub(crate) async fn dedup_index(
     )
     .await?;
     let spill = path.parent().unwrap_or(Path::new("."));
-    let repeated = engine::repeated_keys(&ctx, dedup, spill, job.memory.repeated_keys()).await?;
+    let repeated =
+        engine::local::repeated_keys(&ctx, dedup, spill, job.memory.repeated_keys()).await?;
     if job.chunks.len() == 1 {
         // The one chunk sees every version of every key: it holds back the
         // rows of repeated keys and keeps each key's best at its end, which
@@ -97,7 +99,8 @@ pub(crate) async fn dedup_index(
         )))));
     }
     let versions = repeated.versions();
-    let stream = engine::index_rows(&ctx, &job.spec, dedup, range.is_some(), repeated).await?;
+    let stream =
+        engine::local::index_rows(&ctx, &job.spec, dedup, range.is_some(), repeated).await?;
     let indexes = saved_index::build(
         stream,
         dedup,

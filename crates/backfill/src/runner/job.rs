@@ -16,9 +16,8 @@ pub(crate) struct OpenJob {
     pub runtime: Arc<RuntimeEnv>,
     /// `[run] memory_limit`, resolved.
     pub memory: crate::memory::Memory,
-    /// `[engine] kind = "spark"`: the connection and the job as Spark sees it.
-    #[cfg(feature = "spark")]
-    pub spark: Option<Arc<crate::spark::SparkJob>>,
+    /// What runs the chunks ([`crate::engine`]).
+    pub engine: Arc<dyn Engine>,
 }
 
 impl Backfill {
@@ -71,9 +70,9 @@ impl Backfill {
     /// column exists and has the right type, the transform plans, the
     /// partition columns exist. Errors point at the job file's lines.
     pub(crate) async fn open(&self) -> Result<OpenJob, Error> {
-        let config = engine::session_config();
+        let config = engine::local::session_config();
         let memory = crate::memory::Memory::resolve(self.spec.run.memory_limit);
-        let runtime = engine::runtime_env(&memory)?;
+        let runtime = engine::local::runtime_env(&memory)?;
         let ctx = SessionContext::new_with_config_rt(config.clone(), runtime.clone());
         let hive_column = self
             .spec
@@ -115,7 +114,7 @@ impl Backfill {
                     )
                 })?;
                 if let Some(kind) = r.kind()
-                    && !engine::check_range_type(field.data_type(), kind)
+                    && !engine::local::check_range_type(field.data_type(), kind)
                 {
                     let want = match kind {
                         backfill_core::ValueKind::Time => "a timestamp or date column",
@@ -153,35 +152,19 @@ impl Backfill {
                 })
             }
         };
-        #[cfg(feature = "spark")]
-        let spark = self.open_spark(&schema, range.as_ref()).await?;
-        #[cfg(not(feature = "spark"))]
-        if let Some(s) = &self.spec.engine.spark {
-            return Err(self.job_error(
-                s.loc,
-                "engine.kind",
-                "this backfill was built without the Spark engine; build it with `cargo build --release --features spark` (needs protoc, Debian's protobuf-compiler)".into(),
-            ));
-        }
-        let sql = self.spec.transform.as_ref().map(|t| t.sql.as_str());
-        #[cfg(feature = "spark")]
-        let spark_out = spark.as_ref().map(|s| s.transformed.clone());
-        #[cfg(not(feature = "spark"))]
-        let spark_out: Option<arrow::datatypes::SchemaRef> = None;
-        let out = match spark_out {
-            Some(out) => out,
-            None => engine::check_transform(schema.clone(), sql, &config, &runtime)
-                .await
-                .map_err(|e| {
-                    let loc = self
-                        .spec
-                        .transform
-                        .as_ref()
-                        .map(|t| t.loc)
-                        .unwrap_or_default();
-                    self.job_error(loc, "transform.sql", e.to_string())
-                })?,
-        };
+        let opened = engine::open(
+            &self.spec,
+            schema.clone(),
+            range.as_ref(),
+            &config,
+            &runtime,
+        )
+        .await
+        .map_err(|e| match e {
+            engine::OpenError::Job { loc, key, message } => self.job_error(loc, &key, message),
+            engine::OpenError::Other(e) => e,
+        })?;
+        let out = opened.transformed;
         for p in &self.spec.target.partition_by {
             if out.field_with_name(p).is_err() {
                 let cols: Vec<_> = out.fields().iter().map(|f| f.name().as_str()).collect();
@@ -194,19 +177,6 @@ impl Backfill {
                     ),
                 ));
             }
-        }
-        // Spark checked the rules in its own dialect.
-        let local_rules = if self.spec.engine.spark.is_some() {
-            &[][..]
-        } else {
-            &self.spec.rules[..]
-        };
-        for (i, rule) in local_rules.iter().enumerate() {
-            engine::check_rule(out.clone(), &rule.check, &config, &runtime)
-                .await
-                .map_err(|e| {
-                    self.job_error(rule.check_loc, &format!("rules[{i}].check"), e.to_string())
-                })?;
         }
         let mut chunks = plan::plan(&self.spec.name, self.spec.range.as_ref())?;
         if let Some(column) = hive_column {
@@ -297,48 +267,8 @@ impl Backfill {
             config,
             runtime,
             memory,
-            #[cfg(feature = "spark")]
-            spark,
+            engine: opened.engine,
         })
-    }
-
-    /// Connects to Spark and checks the transform and rules there.
-    #[cfg(feature = "spark")]
-    pub(crate) async fn open_spark(
-        &self,
-        schema: &arrow::datatypes::SchemaRef,
-        range: Option<&RangeColumn>,
-    ) -> Result<Option<Arc<crate::spark::SparkJob>>, Error> {
-        use crate::spark::{CheckError, SparkJob};
-        let Some(s) = &self.spec.engine.spark else {
-            return Ok(None);
-        };
-        match SparkJob::open(&self.spec, schema.clone(), range.cloned()).await {
-            Ok(j) => Ok(Some(Arc::new(j))),
-            Err(CheckError::Unsupported(m)) => Err(self.job_error(s.loc, "engine.kind", m)),
-            Err(CheckError::Transform(e)) => {
-                let loc = self.spec.transform.as_ref().map(|t| t.loc).unwrap_or(s.loc);
-                // A server that is down is not the job file's fault.
-                if e.class() == backfill_core::ErrorClass::Transient {
-                    return Err(e.into());
-                }
-                Err(self.job_error(loc, "transform.sql", e.to_string()))
-            }
-            Err(CheckError::Rule(i, m)) => Err(self.job_error(
-                self.spec.rules[i].check_loc,
-                &format!("rules[{i}].check"),
-                m,
-            )),
-            Err(CheckError::Source(e)) => Err(self.job_error(
-                self.spec.source.path_loc,
-                "source.path",
-                format!("Spark cannot read the source: {e}"),
-            )),
-            Err(CheckError::Settings(e)) => {
-                Err(self.job_error(s.loc, "engine.conf", e.to_string()))
-            }
-            Err(CheckError::Spark(e)) => Err(e.into()),
-        }
     }
 
     pub(crate) fn open_state(&self) -> Result<Arc<dyn StateStore>, Error> {

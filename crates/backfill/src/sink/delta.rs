@@ -32,9 +32,10 @@ use tokio::sync::Mutex;
 
 use super::range_files::{ChunkRange, Overlap};
 use super::{
-    ChunkWriter, ForeignWrites, HIVE_DEFAULT_PARTITION, Location, ParquetSink, Rewritten, Sink,
-    SinkError, Staged, TargetFiles, unescape_partition_value,
+    ChunkWriter, ForeignWrites, Location, ParquetSink, Rewritten, Sink, SinkError, Staged,
+    TargetFiles,
 };
+use crate::hive::{HIVE_DEFAULT_PARTITION, unescape_partition_value};
 use crate::store::Remote;
 
 #[derive(Debug)]

@@ -24,10 +24,7 @@ use backfill_core::state::OwnedFile;
 
 use postgres::PgSink;
 
-pub use parquet::{
-    HIVE_DEFAULT_PARTITION, Location, ParquetSink, Rewritten, escape_partition_value, job_tag,
-    partition_seed, partition_value, stamp_of, tag_of, unescape_partition_value,
-};
+pub use parquet::{Location, ParquetSink, Rewritten, job_tag, partition_seed, stamp_of, tag_of};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {

@@ -54,7 +54,7 @@ fn hive_value_per_file(
             let rel = key.strip_prefix(base.as_str()).unwrap_or(key);
             rel.split('/')
                 .find_map(|seg| seg.strip_prefix(prefix.as_str()))
-                .map(crate::sink::unescape_partition_value)
+                .map(crate::hive::unescape_partition_value)
         })
         .collect()
 }
@@ -520,7 +520,7 @@ impl Source for FileSource {
     /// every chunk and any new file re-run the whole history: `None`.
     async fn chunk_digests(
         &self,
-        range: Option<&crate::engine::RangeColumn>,
+        range: Option<&crate::predicate::RangeColumn>,
         chunks: &[backfill_core::plan::Chunk],
     ) -> Result<Option<Vec<u64>>, SourceError> {
         if self.format != SourceFormat::Parquet {
@@ -608,7 +608,7 @@ impl Source for FileSource {
     /// Parquet only: CSV and JSON files carry no statistics.
     async fn estimate(
         &self,
-        range: &crate::engine::RangeColumn,
+        range: &crate::predicate::RangeColumn,
         chunks: &[backfill_core::plan::Chunk],
     ) -> Result<Option<Vec<Estimate>>, SourceError> {
         // Partition chunks are pruned by directory, not by statistics.

@@ -98,7 +98,7 @@ pub trait Source: Send + Sync + std::fmt::Debug {
     /// cannot tell: then committed chunks do not follow source changes.
     async fn chunk_digests(
         &self,
-        range: Option<&crate::engine::RangeColumn>,
+        range: Option<&crate::predicate::RangeColumn>,
         chunks: &[backfill_core::plan::Chunk],
     ) -> Result<Option<Vec<u64>>, SourceError> {
         let _ = (range, chunks);
@@ -109,7 +109,7 @@ pub trait Source: Send + Sync + std::fmt::Debug {
     /// only; `None` when the source has no statistics to go by.
     async fn estimate(
         &self,
-        range: &crate::engine::RangeColumn,
+        range: &crate::predicate::RangeColumn,
         chunks: &[backfill_core::plan::Chunk],
     ) -> Result<Option<Vec<Estimate>>, SourceError> {
         let _ = (range, chunks);

@@ -178,7 +178,7 @@ impl Source for PgSource {
     /// guesses. Skipped for plans of more than `MAX_EXPLAINS` chunks.
     async fn estimate(
         &self,
-        range: &crate::engine::RangeColumn,
+        range: &crate::predicate::RangeColumn,
         chunks: &[backfill_core::plan::Chunk],
     ) -> Result<Option<Vec<crate::source::Estimate>>, SourceError> {
         const MAX_EXPLAINS: usize = 2_000;
@@ -189,7 +189,7 @@ impl Source for PgSource {
         let client = connect(&shared.url, &shared.shown).await?;
         let mut out = Vec::with_capacity(chunks.len());
         for c in chunks {
-            let predicate = crate::engine::chunk_predicate(range, c)
+            let predicate = crate::predicate::datafusion(range, c)
                 .ok()
                 .flatten()
                 .and_then(|p| to_sql(&p))

@@ -24,6 +24,7 @@
 //! the chunk. Ties go to the lowest range value, as with the local engine.
 
 pub mod client;
+pub mod sql;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -37,44 +38,14 @@ use futures::StreamExt;
 use parquet::arrow::ParquetRecordBatchStreamBuilder;
 
 pub use client::{Session, Spark, SparkError};
+pub use sql::{ident, spark_type, string_lit};
 
-use crate::engine::{ExecStats, RangeColumn};
-use crate::error::ChunkError;
+use super::{Engine, ExecStats, OpenError, Opened};
+use crate::engine::local::ChunkQuery;
+use crate::error::{ChunkError, EngineError, Error};
+use crate::predicate::RangeColumn;
 use crate::quality::QualityCounts;
 use crate::sink::ChunkWriter;
-
-/// A Spark SQL identifier: `` a`b `` becomes `` `a``b` ``.
-pub fn ident(name: &str) -> String {
-    format!("`{}`", name.replace('`', "``"))
-}
-
-/// A Spark SQL string literal (backslash escapes are on by default).
-pub fn string_lit(s: &str) -> String {
-    format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'"))
-}
-
-/// The Spark SQL type for an Arrow type, for casts and text-source schemas.
-pub fn spark_type(dt: &DataType) -> Option<String> {
-    Some(
-        match dt {
-            DataType::Boolean => "BOOLEAN",
-            DataType::Int8 => "TINYINT",
-            DataType::Int16 | DataType::UInt8 => "SMALLINT",
-            DataType::Int32 | DataType::UInt16 => "INT",
-            DataType::Int64 | DataType::UInt32 => "BIGINT",
-            DataType::Float32 => "FLOAT",
-            DataType::Float64 => "DOUBLE",
-            DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => "STRING",
-            DataType::Binary | DataType::LargeBinary | DataType::BinaryView => "BINARY",
-            DataType::Date32 | DataType::Date64 => "DATE",
-            DataType::Timestamp(_, None) => "TIMESTAMP_NTZ",
-            DataType::Timestamp(_, Some(_)) => "TIMESTAMP",
-            DataType::Decimal128(p, s) => return Some(format!("DECIMAL({p},{s})")),
-            _ => return None,
-        }
-        .to_string(),
-    )
-}
 
 /// The chunk's predicate on `expr` (the range column, or the index's copy
 /// of it); `None` for a chunk without bounds.
@@ -454,7 +425,7 @@ impl SparkJob {
     ) -> Result<ExecStats, ChunkError> {
         let dir = self.spec.staging.join(format!(
             "{}/chunk-{}-a{attempt}-{}",
-            crate::sink::escape_partition_value(&self.job.name),
+            crate::hive::escape_partition_value(&self.job.name),
             chunk.id,
             &uuid::Uuid::new_v4().simple().to_string()[..8]
         ));
@@ -490,7 +461,7 @@ impl SparkJob {
             0
         };
         if written != kept {
-            return Err(ChunkError::Spark(SparkError::Protocol(format!(
+            return Err(ChunkError::from(SparkError::Protocol(format!(
                 "Spark counted {kept} rows to keep but its files hold {written}"
             ))));
         }
@@ -504,7 +475,7 @@ impl SparkJob {
             let q_schema = Arc::new(crate::quality::quarantine_schema(&expected));
             let n = stream_files(&dir.join("quarantine"), &q_schema, quarantine).await?;
             if n != quarantined {
-                return Err(ChunkError::Spark(SparkError::Protocol(format!(
+                return Err(ChunkError::from(SparkError::Protocol(format!(
                     "Spark counted {quarantined} quarantined rows but its files hold {n}"
                 ))));
             }
@@ -613,7 +584,7 @@ impl SparkJob {
                 e.1 = examples;
             }
         }
-        crate::engine::quality_verdict(&self.job, &counts)?;
+        super::quality_verdict(&self.job, &counts)?;
         let options = self.write_options();
         if kept > 0 {
             crate::failpoint::hit("spark_write", chunk.index)?;
@@ -756,7 +727,7 @@ async fn stream_files(
         };
         let file = tokio::fs::File::open(&path).await.map_err(io)?;
         let parquet_err = |e: parquet::errors::ParquetError| {
-            ChunkError::Spark(SparkError::Protocol(format!(
+            ChunkError::from(SparkError::Protocol(format!(
                 "reading {}: {e}",
                 path.display()
             )))
@@ -794,4 +765,90 @@ fn conform(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch, Chunk
         });
     }
     Ok(RecordBatch::try_new(schema.clone(), cols).map_err(SparkError::from)?)
+}
+
+impl From<SparkError> for EngineError {
+    fn from(e: SparkError) -> Self {
+        let class = e.class();
+        EngineError::new(e, class)
+    }
+}
+
+impl From<SparkError> for ChunkError {
+    fn from(e: SparkError) -> Self {
+        ChunkError::Engine(e.into())
+    }
+}
+
+impl From<SparkError> for Error {
+    fn from(e: SparkError) -> Self {
+        Error::Engine(e.into())
+    }
+}
+
+/// Connects to Spark and checks the transform and the rules there, in
+/// Spark's dialect.
+pub(crate) async fn open(
+    spec: &JobSpec,
+    s: &SparkSpec,
+    schema: SchemaRef,
+    range: Option<&RangeColumn>,
+) -> Result<Opened, OpenError> {
+    let job = |loc, key: &str, message| OpenError::Job {
+        loc,
+        key: key.into(),
+        message,
+    };
+    match SparkJob::open(spec, schema, range.cloned()).await {
+        Ok(j) => Ok(Opened {
+            transformed: j.transformed.clone(),
+            engine: Arc::new(j),
+        }),
+        Err(CheckError::Unsupported(m)) => Err(job(s.loc, "engine.kind", m)),
+        Err(CheckError::Transform(e)) => {
+            // A server that is down is not the job file's fault.
+            if e.class() == backfill_core::ErrorClass::Transient {
+                return Err(OpenError::Other(e.into()));
+            }
+            let loc = spec.transform.as_ref().map(|t| t.loc).unwrap_or(s.loc);
+            Err(job(loc, "transform.sql", e.to_string()))
+        }
+        Err(CheckError::Rule(i, m)) => Err(job(
+            spec.rules[i].check_loc,
+            &format!("rules[{i}].check"),
+            m,
+        )),
+        Err(CheckError::Source(e)) => Err(job(
+            spec.source.path_loc,
+            "source.path",
+            format!("Spark cannot read the source: {e}"),
+        )),
+        Err(CheckError::Settings(e)) => Err(job(s.loc, "engine.conf", e.to_string())),
+        Err(CheckError::Spark(e)) => Err(OpenError::Other(e.into())),
+    }
+}
+
+#[async_trait::async_trait]
+impl Engine for SparkJob {
+    /// Spark keeps its winners' index on the cluster side.
+    async fn prepare_dedup(
+        &self,
+        whole: &Chunk,
+        fingerprint: &str,
+        several_chunks: bool,
+    ) -> Result<bool, Error> {
+        self.prepare(whole, fingerprint, several_chunks).await?;
+        Ok(true)
+    }
+
+    async fn execute_chunk(
+        &self,
+        query: &ChunkQuery<'_>,
+        chunk: &Chunk,
+        attempt: u32,
+        target: &mut dyn ChunkWriter,
+        quarantine: &mut dyn ChunkWriter,
+    ) -> Result<ExecStats, ChunkError> {
+        SparkJob::execute_chunk(self, chunk, attempt, query.run_id, target, quarantine).await
+    }
 }

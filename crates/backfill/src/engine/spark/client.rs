@@ -178,7 +178,7 @@ impl Spark {
         let scheme = if spec.use_ssl { "https" } else { "http" };
         let bad = |e: tonic::transport::Error| SparkError::Connect {
             endpoint: endpoint.clone(),
-            message: crate::error::error_chain(&e),
+            message: backfill_core::error_chain(&e),
         };
         let mut ep = Endpoint::from_shared(format!("{scheme}://{}:{}", spec.host, spec.port))
             .map_err(bad)?
@@ -197,7 +197,7 @@ impl Spark {
         }
         let channel = ep.connect().await.map_err(|e| SparkError::Connect {
             endpoint: endpoint.clone(),
-            message: crate::error::error_chain(&e),
+            message: backfill_core::error_chain(&e),
         })?;
         let mut headers = Vec::new();
         if let Some(t) = &spec.token {

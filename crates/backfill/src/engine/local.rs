@@ -1,4 +1,4 @@
-//! Executes one chunk as a DataFusion plan: the source scan with the chunk's
+//! The local engine: executes one chunk as a DataFusion plan: the source scan with the chunk's
 //! range predicate pushed down, counted, exposed to the transform SQL as the
 //! table `source`, and streamed batch by batch into the sink.
 
@@ -21,11 +21,12 @@ use datafusion::physical_plan::{ExecutionPlan, SendableRecordBatchStream};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use futures::StreamExt;
 
+use super::{ExecStats, quality_verdict};
 use crate::dedup::index::{self as dedup_index, DedupIndex};
 use crate::dedup::repeats::{self, KeyHashes, RepeatedKeys};
 use crate::error::ChunkError;
 use crate::failpoint;
-use crate::quality::{self, QualityCounts, Splitter};
+use crate::quality::{self, Splitter};
 use crate::sink::ChunkWriter;
 use crate::source::Source;
 
@@ -58,20 +59,7 @@ pub fn runtime_env(memory: &crate::memory::Memory) -> DfResult<Arc<RuntimeEnv>> 
         .build_arc()
 }
 
-#[derive(Debug, Clone, Default)]
-pub struct ExecStats {
-    pub rows_read: u64,
-    pub bytes_read: u64,
-    pub quality: QualityCounts,
-}
-
-pub use crate::predicate::RangeColumn;
-
-/// `column >= lo AND column < hi` for a chunk; `None` for a full load
-/// ([`crate::predicate::datafusion`]).
-pub fn chunk_predicate(col: &RangeColumn, chunk: &Chunk) -> Result<Option<Expr>, DataFusionError> {
-    Ok(crate::predicate::datafusion(col, chunk)?)
-}
+use crate::predicate::RangeColumn;
 
 /// One partition of a chunk's scan, as a partition of the `source` table.
 /// Rows are counted as they leave the scan, after the range filter and before
@@ -201,7 +189,8 @@ async fn run_chunk(
     let ctx = SessionContext::new_with_config_rt(q.config.clone(), q.runtime.clone());
     let mut raw = ctx.read_table(q.source.table())?;
     if let Some(col) = q.range
-        && let Some(pred) = chunk_predicate(col, chunk)?
+        && let Some(pred) =
+            crate::predicate::datafusion(col, chunk).map_err(DataFusionError::from)?
     {
         raw = raw.filter(pred)?;
     }
@@ -267,37 +256,6 @@ async fn run_chunk(
     })
 }
 
-/// A chunk fails when a `fail` rule caught rows, or when more rows were
-/// rejected than `quarantine.max_ratio` allows; both engines ask this after
-/// counting and before publishing.
-pub fn quality_verdict(spec: &JobSpec, counts: &QualityCounts) -> Result<(), ChunkError> {
-    if let Some((rule, (count, examples))) = counts.failed.iter().next() {
-        return Err(ChunkError::RuleFailed {
-            rule: rule.clone(),
-            count: *count,
-            examples: examples.join("; "),
-        });
-    }
-    if let Some(max) = spec.quarantine.max_ratio {
-        let rejected = counts.quarantined + counts.dropped;
-        if counts.rows_in > 0 && rejected as f64 > max * counts.rows_in as f64 {
-            let detail = counts
-                .per_rule
-                .iter()
-                .map(|(r, c)| format!("{r}: {}", c.quarantined + c.dropped))
-                .collect::<Vec<_>>()
-                .join(", ");
-            return Err(ChunkError::TooManyRejected {
-                rejected,
-                rows: counts.rows_in,
-                max,
-                detail,
-            });
-        }
-    }
-    Ok(())
-}
-
 /// The transformed rows of the whole job range as `__bf_t`, for the dedup
 /// index passes. With several chunks, `place` is the range column and each
 /// row carries `__bf_c`, the chunk that selects its source row
@@ -315,7 +273,7 @@ pub async fn index_context(
     let ctx = SessionContext::new_with_config_rt(config.clone(), runtime.clone());
     let mut raw = ctx.read_table(source.table())?;
     if let Some(range) = filter
-        && let Some(pred) = chunk_predicate(range, whole)?
+        && let Some(pred) = crate::predicate::datafusion(range, whole)?
     {
         raw = raw.filter(pred)?;
     }
