@@ -134,8 +134,7 @@ impl ChunkError {
         match self {
             ChunkError::Query(e) => classify_datafusion(e),
             ChunkError::Sink(e) => e.class(),
-            // The state store is local; a failure there is worth one more try.
-            ChunkError::State(_) => ErrorClass::Transient,
+            ChunkError::State(e) => e.class(),
             ChunkError::Injected(i) => i.class,
             ChunkError::Engine(e) => e.class,
             ChunkError::Interrupted
@@ -172,3 +171,21 @@ pub fn classify_datafusion(e: &DataFusionError) -> ErrorClass {
     }
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_chunk_failing_in_its_state_store_is_retried_only_when_the_store_says_so() {
+        // Issue 21: every state error was retried, "the state store is
+        // local", untrue since PostgreSQL state.
+        let corrupt = ChunkError::State(StateError::Corrupt("bad record".into()));
+        assert_eq!(corrupt.class(), ErrorClass::Permanent);
+        let lost = ChunkError::State(StateError::Remote {
+            store: "postgres://h/db".into(),
+            message: "connection closed".into(),
+            class: ErrorClass::Transient,
+        });
+        assert_eq!(lost.class(), ErrorClass::Transient);
+    }
+}

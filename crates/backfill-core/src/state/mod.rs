@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::interval::RangeValue;
 use crate::plan::Chunk;
+use crate::retry::ErrorClass;
 pub use sqlite::SqliteStateStore;
 
 #[derive(Debug, thiserror::Error)]
@@ -86,15 +87,53 @@ pub enum StateError {
     },
     #[error("unknown chunk {0}")]
     UnknownChunk(String),
-    /// A database-backed store's failure, already described.
+    /// A database-backed store's failure, already described and classified
+    /// by the store.
     #[error("state store {store}: {message}")]
-    Remote { store: String, message: String },
+    Remote {
+        store: String,
+        message: String,
+        class: ErrorClass,
+    },
     #[error(
         "chunk {chunk}: this process's lease expired and another process took the chunk over; its work here is discarded"
     )]
     LeaseLost { chunk: String },
     #[error("corrupt state record: {0}")]
     Corrupt(String),
+}
+
+impl StateError {
+    /// Whether the same call may succeed later: a busy or locked database,
+    /// an I/O hiccup, a lost connection. A state that disagrees with the job
+    /// (another job's, a changed range, a newer schema, a corrupt record)
+    /// stays as it is however often one asks.
+    pub fn class(&self) -> ErrorClass {
+        use rusqlite::ErrorCode;
+        match self {
+            StateError::Sqlite { source, .. } => match source.sqlite_error_code() {
+                Some(
+                    ErrorCode::DatabaseBusy
+                    | ErrorCode::DatabaseLocked
+                    | ErrorCode::SystemIoFailure
+                    | ErrorCode::DiskFull
+                    | ErrorCode::CannotOpen
+                    | ErrorCode::OutOfMemory,
+                ) => ErrorClass::Transient,
+                _ => ErrorClass::Permanent,
+            },
+            StateError::Io { .. } => ErrorClass::Transient,
+            StateError::Remote { class, .. } => *class,
+            StateError::NewerSchema { .. }
+            | StateError::RangeChanged { .. }
+            | StateError::Locked { .. }
+            | StateError::HolderAlive { .. }
+            | StateError::OtherJob { .. }
+            | StateError::UnknownChunk(_)
+            | StateError::LeaseLost { .. }
+            | StateError::Corrupt(_) => ErrorClass::Permanent,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -605,5 +644,49 @@ pub fn create_private_file(path: &std::path::Path) -> std::io::Result<()> {
         Ok(_) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
         Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_errors_say_whether_asking_again_can_help() {
+        let sqlite = |code| StateError::Sqlite {
+            path: PathBuf::from("s.db"),
+            source: rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(code), None),
+        };
+        assert_eq!(
+            sqlite(rusqlite::ffi::SQLITE_BUSY).class(),
+            ErrorClass::Transient
+        );
+        assert_eq!(
+            sqlite(rusqlite::ffi::SQLITE_IOERR).class(),
+            ErrorClass::Transient
+        );
+        assert_eq!(
+            sqlite(rusqlite::ffi::SQLITE_CORRUPT).class(),
+            ErrorClass::Permanent
+        );
+        let remote = |class| StateError::Remote {
+            store: "postgres://h/db".into(),
+            message: "m".into(),
+            class,
+        };
+        assert_eq!(remote(ErrorClass::Transient).class(), ErrorClass::Transient);
+        assert_eq!(remote(ErrorClass::Permanent).class(), ErrorClass::Permanent);
+        assert_eq!(
+            StateError::Corrupt("x".into()).class(),
+            ErrorClass::Permanent
+        );
+        let other = StateError::OtherJob {
+            store: "s".into(),
+            found_name: "a".into(),
+            found_target: "t".into(),
+            name: "b".into(),
+            target: "t".into(),
+        };
+        assert_eq!(other.class(), ErrorClass::Permanent);
     }
 }

@@ -113,7 +113,7 @@ impl PgError {
 
 /// Connection trouble, serialization failures, deadlocks and resource
 /// shortages are worth a retry; everything else is the job's fault.
-fn is_transient(e: &tokio_postgres::Error) -> bool {
+pub(crate) fn is_transient(e: &tokio_postgres::Error) -> bool {
     match e.code() {
         None => e.is_closed() || e.as_db_error().is_none(),
         Some(code) => {

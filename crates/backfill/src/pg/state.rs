@@ -25,7 +25,18 @@ use backfill_core::state::{
 };
 use postgres::{Client, NoTls, Transaction};
 
-use super::describe;
+use super::{describe, is_transient};
+use backfill_core::ErrorClass;
+
+/// PostgreSQL's errors as the state store classifies them: connection
+/// trouble, serialization failures and deadlocks pass.
+fn pg_class(e: &postgres::Error) -> ErrorClass {
+    if is_transient(e) {
+        ErrorClass::Transient
+    } else {
+        ErrorClass::Permanent
+    }
+}
 
 type Task = Box<dyn FnOnce(&mut Client) + Send>;
 
@@ -160,6 +171,7 @@ impl PgStateStore {
                         let _ = ready_tx.send(Err(StateError::Remote {
                             store: err_shown,
                             message: describe(&e),
+                            class: pg_class(&e),
                         }));
                         return;
                     }
@@ -171,10 +183,12 @@ impl PgStateStore {
             .map_err(|e| StateError::Remote {
                 store: shown.clone(),
                 message: format!("cannot start the state thread: {e}"),
+                class: ErrorClass::Transient,
             })?;
         ready_rx.recv().map_err(|_| StateError::Remote {
             store: shown.clone(),
             message: "the state thread stopped".into(),
+            class: ErrorClass::Permanent,
         })??;
         let store = PgStateStore {
             tx: Mutex::new(tx),
@@ -271,9 +285,12 @@ impl PgStateStore {
         let task: Task = Box::new(move |c: &mut Client| {
             let _ = reply_tx.send(f(c, &ctx));
         });
+        // The thread ends only with its connection, which is not
+        // reopened: asking again cannot help.
         let gone = || StateError::Remote {
             store: self.shown.clone(),
             message: "the state connection is gone".into(),
+            class: ErrorClass::Permanent,
         };
         {
             let tx = self.tx.lock().map_err(|_| gone())?;
@@ -285,6 +302,7 @@ impl PgStateStore {
             Err(CallError::Pg(e)) => Err(StateError::Remote {
                 store: self.shown.clone(),
                 message: describe(&e),
+                class: pg_class(&e),
             }),
         }
     }

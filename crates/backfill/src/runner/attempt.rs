@@ -340,7 +340,7 @@ pub(crate) async fn attempt_chunk(
     };
     // Committed. Failures from here on are repaired by the next run's recovery.
     post_commit_point("after_commit", chunk);
-    publish_with_retries(&job.sinks, chunk, &files).await?;
+    publish_with_retries(&job.sinks, chunk, &files, &shared.policy).await?;
     shared.timed(|s| s.mark_published(&chunk.id))?;
     post_commit_point("after_publish", chunk);
     let mut doomed = superseded.clone();
@@ -366,21 +366,24 @@ pub(crate) fn post_commit_point(point: &'static str, chunk: &Chunk) {
     }
 }
 
+/// Publishes a committed chunk, retrying transient failures as `[run]`
+/// says (`retries`, `retry_backoff`), as for the chunk's attempts.
 pub(crate) async fn publish_with_retries(
     sink: &Sinks,
     chunk: &Chunk,
     files: &[backfill_core::state::OwnedFile],
+    policy: &RetryPolicy,
 ) -> Result<(), SinkError> {
-    let mut delay = std::time::Duration::from_millis(100);
-    for _ in 0..4 {
+    let mut tries = 0;
+    loop {
+        tries += 1;
         match sink.publish(chunk, files).await {
-            Err(e) if e.class() == ErrorClass::Transient => {
+            Err(e) if policy.should_retry(tries, e.class()) => {
                 tracing::warn!("publishing chunk {} failed: {e}; retrying", chunk.id);
+                let delay = policy.delay(tries, &mut rand::rng());
                 tokio::time::sleep(delay).await;
-                delay *= 2;
             }
             other => return other,
         }
     }
-    sink.publish(chunk, files).await
 }

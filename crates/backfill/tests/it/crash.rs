@@ -472,3 +472,38 @@ fn a_chunk_whose_publish_keeps_failing_does_not_hold_back_the_others() {
     let v = demo.run(&["validate", &demo.job_str()]);
     assert_eq!(code(&v), 0, "{}", text(&v));
 }
+
+#[test]
+fn publish_retries_follow_the_run_section() {
+    // Issue 21: publishing retried five times whatever `[run] retries` said.
+    // Chunk 4, [2023-01-29, 2023-02-05), writes into two month folders, so
+    // its publish reaches `mid_publish`.
+    let strict = Demo::new(4_000, "\"7d\"");
+    strict.without_quality();
+    strict.edit_job(|s| s.replace("retries = 3", "retries = 0"));
+    let out = strict.run_env(
+        &["run", &strict.job_str()],
+        &[("BACKFILL_FAILPOINTS", "mid_publish:error*1@4")],
+    );
+    assert_eq!(code(&out), 1, "no retry was allowed: {}", text(&out));
+    // The next run publishes what was committed, and the target is exact.
+    strict.run_ok(&[]);
+    let v = strict.run(&["validate", &strict.job_str()]);
+    assert_eq!(code(&v), 0, "{}", text(&v));
+
+    let patient = Demo::new(4_000, "\"7d\"");
+    patient.without_quality();
+    patient.edit_job(|s| s.replace("retries = 3", "retries = 8"));
+    let out = patient.run_env(
+        &["run", &patient.job_str()],
+        &[("BACKFILL_FAILPOINTS", "mid_publish:error*7@4")],
+    );
+    assert_eq!(
+        code(&out),
+        0,
+        "eight retries ride out seven failures: {}",
+        text(&out)
+    );
+    let v = patient.run(&["validate", &patient.job_str()]);
+    assert_eq!(code(&v), 0, "{}", text(&v));
+}
