@@ -270,13 +270,13 @@ impl Measure {
     ) -> Result<(), SinkError> {
         use futures::StreamExt;
         while let Some(batch) = stream.next().await {
-            let batch = batch.map_err(|e| SinkError::Read(e.to_string()))?;
+            let batch = batch.map_err(SinkError::read("reading the target"))?;
             let batch = match &like {
                 Some(schema) => {
                     let mut columns = Vec::with_capacity(schema.fields().len());
                     for f in schema.fields() {
                         let col = batch.column_by_name(f.name()).ok_or_else(|| {
-                            SinkError::Read(format!("the table has no column \"{}\"", f.name()))
+                            SinkError::Invalid(format!("the table has no column \"{}\"", f.name()))
                         })?;
                         columns.push(arrow::compute::cast(col, f.data_type())?);
                     }
@@ -518,16 +518,14 @@ async fn unaccounted_rows(
     let in_dirs = column.is_some_and(|c| job.spec.target.partition_by.iter().any(|p| p == c));
     let sink = job.sinks.target.as_ref();
     for rel in strays {
-        let read = |e: &dyn std::fmt::Display| {
-            Error::Sink(SinkError::Read(format!(
-                "{}: reading {rel}: {e}",
-                sink.describe()
-            )))
+        let what = format!("{}: reading {rel}", sink.describe());
+        let read = |e: Box<dyn std::error::Error + Send + Sync>| {
+            Error::Sink(SinkError::read(what.clone())(e))
         };
         let file = sink.open_file(&rel).await?;
         let builder = ParquetRecordBatchStreamBuilder::new(file)
             .await
-            .map_err(|e| read(&e))?;
+            .map_err(|e| read(e.into()))?;
         let rows = builder.metadata().file_metadata().num_rows().max(0) as u64;
         let mut counts: BTreeMap<String, u64> = BTreeMap::new();
         match column {
@@ -560,15 +558,15 @@ async fn unaccounted_rows(
                 let mut stream = builder
                     .with_projection(mask)
                     .build()
-                    .map_err(|e| read(&e))?;
-                while let Some(batch) = stream.try_next().await.map_err(|e| read(&e))? {
+                    .map_err(|e| read(e.into()))?;
+                while let Some(batch) = stream.try_next().await.map_err(|e| read(e.into()))? {
                     let array = batch.column(0);
                     if job.chunks.iter().any(|c| c.value.is_some()) {
-                        let text = cast(array, &DataType::Utf8).map_err(|e| read(&e))?;
+                        let text = cast(array, &DataType::Utf8).map_err(|e| read(e.into()))?;
                         let text = text
                             .as_any()
                             .downcast_ref::<arrow::array::StringArray>()
-                            .ok_or_else(|| read(&"not text"))?;
+                            .ok_or_else(|| read("not text".into()))?;
                         for v in text.iter().flatten() {
                             if let Some(c) = chunk_of_text(&job.chunks, v) {
                                 *counts.entry(c.id.clone()).or_default() += 1;
@@ -577,11 +575,11 @@ async fn unaccounted_rows(
                         continue;
                     }
                     let (values, _) =
-                        crate::sink::range_files::comparable(array).map_err(|e| read(&e))?;
+                        crate::sink::range_files::comparable(array).map_err(|e| read(e.into()))?;
                     let values = values
                         .as_any()
                         .downcast_ref::<arrow::array::Int64Array>()
-                        .ok_or_else(|| read(&"not comparable"))?;
+                        .ok_or_else(|| read("not comparable".into()))?;
                     for v in values.iter().flatten() {
                         if let Some(c) = chunk_of_value(&job.chunks, v) {
                             *counts.entry(c.id.clone()).or_default() += 1;

@@ -13,6 +13,7 @@
 //! publishes a chunk again finds its version already in the log and stops.
 //! Files a commit removes stay on disk for time travel until `VACUUM`.
 
+use backfill_core::ErrorClass;
 use std::collections::HashMap;
 use std::sync::{Arc, Once};
 
@@ -84,6 +85,22 @@ pub enum DeltaError {
     },
     #[error("delta table {shown}: {message}")]
     Invalid { shown: String, message: String },
+}
+
+impl DeltaError {
+    /// The store failing, or another writer committing the same version
+    /// first, may pass; a table that is not what the job needs will not.
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            DeltaError::Delta { source, .. } => match **source {
+                deltalake::DeltaTableError::ObjectStore { .. }
+                | deltalake::DeltaTableError::Io { .. }
+                | deltalake::DeltaTableError::VersionAlreadyExists(_) => ErrorClass::Transient,
+                _ => ErrorClass::Permanent,
+            },
+            DeltaError::Invalid { .. } => ErrorClass::Permanent,
+        }
+    }
 }
 
 impl DeltaSink {
@@ -251,12 +268,10 @@ impl DeltaSink {
             let source = ctx
                 .read_parquet(abs, datafusion::prelude::ParquetReadOptions::default())
                 .await
-                .map_err(|e| {
-                    SinkError::Read(format!(
-                        "reading the staged rows of chunk {}: {e}",
-                        chunk.id
-                    ))
-                })?;
+                .map_err(SinkError::read(format!(
+                    "reading the staged rows of chunk {}",
+                    chunk.id
+                )))?;
             let columns: Vec<String> = source
                 .schema()
                 .fields()
@@ -1002,7 +1017,7 @@ impl Sink for Arc<DeltaSink> {
         let provider = table
             .table_provider()
             .await
-            .map_err(|e| SinkError::Read(format!("scanning {}: {e}", self.shown)))?;
+            .map_err(SinkError::read(format!("scanning {}", self.shown)))?;
         Ok(Some(provider))
     }
 
@@ -1013,23 +1028,23 @@ impl Sink for Arc<DeltaSink> {
         &self,
         chunk: &Chunk,
     ) -> Result<Option<datafusion::physical_plan::SendableRecordBatchStream>, SinkError> {
-        let read =
-            |e: &dyn std::fmt::Display| SinkError::Read(format!("reading {}: {e}", self.shown));
+        let what = format!("reading {}", self.shown);
+        let read = |e| SinkError::read(what.clone())(e);
         let ctx = datafusion::prelude::SessionContext::new();
         let Some(table) = self.open().await? else {
             return Ok(Some(
                 ctx.read_empty()
-                    .map_err(|e| read(&e))?
+                    .map_err(read)?
                     .execute_stream()
                     .await
-                    .map_err(|e| read(&e))?,
+                    .map_err(read)?,
             ));
         };
         table
             .update_datafusion_session(&ctx.state())
             .map_err(self.err())?;
-        let provider = table.table_provider().await.map_err(|e| read(&e))?;
-        let mut df = ctx.read_table(provider).map_err(|e| read(&e))?;
+        let provider = table.table_provider().await.map_err(read)?;
+        let mut df = ctx.read_table(provider).map_err(read)?;
         if let Some(col) = &self.range_column {
             let c = format!("\"{}\"", col.replace('"', "\"\""));
             let lit = |v: backfill_core::interval::RangeValue| match v {
@@ -1054,13 +1069,11 @@ impl Sink for Arc<DeltaSink> {
                 parts.push(format!("{c} < {}", lit(hi)));
             }
             if !parts.is_empty() {
-                let expr = df
-                    .parse_sql_expr(&parts.join(" AND "))
-                    .map_err(|e| read(&e))?;
-                df = df.filter(expr).map_err(|e| read(&e))?;
+                let expr = df.parse_sql_expr(&parts.join(" AND ")).map_err(read)?;
+                df = df.filter(expr).map_err(read)?;
             }
         }
-        Ok(Some(df.execute_stream().await.map_err(|e| read(&e))?))
+        Ok(Some(df.execute_stream().await.map_err(read)?))
     }
 
     fn describe(&self) -> String {

@@ -55,8 +55,17 @@ pub enum SinkError {
     Lost { path: String, staged: String },
     #[error(transparent)]
     Postgres(#[from] crate::pg::PgError),
+    /// Reading the target back (for `validate`, `gaps`, a rewrite or a
+    /// merge) failed; its cause decides whether to try again.
+    #[error("{what}: {source}")]
+    Read {
+        what: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A target that cannot serve what was asked of it.
     #[error("{0}")]
-    Read(String),
+    Invalid(String),
     #[error("spilling rows to disk: {0}")]
     Spill(String),
     #[error(transparent)]
@@ -89,16 +98,55 @@ impl SinkError {
             SinkError::WriterGone | SinkError::Spill(_) => ErrorClass::Transient,
             SinkError::Postgres(e) => e.class(),
             SinkError::Store(e) => e.class(),
-            SinkError::Delta(delta::DeltaError::Delta { source, .. }) => match **source {
-                deltalake::DeltaTableError::ObjectStore { .. }
-                | deltalake::DeltaTableError::Io { .. }
-                | deltalake::DeltaTableError::VersionAlreadyExists(_) => ErrorClass::Transient,
-                _ => ErrorClass::Permanent,
-            },
+            SinkError::Delta(e) => e.class(),
             SinkError::Injected(i) => i.class,
+            SinkError::Read { source, .. } => read_class(source.as_ref()),
             _ => ErrorClass::Permanent,
         }
     }
+}
+
+impl SinkError {
+    /// A read-back failure of `what`, keeping its cause.
+    pub fn read<E>(what: impl Into<String>) -> impl FnOnce(E) -> SinkError
+    where
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let what = what.into();
+        move |e| SinkError::Read {
+            what,
+            source: e.into(),
+        }
+    }
+}
+
+/// A read-back failure is worth another try when something in its chain
+/// of causes is: I/O, an object store's transient answer, a lost
+/// PostgreSQL connection.
+fn read_class(e: &(dyn std::error::Error + 'static)) -> ErrorClass {
+    let mut cur = Some(e);
+    while let Some(e) = cur {
+        if e.is::<std::io::Error>() {
+            return ErrorClass::Transient;
+        }
+        if let Some(d) = e.downcast_ref::<datafusion::error::DataFusionError>()
+            && matches!(
+                d,
+                datafusion::error::DataFusionError::IoError(_)
+                    | datafusion::error::DataFusionError::ObjectStore(_)
+            )
+        {
+            return ErrorClass::Transient;
+        }
+        if let Some(p) = e.downcast_ref::<crate::pg::PgError>() {
+            return p.class();
+        }
+        if let Some(s) = e.downcast_ref::<crate::store::StoreError>() {
+            return s.class();
+        }
+        cur = e.source();
+    }
+    ErrorClass::Permanent
 }
 
 /// The files one attempt wrote, not yet visible to readers.
@@ -219,7 +267,7 @@ pub trait Sink: Send + Sync + std::fmt::Debug {
         ctx: &datafusion::prelude::SessionContext,
     ) -> Result<Option<Arc<dyn datafusion::catalog::TableProvider>>, SinkError> {
         let _ = ctx;
-        Err(SinkError::Read(format!(
+        Err(SinkError::Invalid(format!(
             "{} cannot be scanned as a table",
             self.describe()
         )))
@@ -271,7 +319,7 @@ pub trait Sink: Send + Sync + std::fmt::Debug {
         &self,
         rel: &str,
     ) -> Result<Box<dyn ::parquet::arrow::async_reader::AsyncFileReader>, SinkError> {
-        Err(SinkError::Read(format!(
+        Err(SinkError::Invalid(format!(
             "{}: {rel} is not a file this target holds",
             self.describe()
         )))
@@ -521,5 +569,33 @@ impl Sinks {
                 .map(|f| format!("{QUARANTINE_PREFIX}{f}")),
         );
         Ok(all)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_read_back_failure_keeps_its_cause_and_is_retried_only_for_io() {
+        // Issue 21: `SinkError::Read(String)` dropped the cause and was never
+        // retried, whatever had failed.
+        let reset = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "peer reset");
+        let io = SinkError::read("reading back chunk 3")(
+            datafusion::error::DataFusionError::IoError(reset),
+        );
+        assert_eq!(io.class(), ErrorClass::Transient);
+        assert!(std::error::Error::source(&io).is_some());
+        assert!(
+            backfill_core::error_chain(&io).contains("peer reset"),
+            "{}",
+            backfill_core::error_chain(&io)
+        );
+        let bad = SinkError::read("reading back chunk 3")("no such column \"x\"");
+        assert_eq!(bad.class(), ErrorClass::Permanent);
+        assert_eq!(
+            bad.to_string(),
+            "reading back chunk 3: no such column \"x\""
+        );
     }
 }

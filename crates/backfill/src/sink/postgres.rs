@@ -307,7 +307,7 @@ impl Inner {
         };
         crate::source::postgres::PgSource::open(&spec, &self.shown)
             .await
-            .map_err(|e| SinkError::Read(e.to_string()))
+            .map_err(SinkError::read(format!("reading back {}", self.shown)))
     }
 
     fn slice_predicate(&self, chunk: &Chunk) -> Result<Option<String>, SinkError> {
@@ -876,11 +876,11 @@ impl Sink for PgSink {
         let ctx = datafusion::prelude::SessionContext::new();
         let df = ctx
             .read_table(crate::source::Source::table(&source))
-            .map_err(|e| SinkError::Read(e.to_string()))?;
+            .map_err(SinkError::read(format!("reading back chunk {}", chunk.id)))?;
         let stream = df
             .execute_stream()
             .await
-            .map_err(|e| SinkError::Read(e.to_string()))?;
+            .map_err(SinkError::read(format!("reading back chunk {}", chunk.id)))?;
         Ok(Some(stream))
     }
 

@@ -94,7 +94,7 @@ impl Location {
             Location::Local(root) => {
                 let abs = std::path::absolute(root).map_err(io("resolving", root))?;
                 url::Url::from_directory_path(&abs).map_err(|_| {
-                    SinkError::Read(format!("{}: not an absolute local path", root.display()))
+                    SinkError::Invalid(format!("{}: not an absolute local path", root.display()))
                 })
             }
         }
@@ -442,7 +442,7 @@ impl Sink for ParquetSink {
             None => {}
         }
         let read = |e: datafusion::error::DataFusionError| {
-            SinkError::Read(format!("scanning {}: {e}", self.shown))
+            SinkError::read(format!("scanning {}", self.shown))(e)
         };
         let url = ListingTableUrl::parse(self.url()?.as_str()).map_err(read)?;
         let options = ListingOptions::new(Arc::new(ParquetFormat::default()))

@@ -71,8 +71,8 @@ impl ParquetSink {
         let (mut matched, mut kept) = (0u64, 0u64);
         let result: Result<(), SinkError> = async {
             while let Some(batch) = stream.try_next().await.map_err(pq(from))? {
-                let mask = in_range(&batch)
-                    .map_err(|e| SinkError::Read(format!("{}: {from}: {e}", self.shown)))?;
+                let mask =
+                    in_range(&batch).map_err(SinkError::read(format!("{}: {from}", self.shown)))?;
                 let rest = match mask {
                     None => {
                         matched += batch.num_rows() as u64;
