@@ -209,8 +209,18 @@ pub struct ForeignWrites {
     pub touched: Vec<usize>,
 }
 
+/// What every target is: something shown in messages by a name that
+/// carries no secret.
+pub trait Target: Send + Sync + std::fmt::Debug {
+    fn describe(&self) -> String;
+}
+
+/// A target a run writes: stage a chunk's rows, publish them after the
+/// commit, clean up what a crash or a replan left. Reading back, the range
+/// a target owns and schema changes are traits of their own, which every
+/// target implements (their defaults fit targets that need nothing there).
 #[async_trait]
-pub trait Sink: Send + Sync + std::fmt::Debug {
+pub trait Sink: Target + Ownership + ReadBack + Evolve {
     async fn begin(&self, chunk: &Chunk, attempt: u32) -> Result<Box<dyn ChunkWriter>, SinkError>;
     /// What each chunk writer may keep in memory and open from now on
     /// (writers that stream elsewhere ignore it).
@@ -218,6 +228,17 @@ pub trait Sink: Send + Sync + std::fmt::Debug {
     /// Makes staged files visible. Idempotent: files already published are
     /// left alone, so recovery can call it again after a crash.
     async fn publish(&self, chunk: &Chunk, files: &[OwnedFile]) -> Result<(), SinkError>;
+    /// For a database target: its URL and the SQL that publishes `files`, so
+    /// that a state store in the same database commits and publishes in one
+    /// transaction. `None` for targets without transactions.
+    async fn publish_statements(
+        &self,
+        chunk: &Chunk,
+        files: &[OwnedFile],
+    ) -> Result<Option<(String, String)>, SinkError> {
+        let _ = (chunk, files);
+        Ok(None)
+    }
     /// Deletes files (relative paths); missing ones are not an error.
     async fn remove(&self, paths: &[String]) -> Result<(), SinkError>;
     /// After a replan retired `retired`, removes what it left in the target
@@ -229,6 +250,14 @@ pub trait Sink: Send + Sync + std::fmt::Debug {
         let _ = (retired, parts);
         Ok(())
     }
+    /// Lists the files of this tool in the target, to find orphans after a crash.
+    async fn scan(&self) -> Result<TargetFiles, SinkError>;
+}
+
+/// The range a job owns in a target that records it itself, and the
+/// changes other writers made there (Delta tables, PostgreSQL replace).
+#[async_trait]
+pub trait Ownership: Target {
     /// The range this job's rows in the target may lie in, as the target
     /// itself records it (so it survives a lost state): `None` when the
     /// target keeps none (yet), or owns no ranges (a Parquet folder, whose
@@ -256,10 +285,11 @@ pub trait Sink: Send + Sync + std::fmt::Debug {
         let _ = (since, committed);
         Ok(None)
     }
-    /// Lists the files of this tool in the target, to find orphans after a crash.
-    async fn scan(&self) -> Result<TargetFiles, SinkError>;
-    fn describe(&self) -> String;
+}
 
+/// Reading the target back, for `validate`, `gaps` and the schema check.
+#[async_trait]
+pub trait ReadBack: Target {
     /// The whole target as a table, for `gaps` to scan; `None` when it does
     /// not exist yet.
     async fn table(
@@ -280,30 +310,6 @@ pub trait Sink: Send + Sync + std::fmt::Debug {
         ctx: &datafusion::prelude::SessionContext,
     ) -> Result<Option<arrow::datatypes::SchemaRef>, SinkError> {
         Ok(self.table(ctx).await?.map(|t| t.schema()))
-    }
-
-    /// Columns the target does not store (Hive partition directories),
-    /// left out of schema comparisons.
-    fn derived_columns(&self) -> Vec<String> {
-        Vec::new()
-    }
-
-    /// A database casts values on insert: only a column too narrow for the
-    /// new values matters, not a representation that differs.
-    fn casts_on_insert(&self) -> bool {
-        false
-    }
-
-    /// Prepares the target for rows with the accepted differences `diff`
-    /// (adds columns, widens types). File targets need nothing: new files
-    /// carry the new columns.
-    async fn evolve(
-        &self,
-        rows: &arrow::datatypes::SchemaRef,
-        diff: &crate::evolve::SchemaDiff,
-    ) -> Result<(), SinkError> {
-        let _ = (rows, diff);
-        Ok(())
     }
 
     /// Every data file a reader of a file target sees (`.parquet` files,
@@ -334,17 +340,33 @@ pub trait Sink: Send + Sync + std::fmt::Debug {
         let _ = chunk;
         Ok(None)
     }
+}
 
-    /// For a database target: its URL and the SQL that publishes `files`, so
-    /// that a state store in the same database commits and publishes in one
-    /// transaction. `None` for targets without transactions.
-    async fn publish_statements(
+/// Changing the target's schema under `[target] schema`.
+#[async_trait]
+pub trait Evolve: Target {
+    /// Columns the target does not store (Hive partition directories),
+    /// left out of schema comparisons.
+    fn derived_columns(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// A database casts values on insert: only a column too narrow for the
+    /// new values matters, not a representation that differs.
+    fn casts_on_insert(&self) -> bool {
+        false
+    }
+
+    /// Prepares the target for rows with the accepted differences `diff`
+    /// (adds columns, widens types). File targets need nothing: new files
+    /// carry the new columns.
+    async fn evolve(
         &self,
-        chunk: &Chunk,
-        files: &[OwnedFile],
-    ) -> Result<Option<(String, String)>, SinkError> {
-        let _ = (chunk, files);
-        Ok(None)
+        rows: &arrow::datatypes::SchemaRef,
+        diff: &crate::evolve::SchemaDiff,
+    ) -> Result<(), SinkError> {
+        let _ = (rows, diff);
+        Ok(())
     }
 }
 

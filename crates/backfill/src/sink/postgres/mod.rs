@@ -29,7 +29,14 @@ use crate::failpoint;
 use crate::pg::types::{Cell, Column, ddl_type};
 use crate::pg::{PgError, connect, quote_ident, quote_literal};
 use crate::sink::checksum::{ChecksumVersion, RowChecksum};
-use crate::sink::{ChunkWriter, Sink, SinkError, Staged, TargetFiles, partition_seed};
+use crate::sink::{
+    ChunkWriter, Evolve, Ownership, ReadBack, Sink, SinkError, Staged, Target, TargetFiles,
+    partition_seed,
+};
+
+mod evolve;
+mod ownership;
+mod read;
 
 /// Which rows of the table a chunk owns.
 #[derive(Debug, Clone)]
@@ -692,46 +699,6 @@ impl ChunkWriter for PgChunkWriter {
 
 #[async_trait]
 impl Sink for PgSink {
-    async fn footprint(&self) -> Result<Option<crate::sink::Footprint>, SinkError> {
-        if !self.inner.keeps_footprint() {
-            return Ok(None);
-        }
-        let client = self.inner.connect().await?;
-        if !self.inner.table_exists(&client, FOOTPRINT).await? {
-            return Ok(None);
-        }
-        let row = client
-            .query_opt(
-                &format!(
-                    "SELECT range FROM {} WHERE target = $1 AND job = $2",
-                    self.inner.qualified(FOOTPRINT)
-                ),
-                &[&self.inner.table.to_string(), &self.inner.job],
-            )
-            .await
-            .map_err(PgError::sql(format!(
-                "reading the footprint of {}",
-                self.inner.table
-            )))?;
-        Ok(row.and_then(|r| crate::sink::decode_footprint(r.get(0))))
-    }
-
-    async fn set_footprint(&self, range: crate::sink::Footprint) -> Result<(), SinkError> {
-        if !self.inner.keeps_footprint() {
-            return Ok(());
-        }
-        *self
-            .inner
-            .pending_footprint
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = Some(range);
-        match self.inner.connect_to_table().await? {
-            Some(client) => self.inner.write_footprint(&client, range).await,
-            // Recorded as the table is created.
-            None => Ok(()),
-        }
-    }
-
     async fn begin(&self, chunk: &Chunk, attempt: u32) -> Result<Box<dyn ChunkWriter>, SinkError> {
         Ok(Box::new(PgChunkWriter {
             inner: self.inner.clone(),
@@ -841,125 +808,6 @@ impl Sink for PgSink {
         })
     }
 
-    fn describe(&self) -> String {
-        self.inner.shown.clone()
-    }
-
-    async fn read_chunk(
-        &self,
-        chunk: &Chunk,
-    ) -> Result<Option<datafusion::physical_plan::SendableRecordBatchStream>, SinkError> {
-        let inner = &self.inner;
-        let client = inner.connect().await?;
-        if !inner.table_exists(&client, &inner.table.name).await? {
-            return Ok(Some(Box::pin(
-                datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(
-                    Arc::new(Schema::empty()),
-                    futures::stream::empty(),
-                ),
-            )));
-        }
-        // A merged chunk owns no slice, but its rows lie in its range.
-        let predicate = match (&inner.slice, &inner.range_column) {
-            (Slice::Merge(_), Some(col)) => range_predicate(col, chunk)?,
-            (Slice::Merge(_), None) => "true".to_string(),
-            _ => inner
-                .slice_predicate(chunk)?
-                .unwrap_or_else(|| "true".into()),
-        };
-        let source = inner
-            .read_back(backfill_core::spec::PgRelation::Query(format!(
-                "SELECT * FROM {} WHERE {predicate}",
-                inner.table.quoted()
-            )))
-            .await?;
-        let ctx = datafusion::prelude::SessionContext::new();
-        let df = ctx
-            .read_table(crate::source::Source::table(&source))
-            .map_err(SinkError::read(format!("reading back chunk {}", chunk.id)))?;
-        let stream = df
-            .execute_stream()
-            .await
-            .map_err(SinkError::read(format!("reading back chunk {}", chunk.id)))?;
-        Ok(Some(stream))
-    }
-
-    fn casts_on_insert(&self) -> bool {
-        true
-    }
-
-    /// `ALTER TABLE ... ADD COLUMN` for added columns and `ALTER COLUMN ...
-    /// TYPE` for widened ones, in one transaction.
-    async fn evolve(
-        &self,
-        rows: &arrow::datatypes::SchemaRef,
-        diff: &crate::evolve::SchemaDiff,
-    ) -> Result<(), SinkError> {
-        let _ = rows;
-        let inner = &self.inner;
-        let mut client = inner.connect().await?;
-        if !inner.table_exists(&client, &inner.table.name).await? {
-            return Ok(());
-        }
-        let ty = |name: &str, dt: &arrow::datatypes::DataType| {
-            ddl_type(dt).ok_or_else(|| PgError::Column {
-                what: format!("evolving {}", inner.table),
-                column: name.to_string(),
-                reason: format!("{dt} has no PostgreSQL column type"),
-            })
-        };
-        let mut sql = Vec::new();
-        for (n, dt) in &diff.added {
-            sql.push(format!(
-                "ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} {}",
-                inner.table.quoted(),
-                quote_ident(n),
-                ty(n, dt)?
-            ));
-        }
-        for (n, _, to, c) in &diff.changed {
-            if *c == crate::evolve::Change::Widen {
-                sql.push(format!(
-                    "ALTER TABLE {} ALTER COLUMN {} TYPE {}",
-                    inner.table.quoted(),
-                    quote_ident(n),
-                    ty(n, to)?
-                ));
-            }
-        }
-        if sql.is_empty() {
-            return Ok(());
-        }
-        let tx = client
-            .transaction()
-            .await
-            .map_err(PgError::sql(format!("evolving {}", inner.table)))?;
-        tx.batch_execute(&sql.join(";\n"))
-            .await
-            .map_err(PgError::sql(format!("evolving {}", inner.table)))?;
-        tx.commit()
-            .await
-            .map_err(PgError::sql(format!("evolving {}", inner.table)))?;
-        Ok(())
-    }
-
-    /// The table through the PostgreSQL source: filters and the projection
-    /// go to the server, so `gaps` streams only the range column.
-    async fn table(
-        &self,
-        _ctx: &datafusion::prelude::SessionContext,
-    ) -> Result<Option<Arc<dyn datafusion::catalog::TableProvider>>, SinkError> {
-        let inner = &self.inner;
-        let client = inner.connect().await?;
-        if !inner.table_exists(&client, &inner.table.name).await? {
-            return Ok(None);
-        }
-        let source = inner
-            .read_back(backfill_core::spec::PgRelation::Table(inner.table.clone()))
-            .await?;
-        Ok(Some(crate::source::Source::table(&source)))
-    }
-
     async fn publish_statements(
         &self,
         chunk: &Chunk,
@@ -978,5 +826,11 @@ impl Sink for PgSink {
             }
         }
         Ok(Some((self.inner.url.clone(), sql)))
+    }
+}
+
+impl Target for PgSink {
+    fn describe(&self) -> String {
+        self.inner.shown.clone()
     }
 }
