@@ -1,5 +1,7 @@
-//! The light core of `backfill`: the job file, the planner, the state store
-//! and the retry policy. No Arrow, no DataFusion: its tests link in seconds.
+//! The light core of `backfill`: the job file, the planner, the state stores
+//! (SQLite, and PostgreSQL with the `postgres` feature the engine crate
+//! turns on) and the retry policy. No Arrow, no DataFusion: its tests link
+//! in seconds.
 
 pub mod failpoint;
 pub mod interval;

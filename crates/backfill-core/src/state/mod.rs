@@ -13,6 +13,8 @@
 //! After a crash, unpublished files of committed chunks are published again
 //! (redo) and garbage is deleted, so every step after 2 can be repeated.
 
+#[cfg(feature = "postgres")]
+pub mod postgres;
 mod sqlite;
 
 use std::collections::BTreeMap;

@@ -1,13 +1,13 @@
-//! What the PostgreSQL source (`source/postgres.rs`), target
-//! (`sink/postgres.rs`) and shared state store (`state.rs`) have in common:
-//! connections, errors, type mapping; all over tokio-postgres with binary
-//! COPY.
+//! What the PostgreSQL source (`source/postgres.rs`) and target
+//! (`sink/postgres/`) have in common: connections, errors, type mapping;
+//! all over tokio-postgres with binary COPY. The shared state store is in
+//! the core crate (`backfill_core::state::postgres`), beside SQLite's, and
+//! describes and classifies errors for all three.
 //!
 //! Connection strings are secrets: messages show them through
 //! [`mask_url`](backfill_core::spec::mask_url) only, and tokio-postgres's own
 //! errors never contain them.
 
-pub mod state;
 pub mod types;
 
 use backfill_core::ErrorClass;
@@ -15,6 +15,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, NoTls};
 
 pub use backfill_core::spec::{QualifiedName, quote_ident};
+pub(crate) use backfill_core::state::postgres::{describe, is_transient};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PgError {
@@ -38,33 +39,6 @@ pub enum PgError {
     },
     #[error("{0}")]
     Invalid(String),
-}
-
-/// tokio-postgres's `Display` says only "db error"; the server's message,
-/// detail and hint are what a user needs. (The blocking `postgres` client's
-/// error is the same type.)
-pub(crate) fn describe(e: &tokio_postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(db) => {
-            let mut s = format!("{}: {}", db.severity(), db.message());
-            if let Some(d) = db.detail() {
-                s.push_str(&format!(" ({d})"));
-            }
-            if let Some(h) = db.hint() {
-                s.push_str(&format!("; hint: {h}"));
-            }
-            s
-        }
-        None => {
-            let mut s = e.to_string();
-            let mut src = std::error::Error::source(e);
-            while let Some(inner) = src {
-                s.push_str(&format!(": {inner}"));
-                src = inner.source();
-            }
-            s
-        }
-    }
 }
 
 impl PgError {
@@ -107,22 +81,6 @@ impl PgError {
                     || *c == SqlState::INSUFFICIENT_PRIVILEGE
             ),
             PgError::Column { .. } | PgError::Invalid(_) => true,
-        }
-    }
-}
-
-/// Connection trouble, serialization failures, deadlocks and resource
-/// shortages are worth a retry; everything else is the job's fault.
-pub(crate) fn is_transient(e: &tokio_postgres::Error) -> bool {
-    match e.code() {
-        None => e.is_closed() || e.as_db_error().is_none(),
-        Some(code) => {
-            let c = code.code();
-            c.starts_with("08")
-                || c.starts_with("40")
-                || c.starts_with("53")
-                || c.starts_with("57P")
-                || *code == SqlState::LOCK_NOT_AVAILABLE
         }
     }
 }

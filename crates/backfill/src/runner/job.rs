@@ -288,7 +288,9 @@ pub(crate) fn open_state(spec: &JobSpec) -> Result<Arc<dyn StateStore>, Error> {
         Some(pg) => {
             let name = crate::redact::redact(&spec.name);
             let ordered = spec.range.as_ref().is_some_and(|r| r.ordered);
-            Arc::new(crate::pg::state::PgStateStore::open(pg, &name)?.ordered(ordered))
+            Arc::new(
+                backfill_core::state::postgres::PgStateStore::open(pg, &name)?.ordered(ordered),
+            )
         }
         None => Arc::new(SqliteStateStore::open(&spec.state.path)?),
     };

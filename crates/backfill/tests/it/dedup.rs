@@ -7,8 +7,6 @@
 
 use crate::harness::*;
 
-const ORDER: &str = "created_at DESC NULLS LAST, amount DESC NULLS LAST";
-
 /// Rows and an order-independent fingerprint of the rows DuckDB ranks first
 /// in `ranked` (which has `rn`), over the columns every test here compares.
 fn winners(ranked: &str) -> Vec<Vec<serde_json::Value>> {
@@ -116,14 +114,6 @@ fn versions_land_in_the_chunk_whose_predicate_selects_them() {
     }
 }
 
-/// Writes `select` over the demo source as one more source file.
-fn add_source_file(demo: &Demo, name: &str, select: &str) {
-    duckdb(&format!(
-        "COPY ({select}) TO '{}' (FORMAT PARQUET)",
-        demo.path().join("source").join(name).display()
-    ));
-}
-
 fn assert_global_answer(demo: &Demo, step: &str) {
     let expected = winners(&format!(
         "SELECT *, row_number() OVER (PARTITION BY transaction_id ORDER BY {ORDER}) AS rn FROM ({}) WHERE rule IS NULL",
@@ -131,15 +121,6 @@ fn assert_global_answer(demo: &Demo, step: &str) {
     ));
     assert_eq!(target_rows(demo), expected, "after {step}");
     validate_ok(demo);
-}
-
-pub(crate) fn run_json(demo: &Demo, extra: &[&str]) -> serde_json::Value {
-    let job = demo.job_str();
-    let mut args = vec!["run", job.as_str(), "--json"];
-    args.extend_from_slice(extra);
-    let out = demo.run(&args);
-    assert_eq!(code(&out), 0, "{}", text(&out));
-    serde_json::from_slice(&out.stdout).expect("run summary")
 }
 
 #[test]
@@ -253,40 +234,6 @@ fn a_plain_run_follows_files_added_changed_and_removed_under_committed_chunks() 
     // Nothing changed: nothing runs.
     let summary = run_json(&demo, &[]);
     assert_eq!(summary["selected"], 0, "{summary}");
-}
-
-/// DuckDB: rows, sum of ids and of amounts (in cents) of the latest
-/// passing version of each key over the current source.
-pub(crate) fn latest_per_key(demo: &Demo) -> Vec<String> {
-    let r = duckdb(&format!(
-        "SELECT count(*)::VARCHAR, sum(transaction_id)::VARCHAR, round(sum(amount) * 100)::BIGINT::VARCHAR FROM (
-           SELECT *, row_number() OVER (PARTITION BY transaction_id ORDER BY {ORDER}) AS rn
-           FROM ({}) WHERE rule IS NULL) WHERE rn = 1",
-        ruled_source_sql(demo)
-    ));
-    r[0].iter()
-        .map(|v| v.as_str().unwrap_or_default().to_string())
-        .collect()
-}
-
-/// Makes the demo job a merge-friendly one: dedup within each chunk, so
-/// an older window's chunk still holds its own (older) version of a key a
-/// later chunk updated; then newer versions, a month later, of some of
-/// March's keys.
-pub(crate) fn newer_versions_in_april(demo: &Demo) {
-    let source = demo.source_glob();
-    add_source_file(
-        demo,
-        "april-versions.parquet",
-        &format!(
-            "SELECT * REPLACE (created_at + INTERVAL 35 DAY AS created_at, amount + 1 AS amount) FROM read_parquet('{source}') \
-             WHERE created_at >= TIMESTAMP '2023-03-01' AND created_at < TIMESTAMP '2023-03-20' AND transaction_id % 7 = 0"
-        ),
-    );
-}
-
-pub(crate) fn dedup_per_chunk(demo: &Demo) {
-    demo.edit_job(|s| s.replace("scope = \"global\"", "scope = \"chunk\""));
 }
 
 #[test]

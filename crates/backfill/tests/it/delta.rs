@@ -2,25 +2,6 @@
 //! users' tools would) and compared with DuckDB's figures for the same job.
 
 use crate::harness::*;
-use crate::quality::{assert_months_equal, expected_global};
-
-/// Where [`target_to_delta`] puts the table.
-pub fn delta_path(demo: &Demo) -> String {
-    demo.path()
-        .join("warehouse/transactions_delta")
-        .display()
-        .to_string()
-}
-
-/// Points the demo job's target at a Delta table.
-pub fn target_to_delta(demo: &Demo) {
-    demo.edit_job(|s| {
-        s.replace(
-            "format = \"parquet\"\npath = \"warehouse/transactions\"",
-            "format = \"delta\"\nmode = \"replace\"\npath = \"warehouse/transactions_delta\"",
-        )
-    });
-}
 
 /// Per month rows and sums, a row fingerprint and the table version, as the
 /// `deltalake` package reads the table.
@@ -319,7 +300,7 @@ fn a_plain_run_replaces_what_another_writer_changed_in_a_committed_range() {
     let demo = Demo::new(6_000, "\"7d\"");
     demo.without_quality();
     target_to_delta(&demo);
-    let run_json = |extra: &[&str]| crate::dedup::run_json(&demo, extra);
+    let run_json = |extra: &[&str]| crate::harness::run_json(&demo, extra);
     let same_as_source = |step: &str| {
         let (rows, hash, repeated) = table_rows(&demo);
         assert_eq!(repeated, 0, "after {step}: rows in the table twice");
@@ -368,7 +349,7 @@ fn merge_never_replaces_a_newer_version_with_an_older_one() {
     // Issue 20: re-running an older window in merge mode put its older
     // versions back over keys a later chunk had updated.
     let demo = Demo::new(6_000, "\"7d\"");
-    crate::dedup::dedup_per_chunk(&demo);
+    crate::harness::dedup_per_chunk(&demo);
     demo.edit_job(|s| {
         s.replace(
             "format = \"parquet\"\npath = \"warehouse/transactions\"",
@@ -376,7 +357,7 @@ fn merge_never_replaces_a_newer_version_with_an_older_one() {
         )
     });
     demo.run_ok(&[]);
-    crate::dedup::newer_versions_in_april(&demo);
+    crate::harness::newer_versions_in_april(&demo);
     // April's weeks run again (a source file under them is new).
     demo.run_ok(&[]);
     demo.run_ok(&["--from", "2023-03-01", "--to", "2023-04-01"]);
@@ -394,7 +375,7 @@ fn merge_never_replaces_a_newer_version_with_an_older_one() {
         .unwrap_or_default();
     assert_eq!(
         table,
-        crate::dedup::latest_per_key(&demo),
+        crate::harness::latest_per_key(&demo),
         "rows, sum(id), sum(amount): the latest version of each key"
     );
 }

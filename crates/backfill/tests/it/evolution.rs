@@ -1,6 +1,5 @@
 //! `[target] schema`: the transform gains, drops or widens a column.
 
-use crate::delta::{delta_path, target_to_delta};
 use crate::harness::*;
 
 const CENTS: &str = "date_part('day', created_at) AS day FROM source";

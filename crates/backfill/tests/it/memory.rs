@@ -3,7 +3,6 @@
 //! goes to disk or waits for a later round instead, and the target is still
 //! exactly DuckDB's answer. Peak memory itself is measured in `bench/`.
 
-use crate::delta::{delta_path, target_to_delta};
 use crate::harness::*;
 
 const ORDER: &str = "created_at DESC NULLS LAST, amount DESC NULLS LAST";

@@ -174,7 +174,7 @@ struct Case {
     /// The range's end (exclusive).
     end: &'static str,
     /// The PostgreSQL schema of a PostgreSQL target, dropped with the case.
-    pg: Option<crate::postgres::Pg>,
+    pg: Option<crate::harness::Pg>,
     /// The range end of the job sharing the Parquet folder, once a run of
     /// it committed every chunk: its rows are then part of the model.
     neighbour: Option<&'static str>,
@@ -195,15 +195,15 @@ impl Case {
             // schema of its own.
             static CASES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
             let n = CASES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let pg = crate::postgres::Pg::new(&format!("model{n}"));
-            crate::postgres::target_to_pg(&demo, &pg, "tx", "replace");
+            let pg = crate::harness::Pg::new(&format!("model{n}"));
+            crate::harness::target_to_pg(&demo, &pg, "tx", "replace");
             pg
         });
         if !quality {
             demo.without_quality();
         }
         if target == Target::Delta {
-            crate::delta::target_to_delta(&demo);
+            crate::harness::target_to_delta(&demo);
         }
         Case {
             demo,
@@ -225,7 +225,7 @@ impl Case {
     fn env(&self) -> Vec<(&'static str, String)> {
         self.pg
             .iter()
-            .map(|pg| (crate::postgres::PG_ENV, pg.url.clone()))
+            .map(|pg| (crate::harness::PG_ENV, pg.url.clone()))
             .collect()
     }
 
@@ -360,7 +360,7 @@ impl Case {
                 ok(self.run(&["run", &job, "--replan"]))
             }
             Op::ForeignWrite { n } => {
-                let path = crate::delta::delta_path(demo);
+                let path = crate::harness::delta_path(demo);
                 if !std::path::Path::new(&path).join("_delta_log").exists() {
                     return Ok(false);
                 }
@@ -430,7 +430,7 @@ impl Case {
             Op::Compact => {
                 pyarrow(
                     "import deltalake, sys\ndeltalake.DeltaTable(sys.argv[1]).optimize.compact()\nprint(1)",
-                    &crate::delta::delta_path(demo),
+                    &crate::harness::delta_path(demo),
                 );
                 Ok(false)
             }
@@ -514,7 +514,7 @@ impl Case {
                 ]
             }
             Target::Delta => {
-                let path = crate::delta::delta_path(&self.demo);
+                let path = crate::harness::delta_path(&self.demo);
                 if !std::path::Path::new(&path).join("_delta_log").exists() {
                     return duckdb(&Case::aggregates("(SELECT 1::BIGINT AS transaction_id, 1.0 AS amount, TIMESTAMP '2023-01-01' AS created_at WHERE false)")).remove(0);
                 }
@@ -522,7 +522,7 @@ impl Case {
                 let snippet = format!(
                     "import deltalake, duckdb, json, sys\nt = deltalake.DeltaTable(sys.argv[1]).to_pyarrow_table()\ncon = duckdb.connect()\ncon.register('t', t)\nprint(json.dumps(list(con.execute(\"\"\"{sql}\"\"\").fetchall()[0])))"
                 );
-                let v = pyarrow(&snippet, &crate::delta::delta_path(&self.demo));
+                let v = pyarrow(&snippet, &crate::harness::delta_path(&self.demo));
                 v.as_array().cloned().unwrap_or_default()
             }
         }

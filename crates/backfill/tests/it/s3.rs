@@ -10,7 +10,6 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::harness::*;
-use crate::quality::{assert_months_equal, expected_global, expected_per_rule};
 
 const BUCKET: &str = "lake";
 /// moto does not check signatures; the value is there to be grepped for.

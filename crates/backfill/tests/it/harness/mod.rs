@@ -4,6 +4,16 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+mod dedup;
+mod delta;
+mod postgres;
+mod quality;
+
+pub use dedup::*;
+pub use delta::*;
+pub use postgres::*;
+pub use quality::*;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_backfill");
 
 /// A demo dataset and job in a fresh temp dir.

@@ -1,0 +1,142 @@
+//! `[source]`: files, object stores or PostgreSQL, read purely.
+
+use super::*;
+
+pub(super) fn read_source(
+    d: &mut Diags,
+    env: Env,
+    t: &mut TableReader,
+    base: &Path,
+    text: &str,
+) -> Option<SourceSpec> {
+    let format = t.string(d, env, "format");
+    if format
+        .as_ref()
+        .is_some_and(|f| f.value.eq_ignore_ascii_case("postgres"))
+    {
+        let span = t.span();
+        let (pg, shown) = postgres::read_source(d, env, t)?;
+        return Some(SourceSpec {
+            format: SourceFormat::Postgres,
+            path: PathBuf::new(),
+            path_shown: shown,
+            path_loc: loc(text, &span),
+            url: None,
+            has_header: false,
+            delimiter: b',',
+            columns: Vec::new(),
+            postgres: Some(pg),
+        });
+    }
+    let path = t.string(d, env, "path");
+    let has_header = t.bool(d, "has_header");
+    let delimiter = t.string(d, env, "delimiter");
+    let columns = t.table(d, "columns");
+    let known = ["format", "path", "has_header", "delimiter", "columns"];
+    let format = match format {
+        Some(f) => match f.value.to_ascii_lowercase().as_str() {
+            "parquet" => Some(SourceFormat::Parquet),
+            "csv" => Some(SourceFormat::Csv),
+            "json" | "ndjson" | "jsonl" => Some(SourceFormat::Json),
+            _ => {
+                d.push(
+                    f.span,
+                    "source.format",
+                    format!(
+                        "\"{}\" is not a source format (expected parquet, csv, json or postgres)",
+                        f.shown
+                    ),
+                );
+                None
+            }
+        },
+        None => {
+            if !t.has("format") {
+                d.push(
+                    t.span(),
+                    "source.format",
+                    "missing (expected parquet, csv, json or postgres)",
+                );
+            }
+            None
+        }
+    };
+    if format.is_some_and(|f| f != SourceFormat::Csv)
+        && (has_header.is_some() || delimiter.is_some())
+    {
+        d.push(
+            t.span(),
+            "source",
+            "has_header and delimiter only apply to format = \"csv\"",
+        );
+    }
+    let delimiter = match delimiter {
+        Some(dl) if dl.value.len() == 1 => Some(dl.value.as_bytes()[0]),
+        Some(dl) if dl.value == "\\t" => Some(b'\t'),
+        Some(dl) => {
+            d.push(
+                dl.span,
+                "source.delimiter",
+                format!("must be a single ASCII character, got \"{}\"", dl.shown),
+            );
+            None
+        }
+        None => Some(b','),
+    };
+    let mut column_types = Vec::new();
+    if let Some(mut cols) = columns {
+        let keys = cols.entry_names();
+        for key in &keys {
+            if let Some(ty) = cols.string(d, env, key) {
+                match ColumnType::parse(&ty.value) {
+                    Some(c) => column_types.push((key.clone(), c)),
+                    None => d.push(
+                        ty.span,
+                        &format!("source.columns.{key}"),
+                        format!(
+                            "\"{}\" is not a column type (expected timestamp, date, int, float, string or bool)",
+                            ty.shown
+                        ),
+                    ),
+                }
+            }
+        }
+        cols.finish(d, &[]);
+    }
+    t.finish(d, &known);
+    let path = match path {
+        Some(p) if p.value.trim().is_empty() => {
+            d.push(p.span, "source.path", "must not be empty");
+            None
+        }
+        Some(p) => Some(p),
+        None => {
+            if !t.has("path") {
+                d.push(
+                    t.span(),
+                    "source.path",
+                    "missing (a file, directory or glob)",
+                );
+            }
+            None
+        }
+    }?;
+    let (local, url) = match resolve_location(base, &path.value) {
+        Ok(l) => l,
+        Err(e) => {
+            d.push(path.span, "source.path", e);
+            return None;
+        }
+    };
+    Some(SourceSpec {
+        format: format?,
+        path_loc: loc(text, &path.span),
+        path: local,
+        url,
+        path_shown: path.shown,
+        has_header: has_header.unwrap_or(true),
+        delimiter: delimiter?,
+        columns: column_types,
+        postgres: None,
+    })
+}
