@@ -23,3 +23,4 @@ mod s3;
 mod sequence;
 #[cfg(feature = "spark")]
 mod spark;
+mod state;
