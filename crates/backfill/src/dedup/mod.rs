@@ -35,6 +35,5 @@ pub mod index;
 pub mod repeats;
 pub mod saved;
 
-pub use hash::key_hash;
-pub use index::{DedupIndex, KeyVersions, index_fingerprint};
+pub use index::{DedupIndex, index_fingerprint};
 pub use saved::{ChunkIndexes, SavedIndex};

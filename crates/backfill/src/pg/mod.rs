@@ -14,7 +14,7 @@ use backfill_core::ErrorClass;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, NoTls};
 
-pub use backfill_core::spec::{QualifiedName, quote_ident};
+pub use backfill_core::spec::quote_ident;
 pub(crate) use backfill_core::state::postgres::{describe, is_transient};
 
 #[derive(Debug, thiserror::Error)]

@@ -438,9 +438,9 @@ db.commit()
 /// still catches a wrong one, and refuses a version it does not know.
 #[test]
 fn validate_checks_old_commits_by_their_checksum_version() {
+    use backfill::checksum::{ChecksumVersion, RowChecksum};
     use backfill::core::state::{SqliteStateStore, StateStore};
-    use backfill::sink::checksum::{ChecksumVersion, RowChecksum};
-    use backfill::sink::{QUARANTINE_PREFIX, partition_seed};
+    use backfill::{QUARANTINE_PREFIX, partition_seed};
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
     let demo = Demo::new(3_000, "\"1 month\"");
