@@ -1,5 +1,6 @@
-//! Errors of the engine. Each says what failed and where; `exit_code` maps
-//! them onto the CLI's contract (2: bad usage or job file, 1: anything else).
+//! Errors of the engine. Each says what failed and where; `is_usage` tells
+//! the job file's faults from the rest (the CLI turns that into its exit
+//! code).
 
 use std::path::PathBuf;
 
@@ -41,12 +42,14 @@ pub enum Error {
 }
 
 impl Error {
-    pub fn exit_code(&self) -> i32 {
+    /// The job file or the command line is at fault, so nothing ran and
+    /// running again unchanged cannot help (the CLI exits with 2).
+    pub fn is_usage(&self) -> bool {
         match self {
-            Error::Spec(_) | Error::Job { .. } | Error::Usage(_) | Error::Plan(_) => 2,
-            Error::State(StateError::RangeChanged { .. } | StateError::OtherJob { .. }) => 2,
-            Error::Source(e) if e.is_configuration() => 2,
-            _ => 1,
+            Error::Spec(_) | Error::Job { .. } | Error::Usage(_) | Error::Plan(_) => true,
+            Error::State(StateError::RangeChanged { .. } | StateError::OtherJob { .. }) => true,
+            Error::Source(e) => e.is_configuration(),
+            _ => false,
         }
     }
 }

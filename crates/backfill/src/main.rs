@@ -1,7 +1,6 @@
 //! The `backfill` command line: clap definitions, then one function per
-//! command returning an exit code. Exit codes: 0 ok, 1 chunks failed (or
-//! another runtime error), 2 bad usage or job file, 3 validation mismatch,
-//! 130 interrupted.
+//! command returning its [`ExitStatus`], the one place exit codes are
+//! decided.
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -182,6 +181,54 @@ struct DemoArgs {
     parallel: Option<u16>,
 }
 
+/// How a command ended, as its exit code: the CLI's contract (the README
+/// lists it under *Using it*).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ExitStatus {
+    Ok,
+    /// Some chunks failed (the rest are committed), or another runtime
+    /// error.
+    Failed,
+    /// Bad usage or job file: nothing ran.
+    Usage,
+    /// `validate` found a mismatch.
+    Mismatch,
+    /// `gaps` found gaps.
+    Gaps,
+    /// Stopped by Ctrl-C or SIGTERM; the next run resumes.
+    Interrupted,
+}
+
+impl ExitStatus {
+    fn code(self) -> u8 {
+        match self {
+            ExitStatus::Ok => 0,
+            ExitStatus::Failed => 1,
+            ExitStatus::Usage => 2,
+            ExitStatus::Mismatch => 3,
+            ExitStatus::Gaps => 4,
+            ExitStatus::Interrupted => 130,
+        }
+    }
+
+    fn of_run(summary: &backfill::RunSummary) -> ExitStatus {
+        if summary.interrupted {
+            ExitStatus::Interrupted
+        } else if summary.failed.is_empty() {
+            ExitStatus::Ok
+        } else {
+            ExitStatus::Failed
+        }
+    }
+
+    fn of_error(e: &anyhow::Error) -> ExitStatus {
+        match e.downcast_ref::<Error>() {
+            Some(e) if e.is_usage() => ExitStatus::Usage,
+            _ => ExitStatus::Failed,
+        }
+    }
+}
+
 fn main() -> ExitCode {
     limit_malloc_arenas();
     let cli = Cli::parse();
@@ -193,7 +240,7 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::from(1);
+            return ExitCode::from(ExitStatus::Failed.code());
         }
     };
     let progress = if cli.quiet {
@@ -201,8 +248,8 @@ fn main() -> ExitCode {
     } else {
         ProgressMode::Auto
     };
-    let code = runtime.block_on(dispatch(cli.command, progress));
-    ExitCode::from(code)
+    let status = runtime.block_on(dispatch(cli.command, progress));
+    ExitCode::from(status.code())
 }
 
 /// glibc hands each thread that finds the arenas busy a new arena, up to
@@ -244,7 +291,7 @@ fn init_logging(quiet: bool, verbose: u8) {
         .try_init();
 }
 
-async fn dispatch(command: Command, progress: ProgressMode) -> u8 {
+async fn dispatch(command: Command, progress: ProgressMode) -> ExitStatus {
     let result = match command {
         Command::Demo(a) => cmd_demo(a, progress).await,
         Command::Init { path, force } => cmd_init(&path, force),
@@ -270,11 +317,10 @@ async fn dispatch(command: Command, progress: ProgressMode) -> u8 {
         Command::Unlock { job } => cmd_unlock(&job),
     };
     match result {
-        Ok(code) => code,
+        Ok(status) => status,
         Err(e) => {
-            let code = e.downcast_ref::<Error>().map_or(1, |e| e.exit_code() as u8);
             eprintln!("error: {}", redact(&backfill_core::error_chain(e.as_ref())));
-            code
+            ExitStatus::of_error(&e)
         }
     }
 }
@@ -295,7 +341,7 @@ fn cancel_on_signals() -> Cancel {
         );
         on_signal.cancel();
         next_signal(&mut term).await;
-        std::process::exit(130);
+        std::process::exit(ExitStatus::Interrupted.code().into());
     });
     cancel
 }
@@ -322,10 +368,10 @@ fn emit(text: &str) {
     let mut out = std::io::stdout().lock();
     if let Err(e) = out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
         if e.kind() == std::io::ErrorKind::BrokenPipe {
-            std::process::exit(0);
+            std::process::exit(ExitStatus::Ok.code().into());
         }
         eprintln!("error: writing to stdout: {e}");
-        std::process::exit(1);
+        std::process::exit(ExitStatus::Failed.code().into());
     }
 }
 
@@ -365,7 +411,7 @@ fn window(job: &Backfill, w: &Window) -> Result<(Option<RangeValue>, Option<Rang
     Ok((from, to))
 }
 
-fn cmd_init(path: &Path, force: bool) -> anyhow::Result<u8> {
+fn cmd_init(path: &Path, force: bool) -> anyhow::Result<ExitStatus> {
     if path.exists() && !force {
         return Err(Error::Usage(format!(
             "{} exists; use --force to overwrite it",
@@ -379,10 +425,10 @@ fn cmd_init(path: &Path, force: bool) -> anyhow::Result<u8> {
         path.display(),
         path.display()
     );
-    Ok(0)
+    Ok(ExitStatus::Ok)
 }
 
-async fn cmd_plan(job: &Path, json: bool) -> anyhow::Result<u8> {
+async fn cmd_plan(job: &Path, json: bool) -> anyhow::Result<ExitStatus> {
     let bf = load(job)?;
     let chunks = bf.plan().await?;
     if json {
@@ -398,10 +444,10 @@ async fn cmd_plan(job: &Path, json: bool) -> anyhow::Result<u8> {
     } else {
         emit(&redact(&report::plan_text(&bf.spec().name, &chunks)));
     }
-    Ok(0)
+    Ok(ExitStatus::Ok)
 }
 
-async fn cmd_run(a: RunArgs, progress: ProgressMode) -> anyhow::Result<u8> {
+async fn cmd_run(a: RunArgs, progress: ProgressMode) -> anyhow::Result<ExitStatus> {
     let mut bf = load(&a.job)?;
     if a.incremental {
         bf = bf.incremental()?;
@@ -426,16 +472,10 @@ async fn cmd_run(a: RunArgs, progress: ProgressMode) -> anyhow::Result<u8> {
     } else {
         emit(&redact(&report::run_text(&summary)));
     }
-    Ok(if summary.interrupted {
-        130
-    } else if summary.failed.is_empty() {
-        0
-    } else {
-        1
-    })
+    Ok(ExitStatus::of_run(&summary))
 }
 
-fn cmd_status(job: &Path, json: bool) -> anyhow::Result<u8> {
+fn cmd_status(job: &Path, json: bool) -> anyhow::Result<ExitStatus> {
     let bf = load(job)?;
     let records = bf.status()?;
     let ordered = bf.spec().range.as_ref().is_some_and(|r| r.ordered);
@@ -461,7 +501,7 @@ fn cmd_status(job: &Path, json: bool) -> anyhow::Result<u8> {
             ordered,
         )));
     }
-    Ok(0)
+    Ok(ExitStatus::Ok)
 }
 
 async fn cmd_validate(
@@ -470,7 +510,7 @@ async fn cmd_validate(
     chunks: Vec<String>,
     w: &Window,
     json: bool,
-) -> anyhow::Result<u8> {
+) -> anyhow::Result<ExitStatus> {
     let bf = load(job)?;
     let (from, to) = window(&bf, w)?;
     let group_by = if group_by.is_empty() {
@@ -494,7 +534,11 @@ async fn cmd_validate(
     } else {
         emit(&redact(&report::validate_text(&report)));
     }
-    Ok(if report.ok { 0 } else { 3 })
+    Ok(if report.ok {
+        ExitStatus::Ok
+    } else {
+        ExitStatus::Mismatch
+    })
 }
 
 async fn cmd_gaps(
@@ -505,7 +549,7 @@ async fn cmd_gaps(
     run: bool,
     json: bool,
     progress: ProgressMode,
-) -> anyhow::Result<u8> {
+) -> anyhow::Result<ExitStatus> {
     let bf = load(job)?;
     let expect = match expect {
         None => None,
@@ -531,10 +575,14 @@ async fn cmd_gaps(
     let report = bf.gaps(&opts).await?;
     show(&report)?;
     if !fix {
-        return Ok(if report.has_gaps() { 4 } else { 0 });
+        return Ok(if report.has_gaps() {
+            ExitStatus::Gaps
+        } else {
+            ExitStatus::Ok
+        });
     }
     if !run || !report.has_gaps() {
-        return Ok(0);
+        return Ok(ExitStatus::Ok);
     }
     let summary = bf
         .run_with(RunOptions {
@@ -547,22 +595,22 @@ async fn cmd_gaps(
         emit(&redact(&report::run_text(&summary)));
     }
     if summary.interrupted {
-        return Ok(130);
+        return Ok(ExitStatus::Interrupted);
     }
     let after = bf.gaps(&GapOptions { fix: false, ..opts }).await?;
     show(&after)?;
     // A chunk that failed is the louder news: gaps left behind it are
     // expected, and a script must not read 0 or 4 as "it ran".
     Ok(if !summary.failed.is_empty() {
-        1
+        ExitStatus::Failed
     } else if after.has_gaps() {
-        4
+        ExitStatus::Gaps
     } else {
-        0
+        ExitStatus::Ok
     })
 }
 
-fn cmd_reset(job: &Path, w: &Window, all: bool) -> anyhow::Result<u8> {
+fn cmd_reset(job: &Path, w: &Window, all: bool) -> anyhow::Result<ExitStatus> {
     let bf = load(job)?;
     let (from, to) = window(&bf, w)?;
     if !all && from.is_none() && to.is_none() {
@@ -570,10 +618,10 @@ fn cmd_reset(job: &Path, w: &Window, all: bool) -> anyhow::Result<u8> {
     }
     let n = bf.reset(from, to)?;
     println!("{n} chunk(s) will run again on the next `backfill run`");
-    Ok(0)
+    Ok(ExitStatus::Ok)
 }
 
-fn cmd_unlock(job: &Path) -> anyhow::Result<u8> {
+fn cmd_unlock(job: &Path) -> anyhow::Result<ExitStatus> {
     let bf = load(job)?;
     match bf.unlock()? {
         Some(h) => println!(
@@ -582,10 +630,10 @@ fn cmd_unlock(job: &Path) -> anyhow::Result<u8> {
         ),
         None => println!("the job was not locked"),
     }
-    Ok(0)
+    Ok(ExitStatus::Ok)
 }
 
-async fn cmd_demo(a: DemoArgs, progress: ProgressMode) -> anyhow::Result<u8> {
+async fn cmd_demo(a: DemoArgs, progress: ProgressMode) -> anyhow::Result<ExitStatus> {
     let source = a.dir.join("source");
     let manifest_path = source.join("_demo.json");
     let wanted = DemoManifest {
@@ -643,7 +691,7 @@ async fn cmd_demo(a: DemoArgs, progress: ProgressMode) -> anyhow::Result<u8> {
             job_path.display(),
             job_path.display()
         );
-        return Ok(0);
+        return Ok(ExitStatus::Ok);
     }
     let bf = load(&job_path)?;
     let summary = bf
@@ -662,11 +710,5 @@ async fn cmd_demo(a: DemoArgs, progress: ProgressMode) -> anyhow::Result<u8> {
             bf.spec().quarantine.path.display()
         );
     }
-    Ok(if summary.interrupted {
-        130
-    } else if summary.failed.is_empty() {
-        0
-    } else {
-        1
-    })
+    Ok(ExitStatus::of_run(&summary))
 }
