@@ -315,6 +315,15 @@ pub struct TargetSpec {
 }
 
 impl JobSpec {
+    /// The shared state lives in the PostgreSQL database the job writes
+    /// to, so a chunk can commit and publish in one transaction.
+    pub fn state_in_target_database(&self) -> bool {
+        match (&self.state.postgres, &self.target.postgres) {
+            (Some(s), Some(t)) => s.url == t.url,
+            _ => false,
+        }
+    }
+
     /// A fingerprint of where the job writes, from the location as it is
     /// after `${VAR}` expansion (a PostgreSQL password left out), so that
     /// two spellings of one target (`${PG_URL}` or the URL itself) are one

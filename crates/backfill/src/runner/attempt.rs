@@ -67,7 +67,7 @@ pub(crate) async fn provably_empty(
     let Some(range) = &job.range else {
         return HashSet::new();
     };
-    if job.spec.target.format == backfill_core::spec::TargetFormat::Postgres {
+    if job.sinks.target.empty_chunks_change_it() {
         return HashSet::new();
     }
     let fresh: Vec<Chunk> = selected

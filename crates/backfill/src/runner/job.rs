@@ -232,31 +232,21 @@ impl Backfill {
                 ),
             ));
         }
-        // A Delta chunk replaces the table's rows in its range, found by the
-        // range column's values in the table.
-        if let Some(r) = &self.spec.range
-            && self.spec.target.format == backfill_core::spec::TargetFormat::Delta
-            && self.spec.target.merge_keys.is_empty()
-            && chunks
-                .iter()
-                .any(|c| c.lo.is_some() || c.hi.is_some() || c.value.is_some())
-            && out.field_with_name(&r.column).is_err()
-        {
-            return Err(self.job_error(
-                r.column_loc,
-                "range.column",
-                format!(
-                    "a Delta target replaces each chunk's range by the column \"{}\" in the table; keep it in the transform's SELECT",
-                    r.column
-                ),
-            ));
-        }
         let sinks = Sinks::open(&self.spec).map_err(|e| match e {
             SinkError::Store(StoreError::Invalid { .. }) => {
                 self.job_error(self.spec.target.path_loc, "target.path", e.to_string())
             }
             e => e.into(),
         })?;
+        if let Err(message) = sinks.target.check_rows(&out, &chunks) {
+            let loc = self
+                .spec
+                .range
+                .as_ref()
+                .map(|r| r.column_loc)
+                .unwrap_or_default();
+            return Err(self.job_error(loc, "range.column", message));
+        }
         Ok(OpenJob {
             spec: self.spec.clone(),
             source,

@@ -252,10 +252,7 @@ impl Backfill {
             index,
             rerun,
             source_digests,
-            same_database: match (&job.spec.state.postgres, &job.spec.target.postgres) {
-                (Some(s), Some(t)) => s.url == t.url,
-                _ => false,
-            },
+            same_database: job.spec.state_in_target_database(),
             state_nanos: Default::default(),
             chunk_config: engine::local::chunk_config(&job.config, parallelism.min(selected.len())),
             hold_back: job.memory.hold_back(parallelism.min(selected.len())),

@@ -252,6 +252,18 @@ pub trait Sink: Target + Ownership + ReadBack + Evolve {
     }
     /// Lists the files of this tool in the target, to find orphans after a crash.
     async fn scan(&self) -> Result<TargetFiles, SinkError>;
+    /// Whether the transformed rows (`rows`) carry what this target needs
+    /// to find a chunk's rows in it; the message says what is missing.
+    fn check_rows(&self, rows: &arrow::datatypes::Schema, chunks: &[Chunk]) -> Result<(), String> {
+        let _ = (rows, chunks);
+        Ok(())
+    }
+    /// An empty chunk still changes this target (a replace deletes the
+    /// rows already in its range, which only running the chunk does), so
+    /// statistics proving the source empty there do not spare the scan.
+    fn empty_chunks_change_it(&self) -> bool {
+        false
+    }
 }
 
 /// The range a job owns in a target that records it itself, and the

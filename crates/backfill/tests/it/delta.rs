@@ -379,3 +379,31 @@ fn merge_never_replaces_a_newer_version_with_an_older_one() {
         "rows, sum(id), sum(amount): the latest version of each key"
     );
 }
+
+#[test]
+fn a_delta_replace_whose_transform_drops_the_range_column_is_a_job_file_error() {
+    // A Delta replace finds a chunk's rows in the table by the range column;
+    // without it in the transformed rows nothing could be replaced.
+    let demo = Demo::new(300, "\"1 month\"");
+    demo.without_quality();
+    target_to_delta(&demo);
+    demo.edit_job(|s| {
+        s.replace(
+            "SELECT *, date_part('year', created_at)",
+            "SELECT * EXCLUDE (created_at), date_part('year', created_at)",
+        )
+    });
+    let out = demo.run(&["run", &demo.job_str()]);
+    assert_eq!(code(&out), 2, "{}", text(&out));
+    assert!(
+        text(&out).contains(
+            "range.column: a Delta target replaces each chunk's range by the column \"created_at\""
+        ),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        !std::path::Path::new(&delta_path(&demo)).exists(),
+        "nothing written"
+    );
+}

@@ -41,6 +41,9 @@ use crate::store::Remote;
 
 mod ownership;
 mod read;
+mod stores;
+
+use stores::*;
 
 #[derive(Debug)]
 pub struct DeltaSink {
@@ -320,58 +323,6 @@ impl DeltaSink {
                 .map_err(self.err())?;
         }
         self.files.remove(&paths).await
-    }
-}
-
-/// Lets deltalake open `s3://`, `gs://` and `az://` tables with our
-/// object-store clients (credentials from the environment, see
-/// [`crate::store`]) and its default log store, which commits a version with
-/// a conditional put (`If-None-Match`), so two writers never both win.
-fn register_object_store_schemes() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        for scheme in backfill_core::spec::OBJECT_STORE_SCHEMES {
-            let Ok(url) = url::Url::parse(&format!("{scheme}://")) else {
-                continue;
-            };
-            deltalake::logstore::object_store_factories()
-                .insert(url.clone(), Arc::new(StoreFactory));
-            deltalake::logstore::logstore_factories().insert(url, Arc::new(StoreFactory));
-        }
-    });
-}
-
-struct StoreFactory;
-
-impl deltalake::logstore::ObjectStoreFactory for StoreFactory {
-    fn parse_url_opts(
-        &self,
-        url: &url::Url,
-        _config: &deltalake::logstore::StorageConfig,
-    ) -> deltalake::DeltaResult<(
-        deltalake::logstore::ObjectStoreRef,
-        object_store::path::Path,
-    )> {
-        let remote = Remote::open(url.as_str(), url.as_str())
-            .map_err(|e| deltalake::DeltaTableError::Generic(e.to_string()))?;
-        Ok((remote.store, remote.prefix))
-    }
-}
-
-impl deltalake::logstore::LogStoreFactory for StoreFactory {
-    fn with_options(
-        &self,
-        prefixed_store: deltalake::logstore::ObjectStoreRef,
-        root_store: deltalake::logstore::ObjectStoreRef,
-        location: &url::Url,
-        options: &deltalake::logstore::StorageConfig,
-    ) -> deltalake::DeltaResult<Arc<dyn deltalake::logstore::LogStore>> {
-        Ok(deltalake::logstore::default_logstore(
-            prefixed_store,
-            root_store,
-            location,
-            options,
-        ))
     }
 }
 
@@ -719,6 +670,22 @@ impl Sink for Arc<DeltaSink> {
 
     async fn scan(&self) -> Result<TargetFiles, SinkError> {
         self.files.scan().await
+    }
+
+    /// Replace finds a chunk's rows in the table by the range column.
+    fn check_rows(&self, rows: &arrow::datatypes::Schema, chunks: &[Chunk]) -> Result<(), String> {
+        let Some(column) = self.range_column.as_deref().filter(|_| self.owns_ranges()) else {
+            return Ok(());
+        };
+        let bounded = chunks
+            .iter()
+            .any(|c| c.lo.is_some() || c.hi.is_some() || c.value.is_some());
+        if bounded && rows.field_with_name(column).is_err() {
+            return Err(format!(
+                "a Delta target replaces each chunk's range by the column \"{column}\" in the table; keep it in the transform's SELECT"
+            ));
+        }
+        Ok(())
     }
 }
 

@@ -622,6 +622,12 @@ impl Sink for PgSink {
         }
         Ok(Some((self.inner.url.clone(), sql)))
     }
+
+    /// Replace deletes the rows already in the chunk's range in the same
+    /// transaction that inserts its new ones.
+    fn empty_chunks_change_it(&self) -> bool {
+        true
+    }
 }
 
 impl Target for PgSink {
