@@ -2,6 +2,68 @@
 
 use super::*;
 
+/// `[source] compression`: how CSV and JSON files are compressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SourceCompression {
+    /// By the files' extension (`.gz`, `.zst`, `.bz2`, `.xz`, or none).
+    #[default]
+    Auto,
+    None,
+    Gzip,
+    Zstd,
+    Bzip2,
+    Xz,
+}
+
+impl SourceCompression {
+    /// The codecs, each with the extension its files carry.
+    pub const CODECS: [(SourceCompression, &'static str); 4] = [
+        (SourceCompression::Gzip, ".gz"),
+        (SourceCompression::Zstd, ".zst"),
+        (SourceCompression::Bzip2, ".bz2"),
+        (SourceCompression::Xz, ".xz"),
+    ];
+
+    pub fn parse(s: &str) -> Option<SourceCompression> {
+        Some(match s.to_ascii_lowercase().as_str() {
+            "auto" => SourceCompression::Auto,
+            "none" | "uncompressed" => SourceCompression::None,
+            "gzip" | "gz" => SourceCompression::Gzip,
+            "zstd" | "zst" => SourceCompression::Zstd,
+            "bzip2" | "bz2" => SourceCompression::Bzip2,
+            "xz" | "lzma" => SourceCompression::Xz,
+            _ => return None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            SourceCompression::Auto => "auto",
+            SourceCompression::None => "none",
+            SourceCompression::Gzip => "gzip",
+            SourceCompression::Zstd => "zstd",
+            SourceCompression::Bzip2 => "bzip2",
+            SourceCompression::Xz => "xz",
+        }
+    }
+
+    /// The extension after the format's (`.csv.gz`): empty for none.
+    pub fn extension(self) -> &'static str {
+        Self::CODECS
+            .iter()
+            .find(|(c, _)| *c == self)
+            .map_or("", |(_, e)| e)
+    }
+
+    /// What a file's name says: `data.csv.gz` is gzip, `data.csv` none.
+    pub fn of_file(name: &str) -> SourceCompression {
+        Self::CODECS
+            .iter()
+            .find(|(_, e)| name.ends_with(e))
+            .map_or(SourceCompression::None, |(c, _)| *c)
+    }
+}
+
 pub(super) fn read_source(
     d: &mut Diags,
     env: Env,
@@ -24,6 +86,7 @@ pub(super) fn read_source(
             url: None,
             has_header: false,
             delimiter: b',',
+            compression: SourceCompression::None,
             columns: Vec::new(),
             postgres: Some(pg),
         });
@@ -31,8 +94,16 @@ pub(super) fn read_source(
     let path = t.string(d, env, "path");
     let has_header = t.bool(d, "has_header");
     let delimiter = t.string(d, env, "delimiter");
+    let compression = t.string(d, env, "compression");
     let columns = t.table(d, "columns");
-    let known = ["format", "path", "has_header", "delimiter", "columns"];
+    let known = [
+        "format",
+        "path",
+        "has_header",
+        "delimiter",
+        "compression",
+        "columns",
+    ];
     let format = match format {
         Some(f) => match f.value.to_ascii_lowercase().as_str() {
             "parquet" => Some(SourceFormat::Parquet),
@@ -70,6 +141,31 @@ pub(super) fn read_source(
             "has_header and delimiter only apply to format = \"csv\"",
         );
     }
+    let compression = match compression {
+        None => Some(SourceCompression::Auto),
+        Some(c) => match SourceCompression::parse(&c.value) {
+            Some(_) if format == Some(SourceFormat::Parquet) => {
+                d.push(
+                    c.span,
+                    "source.compression",
+                    "only applies to format = \"csv\" or \"json\" (Parquet compresses inside its files)",
+                );
+                None
+            }
+            Some(parsed) => Some(parsed),
+            None => {
+                d.push(
+                    c.span,
+                    "source.compression",
+                    format!(
+                        "\"{}\" is not a compression (expected auto, none, gzip, zstd, bzip2 or xz)",
+                        c.shown
+                    ),
+                );
+                None
+            }
+        },
+    };
     let delimiter = match delimiter {
         Some(dl) if dl.value.len() == 1 => Some(dl.value.as_bytes()[0]),
         Some(dl) if dl.value == "\\t" => Some(b'\t'),
@@ -136,6 +232,7 @@ pub(super) fn read_source(
         path_shown: path.shown,
         has_header: has_header.unwrap_or(true),
         delimiter: delimiter?,
+        compression: compression?,
         columns: column_types,
         postgres: None,
     })

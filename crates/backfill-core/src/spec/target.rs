@@ -260,3 +260,56 @@ pub(super) fn version_column(
     }
     Some(v.value)
 }
+
+/// Folders that must not nest: a target inside a source that is read
+/// recursively (each run would read its own output), and the state inside
+/// the target (readers would find it among the data, and a replace could
+/// delete it).
+pub(super) fn check_overlaps(
+    d: &mut Diags,
+    source: &SourceSpec,
+    target: &TargetSpec,
+    state: &StateSpec,
+) {
+    let shown_path = |p: &Path| p.display().to_string();
+    let at = |loc: Loc| (loc.line, loc.column);
+    let source_is_dir = source.postgres.is_none()
+        && source.url.is_none()
+        && !source.path_shown.contains(['*', '?', '['])
+        && (source.path.is_dir() || source.path_shown.ends_with('/'));
+    if source_is_dir && target.url.is_none() && within(&target.path, &source.path) {
+        let (line, column) = at(target.path_loc);
+        d.list.push(Diagnostic {
+            line,
+            column,
+            key: "target.path".into(),
+            message: format!(
+                "{} is inside the source {}, which is read recursively: every run would read the rows it wrote; write the target outside the source folder",
+                target.path_shown,
+                source.path_shown
+            ),
+        });
+    }
+    if target.url.is_none() && target.postgres.is_none() && within(&state.path, &target.path) {
+        let (line, column) = if state.explicit {
+            at(state.path_loc)
+        } else {
+            at(target.path_loc)
+        };
+        d.list.push(Diagnostic {
+            line,
+            column,
+            key: "state.path".into(),
+            message: format!(
+                "the state {} is inside the target {}: readers would find it among the data and a replace could delete it; keep it outside the target{}",
+                shown_path(&state.path),
+                target.path_shown,
+                if state.explicit {
+                    ""
+                } else {
+                    " (the default is .backfill/ beside the job file: move the target or set [state] path)"
+                }
+            ),
+        });
+    }
+}

@@ -2,14 +2,16 @@
 //! (recursive) or a glob, read through DataFusion's listing table so a
 //! chunk's predicate prunes files and row groups by their statistics.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
-use backfill_core::spec::{ColumnType, SourceFormat, SourceSpec};
+use backfill_core::spec::{ColumnType, SourceCompression, SourceFormat, SourceSpec};
 use datafusion::catalog::TableProvider;
 use datafusion::config::TableParquetOptions;
 use datafusion::datasource::file_format::FileFormat;
 use datafusion::datasource::file_format::csv::CsvFormat;
+use datafusion::datasource::file_format::file_compression_type::FileCompressionType;
 use datafusion::datasource::file_format::json::JsonFormat;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{
@@ -111,19 +113,9 @@ impl FileSource {
                     "internal: a postgres source opened as files".into(),
                 )));
             }
-            SourceFormat::Csv => (
-                Arc::new(
-                    CsvFormat::default()
-                        .with_has_header(spec.has_header)
-                        .with_delimiter(spec.delimiter),
-                ),
-                ".csv",
-            ),
+            SourceFormat::Csv => (Arc::new(CsvFormat::default()), ".csv"),
             SourceFormat::Json => (Arc::new(JsonFormat::default()), ".json"),
         };
-        // A directory keeps to the format's extension; a named file or a glob
-        // says exactly what to read.
-        let extension = if is_dir && !globbed { ext } else { "" };
         let url_text = if is_dir && !path.ends_with('/') {
             format!("{path}/")
         } else {
@@ -134,11 +126,36 @@ impl FileSource {
             source,
         };
         let url = ListingTableUrl::parse(&url_text).map_err(read_err)?;
+        let state = ctx.state();
+        let compression = match spec.format {
+            SourceFormat::Csv | SourceFormat::Json => {
+                compression(spec, &url, &state, &path, is_dir || globbed, ext, &shown).await?
+            }
+            _ => SourceCompression::None,
+        };
+        let codec = file_compression_type(compression);
+        let format: Arc<dyn FileFormat> = match spec.format {
+            SourceFormat::Csv => Arc::new(
+                CsvFormat::default()
+                    .with_has_header(spec.has_header)
+                    .with_delimiter(spec.delimiter)
+                    .with_file_compression_type(codec),
+            ),
+            SourceFormat::Json => Arc::new(JsonFormat::default().with_file_compression_type(codec)),
+            _ => format,
+        };
+        // A directory keeps to the format's extension (and its codec's); a
+        // named file or a glob says exactly what to read.
+        let dir_extension = format!("{ext}{}", compression.extension());
+        let extension = if is_dir && !globbed {
+            dir_extension.as_str()
+        } else {
+            ""
+        };
         let mut options = ListingOptions::new(format).with_file_extension(extension);
         if let Some(c) = hive_column {
             options = options.with_table_partition_cols(vec![(c.to_string(), DataType::Utf8)]);
         }
-        let state = ctx.state();
         if spec.format == SourceFormat::Parquet {
             check_parquet_footers(&url, &state, &options.file_extension)
                 .await
@@ -157,9 +174,11 @@ impl FileSource {
         let inferred = match options.infer_schema(&state, &url).await {
             Ok(s) => s,
             Err(e) if e.to_string().contains("No files found") => {
+                let found = found_there(&url, &state).await;
                 return Err(SourceError::Empty {
                     shown,
                     format: spec.format.name(),
+                    found,
                 });
             }
             Err(e) => return Err(read_err(e)),
@@ -435,6 +454,96 @@ fn file_identity(m: &object_store::ObjectMeta) -> String {
         m.size,
         m.last_modified.timestamp_micros()
     )
+}
+
+/// The codec of the source's CSV or JSON files: the one `[source]
+/// compression` names, else what their names say. One scan decodes one
+/// way, so files of a folder or glob must agree.
+async fn compression(
+    spec: &SourceSpec,
+    url: &ListingTableUrl,
+    state: &datafusion::execution::SessionState,
+    path: &str,
+    listed: bool,
+    ext: &str,
+    shown: &str,
+) -> Result<SourceCompression, SourceError> {
+    if spec.compression != SourceCompression::Auto {
+        return Ok(spec.compression);
+    }
+    if !listed {
+        return Ok(SourceCompression::of_file(path));
+    }
+    let files = list_files(url, state, "")
+        .await
+        .map_err(|source| SourceError::Read {
+            shown: shown.to_string(),
+            source,
+        })?;
+    let mut seen: BTreeMap<&'static str, usize> = BTreeMap::new();
+    let mut codecs = Vec::new();
+    for f in &files {
+        let name = f.location.filename().unwrap_or_default();
+        let codec = SourceCompression::of_file(name);
+        if name.ends_with(&format!("{ext}{}", codec.extension())) {
+            *seen.entry(codec.name()).or_default() += 1;
+            if !codecs.contains(&codec) {
+                codecs.push(codec);
+            }
+        }
+    }
+    match codecs.as_slice() {
+        // Nothing of the format: the listing reports it, with what is there.
+        [] => Ok(SourceCompression::None),
+        [one] => Ok(*one),
+        _ => Err(SourceError::MixedCompression {
+            shown: shown.to_string(),
+            found: seen
+                .iter()
+                .map(|(codec, n)| format!("{n} {codec}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+        }),
+    }
+}
+
+fn file_compression_type(c: SourceCompression) -> FileCompressionType {
+    match c {
+        SourceCompression::Gzip => FileCompressionType::GZIP,
+        SourceCompression::Zstd => FileCompressionType::ZSTD,
+        SourceCompression::Bzip2 => FileCompressionType::BZIP2,
+        SourceCompression::Xz => FileCompressionType::XZ,
+        SourceCompression::Auto | SourceCompression::None => FileCompressionType::UNCOMPRESSED,
+    }
+}
+
+/// What a source path that has none of the format's files holds, for the
+/// message: `" (it holds 3 .txt and 1 .parquet files)"`.
+async fn found_there(url: &ListingTableUrl, state: &datafusion::execution::SessionState) -> String {
+    let Ok(files) = list_files(url, state, "").await else {
+        return String::new();
+    };
+    if files.is_empty() {
+        return " (it holds no files)".into();
+    }
+    let mut kinds: BTreeMap<String, usize> = BTreeMap::new();
+    for f in &files {
+        let name = f.location.filename().unwrap_or_default();
+        let kind = match name.split_once('.') {
+            Some((_, rest)) if !rest.is_empty() => format!(".{rest}"),
+            _ => "without an extension".to_string(),
+        };
+        *kinds.entry(kind).or_default() += 1;
+    }
+    let mut kinds: Vec<(String, usize)> = kinds.into_iter().collect();
+    kinds.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    let shown: Vec<String> = kinds
+        .iter()
+        .take(5)
+        .map(|(k, n)| format!("{n} {k}"))
+        .collect();
+    let more = if kinds.len() > 5 { ", ..." } else { "" };
+    format!(" (it holds files: {}{more})", shown.join(", "))
 }
 
 /// The source's files, in name order.

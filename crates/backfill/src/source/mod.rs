@@ -19,8 +19,17 @@ pub use files::FileSource;
 pub enum SourceError {
     #[error("source path {shown} does not exist")]
     NotFound { shown: String },
-    #[error("no {format} files found under source path {shown}")]
-    Empty { shown: String, format: &'static str },
+    #[error("no {format} files found under source path {shown}{found}")]
+    Empty {
+        shown: String,
+        format: &'static str,
+        /// What is there instead, for the message.
+        found: String,
+    },
+    #[error(
+        "source {shown} mixes compressions ({found}); one scan reads one codec: split the files or set [source] compression"
+    )]
+    MixedCompression { shown: String, found: String },
     #[error("source {shown}: file {file} is not a readable Parquet file: {reason}")]
     Corrupt {
         shown: String,
@@ -55,6 +64,7 @@ impl SourceError {
                 self,
                 SourceError::NotFound { .. }
                     | SourceError::Empty { .. }
+                    | SourceError::MixedCompression { .. }
                     | SourceError::UnknownColumn { .. }
             ),
         }

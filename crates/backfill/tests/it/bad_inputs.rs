@@ -85,6 +85,13 @@ fn cases() -> Vec<Case> {
             }),
             ..case("truncated_parquet", Job::Demo(|s| s), 1)
         },
+        // Compressed sources (issue 22): a codec the job names wrongly, or
+        // files a scan cannot read as one, exit 2 naming what is there.
+        case("unknown_compression", Job::Text("[source]\nformat = \"csv\"\npath = \"in/\"\ncompression = \"lz5\"\n[target]\npath = \"out\"\n", &[]), 2),
+        case("compression_on_parquet", Job::Text("[source]\nformat = \"parquet\"\npath = \"in/\"\ncompression = \"gzip\"\n[target]\npath = \"out\"\n", &[]), 2),
+        case("mixed_compressions", Job::Text(CSV_JOB, &[("in/a.csv", b"a,b,t\n1,x,2023-01-01 00:00:00\n"), ("in/b.csv.gz", b"not gzip at all")]), 2),
+        case("compressed_files_read_as_plain", Job::Text("[source]\nformat = \"csv\"\npath = \"in/\"\ncompression = \"none\"\n[target]\npath = \"out\"\n", &[("in/a.csv.gz", b"not read"), ("in/b.csv.gz", b"not read")]), 2),
+        case("no_file_of_the_format", Job::Text(CSV_JOB, &[("in/notes.txt", b"hello"), ("in/data.parquet", b"PAR1")]), 2),
         case("csv_ragged_rows", Job::Text(CSV_JOB, &[("in/a.csv", b"a,b,t\n1,2,2023-01-01 00:00:00\n3\n4,5,2023-02-01 00:00:00\n")]), 1),
         case("csv_bad_quote", Job::Text(CSV_JOB, &[("in/a.csv", b"a,b,t\n1,\"x,2023-01-01 00:00:00\n2,y,2023-01-02 00:00:00\n")]), 1),
         case("csv_non_utf8", Job::Text(CSV_JOB, &[("in/a.csv", b"a,b,t\n1,caf\xe9,2023-01-01 00:00:00\n")]), 1),

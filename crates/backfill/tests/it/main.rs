@@ -4,6 +4,7 @@
 mod api;
 mod bad_inputs;
 mod cli;
+mod compressed;
 mod crash;
 mod dedup;
 mod delta;
