@@ -306,6 +306,9 @@ pub struct TargetSpec {
     /// partition's next rows start another (S3 copies at most 5 GiB into
     /// place in one request).
     pub max_file_size: u64,
+    /// `max_file_rows`: a file holds at most this many rows; the
+    /// partition's next rows start another. `None`: no row cap.
+    pub max_file_rows: Option<u64>,
     /// Delta `mode = "merge"`: the keys; empty for `replace`.
     pub merge_keys: Vec<String>,
     /// Merge (Delta or PostgreSQL): the column whose larger value is the

@@ -57,6 +57,7 @@ pub(super) fn read_target(
             partition_loc: loc(text, &span),
             compression: Compression::None,
             max_file_size: DEFAULT_MAX_FILE_SIZE,
+            max_file_rows: None,
             merge_keys: Vec::new(),
             postgres: Some(pg),
         });
@@ -65,6 +66,7 @@ pub(super) fn read_target(
     let partition_by = t.strings(d, env, "partition_by");
     let compression = t.string(d, env, "compression");
     let max_file_size = t.string(d, env, "max_file_size");
+    let max_file_rows = t.int(d, "max_file_rows");
     let mode = t.string(d, env, "mode");
     let keys = t.strings(d, env, "keys");
     let keys_span = t.raw_span("keys");
@@ -77,6 +79,7 @@ pub(super) fn read_target(
             "partition_by",
             "compression",
             "max_file_size",
+            "max_file_rows",
             "mode",
             "keys",
             "schema",
@@ -104,6 +107,18 @@ pub(super) fn read_target(
                 None
             }
         },
+    };
+    let max_file_rows = match max_file_rows {
+        None => Some(None),
+        Some(m) if m.value >= 1 => Some(Some(m.value as u64)),
+        Some(m) => {
+            d.push(
+                m.span,
+                "target.max_file_rows",
+                format!("must be at least 1, got {}", m.value),
+            );
+            None
+        }
     };
     let format = match format {
         Some(f) if f.value.eq_ignore_ascii_case("parquet") => Some(TargetFormat::Parquet),
@@ -228,6 +243,7 @@ pub(super) fn read_target(
         partition_loc: loc(text, &partition_span.unwrap_or(0..0)),
         compression: compression?,
         max_file_size: max_file_size?,
+        max_file_rows: max_file_rows?,
         version_column: version_column(d, version, !merge_keys.is_empty()),
         version_loc,
         merge_keys,

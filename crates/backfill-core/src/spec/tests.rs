@@ -355,3 +355,23 @@ fn max_file_size_is_between_1_mib_and_4_gib() {
         );
     }
 }
+
+#[test]
+fn max_file_rows_is_a_positive_count() {
+    let with = |v: &str| {
+        EXAMPLE.replace(
+            "compression = \"zstd\"",
+            &format!("compression = \"zstd\"\nmax_file_rows = {v}"),
+        )
+    };
+    assert_eq!(
+        parse(&with("1000")).expect("parses").target.max_file_rows,
+        Some(1000)
+    );
+    assert_eq!(parse(EXAMPLE).expect("parses").target.max_file_rows, None);
+    let shown = parse(&with("0")).expect_err("zero").to_string();
+    assert!(
+        shown.contains("target.max_file_rows: must be at least 1"),
+        "{shown}"
+    );
+}

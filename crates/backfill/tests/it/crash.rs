@@ -507,3 +507,48 @@ fn publish_retries_follow_the_run_section() {
     let v = patient.run(&["validate", &patient.job_str()]);
     assert_eq!(code(&v), 0, "{}", text(&v));
 }
+
+#[test]
+fn files_capped_by_rows_are_read_back_whole_and_owned_after_a_crash() {
+    // Issue 22: one chunk over the whole range writes files of at most
+    // `max_file_rows` rows; a process killed once they are staged leaves
+    // nothing the next run does not own.
+    let demo = Demo::new(3_000, "\"all\"");
+    demo.without_quality();
+    demo.edit_job(|s| {
+        s.replace(
+            "compression = \"zstd\"",
+            "max_file_rows = 70\ncompression = \"zstd\"",
+        )
+    });
+    let out = demo.run_env(
+        &["run", &demo.job_str()],
+        &[("BACKFILL_FAILPOINTS", "after_write:1")],
+    );
+    assert_ne!(code(&out), 0, "{}", text(&out));
+    demo.run_ok(&[]);
+    let files = duckdb(&format!(
+        "SELECT count(*), max(n), sum(n) FROM (SELECT filename, count(*) AS n \
+         FROM read_parquet('{}', filename = true, hive_partitioning = true) GROUP BY filename)",
+        demo.target_glob()
+    ));
+    let expected = duckdb(&format!(
+        "SELECT count(*) FROM read_parquet('{}') WHERE created_at >= TIMESTAMP '2023-01-01' \
+         AND created_at < TIMESTAMP '2024-01-01'",
+        demo.source_glob()
+    ));
+    let (count, largest, rows) = (int(&files[0][0]), int(&files[0][1]), int(&files[0][2]));
+    assert!(largest <= 70, "a file holds {largest} rows");
+    assert!(count >= int(&expected[0][0]) / 70, "{count} files");
+    assert_eq!(rows, int(&expected[0][0]));
+    assert_eq!(duplicate_rows(&demo), 0);
+    assert!(
+        demo.warehouse_files()
+            .iter()
+            .all(|f| !f.contains(".inprogress")),
+        "{:?}",
+        demo.warehouse_files()
+    );
+    let v = demo.run(&["validate", &demo.job_str()]);
+    assert_eq!(code(&v), 0, "{}", text(&v));
+}

@@ -142,6 +142,8 @@ pub struct ParquetSink {
     job_tag: String,
     /// `[target] max_file_size`.
     max_file_size: u64,
+    /// `[target] max_file_rows`.
+    max_file_rows: Option<u64>,
     /// Each chunk writer's share of `[run] memory_limit`: bytes (as two
     /// words, set once the run knows how many chunks run at once) and files
     /// open at once.
@@ -200,6 +202,7 @@ impl ParquetSink {
             checksum,
             job_tag: job_tag(""),
             max_file_size: spec.max_file_size,
+            max_file_rows: spec.max_file_rows,
             memory: [
                 AtomicUsize::new(WriterMemory::UNBOUNDED.bytes),
                 AtomicUsize::new(WriterMemory::UNBOUNDED.max_open),
@@ -292,6 +295,7 @@ impl Sink for ParquetSink {
             by_key: HashMap::new(),
             opened: 0,
             max_file_size: self.max_file_size,
+            max_file_rows: self.max_file_rows,
             memory: self.writer_memory(),
             spill: None,
             pending: Vec::new(),

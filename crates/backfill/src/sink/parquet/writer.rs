@@ -163,6 +163,7 @@ pub(super) struct PartitionedWriter {
     /// Files opened in all rounds, which numbers their names.
     pub(super) opened: usize,
     pub(super) max_file_size: u64,
+    pub(super) max_file_rows: Option<u64>,
     pub(super) memory: WriterMemory,
     /// Rows of partitions that found no open file, and the rounds to come.
     pub(super) spill: Option<Spill>,
@@ -238,6 +239,9 @@ impl PartitionedWriter {
             let mut groups =
                 RowGroupWriter::new(self.runtime.clone(), data_schema.clone(), row_checksum);
             groups.set_file_bytes(self.max_file_size);
+            if let Some(rows) = self.max_file_rows {
+                groups.set_file_rows(rows);
+            }
             self.layout = Some(Layout {
                 part_cols,
                 data_cols,
@@ -258,9 +262,7 @@ impl PartitionedWriter {
         };
         let data = batch.project(&layout.data_cols)?;
         let Some(converter) = layout.converter.as_ref() else {
-            let f = self.file_for(&[], batch, 0)?;
-            self.write_to(f, data)?;
-            return self.close_if_full(&[], f);
+            return self.write_capped(&[], batch, 0, data);
         };
         let part_arrays: Vec<_> = layout
             .part_cols
@@ -305,10 +307,8 @@ impl PartitionedWriter {
             } else {
                 take_record_batch(&data, &UInt32Array::from(idx))?
             };
-            let f = self.file_for(&key, batch, first)?;
             let start = std::time::Instant::now();
-            self.write_to(f, part)?;
-            self.close_if_full(&key, f)?;
+            self.write_capped(&key, batch, first, part)?;
             writing += start.elapsed();
         }
         if let Some(layout) = self.layout.as_mut() {
@@ -317,6 +317,33 @@ impl PartitionedWriter {
             layout.groups.note_overhead(nanos, batch.num_rows());
         }
         Ok(())
+    }
+
+    /// Writes `part` (rows of partition `key`, whose first row is row
+    /// `first` of `batch`) into the partition's open file, splitting it
+    /// where a file reaches `max_file_rows` so that no file holds more.
+    pub(super) fn write_capped(
+        &mut self,
+        key: &[u8],
+        batch: &RecordBatch,
+        first: usize,
+        mut part: RecordBatch,
+    ) -> Result<(), SinkError> {
+        loop {
+            let f = self.file_for(key, batch, first)?;
+            let room = match self.layout.as_ref() {
+                Some(layout) => layout.groups.room(f),
+                None => return Err(SinkError::WriterGone),
+            };
+            if part.num_rows() <= room {
+                self.write_to(f, part)?;
+                return self.close_if_full(key, f);
+            }
+            let rest = part.slice(room, part.num_rows() - room);
+            self.write_to(f, part.slice(0, room))?;
+            self.close_if_full(key, f)?;
+            part = rest;
+        }
     }
 
     /// Closes file `f` of partition `key` once it reached `max_file_size`:
