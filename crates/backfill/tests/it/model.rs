@@ -178,6 +178,8 @@ struct Case {
     /// The range end of the job sharing the Parquet folder, once a run of
     /// it committed every chunk: its rows are then part of the model.
     neighbour: Option<&'static str>,
+    /// The caps the case runs under ([`Case::limit`]), for messages.
+    limits: String,
 }
 
 impl Case {
@@ -213,6 +215,39 @@ impl Case {
             end: ENDS[0],
             pg,
             neighbour: None,
+            limits: "none".into(),
+        }
+    }
+
+    /// Draws caps to run under: a row cap per file (a chunk writes many
+    /// files, each of which recovery must own) and a small memory limit
+    /// (the dedup index built in parts, rows spilled and held back on
+    /// disk).
+    fn limit(&mut self, rng: &mut StdRng) {
+        let mut shown = Vec::new();
+        if self.target != Target::Postgres && rng.random_bool(0.4) {
+            let rows = rng.random_range(20..200);
+            self.demo.edit_job(|s| {
+                s.replacen(
+                    "compression = \"zstd\"",
+                    &format!("max_file_rows = {rows}\ncompression = \"zstd\""),
+                    1,
+                )
+            });
+            shown.push(format!("max_file_rows = {rows}"));
+        }
+        if rng.random_bool(0.4) {
+            self.demo.edit_job(|s| {
+                s.replacen(
+                    "parallelism = 2",
+                    "parallelism = 2\nmemory_limit = \"16MiB\"",
+                    1,
+                )
+            });
+            shown.push("memory_limit = 16MiB".to_string());
+        }
+        if !shown.is_empty() {
+            self.limits = shown.join(", ");
         }
     }
 
@@ -596,10 +631,13 @@ fn random_sequences_keep_the_target_equal_to_the_model() {
         let seed = base + n;
         let mut rng = StdRng::seed_from_u64(seed);
         let mut case = Case::new(&mut rng);
+        // From a generator of their own, so that a seed draws the same
+        // operations as before the caps were drawn.
+        case.limit(&mut StdRng::seed_from_u64(seed ^ 0x5EED_CA95));
         let describe = |case: &Case, history: &[Op]| {
             format!(
-                "seed {seed} ({:?}, quality {}, replay with BACKFILL_MODEL_SEED={seed} BACKFILL_MODEL_CASES=1 BACKFILL_MODEL_STEPS={steps}), steps: {history:?}",
-                case.target, case.quality
+                "seed {seed} ({:?}, quality {}, caps: {}, replay with BACKFILL_MODEL_SEED={seed} BACKFILL_MODEL_CASES=1 BACKFILL_MODEL_STEPS={steps}), steps: {history:?}",
+                case.target, case.quality, case.limits
             )
         };
         // Every sequence starts with a run and ends with one.
