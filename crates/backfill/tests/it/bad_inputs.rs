@@ -225,6 +225,7 @@ fn cases() -> Vec<Case> {
         ),
         case("bad_delimiter", Job::Text("[source]\nformat = \"csv\"\npath = \"in/\"\ndelimiter = \"ab\"\n[target]\npath = \"out\"\n", &[]), 2),
         case("bad_compression", Job::Demo(|s| s.replace("compression = \"zstd\"", "compression = \"brotli\"")), 2),
+        case("max_file_rows_zero", Job::Demo(|s| s.replace("compression = \"zstd\"", "max_file_rows = 0\ncompression = \"zstd\"")), 2),
         case(
             "duplicate_partition_column",
             Job::Demo(|s| s.replace("partition_by = [\"year\", \"month\"]", "partition_by = [\"year\", \"year\"]")),
