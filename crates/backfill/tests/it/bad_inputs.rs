@@ -23,6 +23,9 @@ path = "out"
 retries = 0
 "#;
 
+/// `a,b,t` and one row, gzip-compressed (Python's gzip, mtime 0).
+const GZIPPED_CSV: &[u8] = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x02\x03\x4b\xd4\x49\xd2\x29\xe1\x32\xd4\xa9\xd0\x31\x32\x30\x32\xd6\x35\x30\x04\x22\x05\x03\x03\x2b\x30\xe2\x02\x00\x34\xb1\x4c\x17\x1e\x00\x00\x00";
+
 enum Job {
     /// The demo job (300 rows of demo data), edited.
     Demo(fn(String) -> String),
@@ -91,6 +94,7 @@ fn cases() -> Vec<Case> {
         case("compression_on_parquet", Job::Text("[source]\nformat = \"parquet\"\npath = \"in/\"\ncompression = \"gzip\"\n[target]\npath = \"out\"\n", &[]), 2),
         case("mixed_compressions", Job::Text(CSV_JOB, &[("in/a.csv", b"a,b,t\n1,x,2023-01-01 00:00:00\n"), ("in/b.csv.gz", b"not gzip at all")]), 2),
         case("compressed_files_read_as_plain", Job::Text("[source]\nformat = \"csv\"\npath = \"in/\"\ncompression = \"none\"\n[target]\npath = \"out\"\n", &[("in/a.csv.gz", b"not read"), ("in/b.csv.gz", b"not read")]), 2),
+        case("compression_named_on_spark", Job::Text("[source]\nformat = \"csv\"\npath = \"in/\"\ncompression = \"gzip\"\n[source.columns]\nt = \"timestamp\"\n[engine]\nkind = \"spark\"\nremote = \"sc://127.0.0.1:1\"\nstaging = \"stage\"\n[target]\npath = \"out\"\n", &[("in/a.csv.gz", GZIPPED_CSV)]), 2),
         case("no_file_of_the_format", Job::Text(CSV_JOB, &[("in/notes.txt", b"hello"), ("in/data.parquet", b"PAR1")]), 2),
         case("csv_ragged_rows", Job::Text(CSV_JOB, &[("in/a.csv", b"a,b,t\n1,2,2023-01-01 00:00:00\n3\n4,5,2023-02-01 00:00:00\n")]), 1),
         case("csv_bad_quote", Job::Text(CSV_JOB, &[("in/a.csv", b"a,b,t\n1,\"x,2023-01-01 00:00:00\n2,y,2023-01-02 00:00:00\n")]), 1),

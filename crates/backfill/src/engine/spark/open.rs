@@ -2,6 +2,8 @@
 //! and rules checked in Spark's dialect, their errors put on the job file's
 //! keys) and its errors classified where they arise.
 
+use backfill_core::spec::SourceCompression;
+
 use super::*;
 
 impl From<SparkError> for EngineError {
@@ -36,6 +38,20 @@ pub(crate) async fn open(
         key: key.into(),
         message,
     };
+    // Spark picks a codec by each file's extension and has no setting for
+    // files whose names say nothing.
+    let c = spec.source.compression;
+    if !matches!(c, SourceCompression::Auto | SourceCompression::None) {
+        return Err(job(
+            spec.source.path_loc,
+            "source.compression",
+            format!(
+                "the Spark engine reads compressed files by their extension only; leave out compression = \"{}\" and name the files *{}",
+                c.name(),
+                c.extension()
+            ),
+        ));
+    }
     match SparkJob::open(spec, schema, range.cloned()).await {
         Ok(j) => Ok(Opened {
             transformed: j.transformed.clone(),
