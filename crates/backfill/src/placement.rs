@@ -299,6 +299,7 @@ pub async fn transformed_with_chunks(
     ctx: &SessionContext,
     raw: DataFrame,
     transform_sql: &str,
+    lookups: &crate::source::Lookups,
     range: &RangeColumn,
     chunks: &[Chunk],
 ) -> Result<DataFrame, DataFusionError> {
@@ -321,6 +322,7 @@ pub async fn transformed_with_chunks(
     for (i, chunk) in chunks.iter().enumerate() {
         // A context of its own, so each chunk has its own `source`.
         let own = SessionContext::new_with_config_rt(ctx.copied_config(), ctx.runtime_env());
+        crate::source::register_lookups(&own, lookups)?;
         let mut rows = raw.clone();
         if let Some(pred) = crate::predicate::datafusion(range, chunk)? {
             rows = rows.filter(pred)?;

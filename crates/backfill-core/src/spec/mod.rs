@@ -114,8 +114,18 @@ pub struct JobSpec {
     pub validate: ValidateSpec,
     /// `[engine]`: DataFusion in-process (default) or Spark Connect.
     pub engine: EngineSpec,
+    /// `[[tables]]`: lookup tables the transform can join.
+    pub tables: Vec<LookupSpec>,
     /// Values substituted from `${VAR}`: never to be printed or stored.
     pub secrets: Vec<String>,
+}
+
+/// `[[tables]]`: a table the transform can join by `name`, read like a
+/// file source.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LookupSpec {
+    pub name: String,
+    pub source: SourceSpec,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -649,6 +659,10 @@ fn read_job(
         Some(mut t) => quality::read_validate(d, env, &mut t),
         None => ValidateSpec::default(),
     };
+    let tables = match top.raw("tables") {
+        Some(raw) => read_tables(d, env, raw, base, text),
+        None => Vec::new(),
+    };
     let engine = match section(d, top, "engine", false) {
         Some(mut t) => engine::read_engine(d, env, &mut t, base, text),
         None => Some(EngineSpec::default()),
@@ -670,6 +684,7 @@ fn read_job(
         quarantine: quarantine?,
         validate,
         engine: engine?,
+        tables,
         secrets: Vec::new(),
     })
 }

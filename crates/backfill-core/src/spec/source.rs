@@ -71,10 +71,102 @@ pub(super) fn read_source(
     base: &Path,
     text: &str,
 ) -> Option<SourceSpec> {
+    read_files(d, env, t, base, text, "source", &[])
+}
+
+/// `[[tables]]`: lookup tables the transform can join, each read like a
+/// file source and named by `name`.
+pub(super) fn read_tables(
+    d: &mut Diags,
+    env: Env,
+    raw: &toml::Spanned<DeValue>,
+    base: &Path,
+    text: &str,
+) -> Vec<LookupSpec> {
+    let mut out: Vec<LookupSpec> = Vec::new();
+    let DeValue::Array(items) = raw.get_ref() else {
+        d.push(
+            raw.span(),
+            "tables",
+            "write each lookup table as a [[tables]] table",
+        );
+        return out;
+    };
+    for (i, item) in items.iter().enumerate() {
+        let prefix = format!("tables[{i}]");
+        let DeValue::Table(table) = item.get_ref() else {
+            d.push(
+                item.span(),
+                &prefix,
+                "expected a table with name, format and path",
+            );
+            continue;
+        };
+        let mut r = TableReader::new(&prefix, table, item.span());
+        let name = r.string(d, env, "name");
+        let source = read_files(d, env, &mut r, base, text, &prefix, &["name"]);
+        let name = match name {
+            Some(n) if !is_identifier(&n.value) => {
+                d.push(
+                    n.span,
+                    &format!("{prefix}.name"),
+                    format!(
+                        "\"{}\" is not a table name the transform can use (letters, digits and _, not starting with a digit)",
+                        n.shown
+                    ),
+                );
+                None
+            }
+            Some(n)
+                if n.value.eq_ignore_ascii_case("source")
+                    || out.iter().any(|l| l.name.eq_ignore_ascii_case(&n.value)) =>
+            {
+                d.push(
+                    n.span,
+                    &format!("{prefix}.name"),
+                    format!("\"{}\" is already a table of the transform", n.value),
+                );
+                None
+            }
+            Some(n) => Some(n.value),
+            None => {
+                if !r.has("name") {
+                    d.push(item.span(), &format!("{prefix}.name"), "missing");
+                }
+                None
+            }
+        };
+        if let (Some(name), Some(source)) = (name, source) {
+            out.push(LookupSpec { name, source });
+        }
+    }
+    out
+}
+
+fn is_identifier(s: &str) -> bool {
+    let mut chars = s.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// A file source's keys under `p` (`source`, or `tables[i]` with the extra
+/// keys `extra`).
+fn read_files(
+    d: &mut Diags,
+    env: Env,
+    t: &mut TableReader,
+    base: &Path,
+    text: &str,
+    p: &str,
+    extra: &[&str],
+) -> Option<SourceSpec> {
     let format = t.string(d, env, "format");
-    if format
-        .as_ref()
-        .is_some_and(|f| f.value.eq_ignore_ascii_case("postgres"))
+    if p == "source"
+        && format
+            .as_ref()
+            .is_some_and(|f| f.value.eq_ignore_ascii_case("postgres"))
     {
         let span = t.span();
         let (pg, shown) = postgres::read_source(d, env, t)?;
@@ -112,7 +204,7 @@ pub(super) fn read_source(
             _ => {
                 d.push(
                     f.span,
-                    "source.format",
+                    &format!("{p}.format"),
                     format!(
                         "\"{}\" is not a source format (expected parquet, csv, json or postgres)",
                         f.shown
@@ -125,7 +217,7 @@ pub(super) fn read_source(
             if !t.has("format") {
                 d.push(
                     t.span(),
-                    "source.format",
+                    &format!("{p}.format"),
                     "missing (expected parquet, csv, json or postgres)",
                 );
             }
@@ -137,7 +229,7 @@ pub(super) fn read_source(
     {
         d.push(
             t.span(),
-            "source",
+            p,
             "has_header and delimiter only apply to format = \"csv\"",
         );
     }
@@ -147,7 +239,7 @@ pub(super) fn read_source(
             Some(_) if format == Some(SourceFormat::Parquet) => {
                 d.push(
                     c.span,
-                    "source.compression",
+                    &format!("{p}.compression"),
                     "only applies to format = \"csv\" or \"json\" (Parquet compresses inside its files)",
                 );
                 None
@@ -156,7 +248,7 @@ pub(super) fn read_source(
             None => {
                 d.push(
                     c.span,
-                    "source.compression",
+                    &format!("{p}.compression"),
                     format!(
                         "\"{}\" is not a compression (expected auto, none, gzip, zstd, bzip2 or xz)",
                         c.shown
@@ -172,7 +264,7 @@ pub(super) fn read_source(
         Some(dl) => {
             d.push(
                 dl.span,
-                "source.delimiter",
+                &format!("{p}.delimiter"),
                 format!("must be a single ASCII character, got \"{}\"", dl.shown),
             );
             None
@@ -188,7 +280,7 @@ pub(super) fn read_source(
                     Some(c) => column_types.push((key.clone(), c)),
                     None => d.push(
                         ty.span,
-                        &format!("source.columns.{key}"),
+                        &format!("{p}.columns.{key}"),
                         format!(
                             "\"{}\" is not a column type (expected timestamp, date, int, float, string or bool)",
                             ty.shown
@@ -199,18 +291,19 @@ pub(super) fn read_source(
         }
         cols.finish(d, &[]);
     }
+    let known: Vec<&str> = known.iter().chain(extra).copied().collect();
     t.finish(d, &known);
     let path = match path {
-        Some(p) if p.value.trim().is_empty() => {
-            d.push(p.span, "source.path", "must not be empty");
+        Some(v) if v.value.trim().is_empty() => {
+            d.push(v.span, &format!("{p}.path"), "must not be empty");
             None
         }
-        Some(p) => Some(p),
+        Some(v) => Some(v),
         None => {
             if !t.has("path") {
                 d.push(
                     t.span(),
-                    "source.path",
+                    &format!("{p}.path"),
                     "missing (a file, directory or glob)",
                 );
             }
@@ -220,7 +313,7 @@ pub(super) fn read_source(
     let (local, url) = match resolve_location(base, &path.value) {
         Ok(l) => l,
         Err(e) => {
-            d.push(path.span, "source.path", e);
+            d.push(path.span, &format!("{p}.path"), e);
             return None;
         }
     };

@@ -28,7 +28,7 @@ use crate::error::ChunkError;
 use crate::failpoint;
 use crate::quality::{self, Splitter};
 use crate::sink::ChunkWriter;
-use crate::source::Source;
+use crate::source::{Lookups, Source, register_lookups};
 
 /// The DataFusion settings every chunk runs with.
 pub fn session_config() -> SessionConfig {
@@ -121,6 +121,8 @@ fn bytes_scanned(plan: &Arc<dyn ExecutionPlan>) -> u64 {
 pub struct ChunkQuery<'a> {
     pub spec: &'a JobSpec,
     pub source: &'a Arc<dyn Source>,
+    /// `[[tables]]`, which the transform may join.
+    pub lookups: &'a Lookups,
     pub range: Option<&'a RangeColumn>,
     pub config: &'a SessionConfig,
     pub runtime: &'a Arc<RuntimeEnv>,
@@ -187,6 +189,7 @@ async fn run_chunk(
 ) -> Result<ExecStats, ChunkError> {
     failpoint::hit("read", chunk.index)?;
     let ctx = SessionContext::new_with_config_rt(q.config.clone(), q.runtime.clone());
+    register_lookups(&ctx, q.lookups)?;
     let mut raw = ctx.read_table(q.source.table())?;
     if let Some(col) = q.range
         && let Some(pred) =
@@ -261,9 +264,11 @@ async fn run_chunk(
 /// row carries `__bf_c`, the chunk that selects its source row
 /// ([`crate::placement`]). `filter` applies the range predicate, which the
 /// caller skips when statistics prove every source row is in the range.
+#[allow(clippy::too_many_arguments)]
 pub async fn index_context(
     spec: &JobSpec,
     source: &Arc<dyn Source>,
+    lookups: &Lookups,
     place: Option<(&RangeColumn, &[Chunk])>,
     filter: Option<&RangeColumn>,
     whole: &Chunk,
@@ -271,6 +276,7 @@ pub async fn index_context(
     runtime: &Arc<RuntimeEnv>,
 ) -> DfResult<SessionContext> {
     let ctx = SessionContext::new_with_config_rt(config.clone(), runtime.clone());
+    register_lookups(&ctx, lookups)?;
     let mut raw = ctx.read_table(source.table())?;
     if let Some(range) = filter
         && let Some(pred) = crate::predicate::datafusion(range, whole)?
@@ -279,8 +285,15 @@ pub async fn index_context(
     }
     let transformed = match place {
         Some((range, chunks)) => {
-            crate::placement::transformed_with_chunks(&ctx, raw, transform_sql(spec), range, chunks)
-                .await?
+            crate::placement::transformed_with_chunks(
+                &ctx,
+                raw,
+                transform_sql(spec),
+                lookups,
+                range,
+                chunks,
+            )
+            .await?
         }
         None => {
             ctx.register_table("source", raw.into_view())?;
@@ -403,10 +416,12 @@ pub async fn index_rows(
 pub async fn check_transform(
     source_schema: SchemaRef,
     transform_sql: Option<&str>,
+    lookups: &Lookups,
     config: &SessionConfig,
     runtime: &Arc<RuntimeEnv>,
 ) -> Result<SchemaRef, DataFusionError> {
     let ctx = SessionContext::new_with_config_rt(config.clone(), runtime.clone());
+    register_lookups(&ctx, lookups)?;
     let empty = datafusion::datasource::empty::EmptyTable::new(source_schema);
     ctx.register_table("source", Arc::new(empty))?;
     let df = ctx

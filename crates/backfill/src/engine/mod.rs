@@ -113,10 +113,20 @@ pub(crate) async fn open(
     spec: &JobSpec,
     schema: SchemaRef,
     range: Option<&RangeColumn>,
+    lookups: &crate::source::Lookups,
     config: &SessionConfig,
     runtime: &Arc<RuntimeEnv>,
 ) -> Result<Opened, OpenError> {
     if let Some(s) = &spec.engine.spark {
+        if !spec.tables.is_empty() {
+            return Err(OpenError::Job {
+                loc: s.loc,
+                key: "engine.kind".into(),
+                message:
+                    "[[tables]] (lookup tables) are read by the local engine only, not yet on Spark"
+                        .into(),
+            });
+        }
         #[cfg(feature = "spark")]
         return spark::open(spec, s, schema, range).await;
         #[cfg(not(feature = "spark"))]
@@ -128,7 +138,7 @@ pub(crate) async fn open(
     }
     let _ = range;
     let sql = spec.transform.as_ref().map(|t| t.sql.as_str());
-    let transformed = local::check_transform(schema, sql, config, runtime)
+    let transformed = local::check_transform(schema, sql, lookups, config, runtime)
         .await
         .map_err(|e| OpenError::Job {
             loc: spec.transform.as_ref().map(|t| t.loc).unwrap_or_default(),

@@ -220,6 +220,7 @@ pub(crate) async fn attempt_chunk(
         let query = ChunkQuery {
             spec: &job.spec,
             source: &job.source,
+            lookups: &job.lookups,
             range: job.range.as_ref(),
             config: &shared.chunk_config,
             runtime: &job.runtime,

@@ -25,7 +25,12 @@ pub(crate) async fn dedup_index(
         .filter_map(|k| job.transformed.field_with_name(k).ok().cloned())
         .collect();
     let key_schema = Arc::new(arrow::datatypes::Schema::new(key_fields));
-    let fp = dedup::index_fingerprint(&job.spec, &job.source.fingerprint(), &key_schema);
+    // What the transform reads: the source and any lookup table.
+    let mut read = job.source.fingerprint();
+    for (name, table) in &job.lookups {
+        read.push_str(&format!("|{name}:{}", table.fingerprint()));
+    }
+    let fp = dedup::index_fingerprint(&job.spec, &read, &key_schema);
     let (Some(first), Some(last)) = (job.chunks.first(), job.chunks.last()) else {
         return Ok(None);
     };
@@ -75,6 +80,7 @@ pub(crate) async fn dedup_index(
     let ctx = engine::local::index_context(
         &job.spec,
         &job.source,
+        &job.lookups,
         range.map(|r| (r, job.chunks.as_slice())),
         job.range.as_ref().filter(|_| !covers_all),
         &whole,

@@ -7,6 +7,8 @@ use super::*;
 pub(crate) struct OpenJob {
     pub spec: JobSpec,
     pub source: Arc<dyn Source>,
+    /// `[[tables]]`, which the transform may join.
+    pub lookups: Vec<(String, Arc<dyn Source>)>,
     pub sinks: Sinks,
     /// The transform's output schema.
     pub transformed: arrow::datatypes::SchemaRef,
@@ -89,6 +91,21 @@ impl Backfill {
                     e.into()
                 }
             })?;
+        let mut lookups = Vec::new();
+        for (i, table) in self.spec.tables.iter().enumerate() {
+            let opened = source::open(&table.source, &ctx, None).await.map_err(|e| {
+                if e.is_configuration() {
+                    self.job_error(
+                        table.source.path_loc,
+                        &format!("tables[{i}].path"),
+                        e.to_string(),
+                    )
+                } else {
+                    e.into()
+                }
+            })?;
+            lookups.push((table.name.clone(), opened));
+        }
         let schema = source.schema();
         let range = match &self.spec.range {
             None => None,
@@ -156,6 +173,7 @@ impl Backfill {
             &self.spec,
             schema.clone(),
             range.as_ref(),
+            &lookups,
             &config,
             &runtime,
         )
@@ -250,6 +268,7 @@ impl Backfill {
         Ok(OpenJob {
             spec: self.spec.clone(),
             source,
+            lookups,
             sinks,
             transformed: out,
             range,

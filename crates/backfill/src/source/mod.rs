@@ -15,6 +15,17 @@ use datafusion::prelude::SessionContext;
 
 pub use files::FileSource;
 
+/// Lookup tables (`[[tables]]`): each name with its rows.
+pub type Lookups = [(String, Arc<dyn Source>)];
+
+/// Makes the lookup tables visible to the transform in `ctx`.
+pub fn register_lookups(ctx: &SessionContext, lookups: &Lookups) -> datafusion::error::Result<()> {
+    for (name, table) in lookups {
+        ctx.register_table(name.as_str(), table.table())?;
+    }
+    Ok(())
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
     #[error("source path {shown} does not exist")]

@@ -296,6 +296,7 @@ async fn check_chunk(
     let query = ChunkQuery {
         spec,
         source: &job.source,
+        lookups: &job.lookups,
         range: job.range.as_ref(),
         config: &job.config,
         runtime: &job.runtime,

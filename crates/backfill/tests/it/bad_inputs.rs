@@ -95,6 +95,9 @@ fn cases() -> Vec<Case> {
         case("mixed_compressions", Job::Text(CSV_JOB, &[("in/a.csv", b"a,b,t\n1,x,2023-01-01 00:00:00\n"), ("in/b.csv.gz", b"not gzip at all")]), 2),
         case("compressed_files_read_as_plain", Job::Text("[source]\nformat = \"csv\"\npath = \"in/\"\ncompression = \"none\"\n[target]\npath = \"out\"\n", &[("in/a.csv.gz", b"not read"), ("in/b.csv.gz", b"not read")]), 2),
         case("compression_named_on_spark", Job::Text("[source]\nformat = \"csv\"\npath = \"in/\"\ncompression = \"gzip\"\n[source.columns]\nt = \"timestamp\"\n[engine]\nkind = \"spark\"\nremote = \"sc://127.0.0.1:1\"\nstaging = \"stage\"\n[target]\npath = \"out\"\n", &[("in/a.csv.gz", GZIPPED_CSV)]), 2),
+        // Lookup tables (issue 22): one that is not there, one named like the source.
+        case("lookup_table_missing", Job::Demo(|s| format!("{s}\n[[tables]]\nname = \"customers\"\nformat = \"parquet\"\npath = \"nope/\"\n")), 2),
+        case("lookup_table_named_source", Job::Demo(|s| format!("{s}\n[[tables]]\nname = \"source\"\nformat = \"parquet\"\npath = \"source/\"\n")), 2),
         case("no_file_of_the_format", Job::Text(CSV_JOB, &[("in/notes.txt", b"hello"), ("in/data.parquet", b"PAR1")]), 2),
         case("csv_ragged_rows", Job::Text(CSV_JOB, &[("in/a.csv", b"a,b,t\n1,2,2023-01-01 00:00:00\n3\n4,5,2023-02-01 00:00:00\n")]), 1),
         case("csv_bad_quote", Job::Text(CSV_JOB, &[("in/a.csv", b"a,b,t\n1,\"x,2023-01-01 00:00:00\n2,y,2023-01-02 00:00:00\n")]), 1),

@@ -13,6 +13,7 @@ mod evolution;
 mod gaps;
 mod harness;
 mod identity;
+mod lookups;
 mod memory;
 mod model;
 mod partitions;
