@@ -375,6 +375,15 @@ async fn check_chunk(
             examples.first().map(String::as_str).unwrap_or_default()
         ));
     }
+    // A join with a lookup table keeps or drops a source row, never makes
+    // two of it, unless the table repeats a key: then every count above
+    // agrees with itself and only this says so.
+    if !spec.tables.is_empty() && all.rows > stats.rows_read {
+        problems.push(format!(
+            "the transform gives {} rows for the chunk's {} source rows: a lookup table ([[tables]]) matches some rows more than once (a repeated key?)",
+            all.rows, stats.rows_read
+        ));
+    }
     let status = record.map(|r| r.status).unwrap_or(ChunkStatus::Pending);
     let m = record.and_then(|r| r.metrics.clone());
     let committed =

@@ -108,3 +108,38 @@ fn a_joined_transform_keeps_dedup_and_validate_exact() {
     let v = demo.run(&["validate", &demo.job_str()]);
     assert_eq!(code(&v), 0, "{}", text(&v));
 }
+
+#[test]
+fn a_lookup_that_repeats_a_key_is_reported_by_validate() {
+    // A join with a lookup table that has one key twice writes that
+    // customer's rows twice; every count agrees with itself, so only the
+    // reconciliation with the source can say so.
+    let demo = Demo::new(1_000, "\"1 month\"");
+    demo.without_quality();
+    let lookups = demo.path().join("lookups");
+    std::fs::create_dir_all(&lookups).expect("lookups dir");
+    duckdb(&format!(
+        "COPY (SELECT DISTINCT customer_id, 'tier' || (customer_id % 3) AS tier FROM read_parquet('{0}') \
+         UNION ALL SELECT min(customer_id), 'again' FROM read_parquet('{0}')) TO '{1}' (FORMAT parquet)",
+        demo.source_glob(),
+        lookups.join("customers.parquet").display()
+    ));
+    demo.edit_job(|s| {
+        let s = s.replace(
+            "AS day FROM source\"",
+            "AS day FROM source LEFT JOIN customers c USING (customer_id)\"",
+        );
+        let s = s.replace("SELECT *, date_part", "SELECT source.*, c.tier, date_part");
+        format!(
+            "{s}\n[[tables]]\nname = \"customers\"\nformat = \"parquet\"\npath = \"lookups/customers.parquet\"\n"
+        )
+    });
+    demo.run_ok(&[]);
+    let v = demo.run(&["validate", &demo.job_str()]);
+    assert_eq!(code(&v), 3, "{}", text(&v));
+    assert!(
+        text(&v).contains("matches some rows more than once"),
+        "{}",
+        text(&v)
+    );
+}
