@@ -54,6 +54,21 @@ impl Backfill {
         Ok(())
     }
 
+    /// A path that is missing or holds nothing readable is the job
+    /// file's fault, at the key (`key`, `loc`) that names it.
+    fn source_error(
+        &self,
+        loc: backfill_core::spec::Loc,
+        key: &str,
+        e: source::SourceError,
+    ) -> Error {
+        if e.is_configuration() {
+            self.job_error(loc, key, e.to_string())
+        } else {
+            e.into()
+        }
+    }
+
     pub(crate) fn job_error(
         &self,
         loc: backfill_core::spec::Loc,
@@ -84,25 +99,11 @@ impl Backfill {
             .map(|r| r.column.as_str());
         let source = source::open(&self.spec.source, &ctx, hive_column)
             .await
-            .map_err(|e| {
-                if e.is_configuration() {
-                    self.job_error(self.spec.source.path_loc, "source.path", e.to_string())
-                } else {
-                    e.into()
-                }
-            })?;
+            .map_err(|e| self.source_error(self.spec.source.path_loc, "source.path", e))?;
         let mut lookups = Vec::new();
         for (i, table) in self.spec.tables.iter().enumerate() {
             let opened = source::open(&table.source, &ctx, None).await.map_err(|e| {
-                if e.is_configuration() {
-                    self.job_error(
-                        table.source.path_loc,
-                        &format!("tables[{i}].path"),
-                        e.to_string(),
-                    )
-                } else {
-                    e.into()
-                }
+                self.source_error(table.source.path_loc, &format!("tables[{i}].path"), e)
             })?;
             lookups.push((table.name.clone(), opened));
         }

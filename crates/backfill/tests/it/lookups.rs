@@ -9,36 +9,48 @@ fn tiers(sql_from: &str) -> Vec<Vec<serde_json::Value>> {
     ))
 }
 
+/// Writes `lookups/customers.parquet` from `rows` (SQL in which `src` is
+/// the demo's source) and makes the demo's transform select `select`
+/// from `from`, with the customers table (and `more` job text) declared.
+fn join_customers(demo: &Demo, rows: &str, select: &str, from: &str, more: &str) {
+    let lookups = demo.path().join("lookups");
+    std::fs::create_dir_all(&lookups).expect("lookups dir");
+    let src = format!("read_parquet('{}')", demo.source_glob());
+    duckdb(&format!(
+        "COPY ({}) TO '{}' (FORMAT parquet)",
+        rows.replace("src", &src),
+        lookups.join("customers.parquet").display()
+    ));
+    demo.edit_job(|s| {
+        let s = s
+            .replace("SELECT *, date_part", &format!("SELECT {select}, date_part"))
+            .replace("AS day FROM source\"", &format!("AS day FROM {from}\""));
+        format!(
+            "{s}\n[[tables]]\nname = \"customers\"\nformat = \"parquet\"\npath = \"lookups/customers.parquet\"\n{more}"
+        )
+    });
+}
+
 #[test]
 fn a_transform_joins_lookup_tables_like_duckdb() {
     let demo = Demo::new(2_000, "\"1 month\"");
     demo.without_quality();
-    let lookups = demo.path().join("lookups");
-    std::fs::create_dir_all(&lookups).expect("lookups dir");
     // Tiers for most customers (some have none: a LEFT JOIN keeps them),
     // as Parquet; a CSV of tier names.
-    duckdb(&format!(
-        "COPY (SELECT DISTINCT customer_id, 'tier' || (customer_id % 3) AS tier \
-         FROM read_parquet('{}') WHERE customer_id % 7 <> 0) TO '{}' (FORMAT parquet)",
-        demo.source_glob(),
-        lookups.join("customers.parquet").display()
-    ));
+    std::fs::create_dir_all(demo.path().join("lookups")).expect("lookups dir");
     std::fs::write(
-        lookups.join("tiers.csv"),
+        demo.path().join("lookups/tiers.csv"),
         "tier,label\ntier0,bronze\ntier1,silver\ntier2,gold\n",
     )
     .expect("tiers csv");
-    demo.edit_job(|s| {
-        let s = s.replace(
-            "AS day FROM source\"",
-            "AS day, t.label FROM source LEFT JOIN customers c USING (customer_id) LEFT JOIN tiers t ON t.tier = c.tier\"",
-        );
-        let s = s.replace("SELECT *, date_part", "SELECT source.*, c.tier, date_part");
-        format!(
-            "{s}\n[[tables]]\nname = \"customers\"\nformat = \"parquet\"\npath = \"lookups/customers.parquet\"\n\n\
-             [[tables]]\nname = \"tiers\"\nformat = \"csv\"\npath = \"lookups/tiers.csv\"\n"
-        )
-    });
+    join_customers(
+        &demo,
+        "SELECT DISTINCT customer_id, 'tier' || (customer_id % 3) AS tier FROM src WHERE customer_id % 7 <> 0",
+        "source.*, c.tier, t.label",
+        "source LEFT JOIN customers c USING (customer_id) LEFT JOIN tiers t ON t.tier = c.tier",
+        "\n[[tables]]\nname = \"tiers\"\nformat = \"csv\"\npath = \"lookups/tiers.csv\"\n",
+    );
+    let lookups = demo.path().join("lookups");
     let out = demo.run(&["run", &demo.job_str()]);
     assert_eq!(code(&out), 0, "{}", text(&out));
     let expected = tiers(&format!(
@@ -77,24 +89,13 @@ fn a_joined_transform_keeps_dedup_and_validate_exact() {
     // running the transform per chunk (a join is not row by row): the
     // lookup must be there too.
     let demo = Demo::new(2_000, "\"1 month\"");
-    let lookups = demo.path().join("lookups");
-    std::fs::create_dir_all(&lookups).expect("lookups dir");
-    duckdb(&format!(
-        "COPY (SELECT DISTINCT customer_id, 'tier' || (customer_id % 3) AS tier \
-         FROM read_parquet('{}')) TO '{}' (FORMAT parquet)",
-        demo.source_glob(),
-        lookups.join("customers.parquet").display()
-    ));
-    demo.edit_job(|s| {
-        let s = s.replace(
-            "AS day FROM source\"",
-            "AS day FROM source JOIN customers c USING (customer_id)\"",
-        );
-        let s = s.replace("SELECT *, date_part", "SELECT source.*, c.tier, date_part");
-        format!(
-            "{s}\n[[tables]]\nname = \"customers\"\nformat = \"parquet\"\npath = \"lookups/customers.parquet\"\n"
-        )
-    });
+    join_customers(
+        &demo,
+        "SELECT DISTINCT customer_id, 'tier' || (customer_id % 3) AS tier FROM src",
+        "source.*, c.tier",
+        "source JOIN customers c USING (customer_id)",
+        "",
+    );
     demo.run_ok(&[]);
     // Every customer has a tier, so the join keeps every row: the target
     // is the demo's (rules, global dedup) with one more column.
@@ -116,24 +117,14 @@ fn a_lookup_that_repeats_a_key_is_reported_by_validate() {
     // reconciliation with the source can say so.
     let demo = Demo::new(1_000, "\"1 month\"");
     demo.without_quality();
-    let lookups = demo.path().join("lookups");
-    std::fs::create_dir_all(&lookups).expect("lookups dir");
-    duckdb(&format!(
-        "COPY (SELECT DISTINCT customer_id, 'tier' || (customer_id % 3) AS tier FROM read_parquet('{0}') \
-         UNION ALL SELECT min(customer_id), 'again' FROM read_parquet('{0}')) TO '{1}' (FORMAT parquet)",
-        demo.source_glob(),
-        lookups.join("customers.parquet").display()
-    ));
-    demo.edit_job(|s| {
-        let s = s.replace(
-            "AS day FROM source\"",
-            "AS day FROM source LEFT JOIN customers c USING (customer_id)\"",
-        );
-        let s = s.replace("SELECT *, date_part", "SELECT source.*, c.tier, date_part");
-        format!(
-            "{s}\n[[tables]]\nname = \"customers\"\nformat = \"parquet\"\npath = \"lookups/customers.parquet\"\n"
-        )
-    });
+    join_customers(
+        &demo,
+        "SELECT DISTINCT customer_id, 'tier' || (customer_id % 3) AS tier FROM src \
+         UNION ALL SELECT min(customer_id), 'again' FROM src",
+        "source.*, c.tier",
+        "source LEFT JOIN customers c USING (customer_id)",
+        "",
+    );
     demo.run_ok(&[]);
     let v = demo.run(&["validate", &demo.job_str()]);
     assert_eq!(code(&v), 3, "{}", text(&v));
