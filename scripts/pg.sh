@@ -47,14 +47,59 @@ start() {
     --auth=scram-sha-256 --encoding=UTF8 --locale=C >"$dir/initdb.log" 2>&1 \
     || { cat "$dir/initdb.log" >&2; exit 1; }
   rm -f "$dir/pwfile"
+  tls "$dir"
   # A free port: bind port 0 and read what the kernel chose.
   port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
   as_server "$bindir/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 \
-    -o "-c listen_addresses=127.0.0.1 -p $port -k $dir -c fsync=off -c max_connections=200" start >&2 \
+    -o "-c listen_addresses=127.0.0.1 -p $port -k $dir -c fsync=off -c max_connections=200 \
+       -c ssl=on -c ssl_cert_file=$dir/tls/server.crt -c ssl_key_file=$dir/tls/server.key \
+       -c ssl_ca_file=$dir/tls/ca.crt" start >&2 \
     || { cat "$dir/server.log" >&2; exit 1; }
   echo "$bindir" > "$dir/bindir"
   echo "export BACKFILL_TEST_PG_URL='postgres://backfill:$password@127.0.0.1:$port/postgres'"
   echo "export BACKFILL_TEST_PG_DIR='$dir'"
+  echo "export BACKFILL_TEST_PG_TLS='$dir/tls'"
+}
+
+# TLS for the TLS tests: a CA, a server certificate for "localhost" only (so
+# connecting to 127.0.0.1 with verify-full must fail), a second CA that
+# signed nothing, and a client certificate for the role backfill_cert.
+# Roles in pg_hba.conf: backfill_tls only over TLS (like RDS's force_ssl),
+# backfill_cert by client certificate; everyone else as before.
+tls() {
+  local dir="$1" t="$1/tls"
+  command -v openssl >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q openssl >&2
+  mkdir -p "$t"
+  local ec=(-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes)
+  local ca
+  for ca in ca other-ca; do
+    openssl req -x509 "${ec[@]}" -days 3 -subj "/CN=backfill test $ca" \
+      -keyout "$t/$ca.key" -out "$t/$ca.crt" 2>/dev/null
+  done
+  sign() { # name, subject, extensions
+    openssl req "${ec[@]}" -subj "$2" -keyout "$t/$1.key" -out "$t/$1.csr" 2>/dev/null
+    printf '%s\n' "$3" > "$t/$1.ext"
+    openssl x509 -req -in "$t/$1.csr" -CA "$t/ca.crt" -CAkey "$t/ca.key" -CAcreateserial \
+      -days 3 -extfile "$t/$1.ext" -out "$t/$1.crt" 2>/dev/null
+  }
+  sign server "/CN=localhost" \
+    "subjectAltName=DNS:localhost
+basicConstraints=CA:FALSE
+keyUsage=digitalSignature
+extendedKeyUsage=serverAuth"
+  sign client "/CN=backfill_cert" \
+    "basicConstraints=CA:FALSE
+keyUsage=digitalSignature
+extendedKeyUsage=clientAuth"
+  chmod 600 "$t"/*.key
+  chmod 755 "$t"
+  [ "$(id -u)" -eq 0 ] && chown postgres "$t/server.key" "$t/server.crt" "$t/ca.crt"
+  local hba="$dir/data/pg_hba.conf"
+  { printf 'hostnossl all backfill_tls all reject\nhostssl all backfill_cert all cert\n'
+    cat "$hba"; } > "$hba.new"
+  mv "$hba.new" "$hba"
+  [ "$(id -u)" -eq 0 ] && chown postgres "$hba"
+  return 0
 }
 
 stop() {

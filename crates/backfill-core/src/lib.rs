@@ -5,6 +5,8 @@
 
 pub mod failpoint;
 pub mod interval;
+#[cfg(feature = "postgres")]
+pub mod pgtls;
 pub mod plan;
 pub mod retry;
 pub mod spec;

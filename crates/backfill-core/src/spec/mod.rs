@@ -3,6 +3,7 @@
 //! naming the file, line, column and key.
 
 mod engine;
+mod pgurl;
 mod postgres;
 mod quality;
 mod range;
@@ -19,9 +20,9 @@ use toml::de::{DeTable, DeValue};
 
 use crate::interval::{ChunkSize, RangeValue, ValueKind, parse_duration, parse_time};
 pub use engine::{ConnectUrl, EngineKind, EngineSpec, SparkSpec, parse_connect_url};
+pub use pgurl::{PgTls, SslMode, mask_url, split_tls, url_passwords};
 pub use postgres::{
-    PgRelation, PgSourceSpec, PgTargetSpec, PgWriteMode, QualifiedName, mask_url, quote_ident,
-    url_passwords,
+    PgRelation, PgSourceSpec, PgTargetSpec, PgWriteMode, QualifiedName, quote_ident,
 };
 pub use quality::{
     DedupScope, DedupSpec, OrderKey, QuarantineSpec, RuleAction, RuleSpec, ValidateSpec,

@@ -1,5 +1,6 @@
 //! `format = "postgres"` sources and targets.
 
+use super::pgurl::{mask_url, split_tls, url_passwords};
 use super::reader::{Diags, Env, Located, TableReader};
 
 /// `[source] format = "postgres"`.
@@ -136,140 +137,6 @@ pub enum PgWriteMode {
     Merge,
 }
 
-/// A URL's parts around its password: (`postgres://user`, password, `@host/db`).
-fn url_parts(url: &str) -> Option<(&str, &str, &str)> {
-    let rest = url
-        .strip_prefix("postgres://")
-        .or_else(|| url.strip_prefix("postgresql://"))?;
-    let scheme = url.len() - rest.len();
-    let authority = &rest[..rest.find('/').unwrap_or(rest.len())];
-    // The userinfo ends at the last '@' of the authority.
-    let at = authority.rfind('@')?;
-    let colon = authority[..at].find(':')?;
-    Some((&url[..scheme + colon], &rest[colon + 1..at], &rest[at..]))
-}
-
-/// Splits a libpq `key=value` string into its pairs, with each value's
-/// byte range in `conn`: values may be single-quoted, with `\'` and `\\`
-/// escapes, and hold spaces.
-fn key_values(conn: &str) -> Vec<(&str, std::ops::Range<usize>)> {
-    let b = conn.as_bytes();
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < b.len() {
-        while i < b.len() && b[i].is_ascii_whitespace() {
-            i += 1;
-        }
-        let k = i;
-        while i < b.len() && b[i] != b'=' && !b[i].is_ascii_whitespace() {
-            i += 1;
-        }
-        let key = &conn[k..i];
-        while i < b.len() && b[i].is_ascii_whitespace() {
-            i += 1;
-        }
-        if i >= b.len() || b[i] != b'=' {
-            continue;
-        }
-        i += 1;
-        while i < b.len() && b[i].is_ascii_whitespace() {
-            i += 1;
-        }
-        let v = i;
-        if i < b.len() && b[i] == b'\'' {
-            i += 1;
-            while i < b.len() && b[i] != b'\'' {
-                i += if b[i] == b'\\' { 2 } else { 1 };
-            }
-            i = (i + 1).min(b.len());
-        } else {
-            while i < b.len() && !b[i].is_ascii_whitespace() {
-                i += 1;
-            }
-        }
-        out.push((key, v..i));
-    }
-    out
-}
-
-/// The query parameters of a URL, with each value's byte range in `url`.
-fn query_values(url: &str) -> Vec<(&str, std::ops::Range<usize>)> {
-    let Some(q) = url.find('?') else {
-        return Vec::new();
-    };
-    let mut out = Vec::new();
-    let mut at = q + 1;
-    for pair in url[q + 1..].split('&') {
-        if let Some((k, v)) = pair.split_once('=') {
-            let start = at + k.len() + 1;
-            out.push((k, start..start + v.len()));
-        }
-        at += pair.len() + 1;
-    }
-    out
-}
-
-/// Byte ranges of the passwords in a connection string: the URL's userinfo
-/// password, a `password` query parameter, or a `password=` pair.
-fn password_ranges(url: &str) -> Vec<std::ops::Range<usize>> {
-    let is_password = |k: &str| k.eq_ignore_ascii_case("password");
-    let mut out = Vec::new();
-    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        if let Some((before, password, _)) = url_parts(url) {
-            let start = before.len() + 1;
-            out.push(start..start + password.len());
-        }
-        out.extend(
-            query_values(url)
-                .into_iter()
-                .filter(|(k, _)| is_password(k))
-                .map(|(_, r)| r),
-        );
-    } else {
-        out.extend(
-            key_values(url)
-                .into_iter()
-                .filter(|(k, _)| is_password(k))
-                .map(|(_, r)| r),
-        );
-    }
-    out.retain(|r| !r.is_empty());
-    out
-}
-
-/// The URL with its passwords replaced by `***`, for messages. Handles
-/// `postgres://user:pass@host/db?password=…` and `key=value` strings.
-pub fn mask_url(url: &str) -> String {
-    let mut out = url.to_string();
-    let mut ranges = password_ranges(url);
-    ranges.sort_by_key(|r| std::cmp::Reverse(r.start));
-    for r in ranges {
-        out.replace_range(r, "***");
-    }
-    out
-}
-
-/// The passwords inside a URL, to redact them from every output even when
-/// written into the job file literally: each as written, unquoted and
-/// percent-decoded (libpq decodes them, and an error may show either).
-pub fn url_passwords(url: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    for r in password_ranges(url) {
-        let raw = &url[r];
-        out.push(raw.to_string());
-        if let Some(inner) = raw.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')) {
-            out.push(inner.replace("\\'", "'").replace("\\\\", "\\"));
-        }
-        if let Ok(decoded) = percent_encoding::percent_decode_str(raw).decode_utf8() {
-            out.push(decoded.into_owned());
-        }
-    }
-    out.sort();
-    out.dedup();
-    out.retain(|p| !p.is_empty());
-    out
-}
-
 fn url(d: &mut Diags, env: Env, t: &mut TableReader, section: &str) -> Option<Located<String>> {
     match t.string(d, env, "url") {
         Some(u) if u.value.trim().is_empty() => {
@@ -278,6 +145,10 @@ fn url(d: &mut Diags, env: Env, t: &mut TableReader, section: &str) -> Option<Lo
         }
         Some(u) => {
             d.secrets.extend(url_passwords(&u.value));
+            if let Err(e) = split_tls(&u.value) {
+                d.push(u.span, &format!("{section}.url"), e);
+                return None;
+            }
             Some(u)
         }
         None => {
@@ -469,42 +340,6 @@ pub(super) fn read_target(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn masks_passwords() {
-        assert_eq!(
-            mask_url("postgres://bob:s3cr@t@db:5432/x"),
-            "postgres://bob:***@db:5432/x"
-        );
-        assert_eq!(mask_url("postgres://bob@db/x"), "postgres://bob@db/x");
-        assert_eq!(
-            mask_url("host=db user=bob password=hunter2 dbname=x"),
-            "host=db user=bob password=*** dbname=x"
-        );
-        assert_eq!(url_passwords("postgres://bob:s3cr@t@db:5432/x"), ["s3cr@t"]);
-        assert!(url_passwords("postgres://db/x").is_empty());
-        // In the query, percent-encoded, and quoted with spaces.
-        assert_eq!(
-            mask_url("postgres://bob@db/x?sslmode=require&password=p%40ss&application_name=a"),
-            "postgres://bob@db/x?sslmode=require&password=***&application_name=a"
-        );
-        assert_eq!(
-            url_passwords("postgres://bob@db/x?password=p%40ss"),
-            ["p%40ss", "p@ss"]
-        );
-        assert_eq!(
-            mask_url("host=db password='a b\\'c' user=bob"),
-            "host=db password=*** user=bob"
-        );
-        assert_eq!(
-            url_passwords("host=db password='a b\\'c' user=bob"),
-            ["'a b\\'c'", "a b'c"]
-        );
-        assert_eq!(
-            mask_url("host=db password = hunter2"),
-            "host=db password = ***"
-        );
-    }
 
     #[test]
     fn table_names_are_split_and_quoted() {

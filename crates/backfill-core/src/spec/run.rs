@@ -45,7 +45,11 @@ pub(super) fn read_state(
             None
         }
         Some(u) => {
-            d.secrets.extend(postgres::url_passwords(&u.value));
+            d.secrets.extend(url_passwords(&u.value));
+            if let Err(e) = split_tls(&u.value) {
+                d.push(u.span, "state.url", e);
+                ok = false;
+            }
             let schema = schema.map(|s| s.value).unwrap_or_else(|| "backfill".into());
             Some(PgStateSpec {
                 shown: format!("postgres {} schema {schema}", mask_url(&u.shown)),

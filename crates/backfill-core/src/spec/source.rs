@@ -168,7 +168,8 @@ fn read_files(
             .as_ref()
             .is_some_and(|f| f.value.eq_ignore_ascii_case("postgres"))
     {
-        let span = t.span();
+        // Errors about the server point at its URL.
+        let span = t.raw_span("url").unwrap_or_else(|| t.span());
         let (pg, shown) = postgres::read_source(d, env, t)?;
         return Some(SourceSpec {
             format: SourceFormat::Postgres,

@@ -4,6 +4,7 @@
 //! the core crate (`backfill_core::state::postgres`), beside SQLite's, and
 //! describes and classifies errors for all three.
 //!
+//! Connections speak TLS as libpq's `sslmode` asks (`backfill_core::pgtls`).
 //! Connection strings are secrets: messages show them through
 //! [`mask_url`](backfill_core::spec::mask_url) only, and tokio-postgres's own
 //! errors never contain them.
@@ -11,8 +12,9 @@
 pub mod types;
 
 use backfill_core::ErrorClass;
+use backfill_core::pgtls::SetupError;
+use tokio_postgres::Client;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{Client, NoTls};
 
 pub use backfill_core::spec::quote_ident;
 pub(crate) use backfill_core::state::postgres::{describe, is_transient};
@@ -66,6 +68,7 @@ impl PgError {
     /// start are fixed in the job file or the environment, not by retrying.
     pub fn is_configuration(&self) -> bool {
         match self {
+            PgError::Connect { source, .. } if backfill_core::pgtls::is_tls_refusal(source) => true,
             PgError::Connect { source, .. } => matches!(
                 source.code(),
                 Some(c) if *c == SqlState::INVALID_PASSWORD
@@ -90,12 +93,21 @@ impl PgError {
 /// with `standard_conforming_strings` on, which [`quote_literal`] relies on
 /// (off, a backslash in a literal would start an escape).
 pub async fn connect(url: &str, shown: &str) -> Result<Client, PgError> {
-    let (client, connection) = tokio_postgres::connect(url, NoTls)
+    let connect_error = |source| PgError::Connect {
+        shown: shown.to_string(),
+        source,
+    };
+    let prepared = backfill_core::pgtls::prepare(url).map_err(|e| match e {
+        SetupError::Config(source) => connect_error(source),
+        SetupError::Tls(message) => {
+            PgError::Invalid(format!("cannot connect to {shown}: {message}"))
+        }
+    })?;
+    let (client, connection) = prepared
+        .config
+        .connect(prepared.tls)
         .await
-        .map_err(|source| PgError::Connect {
-            shown: shown.to_string(),
-            source,
-        })?;
+        .map_err(connect_error)?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::debug!("postgres connection closed: {e}");

@@ -99,7 +99,13 @@ impl Backfill {
             .map(|r| r.column.as_str());
         let source = source::open(&self.spec.source, &ctx, hive_column)
             .await
-            .map_err(|e| self.source_error(self.spec.source.path_loc, "source.path", e))?;
+            .map_err(|e| {
+                let key = match self.spec.source.postgres {
+                    Some(_) => "source.url",
+                    None => "source.path",
+                };
+                self.source_error(self.spec.source.path_loc, key, e)
+            })?;
         let mut lookups = Vec::new();
         for (i, table) in self.spec.tables.iter().enumerate() {
             let opened = source::open(&table.source, &ctx, None).await.map_err(|e| {

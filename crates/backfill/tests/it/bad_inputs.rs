@@ -221,6 +221,8 @@ fn cases() -> Vec<Case> {
         case("pg_merge_without_keys", Job::Text("[source]\npath = \"in/\"\nformat = \"csv\"\n[target]\nformat = \"postgres\"\nurl = \"postgres://u@127.0.0.1:1/db\"\ntable = \"t\"\nmode = \"merge\"\n", &[]), 2),
         case("delta_merge_without_keys", Job::Demo(|s| s.replace("format = \"parquet\"\npath = \"warehouse/transactions\"", "format = \"delta\"\nmode = \"merge\"\npath = \"warehouse/transactions\"")), 2),
         // Nothing listens on port 1: a clear connection error naming the masked URL.
+        case("pg_bad_sslmode", Job::Text("[source]\nformat = \"postgres\"\nurl = \"postgres://u:Hunter2pw@127.0.0.1:1/db?sslmode=allow\"\ntable = \"t\"\n[target]\npath = \"out\"\n", &[]), 2),
+        case("pg_missing_root_cert", Job::Text("[source]\nformat = \"postgres\"\nurl = \"postgres://u:Hunter2pw@127.0.0.1:1/db?sslmode=verify-full&sslrootcert=/nonexistent/ca.pem\"\ntable = \"t\"\n[target]\npath = \"out\"\n", &[]), 2),
         case("pg_unreachable", Job::Text("[source]\nformat = \"postgres\"\nurl = \"postgres://u:Hunter2pw@127.0.0.1:1/db\"\ntable = \"t\"\n[target]\npath = \"out\"\n", &[]), 1),
         case(
             "json_broken_line",

@@ -23,7 +23,7 @@ use crate::state::{
     ChunkMetrics, ChunkRecord, ChunkStatus, JobOwner, LockHolder, OwnedFile, PlanSync,
     RecordedOwner, Renames, StateError, StateStore, decode_bound, encode_bound, hostname,
 };
-use postgres::{Client, NoTls, Transaction};
+use postgres::{Client, Transaction};
 
 use crate::retry::ErrorClass;
 use postgres::error::SqlState;
@@ -52,6 +52,9 @@ pub fn describe(e: &postgres::Error) -> String {
                 s.push_str(&format!(": {inner}"));
                 src = inner.source();
             }
+            if let Some(hint) = crate::pgtls::tls_hint(e) {
+                s.push_str(&format!(" ({hint})"));
+            }
             s
         }
     }
@@ -60,6 +63,9 @@ pub fn describe(e: &postgres::Error) -> String {
 /// Connection trouble, serialization failures, deadlocks and resource
 /// shortages are worth a retry; everything else is the job's fault.
 pub fn is_transient(e: &postgres::Error) -> bool {
+    if crate::pgtls::is_tls_refusal(e) {
+        return false;
+    }
     match e.code() {
         None => e.is_closed() || e.as_db_error().is_none(),
         Some(code) => {
@@ -94,6 +100,8 @@ pub struct PgStateStore {
     lease_secs: f64,
     /// To recognise a target in the same database.
     url: String,
+    /// The lease heartbeat's connection settings, TLS included.
+    connect: Connect,
     /// `[range] ordered`: a chunk is claimed only once every chunk before
     /// it is committed, so processes sharing the state keep the order.
     ordered: bool,
@@ -181,6 +189,31 @@ impl Tables {
     }
 }
 
+/// A connection string read once: the settings and TLS connector every
+/// connection of the store (its own, the lease heartbeat's) is opened with.
+#[derive(Clone)]
+struct Connect {
+    config: postgres::Config,
+    tls: tokio_postgres_rustls::MakeRustlsConnect,
+}
+
+impl Connect {
+    fn new(url: &str) -> Result<Connect, String> {
+        let p = crate::pgtls::prepare(url).map_err(|e| match e {
+            crate::pgtls::SetupError::Config(e) => describe(&e),
+            e => e.to_string(),
+        })?;
+        Ok(Connect {
+            config: p.config.into(),
+            tls: p.tls,
+        })
+    }
+
+    fn client(&self) -> Result<Client, postgres::Error> {
+        self.config.connect(self.tls.clone())
+    }
+}
+
 impl PgStateStore {
     /// Connects, creates the state tables if needed and starts the lease
     /// heartbeat.
@@ -189,13 +222,18 @@ impl PgStateStore {
         let err_shown = shown.clone();
         let (ready_tx, ready_rx) = mpsc::channel::<Result<(), StateError>>();
         let (tx, rx) = mpsc::channel::<Task>();
-        let url = spec.url.clone();
+        let connect = Connect::new(&spec.url).map_err(|message| StateError::Remote {
+            store: shown.clone(),
+            message,
+            class: ErrorClass::Permanent,
+        })?;
+        let connect_state = connect.clone();
         let tables = Tables::new(&spec.schema);
         let ddl = tables.ddl();
         std::thread::Builder::new()
             .name("backfill-pg-state".into())
             .spawn(move || {
-                let connected = Client::connect(&url, NoTls).and_then(|mut c| {
+                let connected = connect_state.client().and_then(|mut c| {
                     c.batch_execute(
                         "SET TIME ZONE 'UTC'; SET application_name = 'backfill state'; \
                          SET standard_conforming_strings = on",
@@ -242,6 +280,7 @@ impl PgStateStore {
             me: LockHolder::current().lease_name(),
             lease_secs: spec.lease.as_secs_f64(),
             url: spec.url.clone(),
+            connect,
             ordered: false,
             stop: Arc::new(AtomicBool::new(false)),
             t: tables,
@@ -272,11 +311,11 @@ impl PgStateStore {
              AND status IN ('running', 'committed')",
             self.t.chunks
         );
-        let (job, me, secs, url) = (
+        let (job, me, secs, connect) = (
             self.job.clone(),
             self.me.clone(),
             self.lease_secs,
-            self.url.clone(),
+            self.connect.clone(),
         );
         let _ = std::thread::Builder::new()
             .name("backfill-lease".into())
@@ -292,7 +331,7 @@ impl PgStateStore {
                     }
                     waited = Duration::ZERO;
                     if client.as_ref().is_none_or(|c| c.is_closed()) {
-                        client = match Client::connect(&url, NoTls).and_then(|mut c| {
+                        client = match connect.client().and_then(|mut c| {
                             c.batch_execute("SET application_name = 'backfill lease'")?;
                             Ok(c)
                         }) {
