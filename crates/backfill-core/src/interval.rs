@@ -5,7 +5,8 @@
 use std::fmt;
 use std::time::Duration;
 
-use chrono::{DateTime, Months, NaiveDate, NaiveDateTime, TimeZone, Utc};
+use chrono::{DateTime, Datelike, Days, Months, NaiveDate, NaiveDateTime, TimeZone, Utc, Weekday};
+pub use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
 
 pub const MICROS_PER_SECOND: i64 = 1_000_000;
@@ -110,6 +111,141 @@ pub fn format_time(micros: i64) -> String {
         Some(dt) => dt.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string(),
         None => format!("{micros}µs"),
     }
+}
+
+/// Whose calendar day, week, month and year chunks follow: UTC's, or a
+/// zone's (`[range] timezone`), where a day is 23 or 25 hours long on a DST
+/// change and starts at local midnight. Bounds stay UTC instants; only the
+/// arithmetic between them is local.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Calendar {
+    pub zone: Option<Tz>,
+    /// Weekly chunks start on this weekday (local midnight) instead of on
+    /// `start`; the first chunk runs from `start` to the first such day.
+    pub week_start: Option<Weekday>,
+}
+
+impl Calendar {
+    /// The zone's wall-clock time at `micros` (UTC's without a zone).
+    pub fn local(&self, micros: i64) -> Option<NaiveDateTime> {
+        let utc = DateTime::<Utc>::from_timestamp_micros(micros)?;
+        Some(match self.zone {
+            Some(z) => utc.with_timezone(&z).naive_local(),
+            None => utc.naive_utc(),
+        })
+    }
+
+    /// The instant of a wall-clock time. In a DST fold the earlier instant;
+    /// in a gap (a time the clocks skip) the first instant after it, so a
+    /// skipped local midnight starts the day when the clocks resume.
+    pub fn instant(&self, local: NaiveDateTime) -> Option<i64> {
+        let Some(z) = self.zone else {
+            return Some(naive_micros(local));
+        };
+        let mut t = local;
+        // Gaps are at most a few hours (zones have skipped 1 h, 30 min, and
+        // whole days only at date-line moves, which a 48 h walk covers).
+        for _ in 0..(48 * 4) {
+            if let Some(dt) = z.from_local_datetime(&t).earliest() {
+                // Back to where the gap ends: the wall clock jumped past it.
+                return Some(dt.with_timezone(&Utc).timestamp_micros());
+            }
+            t = t.checked_add_signed(chrono::TimeDelta::minutes(15))?;
+        }
+        None
+    }
+
+    /// A date or timestamp as written in a job file or on the command line:
+    /// a date is the zone's midnight, a timestamp without an offset the
+    /// zone's wall-clock time, one with an offset that instant.
+    pub fn parse_time(&self, t: &str) -> Result<i64, String> {
+        let Some(_) = self.zone else {
+            return parse_time(t);
+        };
+        let t = t.trim();
+        if let Some(local) = parse_naive(t) {
+            return self
+                .instant(local)
+                .ok_or_else(|| format!("\"{t}\" is out of range"));
+        }
+        parse_time(t)
+    }
+
+    /// The upper bound of chunk `k` (from 1) of a range starting at
+    /// `start`: day and month arithmetic on the zone's wall clock, weeks
+    /// from the week start on or before `start` when one is set.
+    pub fn step(&self, size: ChunkSize, start: RangeValue, k: u64) -> Option<RangeValue> {
+        let (RangeValue::Time(s), true) = (start, self.zone.is_some() || self.week_start.is_some())
+        else {
+            return size.step(start, k);
+        };
+        let k = u32::try_from(k).ok()?;
+        let mut origin = self.local(s)?;
+        if let (Some(first), ChunkSize::Fixed(w)) = (self.week_start, size)
+            && w % (7 * MICROS_PER_DAY) == 0
+        {
+            let back =
+                (7 + origin.weekday().num_days_from_monday() - first.num_days_from_monday()) % 7;
+            origin = origin
+                .date()
+                .checked_sub_days(Days::new(u64::from(back)))?
+                .and_hms_opt(0, 0, 0)?;
+        }
+        let local = match size {
+            ChunkSize::Fixed(w) if w % MICROS_PER_DAY == 0 => {
+                let days = u64::try_from(w / MICROS_PER_DAY)
+                    .ok()?
+                    .checked_mul(u64::from(k))?;
+                origin.checked_add_days(Days::new(days))?
+            }
+            ChunkSize::Months(m) => origin.checked_add_months(Months::new(m.checked_mul(k)?))?,
+            _ => return size.step(start, u64::from(k)),
+        };
+        self.instant(local).map(RangeValue::Time)
+    }
+
+    /// A bound for people: the zone's wall-clock time with its offset
+    /// (`2023-03-12T00:00:00-05:00`), or [`format_time`] without a zone.
+    pub fn format(&self, micros: i64) -> String {
+        match (self.zone, DateTime::<Utc>::from_timestamp_micros(micros)) {
+            (Some(z), Some(utc)) => utc
+                .with_timezone(&z)
+                .format("%Y-%m-%dT%H:%M:%S%:z")
+                .to_string(),
+            _ => format_time(micros),
+        }
+    }
+}
+
+/// A date or a timestamp without an offset.
+fn parse_naive(t: &str) -> Option<NaiveDateTime> {
+    if let Ok(d) = NaiveDate::parse_from_str(t, "%Y-%m-%d") {
+        return d.and_hms_opt(0, 0, 0);
+    }
+    [
+        "%Y-%m-%dT%H:%M:%S%.f",
+        "%Y-%m-%d %H:%M:%S%.f",
+        "%Y-%m-%dT%H:%M",
+        "%Y-%m-%d %H:%M",
+    ]
+    .iter()
+    .find_map(|f| NaiveDateTime::parse_from_str(t, f).ok())
+}
+
+/// An IANA zone name (`America/New_York`, `Asia/Kolkata`, `UTC`).
+pub fn parse_zone(name: &str) -> Result<Tz, String> {
+    name.trim().parse::<Tz>().map_err(|_| {
+        format!(
+            "\"{name}\" is not an IANA time zone (e.g. \"America/New_York\", \"Europe/Berlin\", \"UTC\")"
+        )
+    })
+}
+
+/// A weekday name, for `[range] week_start`.
+pub fn parse_weekday(name: &str) -> Result<Weekday, String> {
+    name.trim()
+        .parse::<Weekday>()
+        .map_err(|_| format!("\"{name}\" is not a weekday (e.g. \"monday\")"))
 }
 
 /// The width of a chunk.
@@ -343,6 +479,69 @@ mod tests {
         assert!(parse_time("yesterday").is_err());
         assert_eq!(format_time(MICROS_PER_DAY), "1970-01-02");
         assert_eq!(format_time(MICROS_PER_SECOND), "1970-01-01T00:00:01Z");
+    }
+
+    #[test]
+    fn local_days_are_23_or_25_hours_around_dst() {
+        let ny = Calendar {
+            zone: Some(parse_zone("America/New_York").unwrap()),
+            week_start: None,
+        };
+        let start = RangeValue::Time(ny.parse_time("2023-03-11").unwrap());
+        let day = ChunkSize::Fixed(MICROS_PER_DAY);
+        let hours = |a: RangeValue, b: RangeValue| (b.raw() - a.raw()) / (3600 * MICROS_PER_SECOND);
+        let d1 = ny.step(day, start, 1).unwrap();
+        let d2 = ny.step(day, start, 2).unwrap();
+        assert_eq!(hours(start, d1), 24);
+        assert_eq!(hours(d1, d2), 23, "the spring-forward day");
+        assert_eq!(ny.format(d1.raw()), "2023-03-12T00:00:00-05:00");
+        assert_eq!(ny.format(d2.raw()), "2023-03-13T00:00:00-04:00");
+        let nov = RangeValue::Time(ny.parse_time("2023-11-05").unwrap());
+        assert_eq!(hours(nov, ny.step(day, nov, 1).unwrap()), 25);
+        // Months and ISO weeks on the local calendar.
+        let jan = RangeValue::Time(ny.parse_time("2023-01-01").unwrap());
+        assert_eq!(
+            ny.format(ny.step(ChunkSize::Months(3), jan, 1).unwrap().raw()),
+            "2023-04-01T00:00:00-04:00"
+        );
+        let weeks = Calendar {
+            week_start: Some(Weekday::Mon),
+            ..ny
+        };
+        let week = ChunkSize::Fixed(7 * MICROS_PER_DAY);
+        // 2023-01-01 is a Sunday: the first chunk is that day alone.
+        assert_eq!(
+            weeks.format(weeks.step(week, jan, 1).unwrap().raw()),
+            "2023-01-02T00:00:00-05:00"
+        );
+        assert_eq!(
+            weeks.format(weeks.step(week, jan, 2).unwrap().raw()),
+            "2023-01-09T00:00:00-05:00"
+        );
+        // A half-hour zone; an instant with an offset is taken as given.
+        let kolkata = Calendar {
+            zone: Some(parse_zone("Asia/Kolkata").unwrap()),
+            week_start: None,
+        };
+        assert_eq!(
+            format_time(kolkata.parse_time("2023-01-02").unwrap()),
+            "2023-01-01T18:30:00Z"
+        );
+        assert_eq!(
+            ny.parse_time("2023-01-01T00:00:00Z"),
+            parse_time("2023-01-01")
+        );
+        // A skipped local midnight (Santiago, 2023-09-03) starts at 01:00.
+        let santiago = Calendar {
+            zone: Some(parse_zone("America/Santiago").unwrap()),
+            week_start: None,
+        };
+        assert_eq!(
+            santiago.format(santiago.parse_time("2023-09-03").unwrap()),
+            "2023-09-03T01:00:00-03:00"
+        );
+        assert!(parse_zone("Mars/Olympus").is_err());
+        assert_eq!(parse_weekday("monday"), Ok(Weekday::Mon));
     }
 
     #[test]

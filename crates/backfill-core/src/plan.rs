@@ -5,7 +5,7 @@ use std::fmt;
 use serde::Serialize;
 use twox_hash::XxHash3_64;
 
-use crate::interval::{ChunkSize, RangeValue};
+use crate::interval::{Calendar, ChunkSize, RangeValue};
 use crate::spec::RangeSpec;
 
 /// Refuse plans that would take longer to record than to run.
@@ -85,13 +85,27 @@ pub fn fingerprint(range: Option<&RangeSpec>) -> String {
             let text = match &r.partitions {
                 // Adding partitions only adds chunks; sync_plan accepts that.
                 Some(_) => format!("column={}|partitions", r.column),
-                None => format!(
-                    "column={}|start={}|end={}|chunk={}",
-                    r.column,
-                    opt(r.start),
-                    if r.end_now { "now".into() } else { opt(r.end) },
-                    r.chunk
-                ),
+                None => {
+                    let mut text = format!(
+                        "column={}|start={}|end={}|chunk={}",
+                        r.column,
+                        opt(r.start),
+                        if r.end_now { "now".into() } else { opt(r.end) },
+                        r.chunk
+                    );
+                    // Only when set, so jobs without them keep their
+                    // fingerprints.
+                    if let Some(z) = r.calendar.zone {
+                        text.push_str(&format!("|timezone={}", z.name()));
+                    }
+                    if let Some(w) = r.calendar.week_start {
+                        text.push_str(&format!("|week_start={w}"));
+                    }
+                    if r.naive_local == Some(true) {
+                        text.push_str("|naive=local");
+                    }
+                    text
+                }
             };
             format!("{text}|{:016x}", XxHash3_64::oneshot(text.as_bytes()))
         }
@@ -270,15 +284,24 @@ fn plan_unchecked(job: &str, range: Option<&RangeSpec>) -> Result<Vec<Chunk>, Pl
     match (r.start, r.end) {
         (Some(start), end) if r.extend_to.is_some() => {
             let mut chunks = match end {
-                Some(end) => plan_bounds(job, &r.column, start, end, r.chunk)?,
+                Some(end) => {
+                    plan_bounds_in(job, &r.column, start, end, r.chunk, &r.plan_calendar())?
+                }
                 None => Vec::new(),
             };
             if let Some(to) = r.extend_to {
-                extend(&mut chunks, job, &r.column, start, to, r.chunk)?;
+                let grid = Grid {
+                    start,
+                    chunk: r.chunk,
+                    calendar: r.plan_calendar(),
+                };
+                extend(&mut chunks, job, &r.column, &grid, to)?;
             }
             Ok(chunks)
         }
-        (Some(start), Some(end)) => plan_bounds(job, &r.column, start, end, r.chunk),
+        (Some(start), Some(end)) => {
+            plan_bounds_in(job, &r.column, start, end, r.chunk, &r.plan_calendar())
+        }
         _ => Ok(vec![Chunk {
             index: 0,
             id: chunk_id(job, &r.column, ChunkSize::All, None, None),
@@ -293,14 +316,21 @@ fn plan_unchecked(job: &str, range: Option<&RangeSpec>) -> Result<Vec<Chunk>, Pl
 /// grid anchored at `start`, up to the chunk that holds `to`. The first new
 /// chunk may be short when the old end was not on the grid: the chunks
 /// already planned, and so committed ones, keep their bounds and ids.
+/// Where chunk bounds fall: chunk widths from `start` on a calendar.
+struct Grid {
+    start: RangeValue,
+    chunk: ChunkSize,
+    calendar: Calendar,
+}
+
 fn extend(
     chunks: &mut Vec<Chunk>,
     job: &str,
     column: &str,
-    start: RangeValue,
+    grid: &Grid,
     to: RangeValue,
-    chunk: ChunkSize,
 ) -> Result<(), PlanError> {
+    let (start, chunk) = (grid.start, grid.chunk);
     let mut lo = chunks.last().and_then(|c| c.hi).unwrap_or(start);
     if chunk == ChunkSize::All || chunk.kind() != Some(start.kind()) {
         return Err(PlanError::KindMismatch {
@@ -311,7 +341,10 @@ fn extend(
     let mut k: u64 = 0;
     while lo < to {
         k += 1;
-        let hi = chunk.step(start, k).ok_or(PlanError::Overflow)?;
+        let hi = grid
+            .calendar
+            .step(chunk, start, k)
+            .ok_or(PlanError::Overflow)?;
         if hi <= lo {
             continue;
         }
@@ -330,13 +363,25 @@ fn extend(
     Ok(())
 }
 
-/// Chunks of `[start, end)`; empty when `end <= start`.
+/// Chunks of `[start, end)` on UTC's calendar; empty when `end <= start`.
 pub fn plan_bounds(
     job: &str,
     column: &str,
     start: RangeValue,
     end: RangeValue,
     chunk: ChunkSize,
+) -> Result<Vec<Chunk>, PlanError> {
+    plan_bounds_in(job, column, start, end, chunk, &Calendar::default())
+}
+
+/// Chunks of `[start, end)` on `calendar`; empty when `end <= start`.
+pub fn plan_bounds_in(
+    job: &str,
+    column: &str,
+    start: RangeValue,
+    end: RangeValue,
+    chunk: ChunkSize,
+    calendar: &Calendar,
 ) -> Result<Vec<Chunk>, PlanError> {
     if end <= start {
         return Ok(Vec::new());
@@ -364,7 +409,7 @@ pub fn plan_bounds(
             return Err(PlanError::TooManyChunks);
         }
         k += 1;
-        let step = chunk.step(start, k).ok_or(PlanError::Overflow)?;
+        let step = calendar.step(chunk, start, k).ok_or(PlanError::Overflow)?;
         let hi = step.min(end);
         if hi <= lo {
             return Err(PlanError::Overflow);
@@ -405,6 +450,8 @@ mod tests {
             lookback: 1,
             extend_to: None,
             partitions: None,
+            calendar: Calendar::default(),
+            naive_local: None,
         }
     }
 

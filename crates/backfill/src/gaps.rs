@@ -13,19 +13,21 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use arrow::array::{Array, AsArray};
-use arrow::datatypes::{DataType, Int64Type, TimeUnit, TimestampMicrosecondType};
+use arrow::datatypes::{DataType, Int64Type, UInt32Type};
 use backfill_core::ChunkSize;
-use backfill_core::interval::{MICROS_PER_DAY, RangeValue, format_time};
+use backfill_core::interval::{Calendar, MICROS_PER_DAY, RangeValue};
 use backfill_core::plan::Chunk;
 use backfill_core::state::{ChunkRecord, ChunkStatus};
-use chrono::{DateTime, Months, Utc};
 use datafusion::functions_aggregate::expr_fn::count;
 use datafusion::prelude::{SessionContext, lit};
 use serde::Serialize;
 
 use crate::error::Error;
+use crate::placement::ChunkOfUdf;
 use crate::predicate::RangeColumn;
 use crate::runner::{Backfill, OpenJob};
+use datafusion::common::Column;
+use datafusion::logical_expr::ScalarUDF;
 
 /// Periods on each side whose median a period is compared with.
 const NEIGHBOURS: usize = 3;
@@ -68,24 +70,27 @@ impl Cadence {
         }
     }
 
-    fn fixed_micros(&self) -> Option<i64> {
+    /// The cadence as a chunk width, so periods follow the job's calendar
+    /// as its chunks do (local days in `[range] timezone`).
+    fn size(&self) -> ChunkSize {
         match self {
-            Cadence::Hourly => Some(3_600_000_000),
-            Cadence::Daily => Some(MICROS_PER_DAY),
-            Cadence::Weekly => Some(7 * MICROS_PER_DAY),
-            Cadence::Monthly => None,
+            Cadence::Hourly => ChunkSize::Fixed(3_600_000_000),
+            Cadence::Daily => ChunkSize::Fixed(MICROS_PER_DAY),
+            Cadence::Weekly => ChunkSize::Fixed(7 * MICROS_PER_DAY),
+            Cadence::Monthly => ChunkSize::Months(1),
         }
     }
 
-    /// Period starts: from `start`, each `k`-th step (months from the start,
-    /// so days of the month never drift).
-    fn step(&self, start: i64, k: u32) -> Option<i64> {
-        match self.fixed_micros() {
-            Some(w) => w.checked_mul(i64::from(k))?.checked_add(start),
-            None => DateTime::<Utc>::from_timestamp_micros(start)?
-                .checked_add_months(Months::new(k))
-                .map(|d| d.timestamp_micros()),
-        }
+    /// The end of period `k` (from 1) of periods from `start`: months from
+    /// the start, so days of the month never drift.
+    fn step(&self, calendar: &Calendar, start: i64, k: u32) -> Option<i64> {
+        let calendar = Calendar {
+            week_start: None,
+            ..*calendar
+        };
+        calendar
+            .step(self.size(), RangeValue::Time(start), u64::from(k))
+            .map(|v| v.raw())
     }
 }
 
@@ -185,24 +190,28 @@ impl Backfill {
             )));
         }
         let cadence = opts.expect.unwrap_or(Cadence::for_chunk(r.chunk));
+        // Periods follow the calendar the chunks were cut on.
+        let calendar = r.plan_calendar();
+        let show = |us: i64| calendar.format(us);
         if cadence == Cadence::Monthly
-            && DateTime::<Utc>::from_timestamp_micros(start)
+            && calendar
+                .local(start)
                 .is_none_or(|t| t.format("%d %H:%M:%S%.f").to_string() != "01 00:00:00")
         {
             return Err(Error::Usage(format!(
                 "monthly periods follow calendar months: the range must start on the 1st of a month, not {}",
-                format_time(start)
+                show(start)
             )));
         }
-        let periods = periods(cadence, start, end)?;
-        let counts = target_counts(&job, range, cadence, start, end).await?;
-        let rows: Vec<u64> = periods
-            .iter()
-            .map(|(lo, _)| counts.get(lo).copied().unwrap_or(0))
+        let periods = periods(cadence, &calendar, start, end)?;
+        let counts = target_counts(&job, range, &periods).await?;
+        let rows: Vec<u64> = (0..periods.len())
+            .map(|i| counts.get(&(i as u32)).copied().unwrap_or(0))
             .collect();
+        let now = r.instant_as_value(chrono::Utc::now().timestamp_micros());
         let full = |i: usize| {
             let (lo, hi) = periods[i];
-            cadence.step(lo, 1) == Some(hi) && hi <= chrono::Utc::now().timestamp_micros()
+            cadence.step(&calendar, lo, 1) == Some(hi) && hi <= now
         };
 
         let mut missing = Vec::new();
@@ -212,8 +221,8 @@ impl Backfill {
             let n = rows[i];
             let chunks = covering(&job.chunks, lo, hi);
             let gap = |median| PeriodGap {
-                start: format_time(lo),
-                end: format_time(hi),
+                start: show(lo),
+                end: show(hi),
                 rows: n,
                 neighbours_median: median,
                 chunks: chunks.iter().map(|c| job.chunks[*c].id.clone()).collect(),
@@ -287,8 +296,8 @@ impl Backfill {
             job: spec.name.clone(),
             target: spec.target.path_shown.clone(),
             cadence: cadence.name(),
-            from: format_time(start),
-            to: format_time(end),
+            from: show(start),
+            to: show(end),
             periods: periods.len(),
             rows: rows.iter().sum(),
             min_ratio: opts.min_ratio,
@@ -302,7 +311,12 @@ impl Backfill {
     }
 }
 
-fn periods(cadence: Cadence, start: i64, end: i64) -> Result<Vec<(i64, i64)>, Error> {
+fn periods(
+    cadence: Cadence,
+    calendar: &Calendar,
+    start: i64,
+    end: i64,
+) -> Result<Vec<(i64, i64)>, Error> {
     let mut out = Vec::new();
     let mut lo = start;
     let mut k = 0u32;
@@ -315,7 +329,7 @@ fn periods(cadence: Cadence, start: i64, end: i64) -> Result<Vec<(i64, i64)>, Er
         }
         k += 1;
         let hi = cadence
-            .step(start, k)
+            .step(calendar, start, k)
             .ok_or_else(|| Error::Usage("the range overflows the calendar".into()))?
             .min(end);
         out.push((lo, hi));
@@ -357,16 +371,17 @@ fn neighbours_median(rows: &[u64], i: usize) -> u64 {
     }
 }
 
-/// Rows per period start, counted by the range column in the target. Only
+/// Rows per period (by its number), counted by the range column in the target. Only
 /// that column is read (Parquet projection, or the PostgreSQL COPY's column
 /// list), with the range predicate pruning files and row groups.
 async fn target_counts(
     job: &OpenJob,
     range: &RangeColumn,
-    cadence: Cadence,
-    start: i64,
-    end: i64,
-) -> Result<BTreeMap<i64, u64>, Error> {
+    periods: &[(i64, i64)],
+) -> Result<BTreeMap<u32, u64>, Error> {
+    let (Some(&(start, _)), Some(&(_, end))) = (periods.first(), periods.last()) else {
+        return Ok(BTreeMap::new());
+    };
     let ctx = SessionContext::new_with_config_rt(job.config.clone(), job.runtime.clone());
     let Some(table) = job.sinks.target.table(&ctx).await? else {
         return Ok(BTreeMap::new());
@@ -398,19 +413,24 @@ async fn target_counts(
         Ok(None) => df,
         Err(e) => return Err(fail(e.into())),
     };
-    let quoted = format!("\"{}\"", range.name.replace('"', "\"\""));
-    let as_ts = format!("CAST({quoted} AS TIMESTAMP)");
-    let period_sql = match cadence.fixed_micros() {
-        Some(w) => format!(
-            "date_bin(INTERVAL '{} seconds', {as_ts}, TIMESTAMP '{}')",
-            w / 1_000_000,
-            DateTime::<Utc>::from_timestamp_micros(start)
-                .map(|t| t.naive_utc().format("%Y-%m-%dT%H:%M:%S").to_string())
-                .unwrap_or_default()
-        ),
-        None => format!("date_trunc('month', {as_ts})"),
-    };
-    let period = df.parse_sql_expr(&period_sql).map_err(fail)?;
+    // Each row's period by the same rule that places rows in chunks
+    // (bounds rounded to the column's type), so a period is exactly the
+    // rows a chunk with its bounds would hold, on any calendar.
+    let as_chunks: Vec<Chunk> = periods
+        .iter()
+        .enumerate()
+        .map(|(index, &(lo, hi))| Chunk {
+            index,
+            id: String::new(),
+            lo: Some(RangeValue::Time(lo)),
+            hi: Some(RangeValue::Time(hi)),
+            value: None,
+        })
+        .collect();
+    let period_of = ScalarUDF::new_from_impl(ChunkOfUdf::new(&column, &as_chunks).map_err(fail)?);
+    let period = period_of.call(vec![datafusion::prelude::col(Column::new_unqualified(
+        range.name.clone(),
+    ))]);
     let batches = df
         .aggregate(vec![period.alias("p")], vec![count(lit(1)).alias("n")])
         .map_err(fail)?
@@ -420,12 +440,7 @@ async fn target_counts(
     let mut out = BTreeMap::new();
     for b in batches {
         let arrow_err = |e: arrow::error::ArrowError| Error::Usage(format!("counting rows: {e}"));
-        let p = arrow::compute::cast(
-            b.column(0),
-            &DataType::Timestamp(TimeUnit::Microsecond, None),
-        )
-        .map_err(arrow_err)?;
-        let p = p.as_primitive::<TimestampMicrosecondType>();
+        let p = b.column(0).as_primitive::<UInt32Type>();
         let n = arrow::compute::cast(b.column(1), &DataType::Int64).map_err(arrow_err)?;
         let n = n.as_primitive::<Int64Type>();
         for i in 0..b.num_rows() {
@@ -527,6 +542,7 @@ pub fn gaps_text(r: &GapReport) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use backfill_core::interval::format_time;
 
     #[test]
     fn median_ignores_the_period_and_missing_neighbours() {
@@ -536,14 +552,25 @@ mod tests {
     }
 
     #[test]
-    fn months_step_from_the_start() {
+    fn periods_step_from_the_start_on_the_calendar() {
         let start = backfill_core::interval::parse_time("2023-01-01").unwrap();
-        let p = periods(Cadence::Monthly, start, start + 70 * MICROS_PER_DAY).unwrap();
+        let utc = Calendar::default();
+        let p = periods(Cadence::Monthly, &utc, start, start + 70 * MICROS_PER_DAY).unwrap();
         assert_eq!(format_time(p[1].0), "2023-02-01");
         assert_eq!(format_time(p[2].0), "2023-03-01");
         assert_eq!(format_time(p[2].1), "2023-03-12");
         assert_eq!(p.len(), 3);
-        let d = periods(Cadence::Daily, start, start + 3 * MICROS_PER_DAY).unwrap();
+        let d = periods(Cadence::Daily, &utc, start, start + 3 * MICROS_PER_DAY).unwrap();
         assert_eq!(d.len(), 3);
+        // Local days: 2023-03-12 in New York is 23 hours long.
+        let ny = Calendar {
+            zone: Some(backfill_core::interval::parse_zone("America/New_York").unwrap()),
+            week_start: None,
+        };
+        let from = ny.parse_time("2023-03-11").unwrap();
+        let to = ny.parse_time("2023-03-14").unwrap();
+        let d = periods(Cadence::Daily, &ny, from, to).unwrap();
+        let hours: Vec<i64> = d.iter().map(|(lo, hi)| (hi - lo) / 3_600_000_000).collect();
+        assert_eq!(hours, [24, 23, 24]);
     }
 }

@@ -30,6 +30,7 @@ mod error;
 mod evolve;
 pub mod gaps;
 mod hive;
+mod local_time;
 mod memory;
 mod pg;
 mod placement;

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::Context;
-use backfill::core::interval::{RangeValue, ValueKind, parse_time};
+use backfill::core::interval::{Calendar, RangeValue, ValueKind};
 use backfill::core::spec::EXAMPLE_JOB;
 use backfill::demo::{self, DemoManifest};
 use backfill::gaps::{Cadence, GapOptions};
@@ -379,9 +379,16 @@ fn load(job: &Path) -> anyhow::Result<Backfill> {
     Ok(Backfill::from_file(job)?)
 }
 
-fn parse_bound(flag: &str, text: &str, kind: Option<ValueKind>) -> Result<RangeValue, Error> {
+/// A `--from`/`--to` value, as a value of the range: dates and naive times
+/// in the job's zone (`[range] timezone`).
+fn parse_bound(
+    flag: &str,
+    text: &str,
+    kind: Option<ValueKind>,
+    calendar: &Calendar,
+) -> Result<RangeValue, Error> {
     let parsed = match kind {
-        Some(ValueKind::Time) => parse_time(text).map(RangeValue::Time),
+        Some(ValueKind::Time) => calendar.parse_time(text).map(RangeValue::Time),
         Some(ValueKind::Int) => text
             .replace('_', "")
             .parse::<i64>()
@@ -394,6 +401,12 @@ fn parse_bound(flag: &str, text: &str, kind: Option<ValueKind>) -> Result<RangeV
 
 fn window(job: &Backfill, w: &Window) -> Result<(Option<RangeValue>, Option<RangeValue>), Error> {
     let kind = job.spec().range.as_ref().and_then(|r| r.kind());
+    let calendar = job
+        .spec()
+        .range
+        .as_ref()
+        .map(|r| r.plan_calendar())
+        .unwrap_or_default();
     if (w.from.is_some() || w.to.is_some()) && job.spec().range.is_none() {
         return Err(Error::Usage(
             "--from/--to need a [range] in the job file; this job is one full-load chunk".into(),
@@ -402,11 +415,11 @@ fn window(job: &Backfill, w: &Window) -> Result<(Option<RangeValue>, Option<Rang
     let from = w
         .from
         .as_deref()
-        .map(|t| parse_bound("--from", t, kind))
+        .map(|t| parse_bound("--from", t, kind, &calendar))
         .transpose()?;
     let to =
         w.to.as_deref()
-            .map(|t| parse_bound("--to", t, kind))
+            .map(|t| parse_bound("--to", t, kind, &calendar))
             .transpose()?;
     Ok((from, to))
 }

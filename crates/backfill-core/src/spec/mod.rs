@@ -18,7 +18,9 @@ use std::time::Duration;
 
 use toml::de::{DeTable, DeValue};
 
-use crate::interval::{ChunkSize, RangeValue, ValueKind, parse_duration, parse_time};
+use crate::interval::{
+    Calendar, ChunkSize, RangeValue, ValueKind, parse_duration, parse_weekday, parse_zone,
+};
 pub use engine::{ConnectUrl, EngineKind, EngineSpec, SparkSpec, parse_connect_url};
 pub use pgurl::{PgTls, SslMode, mask_url, split_tls, url_passwords};
 pub use postgres::{
@@ -31,6 +33,7 @@ use reader::{Diags, Env, TableReader};
 pub use reader::{Located, line_col};
 
 use range::*;
+pub use range::{Partitions, RangeSpec};
 use run::*;
 pub use run::{DEFAULT_MAX_FILE_SIZE, MIN_MEMORY_LIMIT};
 pub use source::SourceCompression;
@@ -190,43 +193,6 @@ pub struct SourceSpec {
     pub columns: Vec<(String, ColumnType)>,
     /// Set exactly when `format = "postgres"` (then `path` is empty).
     pub postgres: Option<PgSourceSpec>,
-}
-
-/// `[range] partitions`: one chunk per value of the range column.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Partitions {
-    /// The Hive partitions (`column=value/` directories) of a file source.
-    Source,
-    /// These values.
-    List(Vec<String>),
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct RangeSpec {
-    pub column: String,
-    pub column_loc: Loc,
-    /// `None` only with `chunk = "all"` and no bounds: the whole source.
-    pub start: Option<RangeValue>,
-    pub end: Option<RangeValue>,
-    pub chunk: ChunkSize,
-    pub ordered: bool,
-    /// `end = "now"`: an incremental job, planned up to the present.
-    pub end_now: bool,
-    /// Incremental runs also re-run this many of the last committed chunks,
-    /// for rows that arrived late.
-    pub lookback: u32,
-    /// Plan on past `end` (or from `start`, without one) along the same
-    /// chunk grid, up to the chunk holding this instant: set from the clock
-    /// for `end = "now"` and by `run --incremental`.
-    pub extend_to: Option<RangeValue>,
-    /// One chunk per partition value instead of ranges.
-    pub partitions: Option<Partitions>,
-}
-
-impl RangeSpec {
-    pub fn kind(&self) -> Option<ValueKind> {
-        self.start.map(|s| s.kind()).or(self.chunk.kind())
-    }
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -1,6 +1,73 @@
 //! `[range]`: the column, its bounds and the chunk size, or partitions.
 
 use super::*;
+use crate::interval::MICROS_PER_DAY;
+
+/// `[range] partitions`: one chunk per value of the range column.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Partitions {
+    /// The Hive partitions (`column=value/` directories) of a file source.
+    Source,
+    /// These values.
+    List(Vec<String>),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RangeSpec {
+    pub column: String,
+    pub column_loc: Loc,
+    /// `None` only with `chunk = "all"` and no bounds: the whole source.
+    pub start: Option<RangeValue>,
+    pub end: Option<RangeValue>,
+    pub chunk: ChunkSize,
+    pub ordered: bool,
+    /// `end = "now"`: an incremental job, planned up to the present.
+    pub end_now: bool,
+    /// Incremental runs also re-run this many of the last committed chunks,
+    /// for rows that arrived late.
+    pub lookback: u32,
+    /// Plan on past `end` (or from `start`, without one) along the same
+    /// chunk grid, up to the chunk holding this instant: set from the clock
+    /// for `end = "now"` and by `run --incremental`.
+    pub extend_to: Option<RangeValue>,
+    /// One chunk per partition value instead of ranges.
+    pub partitions: Option<Partitions>,
+    /// `timezone` and `week_start`: the calendar chunks follow.
+    pub calendar: Calendar,
+    /// `naive_timestamps`: `Some(true)` for "local" (a column without a
+    /// zone holds wall-clock times in `timezone`, so chunks are cut on that
+    /// wall clock), `Some(false)` for "utc", `None` when not said.
+    pub naive_local: Option<bool>,
+}
+
+impl RangeSpec {
+    pub fn kind(&self) -> Option<ValueKind> {
+        self.start.map(|s| s.kind()).or(self.chunk.kind())
+    }
+
+    /// The calendar chunk bounds are computed on. A column of wall-clock
+    /// times is cut at wall-clock midnights, which as values of that column
+    /// are plain UTC-style arithmetic: the zone only says what "now" is.
+    pub fn plan_calendar(&self) -> Calendar {
+        if self.naive_local == Some(true) {
+            Calendar {
+                zone: None,
+                ..self.calendar
+            }
+        } else {
+            self.calendar
+        }
+    }
+
+    /// An instant (the clock's "now") as a value of the range: itself, or
+    /// the zone's wall clock for naive times declared local.
+    pub fn instant_as_value(&self, micros: i64) -> i64 {
+        match (self.naive_local, self.calendar.local(micros)) {
+            (Some(true), Some(local)) => Calendar::default().instant(local).unwrap_or(micros),
+            _ => micros,
+        }
+    }
+}
 
 /// A range bound: an integer, a TOML date/datetime, or a string holding either.
 pub(super) fn range_value(
@@ -8,6 +75,7 @@ pub(super) fn range_value(
     env: Env,
     t: &mut TableReader,
     name: &str,
+    calendar: &Calendar,
 ) -> Option<Located<RangeValue>> {
     let key = t.key(name);
     let raw = t.raw(name)?;
@@ -17,10 +85,14 @@ pub(super) fn range_value(
             Some(Ok(i)) => Ok(RangeValue::Int(i)),
             _ => Err("does not fit in a 64-bit integer".to_string()),
         },
-        DeValue::Datetime(dt) => parse_time(&dt.to_string()).map(RangeValue::Time),
+        DeValue::Datetime(dt) => calendar.parse_time(&dt.to_string()).map(RangeValue::Time),
         DeValue::String(_) => {
             let s = reader::string_of(d, env, &key, raw)?;
-            RangeValue::parse(&s.value).map_err(|e| e.replace(&s.value, &s.shown))
+            match RangeValue::parse(&s.value) {
+                Ok(RangeValue::Time(_)) => calendar.parse_time(&s.value).map(RangeValue::Time),
+                other => other,
+            }
+            .map_err(|e| e.replace(&s.value, &s.shown))
         }
         other => Err(format!(
             "expected a date, timestamp or integer, found {}",
@@ -47,7 +119,65 @@ pub(super) fn read_range(
     text: &str,
 ) -> Option<RangeSpec> {
     let column = t.string(d, env, "column");
-    let start = range_value(d, env, t, "start");
+    let zone = t.string(d, env, "timezone");
+    let week_start = t.string(d, env, "week_start");
+    let naive = t.string(d, env, "naive_timestamps");
+    let zone_span = t.raw_span("timezone");
+    let week_span = t.raw_span("week_start");
+    let mut calendar = Calendar::default();
+    if let Some(z) = &zone {
+        match parse_zone(&z.value) {
+            Ok(tz) => calendar.zone = Some(tz),
+            Err(e) => d.push(
+                z.span.clone(),
+                "range.timezone",
+                e.replace(&z.value, &z.shown),
+            ),
+        }
+    }
+    if let Some(w) = &week_start {
+        match parse_weekday(&w.value) {
+            Ok(day) => calendar.week_start = Some(day),
+            Err(e) => d.push(
+                w.span.clone(),
+                "range.week_start",
+                e.replace(&w.value, &w.shown),
+            ),
+        }
+    }
+    let naive_local = match &naive {
+        None => None,
+        Some(n) => match n.value.trim().to_ascii_lowercase().as_str() {
+            "utc" => Some(false),
+            "local" if zone.is_some() => Some(true),
+            "local" => {
+                d.push(
+                    n.span.clone(),
+                    "range.naive_timestamps",
+                    "\"local\" needs range.timezone (the zone the times are in)",
+                );
+                None
+            }
+            _ => {
+                d.push(
+                    n.span.clone(),
+                    "range.naive_timestamps",
+                    format!("\"{}\" is not utc or local", n.shown),
+                );
+                None
+            }
+        },
+    };
+    // Bounds are values of the column: instants, or for naive times
+    // declared local, wall-clock readings written as they are.
+    let values = match naive_local {
+        Some(true) => Calendar {
+            zone: None,
+            ..calendar
+        },
+        _ => calendar,
+    };
+    let start = range_value(d, env, t, "start", &values);
     let end_now = t
         .raw("end")
         .and_then(|v| {
@@ -59,7 +189,7 @@ pub(super) fn read_range(
     let end = if end_now {
         None
     } else {
-        range_value(d, env, t, "end")
+        range_value(d, env, t, "end", &values)
     };
     let chunk_raw = t.raw("chunk");
     let ordered = t.bool(d, "ordered");
@@ -75,6 +205,9 @@ pub(super) fn read_range(
             "ordered",
             "lookback",
             "partitions",
+            "timezone",
+            "week_start",
+            "naive_timestamps",
         ],
     );
     let partitions = match partitions_raw {
@@ -135,7 +268,7 @@ pub(super) fn read_range(
     };
     let now = if end_now {
         match env("BACKFILL_NOW") {
-            Some(v) => match parse_time(&v) {
+            Some(v) => match calendar.parse_time(&v) {
                 Ok(us) => Some(us),
                 Err(e) => {
                     d.push(
@@ -148,6 +281,11 @@ pub(super) fn read_range(
             },
             None => Some(chrono::Utc::now().timestamp_micros()),
         }
+        // Wall-clock values: "now" is the zone's wall clock, as a value.
+        .map(|us| match (naive_local, calendar.local(us)) {
+            (Some(true), Some(local)) => Calendar::default().instant(local).unwrap_or(us),
+            _ => us,
+        })
     } else {
         None
     };
@@ -278,6 +416,31 @@ pub(super) fn read_range(
             );
         }
     }
+    match chunk {
+        _ if calendar == Calendar::default() => {}
+        ChunkSize::Count(_) => d.push(
+            zone_span.clone().or(week_span.clone()).unwrap_or_else(|| t.span()),
+            "range.timezone",
+            "applies to time ranges; this range is integers",
+        ),
+        ChunkSize::Fixed(w) if calendar.zone.is_some() && w % MICROS_PER_DAY != 0 => d.push(
+            zone_span.clone().unwrap_or_else(|| t.span()),
+            "range.timezone",
+            format!(
+                "applies to day, week, month and year chunks; {chunk} chunks are the same instants in every zone (leave timezone out)"
+            ),
+        ),
+        _ => {}
+    }
+    if calendar.week_start.is_some()
+        && !matches!(chunk, ChunkSize::Fixed(w) if w % (7 * MICROS_PER_DAY) == 0)
+    {
+        d.push(
+            week_span.unwrap_or_else(|| t.span()),
+            "range.week_start",
+            format!("applies to weekly chunks (\"1w\", \"7d\", \"2w\"), not {chunk}"),
+        );
+    }
     Some(RangeSpec {
         column_loc: loc(text, &column.as_ref()?.span),
         column: column?.value,
@@ -289,5 +452,7 @@ pub(super) fn read_range(
         lookback,
         extend_to: now.map(RangeValue::Time),
         partitions,
+        calendar,
+        naive_local,
     })
 }

@@ -27,7 +27,7 @@ pub(crate) async fn dedup_index(
     let key_schema = Arc::new(arrow::datatypes::Schema::new(key_fields));
     // What the transform reads: the source and any lookup table.
     let mut read = job.source.fingerprint();
-    for (name, table) in &job.lookups {
+    for (name, table) in &job.lookups.tables {
         read.push_str(&format!("|{name}:{}", table.fingerprint()));
     }
     let fp = dedup::index_fingerprint(&job.spec, &read, &key_schema);

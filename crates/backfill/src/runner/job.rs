@@ -7,8 +7,8 @@ use super::*;
 pub(crate) struct OpenJob {
     pub spec: JobSpec,
     pub source: Arc<dyn Source>,
-    /// `[[tables]]`, which the transform may join.
-    pub lookups: Vec<(String, Arc<dyn Source>)>,
+    /// `[[tables]]`, which the transform may join, and its `local_time()`.
+    pub lookups: source::Lookups,
     pub sinks: Sinks,
     /// The transform's output schema.
     pub transformed: arrow::datatypes::SchemaRef,
@@ -106,12 +106,19 @@ impl Backfill {
                 };
                 self.source_error(self.spec.source.path_loc, key, e)
             })?;
-        let mut lookups = Vec::new();
+        let mut lookups = source::Lookups {
+            tables: Vec::new(),
+            zone: self.spec.range.as_ref().and_then(|r| {
+                r.calendar
+                    .zone
+                    .map(|zone| (zone, r.naive_local == Some(true)))
+            }),
+        };
         for (i, table) in self.spec.tables.iter().enumerate() {
             let opened = source::open(&table.source, &ctx, None).await.map_err(|e| {
                 self.source_error(table.source.path_loc, &format!("tables[{i}].path"), e)
             })?;
-            lookups.push((table.name.clone(), opened));
+            lookups.tables.push((table.name.clone(), opened));
         }
         let schema = source.schema();
         let range = match &self.spec.range {
@@ -169,6 +176,9 @@ impl Backfill {
                                 field.data_type()
                             ),
                         ));
+                }
+                if let Err(message) = zone_fits(r, field.data_type()) {
+                    return Err(self.job_error(r.column_loc, "range.column", message));
                 }
                 Some(RangeColumn {
                     name: r.column.clone(),
@@ -379,5 +389,39 @@ pub(crate) fn resolve_state_path(spec: &mut JobSpec) {
             legacy.display()
         );
         spec.state.path = legacy;
+    }
+}
+
+/// Whether `[range] timezone` can mean one thing for a column of this type:
+/// chunk bounds are instants, which a column with a zone (or naive times
+/// declared UTC) compares exactly, and naive times declared local are cut
+/// on their own wall clock. A date is already a local day, and naive times
+/// must say which they are.
+fn zone_fits(
+    r: &backfill_core::spec::RangeSpec,
+    data_type: &arrow::datatypes::DataType,
+) -> Result<(), String> {
+    use arrow::datatypes::DataType;
+    let Some(zone) = r.calendar.zone else {
+        return Ok(());
+    };
+    match (data_type, r.naive_local) {
+        (DataType::Date32 | DataType::Date64, _) => Err(format!(
+            "column \"{}\" is a date, which is already a local day: leave range.timezone out",
+            r.column
+        )),
+        (DataType::Timestamp(_, None), None) => Err(format!(
+            "column \"{}\" is a timestamp without a time zone: say whether its values are UTC \
+             ([range] naive_timestamps = \"utc\") or wall-clock times in {} \
+             (naive_timestamps = \"local\")",
+            r.column,
+            zone.name()
+        )),
+        (DataType::Timestamp(_, Some(tz)), Some(true)) => Err(format!(
+            "column \"{}\" has a time zone ({tz}): naive_timestamps = \"local\" is for columns \
+             without one",
+            r.column
+        )),
+        _ => Ok(()),
     }
 }

@@ -302,11 +302,13 @@ impl Backfill {
             ));
         }
         let now = match std::env::var("BACKFILL_NOW") {
-            Ok(v) => backfill_core::interval::parse_time(&v)
+            Ok(v) => r
+                .calendar
+                .parse_time(&v)
                 .map_err(|e| Error::Usage(format!("BACKFILL_NOW: {e}")))?,
             Err(_) => chrono::Utc::now().timestamp_micros(),
         };
-        r.extend_to = Some(RangeValue::Time(now));
+        r.extend_to = Some(RangeValue::Time(r.instant_as_value(now)));
         Ok(Backfill { spec })
     }
 

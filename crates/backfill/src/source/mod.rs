@@ -15,13 +15,26 @@ use datafusion::prelude::SessionContext;
 
 pub use files::FileSource;
 
-/// Lookup tables (`[[tables]]`): each name with its rows.
-pub type Lookups = [(String, Arc<dyn Source>)];
+/// What a transform can use besides the source: the lookup tables
+/// (`[[tables]]`), each name with its rows, and `local_time()` in the job's
+/// zone (`[range] timezone`).
+#[derive(Default)]
+pub struct Lookups {
+    pub tables: Vec<(String, Arc<dyn Source>)>,
+    /// The zone, and whether naive times are already local in it.
+    pub zone: Option<(backfill_core::interval::Tz, bool)>,
+}
 
-/// Makes the lookup tables visible to the transform in `ctx`.
+/// Makes the lookup tables and `local_time()` visible to the transform in
+/// `ctx`.
 pub fn register_lookups(ctx: &SessionContext, lookups: &Lookups) -> datafusion::error::Result<()> {
-    for (name, table) in lookups {
+    for (name, table) in &lookups.tables {
         ctx.register_table(name.as_str(), table.table())?;
+    }
+    if let Some((zone, naive_local)) = lookups.zone {
+        ctx.register_udf(datafusion::logical_expr::ScalarUDF::new_from_impl(
+            crate::local_time::LocalTime::new(zone, naive_local),
+        ));
     }
     Ok(())
 }

@@ -234,6 +234,11 @@ fn cases() -> Vec<Case> {
         ),
         case("bad_delimiter", Job::Text("[source]\nformat = \"csv\"\npath = \"in/\"\ndelimiter = \"ab\"\n[target]\npath = \"out\"\n", &[]), 2),
         case("bad_compression", Job::Demo(|s| s.replace("compression = \"zstd\"", "compression = \"brotli\"")), 2),
+        case("bad_timezone", Job::Demo(|s| s.replace("[range]\n", "[range]\ntimezone = \"Mars/Olympus\"\n")), 2),
+        case("week_start_on_months", Job::Demo(|s| s.replace("[range]\n", "[range]\ntimezone = \"Europe/Berlin\"\nweek_start = \"monday\"\n").replace("chunk = \"7d\"", "chunk = \"1 month\"")), 2),
+        case("naive_local_without_zone", Job::Demo(|s| s.replace("[range]\n", "[range]\nnaive_timestamps = \"local\"\n")), 2),
+        case("timezone_on_naive_column_undeclared", Job::Demo(|s| s.replace("[range]\n", "[range]\ntimezone = \"Europe/Berlin\"\n")), 2),
+        case("timezone_on_hourly_chunks", Job::Demo(|s| s.replace("[range]\n", "[range]\ntimezone = \"Europe/Berlin\"\n").replace("chunk = \"7d\"", "chunk = \"12h\"")), 2),
         case("max_file_rows_zero", Job::Demo(|s| s.replace("compression = \"zstd\"", "max_file_rows = 0\ncompression = \"zstd\"")), 2),
         case(
             "duplicate_partition_column",

@@ -26,3 +26,4 @@ mod sequence;
 #[cfg(feature = "spark")]
 mod spark;
 mod state;
+mod timezones;
