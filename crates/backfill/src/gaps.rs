@@ -400,6 +400,7 @@ async fn target_counts(
     let column = RangeColumn {
         name: range.name.clone(),
         data_type: field.data_type().clone(),
+        bucket: None,
     };
     let whole = Chunk {
         index: 0,
@@ -407,6 +408,7 @@ async fn target_counts(
         lo: Some(RangeValue::Time(start)),
         hi: Some(RangeValue::Time(end)),
         value: None,
+        bucket: None,
     };
     let df = match crate::predicate::datafusion(&column, &whole) {
         Ok(Some(p)) => df.filter(p).map_err(fail)?,
@@ -425,6 +427,7 @@ async fn target_counts(
             lo: Some(RangeValue::Time(lo)),
             hi: Some(RangeValue::Time(hi)),
             value: None,
+            bucket: None,
         })
         .collect();
     let period_of = ScalarUDF::new_from_impl(ChunkOfUdf::new(&column, &as_chunks).map_err(fail)?);

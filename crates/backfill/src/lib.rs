@@ -22,6 +22,7 @@
 // The public API is what is re-exported below, plus the modules the CLI
 // and tests build on (the demo generator, `gaps`, progress output, redaction,
 // reports). Everything else is the engine's own and may change.
+mod bucket;
 mod cancel;
 mod dedup;
 pub mod demo;

@@ -58,9 +58,13 @@ enum Rule {
 
 /// `__bf_chunk_of(range column)`: the number (position in the plan) of the
 /// chunk whose predicate selects the row, NULL when none does.
+/// With `[range] buckets`, chunks come `of` to a window (plan order: window
+/// by window): the chunk of a row is `window * of + bucket`, the row's
+/// bucket given as the UDF's second argument.
 #[derive(Debug)]
 pub struct ChunkOfUdf {
     rule: Arc<Rule>,
+    buckets: Option<u32>,
     signature: Signature,
 }
 
@@ -89,6 +93,16 @@ fn plain(dt: &DataType) -> DataType {
 
 impl ChunkOfUdf {
     pub fn new(range: &RangeColumn, chunks: &[Chunk]) -> Result<ChunkOfUdf, DataFusionError> {
+        let buckets = chunks.first().and_then(|c| c.bucket).map(|b| b.of);
+        // Bucketed: place by window, one chunk of each group stands for it.
+        let windows: Vec<Chunk>;
+        let chunks = match buckets {
+            Some(of) => {
+                windows = chunks.iter().step_by(of.max(1) as usize).cloned().collect();
+                &windows[..]
+            }
+            None => chunks,
+        };
         let rule = if chunks.iter().any(|c| c.value.is_some()) {
             let data_type = plain(&range.data_type);
             let converter = RowConverter::new(vec![SortField::new(data_type.clone())])?;
@@ -121,8 +135,38 @@ impl ChunkOfUdf {
         };
         Ok(ChunkOfUdf {
             rule: Arc::new(rule),
-            signature: Signature::any(1, Volatility::Immutable),
+            buckets,
+            signature: Signature::variadic_any(Volatility::Immutable),
         })
+    }
+
+    /// The columns the UDF takes: the range column, and the bucket column
+    /// of a bucketed plan.
+    pub fn args(&self, range: &RangeColumn) -> Vec<Expr> {
+        let mut args = vec![col(Column::new_unqualified(range.name.clone()))];
+        if let (Some(_), Some(b)) = (self.buckets, &range.bucket) {
+            args.push(col(Column::new_unqualified(b.name.clone())));
+        }
+        args
+    }
+
+    /// Chunks of rows given their range values and, for a bucketed plan,
+    /// their bucket column.
+    pub(crate) fn chunks_of_rows(
+        &self,
+        range: &ArrayRef,
+        bucket: Option<&ArrayRef>,
+    ) -> Result<UInt32Array, DataFusionError> {
+        let windows = self.chunks_of(range)?;
+        let (Some(of), Some(b)) = (self.buckets, bucket) else {
+            return Ok(windows);
+        };
+        let buckets = crate::bucket::buckets(b, of)?;
+        Ok(windows
+            .iter()
+            .zip(buckets.values().iter())
+            .map(|(w, b)| w.map(|w| w * of + b))
+            .collect())
     }
 
     pub(crate) fn chunks_of(&self, a: &ArrayRef) -> Result<UInt32Array, DataFusionError> {
@@ -209,7 +253,9 @@ impl ScalarUDFImpl for ChunkOfUdf {
                 "{CHUNK_OF_UDF} takes the range column"
             )));
         };
-        Ok(ColumnarValue::Array(Arc::new(self.chunks_of(a)?)))
+        Ok(ColumnarValue::Array(Arc::new(
+            self.chunks_of_rows(a, arrays.get(1))?,
+        )))
     }
 }
 
@@ -303,10 +349,10 @@ pub async fn transformed_with_chunks(
     range: &RangeColumn,
     chunks: &[Chunk],
 ) -> Result<DataFrame, DataFusionError> {
-    let udf = ScalarUDF::new_from_impl(ChunkOfUdf::new(range, chunks)?);
-    let placed = raw
-        .clone()
-        .with_column(CHUNK_COL, udf.call(vec![col(range.name.as_str())]))?;
+    let place = ChunkOfUdf::new(range, chunks)?;
+    let args = place.args(range);
+    let udf = ScalarUDF::new_from_impl(place);
+    let placed = raw.clone().with_column(CHUNK_COL, udf.call(args))?;
     ctx.register_table("source", placed.into_view())?;
     let transformed = ctx.sql(transform_sql).await?;
     let (state, plan) = transformed.into_parts();
@@ -357,6 +403,7 @@ mod tests {
             lo: Some(RangeValue::Int(lo)),
             hi: Some(RangeValue::Int(hi)),
             value: None,
+            bucket: None,
         }
     }
 
@@ -366,6 +413,7 @@ mod tests {
         let range = RangeColumn {
             name: "n".into(),
             data_type: DataType::Int64,
+            bucket: None,
         };
         let udf = ChunkOfUdf::new(&range, &chunks).expect("udf");
         let a: ArrayRef = Arc::new(Int64Array::from(vec![
@@ -399,10 +447,12 @@ mod tests {
             lo: None,
             hi: None,
             value: Some(v.into()),
+            bucket: None,
         };
         let range = RangeColumn {
             name: "m".into(),
             data_type: DataType::Int32,
+            bucket: None,
         };
         let udf = ChunkOfUdf::new(&range, &[chunk("1"), chunk("07")]).expect("udf");
         let a: ArrayRef = Arc::new(arrow::array::Int32Array::from(vec![7, 1, 2]));
@@ -412,6 +462,7 @@ mod tests {
         let range = RangeColumn {
             name: "region".into(),
             data_type: DataType::Utf8,
+            bucket: None,
         };
         let udf = ChunkOfUdf::new(&range, &[chunk("eu"), chunk("us")]).expect("udf");
         let a: ArrayRef = Arc::new(StringArray::from(vec![Some("us"), None, Some("ap")]));

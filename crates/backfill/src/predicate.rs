@@ -22,6 +22,8 @@ use datafusion::logical_expr::{Expr, lit};
 pub struct RangeColumn {
     pub name: String,
     pub data_type: DataType,
+    /// `[range] buckets`: the column hashed into buckets.
+    pub bucket: Option<crate::bucket::BucketColumn>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -114,6 +116,18 @@ pub fn bound(col: &RangeColumn, v: RangeValue) -> Result<Bound, PredicateError> 
 /// An integer upper bound past the column type's maximum means "no upper
 /// bound".
 pub fn datafusion(col: &RangeColumn, chunk: &Chunk) -> Result<Option<Expr>, PredicateError> {
+    let range = range_datafusion(col, chunk)?;
+    let bucket = match (&col.bucket, chunk.bucket) {
+        (Some(column), Some(b)) => Some(crate::bucket::datafusion(column, b)),
+        _ => None,
+    };
+    Ok(match (range, bucket) {
+        (Some(r), Some(b)) => Some(r.and(b)),
+        (r, b) => r.or(b),
+    })
+}
+
+fn range_datafusion(col: &RangeColumn, chunk: &Chunk) -> Result<Option<Expr>, PredicateError> {
     let column = || Expr::Column(Column::new_unqualified(col.name.clone()));
     if let Some(v) = &chunk.value {
         // A Hive directory value is text; a listed one is cast like SQL
@@ -226,7 +240,20 @@ pub fn spark(
 /// the exact bounds as `timestamp` literals, which the server compares
 /// exactly with a column of any time type; `true` for a chunk without
 /// bounds.
-pub fn postgres(column: &str, chunk: &Chunk) -> String {
+/// `bucket_column` (quoted) is the column a bucket chunk hashes.
+pub fn postgres(column: &str, chunk: &Chunk, bucket_column: Option<&str>) -> String {
+    let range = range_postgres(column, chunk);
+    match (chunk.bucket, bucket_column) {
+        (Some(b), Some(c)) => format!(
+            "{range} AND {} = {}",
+            crate::bucket::postgres_expr(c, b.of),
+            b.index
+        ),
+        _ => range,
+    }
+}
+
+fn range_postgres(column: &str, chunk: &Chunk) -> String {
     if let Some(v) = &chunk.value {
         // The server casts the literal to the column's type.
         return format!("{column} = {}", crate::pg::quote_literal(v));
@@ -266,6 +293,7 @@ mod tests {
             lo,
             hi,
             value: None,
+            bucket: None,
         }
     }
 
@@ -273,6 +301,7 @@ mod tests {
         RangeColumn {
             name: "t".into(),
             data_type,
+            bucket: None,
         }
     }
 
@@ -323,7 +352,7 @@ mod tests {
             "t >= Date32(\"2023-01-01\") AND t < Date32(\"2023-01-03\")"
         );
         assert_eq!(
-            postgres("\"t\"", &c),
+            postgres("\"t\"", &c, None),
             "\"t\" >= '2023-01-01 00:00:00.000000'::timestamp AND \"t\" < '2023-01-02 00:00:00.000001'::timestamp"
         );
         // Past the column type's maximum, an integer upper bound is none.

@@ -15,6 +15,14 @@ fn bound(v: Option<RangeValue>) -> String {
     v.map(|v| v.to_string()).unwrap_or_else(|| "-".to_string())
 }
 
+/// A chunk's upper bound, with its bucket when the plan has buckets.
+fn upper(v: Option<RangeValue>, bucket: Option<backfill_core::plan::Bucket>) -> String {
+    match bucket {
+        Some(b) => format!("{} (bucket {}/{})", bound(v), b.index, b.of),
+        None => bound(v),
+    }
+}
+
 /// Lays out rows under a header with columns padded to their widest cell.
 pub(crate) fn table(header: &[&str], rows: &[Vec<String>], right: &[bool]) -> String {
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
@@ -60,7 +68,7 @@ pub fn plan_text(job: &str, chunks: &[PlannedChunk]) -> String {
                 c.chunk.index.to_string(),
                 c.chunk.id.clone(),
                 bound(c.chunk.lo),
-                bound(c.chunk.hi),
+                upper(c.chunk.hi, c.chunk.bucket),
                 c.status.to_string(),
             ];
             if estimated {
@@ -210,7 +218,7 @@ pub fn status_text(job: &str, records: &[ChunkRecord], ordered: bool) -> String 
                 r.index.to_string(),
                 r.id.clone(),
                 bound(r.lo),
-                bound(r.hi),
+                upper(r.hi, r.bucket),
                 r.status.to_string(),
                 r.attempts.to_string(),
                 num(m.rows_read),

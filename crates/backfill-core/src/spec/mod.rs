@@ -33,7 +33,7 @@ use reader::{Diags, Env, TableReader};
 pub use reader::{Located, line_col};
 
 use range::*;
-pub use range::{Partitions, RangeSpec};
+pub use range::{Buckets, Partitions, RangeSpec};
 use run::*;
 pub use run::{DEFAULT_MAX_FILE_SIZE, MIN_MEMORY_LIMIT};
 pub use source::SourceCompression;

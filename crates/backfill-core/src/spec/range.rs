@@ -38,6 +38,16 @@ pub struct RangeSpec {
     /// zone holds wall-clock times in `timezone`, so chunks are cut on that
     /// wall clock), `Some(false)` for "utc", `None` when not said.
     pub naive_local: Option<bool>,
+    /// `buckets`: each chunk split by a hash of a column.
+    pub buckets: Option<Buckets>,
+}
+
+/// `[range] buckets = N` (with `bucket_column`, or on `column` alone).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Buckets {
+    pub count: u32,
+    pub column: String,
+    pub loc: Loc,
 }
 
 impl RangeSpec {
@@ -192,6 +202,8 @@ pub(super) fn read_range(
         range_value(d, env, t, "end", &values)
     };
     let chunk_raw = t.raw("chunk");
+    let buckets_raw = t.raw("buckets");
+    let bucket_column = t.string(d, env, "bucket_column");
     let ordered = t.bool(d, "ordered");
     let lookback_raw = t.raw("lookback");
     let partitions_raw = t.raw("partitions");
@@ -208,6 +220,8 @@ pub(super) fn read_range(
             "timezone",
             "week_start",
             "naive_timestamps",
+            "buckets",
+            "bucket_column",
         ],
     );
     let partitions = match partitions_raw {
@@ -291,7 +305,7 @@ pub(super) fn read_range(
     };
 
     let chunk = match chunk_raw {
-        None if partitions.is_some() => Some((ChunkSize::All, 0..0)),
+        None if partitions.is_some() || buckets_raw.is_some() => Some((ChunkSize::All, 0..0)),
         None => {
             if !t.has("chunk") {
                 d.push(
@@ -441,6 +455,59 @@ pub(super) fn read_range(
             format!("applies to weekly chunks (\"1w\", \"7d\", \"2w\"), not {chunk}"),
         );
     }
+    let buckets = match buckets_raw {
+        None => {
+            if let Some(c) = &bucket_column {
+                d.push(
+                    c.span.clone(),
+                    "range.bucket_column",
+                    "only applies with range.buckets",
+                );
+            }
+            None
+        }
+        Some(raw) => {
+            let count = match reader::int_value(raw.get_ref()) {
+                Some(Ok(n)) if (1..=10_000).contains(&n) => Some(n as u32),
+                _ => {
+                    d.push(
+                        raw.span(),
+                        "range.buckets",
+                        "must be a number of hash buckets from 1 to 10000",
+                    );
+                    None
+                }
+            };
+            if partitions.is_some() {
+                d.push(
+                    raw.span(),
+                    "range.buckets",
+                    "does not combine with range.partitions",
+                );
+            }
+            let windowed = start.is_some() || end.is_some() || end_now;
+            let hashed = match (&bucket_column, &column) {
+                (Some(b), _) if b.value.trim().is_empty() => {
+                    d.push(b.span.clone(), "range.bucket_column", "must not be empty");
+                    None
+                }
+                (Some(b), _) => Some((b.value.clone(), loc(text, &b.span))),
+                (None, Some(c)) if !windowed => Some((c.value.clone(), loc(text, &c.span))),
+                (None, _) => {
+                    d.push(
+                        raw.span(),
+                        "range.bucket_column",
+                        "missing: the column to hash (range.column is the time range's)",
+                    );
+                    None
+                }
+            };
+            match (count, hashed) {
+                (Some(count), Some((column, loc))) => Some(Buckets { count, column, loc }),
+                _ => None,
+            }
+        }
+    };
     Some(RangeSpec {
         column_loc: loc(text, &column.as_ref()?.span),
         column: column?.value,
@@ -454,5 +521,6 @@ pub(super) fn read_range(
         partitions,
         calendar,
         naive_local,
+        buckets,
     })
 }

@@ -250,6 +250,10 @@ pub struct ChunkRecord {
     pub hi: Option<RangeValue>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub value: Option<String>,
+    /// A bucket chunk's bucket: not stored, filled in from the plan (its id
+    /// already says it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bucket: Option<crate::plan::Bucket>,
     pub status: ChunkStatus,
     pub attempts: u32,
     pub metrics: Option<ChunkMetrics>,
@@ -265,6 +269,7 @@ impl ChunkRecord {
             lo: self.lo,
             hi: self.hi,
             value: self.value.clone(),
+            bucket: self.bucket,
         }
     }
 }

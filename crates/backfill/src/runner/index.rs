@@ -40,6 +40,7 @@ pub(crate) async fn dedup_index(
         lo: first.lo,
         hi: last.hi,
         value: None,
+        bucket: None,
     };
     // An engine may keep its winners' index itself (Spark, on the cluster
     // side); validate, which measures with the local engine, builds the

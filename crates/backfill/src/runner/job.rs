@@ -180,9 +180,42 @@ impl Backfill {
                 if let Err(message) = zone_fits(r, field.data_type()) {
                     return Err(self.job_error(r.column_loc, "range.column", message));
                 }
+                let bucket = match &r.buckets {
+                    None => None,
+                    Some(b) => {
+                        let fail =
+                            |message: String| self.job_error(b.loc, "range.bucket_column", message);
+                        let field = schema.field_with_name(&b.column).map_err(|_| {
+                            fail(format!(
+                                "column \"{}\" is not in source {} (columns: {})",
+                                b.column,
+                                source.describe(),
+                                names()
+                            ))
+                        })?;
+                        if !crate::bucket::supported(field.data_type()) {
+                            return Err(fail(format!(
+                                "column \"{}\" has type {}; buckets hash integers and strings",
+                                b.column,
+                                field.data_type()
+                            )));
+                        }
+                        if self.spec.target.format == backfill_core::spec::TargetFormat::Delta {
+                            return Err(fail(
+                                "a Delta target replaces a chunk by its range alone; hash buckets \
+                                 need a Parquet or PostgreSQL target for now"
+                                    .into(),
+                            ));
+                        }
+                        Some(crate::bucket::BucketColumn {
+                            name: b.column.clone(),
+                        })
+                    }
+                };
                 Some(RangeColumn {
                     name: r.column.clone(),
                     data_type: field.data_type().clone(),
+                    bucket,
                 })
             }
         };

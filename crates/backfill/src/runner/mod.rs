@@ -218,7 +218,17 @@ impl Backfill {
                         .filter(|r| r.status == ChunkStatus::Committed)
                         .and_then(|r| r.metrics.as_ref())
                         .map(|m| m.rows_written),
-                    estimate: estimates.as_ref().and_then(|e| e.get(i).copied()),
+                    // A bucket holds about its share of the window's rows
+                    // (it reads the whole window's bytes).
+                    estimate: estimates
+                        .as_ref()
+                        .and_then(|e| e.get(i).copied())
+                        .map(|mut e| {
+                            if let Some(b) = c.bucket {
+                                e.rows = e.rows.div_ceil(u64::from(b.of));
+                            }
+                            e
+                        }),
                     chunk: c,
                 }
             })
@@ -232,10 +242,23 @@ impl Backfill {
             Some(s) => s.chunks()?,
             None => Vec::new(),
         };
+        let planned = plan::plan(&self.spec.name, self.spec.range.as_ref());
         if !recorded.is_empty() {
-            return Ok(recorded);
+            // Buckets are not stored; the plan knows each bucket chunk's.
+            let buckets: std::collections::HashMap<String, plan::Bucket> = planned
+                .iter()
+                .flatten()
+                .filter_map(|c| Some((c.id.clone(), c.bucket?)))
+                .collect();
+            return Ok(recorded
+                .into_iter()
+                .map(|mut r| {
+                    r.bucket = buckets.get(&r.id).copied();
+                    r
+                })
+                .collect());
         }
-        Ok(plan::plan(&self.spec.name, self.spec.range.as_ref())?
+        Ok(planned?
             .into_iter()
             .map(|c| ChunkRecord {
                 id: c.id,
@@ -243,6 +266,7 @@ impl Backfill {
                 lo: c.lo,
                 hi: c.hi,
                 value: c.value,
+                bucket: c.bucket,
                 status: ChunkStatus::Pending,
                 attempts: 0,
                 metrics: None,

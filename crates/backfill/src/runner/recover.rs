@@ -56,6 +56,7 @@ pub(crate) async fn reconcile_footprint(job: &OpenJob) -> Result<(), Error> {
             lo: Some(was_lo),
             hi: Some(was_hi),
             value: None,
+            bucket: None,
         };
         let parts = uncovered_parts(&old, &job.chunks);
         if !parts.is_empty() {
@@ -81,6 +82,7 @@ pub(crate) fn uncovered_parts(old: &Chunk, plan: &[Chunk]) -> Vec<Chunk> {
         lo,
         hi,
         value,
+        bucket: old.bucket,
     };
     if let Some(v) = &old.value {
         let planned = plan.iter().any(|c| c.value.as_ref() == Some(v));
@@ -142,6 +144,7 @@ pub(crate) async fn recover(
                 lo: None,
                 hi: None,
                 value: None,
+                bucket: None,
             });
         match job.sinks.publish(&chunk, &files).await {
             Ok(()) => {
@@ -295,6 +298,7 @@ mod tests {
             lo: Some(RangeValue::Int(lo)),
             hi: Some(RangeValue::Int(hi)),
             value: None,
+            bucket: None,
         }
     }
 
@@ -333,6 +337,7 @@ mod tests {
             lo: None,
             hi: None,
             value: Some(v.into()),
+            bucket: None,
         };
         let plan = [value("eu")];
         assert!(uncovered_parts(&value("eu"), &plan).is_empty());

@@ -481,6 +481,11 @@ impl Sinks {
             &spec.quarantine.table,
         ) {
             let range = spec.range.as_ref().map(|r| r.column.as_str());
+            let bucket_column = spec
+                .range
+                .as_ref()
+                .and_then(|r| r.buckets.as_ref())
+                .map(|b| b.column.as_str());
             let slice = PgSink::mode_slice(pg.mode, &pg.keys, range);
             let target = PgSink::new(
                 &pg.url,
@@ -491,6 +496,7 @@ impl Sinks {
                 pg.create,
             )
             .with_versions(merge_versions(spec))
+            .with_buckets(bucket_column)
             .for_job(&spec.name);
             let quarantine = PgSink::new(
                 &pg.url,

@@ -332,6 +332,7 @@ mod tests {
             lo: Some(t("2023-01-08")),
             hi: Some(t("2023-01-15")),
             value: None,
+            bucket: None,
         }
     }
 

@@ -334,6 +334,10 @@ fn to_sql(e: &Expr) -> Option<String> {
         Expr::IsNull(inner) => Some(format!("({} IS NULL)", to_sql(inner)?)),
         Expr::IsNotNull(inner) => Some(format!("({} IS NOT NULL)", to_sql(inner)?)),
         Expr::Not(inner) => Some(format!("(NOT {})", to_sql(inner)?)),
+        // A bucket chunk's hash, so the server sends only the bucket's rows.
+        Expr::ScalarFunction(f) if f.args.len() == 1 => {
+            crate::bucket::postgres_of_call(&f.func, &to_sql(&f.args[0])?)
+        }
         _ => None,
     }
 }

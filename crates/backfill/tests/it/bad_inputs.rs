@@ -239,6 +239,10 @@ fn cases() -> Vec<Case> {
         case("naive_local_without_zone", Job::Demo(|s| s.replace("[range]\n", "[range]\nnaive_timestamps = \"local\"\n")), 2),
         case("timezone_on_naive_column_undeclared", Job::Demo(|s| s.replace("[range]\n", "[range]\ntimezone = \"Europe/Berlin\"\n")), 2),
         case("timezone_on_hourly_chunks", Job::Demo(|s| s.replace("[range]\n", "[range]\ntimezone = \"Europe/Berlin\"\n").replace("chunk = \"7d\"", "chunk = \"12h\"")), 2),
+        case("bucket_count_zero", Job::Demo(|s| s.replace("[range]\n", "[range]\nbuckets = 0\nbucket_column = \"customer_id\"\n")), 2),
+        case("buckets_without_bucket_column", Job::Demo(|s| s.replace("[range]\n", "[range]\nbuckets = 4\n")), 2),
+        case("bucket_column_is_a_float", Job::Demo(|s| s.replace("[range]\n", "[range]\nbuckets = 4\nbucket_column = \"amount\"\n")), 2),
+        case("bucket_column_missing_from_source", Job::Demo(|s| s.replace("[range]\n", "[range]\nbuckets = 4\nbucket_column = \"shop_id\"\n")), 2),
         case("max_file_rows_zero", Job::Demo(|s| s.replace("compression = \"zstd\"", "max_file_rows = 0\ncompression = \"zstd\"")), 2),
         case(
             "duplicate_partition_column",

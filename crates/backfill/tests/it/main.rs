@@ -3,6 +3,7 @@
 
 mod api;
 mod bad_inputs;
+mod buckets;
 mod cli;
 mod compressed;
 mod crash;

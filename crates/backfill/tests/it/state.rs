@@ -33,6 +33,7 @@ fn plan(n: usize) -> Vec<Chunk> {
             lo: Some(RangeValue::Int(10 * i as i64)),
             hi: Some(RangeValue::Int(10 * i as i64 + 10)),
             value: None,
+            bucket: None,
         })
         .collect()
 }

@@ -346,6 +346,7 @@ impl StateStore for PgStateStore {
                 lo,
                 value,
                 hi: decode_bound(r.get(3))?,
+                bucket: None,
                 status,
                 attempts: r.get::<_, i32>(5).max(0) as u32,
                 metrics,

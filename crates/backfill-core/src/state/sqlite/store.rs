@@ -79,6 +79,7 @@ impl StateStore for SqliteStateStore {
                 lo,
                 hi: decode(hi)?,
                 value,
+                bucket: None,
             };
             let Some(new) = renames(&chunk).filter(|n| *n != id) else {
                 continue;
@@ -390,6 +391,7 @@ impl StateStore for SqliteStateStore {
                 lo,
                 value,
                 hi: decode(hi)?,
+                bucket: None,
                 status,
                 attempts: attempts.max(0) as u32,
                 metrics,

@@ -45,6 +45,7 @@ async fn rows_outside_the_job_range_never_enter_the_index() {
         lo: Some(RangeValue::Int(lo)),
         hi: Some(RangeValue::Int(hi)),
         value: None,
+        bucket: None,
     };
     let chunks = [chunk(0, 0, 10), chunk(1, 10, 20)];
     let dedup = test_dedup();
@@ -56,6 +57,7 @@ async fn rows_outside_the_job_range_never_enter_the_index() {
     let range = crate::predicate::RangeColumn {
         name: "r".into(),
         data_type: DataType::Int64,
+        bucket: None,
     };
     let place = crate::placement::ChunkOfUdf::new(&range, &chunks).expect("placement");
     // Key 1: versions at 5 and 15, and a better one at 25, past the

@@ -145,6 +145,11 @@ impl SparkJob {
                 "the Spark engine reads file sources (parquet, csv, json, locally shared or on an object store); a PostgreSQL source runs on the local engine".into(),
             ));
         }
+        if job.range.as_ref().is_some_and(|r| r.buckets.is_some()) {
+            return Err(CheckError::Unsupported(
+                "hash buckets ([range] buckets) run on the local engine for now".into(),
+            ));
+        }
         let spark = Spark::connect(&spec).await.map_err(CheckError::Spark)?;
         let mut sj = SparkJob {
             spark,

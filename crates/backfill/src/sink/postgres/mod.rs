@@ -61,6 +61,8 @@ struct Inner {
     slice: Slice,
     /// The job's range column, to find a merged chunk's rows for `validate`.
     range_column: Option<String>,
+    /// `[range] buckets`: the hashed column, part of a bucket chunk's slice.
+    bucket_column: Option<String>,
     create: bool,
     checksum: bool,
     /// Staging tables of this target start with it.
@@ -102,6 +104,7 @@ impl PgSink {
                 table: table.clone(),
                 slice,
                 range_column: range_column.map(str::to_string),
+                bucket_column: None,
                 create,
                 checksum,
                 prefix: format!("_bf_{:08x}_", hash as u32),
@@ -118,6 +121,14 @@ impl PgSink {
     pub fn with_versions(mut self, order: Vec<backfill_core::spec::OrderKey>) -> Self {
         if let Some(inner) = Arc::get_mut(&mut self.inner) {
             inner.versions = order;
+        }
+        self
+    }
+
+    /// A bucketed job's chunks are a range and a bucket of `column`.
+    pub fn with_buckets(mut self, column: Option<&str>) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.bucket_column = column.map(str::to_string);
         }
         self
     }
@@ -329,7 +340,9 @@ impl Inner {
                 quote_literal(&chunk.id)
             ))),
             Slice::Range(None) => Ok(Some("true".into())),
-            Slice::Range(Some(col)) => range_predicate(col, chunk).map(Some),
+            Slice::Range(Some(col)) => {
+                range_predicate(col, chunk, self.bucket_column.as_deref()).map(Some)
+            }
         }
     }
 
@@ -480,7 +493,11 @@ fn staged_rows(path: &str) -> Option<u64> {
 
 /// `col >= lo AND col < hi` for the chunk's bounds
 /// ([`crate::predicate::postgres`]).
-fn range_predicate(col: &str, chunk: &Chunk) -> Result<String, SinkError> {
+fn range_predicate(
+    col: &str,
+    chunk: &Chunk,
+    bucket_column: Option<&str>,
+) -> Result<String, SinkError> {
     if chunk.index == usize::MAX {
         // Recovery of a chunk the current plan does not know: its bounds are
         // lost, and guessing could delete rows.
@@ -489,7 +506,11 @@ fn range_predicate(col: &str, chunk: &Chunk) -> Result<String, SinkError> {
             staged: "(bounds unknown)".into(),
         });
     }
-    Ok(crate::predicate::postgres(&quote_ident(col), chunk))
+    Ok(crate::predicate::postgres(
+        &quote_ident(col),
+        chunk,
+        bucket_column.map(quote_ident).as_deref(),
+    ))
 }
 
 #[async_trait]
