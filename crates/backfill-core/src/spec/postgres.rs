@@ -174,39 +174,43 @@ fn table_name(d: &mut Diags, key: &str, l: Located<String>) -> Option<QualifiedN
     }
 }
 
+/// A PostgreSQL source under `section` (`source`, or `tables[i]`, which
+/// also has the keys `extra`).
 pub(super) fn read_source(
     d: &mut Diags,
     env: Env,
     t: &mut TableReader,
+    section: &str,
+    extra: &[&str],
 ) -> Option<(PgSourceSpec, String)> {
-    let url = url(d, env, t, "source");
+    let url = url(d, env, t, section);
     let table = t.string(d, env, "table");
     let query = t.string(d, env, "query");
     let rate = t.int(d, "max_rows_per_second");
     let conns = t.int(d, "max_connections");
-    t.finish(
-        d,
-        &[
-            "format",
-            "url",
-            "table",
-            "query",
-            "max_rows_per_second",
-            "max_connections",
-        ],
-    );
+    let mut known = vec![
+        "format",
+        "url",
+        "table",
+        "query",
+        "max_rows_per_second",
+        "max_connections",
+    ];
+    known.extend_from_slice(extra);
+    t.finish(d, &known);
+    let key = |k: &str| format!("{section}.{k}");
     let relation = match (table, query) {
         (Some(_), Some(q)) => {
             d.push(
                 q.span,
-                "source.query",
+                &key("query"),
                 "give either table or query, not both",
             );
             None
         }
-        (Some(t), None) => table_name(d, "source.table", t).map(PgRelation::Table),
+        (Some(t), None) => table_name(d, &key("table"), t).map(PgRelation::Table),
         (None, Some(q)) if q.value.trim().is_empty() => {
-            d.push(q.span, "source.query", "must not be empty");
+            d.push(q.span, &key("query"), "must not be empty");
             None
         }
         (None, Some(q)) => Some(PgRelation::Query(
@@ -215,7 +219,7 @@ pub(super) fn read_source(
         (None, None) => {
             d.push(
                 t.span(),
-                "source.table",
+                &key("table"),
                 "missing (a table such as \"public.orders\", or a query = \"SELECT ...\")",
             );
             None
@@ -223,7 +227,7 @@ pub(super) fn read_source(
     };
     let rate = match rate {
         Some(r) if r.value <= 0 => {
-            d.push(r.span, "source.max_rows_per_second", "must be positive");
+            d.push(r.span, &key("max_rows_per_second"), "must be positive");
             None
         }
         Some(r) => Some(Some(r.value as u64)),
@@ -231,7 +235,7 @@ pub(super) fn read_source(
     };
     let conns = match conns {
         Some(c) if !(1..=64).contains(&c.value) => {
-            d.push(c.span, "source.max_connections", "must be from 1 to 64");
+            d.push(c.span, &key("max_connections"), "must be from 1 to 64");
             None
         }
         Some(c) => Some(c.value as usize),

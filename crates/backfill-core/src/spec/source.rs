@@ -163,14 +163,13 @@ fn read_files(
     extra: &[&str],
 ) -> Option<SourceSpec> {
     let format = t.string(d, env, "format");
-    if p == "source"
-        && format
-            .as_ref()
-            .is_some_and(|f| f.value.eq_ignore_ascii_case("postgres"))
+    if format
+        .as_ref()
+        .is_some_and(|f| f.value.eq_ignore_ascii_case("postgres"))
     {
         // Errors about the server point at its URL.
         let span = t.raw_span("url").unwrap_or_else(|| t.span());
-        let (pg, shown) = postgres::read_source(d, env, t)?;
+        let (pg, shown) = postgres::read_source(d, env, t, p, extra)?;
         return Some(SourceSpec {
             format: SourceFormat::Postgres,
             path: PathBuf::new(),

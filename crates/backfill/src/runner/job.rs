@@ -116,7 +116,11 @@ impl Backfill {
         };
         for (i, table) in self.spec.tables.iter().enumerate() {
             let opened = source::open(&table.source, &ctx, None).await.map_err(|e| {
-                self.source_error(table.source.path_loc, &format!("tables[{i}].path"), e)
+                let key = match table.source.postgres {
+                    Some(_) => "url",
+                    None => "path",
+                };
+                self.source_error(table.source.path_loc, &format!("tables[{i}].{key}"), e)
             })?;
             lookups.tables.push((table.name.clone(), opened));
         }

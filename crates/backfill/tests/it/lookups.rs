@@ -134,3 +134,51 @@ fn a_lookup_that_repeats_a_key_is_reported_by_validate() {
         text(&v)
     );
 }
+
+#[test]
+fn a_lookup_table_in_postgresql_joins_like_duckdb() {
+    // The dimension lives in PostgreSQL (over TLS when the server offers
+    // it); the expected join is DuckDB's, of the same rule on the source.
+    let pg = Pg::new("lookup");
+    let demo = Demo::new(2_000, "\"1 month\"");
+    demo.without_quality();
+    pg.load_demo(&demo);
+    pg.exec(&format!(
+        "CREATE TABLE {0}.customers AS SELECT DISTINCT customer_id, 'tier' || (customer_id % 3) AS tier \
+         FROM {0}.raw WHERE customer_id % 7 <> 0",
+        pg.schema
+    ));
+    let schema = pg.schema.clone();
+    demo.edit_job(|s| {
+        let s = s
+            .replace("SELECT *, date_part", "SELECT source.*, c.tier, date_part")
+            .replace(
+                "AS day FROM source\"",
+                "AS day FROM source LEFT JOIN customers c USING (customer_id)\"",
+            );
+        format!(
+            "{s}\n[[tables]]\nname = \"customers\"\nformat = \"postgres\"\nurl = \"${{{PG_ENV}}}\"\ntable = \"{schema}.customers\"\n"
+        )
+    });
+    let out = run_pg(&demo, &pg, &["run"]);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    let expected = tiers(&format!(
+        "(SELECT s.*, CASE WHEN s.customer_id % 7 <> 0 THEN 'tier' || (s.customer_id % 3) END AS tier \
+          FROM read_parquet('{}') s \
+          WHERE s.created_at >= TIMESTAMP '2023-01-01' AND s.created_at < TIMESTAMP '2024-01-01')",
+        demo.source_glob()
+    ));
+    let actual = tiers(&format!(
+        "read_parquet('{}', hive_partitioning = true)",
+        demo.target_glob()
+    ));
+    assert_eq!(expected.len(), 4, "{expected:?}");
+    assert_eq!(expected, actual);
+    let v = run_pg(&demo, &pg, &["validate"]);
+    assert_eq!(code(&v), 0, "{}", text(&v));
+    // A table that is not there: exit 2 at the lookup's URL line.
+    pg.exec(&format!("DROP TABLE {}.customers", pg.schema));
+    let out = run_pg(&demo, &pg, &["run"]);
+    assert_eq!(code(&out), 2, "{}", text(&out));
+    assert!(text(&out).contains("tables[0].url"), "{}", text(&out));
+}
