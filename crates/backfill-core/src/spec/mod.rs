@@ -286,6 +286,9 @@ pub struct TargetSpec {
     /// `max_file_rows`: a file holds at most this many rows; the
     /// partition's next rows start another. `None`: no row cap.
     pub max_file_rows: Option<u64>,
+    /// `sort_by`: the order of rows within each file written (file targets).
+    pub sort_by: Vec<OrderKey>,
+    pub sort_loc: Loc,
     /// Delta `mode = "merge"`: the keys; empty for `replace`.
     pub merge_keys: Vec<String>,
     /// Merge (Delta or PostgreSQL): the column whose larger value is the

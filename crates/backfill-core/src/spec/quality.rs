@@ -46,7 +46,7 @@ pub struct OrderKey {
 }
 
 impl OrderKey {
-    fn parse(text: &str) -> Result<OrderKey, String> {
+    pub(super) fn parse(text: &str) -> Result<OrderKey, String> {
         let words: Vec<&str> = text.split_whitespace().collect();
         let Some((&column, rest)) = words.split_first() else {
             return Err("is empty".to_string());

@@ -58,6 +58,8 @@ pub(super) fn read_target(
             compression: Compression::None,
             max_file_size: DEFAULT_MAX_FILE_SIZE,
             max_file_rows: None,
+            sort_by: Vec::new(),
+            sort_loc: Loc::default(),
             merge_keys: Vec::new(),
             postgres: Some(pg),
         });
@@ -67,6 +69,8 @@ pub(super) fn read_target(
     let compression = t.string(d, env, "compression");
     let max_file_size = t.string(d, env, "max_file_size");
     let max_file_rows = t.int(d, "max_file_rows");
+    let sort_by = t.strings(d, env, "sort_by");
+    let sort_span = t.raw_span("sort_by");
     let mode = t.string(d, env, "mode");
     let keys = t.strings(d, env, "keys");
     let keys_span = t.raw_span("keys");
@@ -80,6 +84,7 @@ pub(super) fn read_target(
             "compression",
             "max_file_size",
             "max_file_rows",
+            "sort_by",
             "mode",
             "keys",
             "schema",
@@ -120,6 +125,13 @@ pub(super) fn read_target(
             None
         }
     };
+    let mut sort_keys = Vec::new();
+    for k in sort_by.unwrap_or_default() {
+        match OrderKey::parse(&k.value) {
+            Ok(key) => sort_keys.push(key),
+            Err(e) => d.push(k.span, "target.sort_by", e),
+        }
+    }
     let format = match format {
         Some(f) if f.value.eq_ignore_ascii_case("parquet") => Some(TargetFormat::Parquet),
         Some(f) if f.value.eq_ignore_ascii_case("delta") => Some(TargetFormat::Delta),
@@ -244,6 +256,8 @@ pub(super) fn read_target(
         compression: compression?,
         max_file_size: max_file_size?,
         max_file_rows: max_file_rows?,
+        sort_by: sort_keys,
+        sort_loc: loc(text, &sort_span.unwrap_or(0..0)),
         version_column: version_column(d, version, !merge_keys.is_empty()),
         version_loc,
         merge_keys,

@@ -213,7 +213,25 @@ async fn run_chunk(
         .collect();
     let table = StreamingTable::try_new(schema, partitions)?;
     ctx.register_table("source", Arc::new(table))?;
-    let df = with_quality_columns(&ctx, q.spec).await?;
+    let mut df = with_quality_columns(&ctx, q.spec).await?;
+    // `[target] sort_by`: the rows reach the writers in this order, so each
+    // file (of a partition, up to its size limits) holds them sorted. The
+    // sort spills to disk beyond the chunk's memory share.
+    if !q.spec.target.sort_by.is_empty() {
+        df = df.sort(
+            q.spec
+                .target
+                .sort_by
+                .iter()
+                .map(|k| {
+                    datafusion::prelude::col(datafusion::common::Column::new_unqualified(
+                        k.column.clone(),
+                    ))
+                    .sort(!k.descending, k.nulls_first)
+                })
+                .collect(),
+        )?;
+    }
     let mut splitter = Splitter::new(
         q.spec,
         q.index.clone(),

@@ -291,6 +291,20 @@ impl Backfill {
                 }
             }
         }
+        for k in &self.spec.target.sort_by {
+            if out.field_with_name(&k.column).is_err() {
+                let cols: Vec<_> = out.fields().iter().map(|f| f.name().as_str()).collect();
+                return Err(self.job_error(
+                    self.spec.target.sort_loc,
+                    "target.sort_by",
+                    format!(
+                        "column \"{}\" is not produced by the transform (columns: {})",
+                        k.column,
+                        cols.join(", ")
+                    ),
+                ));
+            }
+        }
         if let Some(v) = &self.spec.target.version_column
             && out.field_with_name(v).is_err()
         {

@@ -243,6 +243,8 @@ fn cases() -> Vec<Case> {
         case("buckets_without_bucket_column", Job::Demo(|s| s.replace("[range]\n", "[range]\nbuckets = 4\n")), 2),
         case("bucket_column_is_a_float", Job::Demo(|s| s.replace("[range]\n", "[range]\nbuckets = 4\nbucket_column = \"amount\"\n")), 2),
         case("bucket_column_missing_from_source", Job::Demo(|s| s.replace("[range]\n", "[range]\nbuckets = 4\nbucket_column = \"shop_id\"\n")), 2),
+        case("sort_by_unknown_column", Job::Demo(|s| s.replace("compression = \"zstd\"", "sort_by = [\"shop_id\"]\ncompression = \"zstd\"")), 2),
+        case("sort_by_bad_direction", Job::Demo(|s| s.replace("compression = \"zstd\"", "sort_by = [\"amount sideways\"]\ncompression = \"zstd\"")), 2),
         case("max_file_rows_zero", Job::Demo(|s| s.replace("compression = \"zstd\"", "max_file_rows = 0\ncompression = \"zstd\"")), 2),
         case(
             "duplicate_partition_column",

@@ -24,6 +24,7 @@ mod readers;
 mod reliability;
 mod s3;
 mod sequence;
+mod sorted;
 #[cfg(feature = "spark")]
 mod spark;
 mod state;

@@ -145,6 +145,11 @@ impl SparkJob {
                 "the Spark engine reads file sources (parquet, csv, json, locally shared or on an object store); a PostgreSQL source runs on the local engine".into(),
             ));
         }
+        if !job.target.sort_by.is_empty() {
+            return Err(CheckError::Unsupported(
+                "[target] sort_by runs on the local engine for now".into(),
+            ));
+        }
         if job.range.as_ref().is_some_and(|r| r.buckets.is_some()) {
             return Err(CheckError::Unsupported(
                 "hash buckets ([range] buckets) run on the local engine for now".into(),
