@@ -213,25 +213,7 @@ async fn run_chunk(
         .collect();
     let table = StreamingTable::try_new(schema, partitions)?;
     ctx.register_table("source", Arc::new(table))?;
-    let mut df = with_quality_columns(&ctx, q.spec).await?;
-    // `[target] sort_by`: the rows reach the writers in this order, so each
-    // file (of a partition, up to its size limits) holds them sorted. The
-    // sort spills to disk beyond the chunk's memory share.
-    if !q.spec.target.sort_by.is_empty() {
-        df = df.sort(
-            q.spec
-                .target
-                .sort_by
-                .iter()
-                .map(|k| {
-                    datafusion::prelude::col(datafusion::common::Column::new_unqualified(
-                        k.column.clone(),
-                    ))
-                    .sort(!k.descending, k.nulls_first)
-                })
-                .collect(),
-        )?;
-    }
+    let df = with_quality_columns(&ctx, q.spec).await?;
     let mut splitter = Splitter::new(
         q.spec,
         q.index.clone(),
@@ -240,33 +222,61 @@ async fn run_chunk(
         q.hold_back,
         q.spill_dir.map(|d| d.to_path_buf()),
     );
+    // `[target] sort_by`: the target's rows go through a sort (after the
+    // splitter, so held-back dedup winners are sorted with the rest).
+    let target_schema: SchemaRef = Arc::new(arrow::datatypes::Schema::new(
+        df.schema()
+            .fields()
+            .iter()
+            .filter(|f| f.name() != quality::RULE_COL)
+            .cloned()
+            .collect::<Vec<_>>(),
+    ));
+    let keys = &q.spec.target.sort_by;
+    let (mut out, sorting) = if keys.is_empty() {
+        (super::sorted::TargetOut::Direct(target), None)
+    } else {
+        let (tx, fut) = super::sorted::sorted_writer(&ctx, target_schema, keys, target);
+        (super::sorted::TargetOut::Sorted(tx), Some(fut))
+    };
     let mut stream = df.execute_stream().await?;
-    while let Some(batch) = stream.next().await {
-        let batch = batch?;
-        if batch.num_rows() == 0 {
-            continue;
-        }
-        if !splitter.active() {
-            splitter.counts.rows_in += batch.num_rows() as u64;
-            if let Some(all) = all.as_deref_mut() {
-                all.write(batch.clone()).await?;
+    let produce = async {
+        while let Some(batch) = stream.next().await {
+            let batch = batch?;
+            if batch.num_rows() == 0 {
+                continue;
             }
-            target.write(batch).await?;
-            continue;
+            if !splitter.active() {
+                splitter.counts.rows_in += batch.num_rows() as u64;
+                if let Some(all) = all.as_deref_mut() {
+                    all.write(batch.clone()).await?;
+                }
+                out.write(batch).await?;
+                continue;
+            }
+            let split = splitter.split(&batch)?;
+            if let Some(all) = all.as_deref_mut() {
+                all.write(split.data).await?;
+            }
+            if let Some(t) = split.target {
+                out.write(t).await?;
+            }
+            if let Some(qb) = split.quarantine {
+                quarantine.write(qb).await?;
+            }
         }
-        let split = splitter.split(&batch)?;
-        if let Some(all) = all.as_deref_mut() {
-            all.write(split.data).await?;
+        while let Some(winners) = splitter.next_held_winners()? {
+            out.write(winners).await?;
         }
-        if let Some(t) = split.target {
-            target.write(t).await?;
+        // The sort ends when its sender is gone.
+        drop(out);
+        Ok::<(), ChunkError>(())
+    };
+    match sorting {
+        Some(sort) => {
+            futures::try_join!(produce, sort)?;
         }
-        if let Some(qb) = split.quarantine {
-            quarantine.write(qb).await?;
-        }
-    }
-    while let Some(winners) = splitter.next_held_winners()? {
-        target.write(winners).await?;
+        None => produce.await?,
     }
     let counts = splitter.counts;
     quality_verdict(q.spec, &counts)?;

@@ -10,6 +10,7 @@
 //! measure the source as this process reads it, whichever engine wrote.
 
 pub mod local;
+mod sorted;
 #[cfg(feature = "spark")]
 pub mod spark;
 
