@@ -379,6 +379,16 @@ fn load(job: &Path) -> anyhow::Result<Backfill> {
     Ok(Backfill::from_file(job)?)
 }
 
+/// The calendar bounds are shown in: the zone for instants, none for
+/// naive readings declared local (they are shown as written).
+fn calendar_of(job: &Backfill) -> Calendar {
+    job.spec()
+        .range
+        .as_ref()
+        .map(|r| r.plan_calendar())
+        .unwrap_or_default()
+}
+
 /// A `--from`/`--to` value, as a value of the range: dates and naive times
 /// in the job's zone (`[range] timezone`).
 fn parse_bound(
@@ -455,7 +465,11 @@ async fn cmd_plan(job: &Path, json: bool) -> anyhow::Result<ExitStatus> {
             redact(&serde_json::to_string_pretty(&out)?)
         ));
     } else {
-        emit(&redact(&report::plan_text(&bf.spec().name, &chunks)));
+        emit(&redact(&report::plan_text(
+            &bf.spec().name,
+            &chunks,
+            &calendar_of(&bf),
+        )));
     }
     Ok(ExitStatus::Ok)
 }
@@ -512,6 +526,7 @@ fn cmd_status(job: &Path, json: bool) -> anyhow::Result<ExitStatus> {
             &bf.spec().name,
             &records,
             ordered,
+            &calendar_of(&bf),
         )));
     }
     Ok(ExitStatus::Ok)

@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use backfill_core::interval::RangeValue;
+use backfill_core::interval::{Calendar, RangeValue};
 use std::collections::BTreeMap;
 
 use backfill_core::state::{ChunkRecord, ChunkStatus, RuleCount};
@@ -11,15 +11,25 @@ use serde::Serialize;
 use crate::progress::{human_bytes, human_count};
 use crate::runner::{PlannedChunk, RunSummary};
 
-fn bound(v: Option<RangeValue>) -> String {
-    v.map(|v| v.to_string()).unwrap_or_else(|| "-".to_string())
+/// A bound for people: in the job's zone (`[range] timezone`) with its
+/// offset, else as the range writes it.
+fn bound(v: Option<RangeValue>, cal: &Calendar) -> String {
+    match v {
+        Some(RangeValue::Time(us)) if cal.zone.is_some() => cal.format(us),
+        Some(v) => v.to_string(),
+        None => "-".to_string(),
+    }
 }
 
 /// A chunk's upper bound, with its bucket when the plan has buckets.
-fn upper(v: Option<RangeValue>, bucket: Option<backfill_core::plan::Bucket>) -> String {
+fn upper(
+    v: Option<RangeValue>,
+    bucket: Option<backfill_core::plan::Bucket>,
+    cal: &Calendar,
+) -> String {
     match bucket {
-        Some(b) => format!("{} (bucket {}/{})", bound(v), b.index, b.of),
-        None => bound(v),
+        Some(b) => format!("{} (bucket {}/{})", bound(v, cal), b.index, b.of),
+        None => bound(v, cal),
     }
 }
 
@@ -59,7 +69,7 @@ pub(crate) fn table(header: &[&str], rows: &[Vec<String>], right: &[bool]) -> St
     out
 }
 
-pub fn plan_text(job: &str, chunks: &[PlannedChunk]) -> String {
+pub fn plan_text(job: &str, chunks: &[PlannedChunk], cal: &Calendar) -> String {
     let estimated = chunks.iter().any(|c| c.estimate.is_some());
     let rows: Vec<Vec<String>> = chunks
         .iter()
@@ -67,8 +77,8 @@ pub fn plan_text(job: &str, chunks: &[PlannedChunk]) -> String {
             let mut row = vec![
                 c.chunk.index.to_string(),
                 c.chunk.id.clone(),
-                bound(c.chunk.lo),
-                upper(c.chunk.hi, c.chunk.bucket),
+                bound(c.chunk.lo, cal),
+                upper(c.chunk.hi, c.chunk.bucket, cal),
                 c.status.to_string(),
             ];
             if estimated {
@@ -203,7 +213,7 @@ pub struct StatusJson<'a> {
     pub watermark: Option<RangeValue>,
 }
 
-pub fn status_text(job: &str, records: &[ChunkRecord], ordered: bool) -> String {
+pub fn status_text(job: &str, records: &[ChunkRecord], ordered: bool, cal: &Calendar) -> String {
     let rows: Vec<Vec<String>> = records
         .iter()
         .map(|r| {
@@ -217,8 +227,8 @@ pub fn status_text(job: &str, records: &[ChunkRecord], ordered: bool) -> String 
             vec![
                 r.index.to_string(),
                 r.id.clone(),
-                bound(r.lo),
-                upper(r.hi, r.bucket),
+                bound(r.lo, cal),
+                upper(r.hi, r.bucket, cal),
                 r.status.to_string(),
                 r.attempts.to_string(),
                 num(m.rows_read),
@@ -287,7 +297,11 @@ pub fn status_text(job: &str, records: &[ChunkRecord], ordered: bool) -> String 
     if ordered || t.committed > 0 {
         match watermark(records) {
             Some(w) => {
-                let _ = writeln!(out, "watermark: {w} (every chunk below it is committed)");
+                let _ = writeln!(
+                    out,
+                    "watermark: {} (every chunk below it is committed)",
+                    bound(Some(w), cal)
+                );
             }
             None if ordered => {
                 let _ = writeln!(out, "watermark: none yet");

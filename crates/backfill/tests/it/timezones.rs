@@ -139,6 +139,13 @@ fn new_york_days_are_23_and_25_hours_and_lose_or_double_nothing() {
         assert_eq!(target_days(d), expected, "{start}");
         let v = run(d, &["validate"]);
         assert_eq!(code(&v), 0, "{}", text(&v));
+        // status shows the bounds in the zone, with their offsets.
+        let status = run(d, &["status"]);
+        assert!(
+            stdout(&status).contains(&format!("{short_or_long}T00:00:00-0")),
+            "{}",
+            text(&status)
+        );
 
         // gaps counts local days: removing the DST day's partition makes
         // exactly that local day missing.
