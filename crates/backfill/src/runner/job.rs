@@ -87,8 +87,13 @@ impl Backfill {
     /// column exists and has the right type, the transform plans, the
     /// partition columns exist. Errors point at the job file's lines.
     pub(crate) async fn open(&self) -> Result<OpenJob, Error> {
-        let config = engine::local::session_config();
+        let mut config = engine::local::session_config();
         let memory = crate::memory::Memory::resolve(self.spec.run.memory_limit);
+        // A sort that spills (`[target] sort_by`) first reserves this much
+        // for its merge; DataFusion's 10 MiB could exceed a small
+        // memory_limit's whole engine share, and no chunk could sort.
+        config.options_mut().execution.sort_spill_reservation_bytes =
+            (memory.engine() / 8).min(10 << 20);
         let runtime = engine::local::runtime_env(&memory)?;
         let ctx = SessionContext::new_with_config_rt(config.clone(), runtime.clone());
         let hive_column = self
