@@ -135,6 +135,13 @@ impl Calendar {
         })
     }
 
+    /// The zone's wall-clock reading at `micros`, as a naive value (the
+    /// microseconds it would be in UTC): what a column of local readings
+    /// holds at that instant.
+    pub fn wall_value(&self, micros: i64) -> Option<i64> {
+        Calendar::default().instant(self.local(micros)?)
+    }
+
     /// The instant of a wall-clock time. In a DST fold the earlier instant;
     /// in a gap (a time the clocks skip) the first instant after it, so a
     /// skipped local midnight starts the day when the clocks resume.

@@ -71,11 +71,10 @@ impl ScalarUDFImpl for LocalTime {
             zone: Some(self.zone),
             week_start: None,
         };
-        let wall = Calendar::default();
         let out: TimestampMicrosecondArray = utc
             .as_primitive::<TimestampMicrosecondType>()
             .iter()
-            .map(|v| v.and_then(|us| wall.instant(calendar.local(us)?)))
+            .map(|v| v.and_then(|us| calendar.wall_value(us)))
             .collect();
         Ok(ColumnarValue::Array(Arc::new(out)))
     }

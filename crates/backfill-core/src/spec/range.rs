@@ -72,8 +72,8 @@ impl RangeSpec {
     /// An instant (the clock's "now") as a value of the range: itself, or
     /// the zone's wall clock for naive times declared local.
     pub fn instant_as_value(&self, micros: i64) -> i64 {
-        match (self.naive_local, self.calendar.local(micros)) {
-            (Some(true), Some(local)) => Calendar::default().instant(local).unwrap_or(micros),
+        match self.naive_local {
+            Some(true) => self.calendar.wall_value(micros).unwrap_or(micros),
             _ => micros,
         }
     }
@@ -296,8 +296,8 @@ pub(super) fn read_range(
             None => Some(chrono::Utc::now().timestamp_micros()),
         }
         // Wall-clock values: "now" is the zone's wall clock, as a value.
-        .map(|us| match (naive_local, calendar.local(us)) {
-            (Some(true), Some(local)) => Calendar::default().instant(local).unwrap_or(us),
+        .map(|us| match naive_local {
+            Some(true) => calendar.wall_value(us).unwrap_or(us),
             _ => us,
         })
     } else {

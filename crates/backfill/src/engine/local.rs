@@ -224,18 +224,18 @@ async fn run_chunk(
     );
     // `[target] sort_by`: the target's rows go through a sort (after the
     // splitter, so held-back dedup winners are sorted with the rest).
-    let target_schema: SchemaRef = Arc::new(arrow::datatypes::Schema::new(
-        df.schema()
-            .fields()
-            .iter()
-            .filter(|f| f.name() != quality::RULE_COL)
-            .cloned()
-            .collect::<Vec<_>>(),
-    ));
     let keys = &q.spec.target.sort_by;
     let (mut out, sorting) = if keys.is_empty() {
         (super::sorted::TargetOut::Direct(target), None)
     } else {
+        let target_schema: SchemaRef = Arc::new(arrow::datatypes::Schema::new(
+            df.schema()
+                .fields()
+                .iter()
+                .filter(|f| f.name() != quality::RULE_COL)
+                .cloned()
+                .collect::<Vec<_>>(),
+        ));
         let (tx, fut) = super::sorted::sorted_writer(&ctx, target_schema, keys, target);
         (super::sorted::TargetOut::Sorted(tx), Some(fut))
     };
