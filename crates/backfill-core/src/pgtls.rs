@@ -58,6 +58,50 @@ pub fn prepare(url: &str) -> Result<Prepared, SetupError> {
     Ok(Prepared { config, tls })
 }
 
+/// A TLS client that verifies the server's certificate and name against
+/// `ca` (a PEM file) or, without one, the operating system's CAs; with a
+/// client certificate when `cert_key` is given. For protocols other than
+/// PostgreSQL's (Kafka), whose settings name the files directly.
+pub fn verified_client_config(
+    ca: Option<&Path>,
+    cert_key: Option<(&Path, &Path)>,
+) -> Result<ClientConfig, String> {
+    let provider = provider();
+    let mut store = RootCertStore::empty();
+    match ca {
+        Some(path) => {
+            for cert in read_certs(path, "tls_ca")? {
+                store
+                    .add(cert)
+                    .map_err(|e| format!("tls_ca {}: {e}", path.display()))?;
+            }
+        }
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            let (added, _) = store.add_parsable_certificates(found.certs);
+            if added == 0 {
+                return Err("no trusted CA found on this machine: set tls_ca".into());
+            }
+        }
+    }
+    let builder = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS set-up: {e}"))?
+        .with_root_certificates(store);
+    match cert_key {
+        Some((cert, key)) => {
+            let certs = read_certs(cert, "tls_cert")?;
+            let bytes = read(key, "tls_key")?;
+            let key = PrivateKeyDer::from_pem_slice(&bytes)
+                .map_err(|e| format!("tls_key {}: no private key in it ({e})", key.display()))?;
+            builder
+                .with_client_auth_cert(certs, key)
+                .map_err(|e| format!("tls_cert and tls_key: {e}"))
+        }
+        None => Ok(builder.with_no_client_auth()),
+    }
+}
+
 fn provider() -> Arc<CryptoProvider> {
     // Named rather than the process default: the tree carries both ring and
     // aws-lc-rs, and rustls will not pick between them on its own.

@@ -166,6 +166,8 @@ pub fn classify_datafusion(e: &DataFusionError) -> ErrorClass {
                 s.class()
             } else if let Some(p) = inner.downcast_ref::<crate::pg::PgError>() {
                 p.class()
+            } else if let Some(k) = inner.downcast_ref::<crate::source::kafka::KafkaError>() {
+                k.class()
             } else {
                 ErrorClass::Permanent
             }

@@ -401,6 +401,7 @@ async fn target_counts(
         name: range.name.clone(),
         data_type: field.data_type().clone(),
         bucket: None,
+        position: None,
     };
     let whole = Chunk {
         index: 0,

@@ -65,6 +65,9 @@ enum Rule {
 pub struct ChunkOfUdf {
     rule: Arc<Rule>,
     buckets: Option<u32>,
+    /// Kafka positions: the second argument is the partition column, and a
+    /// row's place is `partition * POSITION_BASE + offset`.
+    positions: bool,
     signature: Signature,
 }
 
@@ -136,6 +139,7 @@ impl ChunkOfUdf {
         Ok(ChunkOfUdf {
             rule: Arc::new(rule),
             buckets,
+            positions: range.position.is_some(),
             signature: Signature::variadic_any(Volatility::Immutable),
         })
     }
@@ -144,6 +148,9 @@ impl ChunkOfUdf {
     /// of a bucketed plan.
     pub fn args(&self, range: &RangeColumn) -> Vec<Expr> {
         let mut args = vec![col(Column::new_unqualified(range.name.clone()))];
+        if let (true, Some(p)) = (self.positions, &range.position) {
+            args.push(col(Column::new_unqualified(p.clone())));
+        }
         if let (Some(_), Some(b)) = (self.buckets, &range.bucket) {
             args.push(col(Column::new_unqualified(b.name.clone())));
         }
@@ -157,6 +164,26 @@ impl ChunkOfUdf {
         range: &ArrayRef,
         bucket: Option<&ArrayRef>,
     ) -> Result<UInt32Array, DataFusionError> {
+        if self.positions {
+            let (Some(partition), Rule::Bounds(bounds)) = (bucket, self.rule.as_ref()) else {
+                return Err(DataFusionError::Internal(format!(
+                    "{CHUNK_OF_UDF} of Kafka offsets takes the offset and the partition"
+                )));
+            };
+            let offsets = positions(range)?;
+            let partitions = positions(partition)?;
+            return Ok(offsets
+                .iter()
+                .zip(&partitions)
+                .map(|(o, p)| {
+                    let place = p.zip(*o).and_then(|(p, o)| {
+                        p.checked_mul(backfill_core::plan::POSITION_BASE)?
+                            .checked_add(o)
+                    })?;
+                    chunk_of_position(bounds, place)
+                })
+                .collect());
+        }
         let windows = self.chunks_of(range)?;
         let (Some(of), Some(b)) = (self.buckets, bucket) else {
             return Ok(windows);
@@ -414,6 +441,7 @@ mod tests {
             name: "n".into(),
             data_type: DataType::Int64,
             bucket: None,
+            position: None,
         };
         let udf = ChunkOfUdf::new(&range, &chunks).expect("udf");
         let a: ArrayRef = Arc::new(Int64Array::from(vec![
@@ -453,6 +481,7 @@ mod tests {
             name: "m".into(),
             data_type: DataType::Int32,
             bucket: None,
+            position: None,
         };
         let udf = ChunkOfUdf::new(&range, &[chunk("1"), chunk("07")]).expect("udf");
         let a: ArrayRef = Arc::new(arrow::array::Int32Array::from(vec![7, 1, 2]));
@@ -463,6 +492,7 @@ mod tests {
             name: "region".into(),
             data_type: DataType::Utf8,
             bucket: None,
+            position: None,
         };
         let udf = ChunkOfUdf::new(&range, &[chunk("eu"), chunk("us")]).expect("udf");
         let a: ArrayRef = Arc::new(StringArray::from(vec![Some("us"), None, Some("ap")]));

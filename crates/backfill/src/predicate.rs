@@ -24,6 +24,10 @@ pub struct RangeColumn {
     pub data_type: DataType,
     /// `[range] buckets`: the column hashed into buckets.
     pub bucket: Option<crate::bucket::BucketColumn>,
+    /// Kafka offsets: chunk bounds are positions (`partition *
+    /// POSITION_BASE + offset`) over this partition column and the range
+    /// column ([`backfill_core::plan::POSITION_BASE`]).
+    pub position: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -116,6 +120,9 @@ pub fn bound(col: &RangeColumn, v: RangeValue) -> Result<Bound, PredicateError> 
 /// An integer upper bound past the column type's maximum means "no upper
 /// bound".
 pub fn datafusion(col: &RangeColumn, chunk: &Chunk) -> Result<Option<Expr>, PredicateError> {
+    if let Some(partition) = &col.position {
+        return Ok(position_datafusion(&col.name, partition, chunk));
+    }
     let range = range_datafusion(col, chunk)?;
     let bucket = match (&col.bucket, chunk.bucket) {
         (Some(column), Some(b)) => Some(crate::bucket::datafusion(column, b)),
@@ -125,6 +132,38 @@ pub fn datafusion(col: &RangeColumn, chunk: &Chunk) -> Result<Option<Expr>, Pred
         (Some(r), Some(b)) => Some(r.and(b)),
         (r, b) => r.or(b),
     })
+}
+
+/// A Kafka chunk: `_partition = p AND _offset >= lo AND _offset < hi`
+/// when both bounds are in one partition (every planned chunk), which the
+/// source reads as exactly that window; else the positions compared.
+fn position_datafusion(offset: &str, partition: &str, chunk: &Chunk) -> Option<Expr> {
+    use backfill_core::plan::{POSITION_BASE, position_parts};
+    let offset_col = || Expr::Column(Column::new_unqualified(offset.to_string()));
+    let partition_col = || Expr::Column(Column::new_unqualified(partition.to_string()));
+    let (lo, hi) = (chunk.lo.map(|v| v.raw()), chunk.hi.map(|v| v.raw()));
+    if let (Some(lo), Some(hi)) = (lo, hi) {
+        let (p, l) = position_parts(lo);
+        let h = hi - i64::from(p) * POSITION_BASE;
+        if (l..=POSITION_BASE).contains(&h) {
+            return Some(
+                partition_col()
+                    .eq(lit(p))
+                    .and(offset_col().gt_eq(lit(l)))
+                    .and(offset_col().lt(lit(h))),
+            );
+        }
+    }
+    let position = || {
+        datafusion::logical_expr::cast(partition_col(), DataType::Int64) * lit(POSITION_BASE)
+            + offset_col()
+    };
+    match (lo, hi) {
+        (Some(lo), Some(hi)) => Some(position().gt_eq(lit(lo)).and(position().lt(lit(hi)))),
+        (Some(lo), None) => Some(position().gt_eq(lit(lo))),
+        (None, Some(hi)) => Some(position().lt(lit(hi))),
+        (None, None) => None,
+    }
 }
 
 fn range_datafusion(col: &RangeColumn, chunk: &Chunk) -> Result<Option<Expr>, PredicateError> {
@@ -302,6 +341,7 @@ mod tests {
             name: "t".into(),
             data_type,
             bucket: None,
+            position: None,
         }
     }
 

@@ -135,6 +135,12 @@ pub fn fingerprint(range: Option<&RangeSpec>) -> String {
                     if let Some(b) = &r.buckets {
                         text.push_str(&format!("|buckets={}:{}", b.count, b.column));
                     }
+                    if r.start_earliest {
+                        text.push_str("|start=earliest");
+                    }
+                    if r.end_latest {
+                        text.push_str("|end=latest");
+                    }
                     text
                 }
             };
@@ -494,6 +500,78 @@ pub fn plan_bounds_in(
         });
         lo = hi;
     }
+    Ok(out)
+}
+
+/// Kafka offset chunks carry positions, `partition * POSITION_BASE +
+/// offset`, as bounds: one integer range holds every partition's offsets
+/// in order, and a chunk, a window of one partition, stays `[lo, hi)`.
+/// 10^14 leaves room for 10^14 offsets per partition (three years at a
+/// million events a second) and 92,233 partitions, and reads in decimal.
+pub const POSITION_BASE: i64 = 100_000_000_000_000;
+
+/// A position's partition and offset.
+pub fn position_parts(position: i64) -> (i32, i64) {
+    (
+        (position.div_euclid(POSITION_BASE)) as i32,
+        position.rem_euclid(POSITION_BASE),
+    )
+}
+
+/// The offsets one partition's chunks cover: from `start` to each of
+/// `ends` in turn (a plan frozen at `ends[0]`, extended later to
+/// `ends[1]`, ...).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PartitionSpan {
+    pub partition: i32,
+    pub start: i64,
+    pub ends: Vec<i64>,
+}
+
+/// Offset-window chunks of a Kafka topic, partition by partition. Windows
+/// sit on a grid of `width` offsets from 0, so a chunk's bounds do not
+/// depend on where the log started when the plan was made; where a plan
+/// was extended, the chunk before the old end stays as it was (short) and
+/// the next starts there.
+pub fn plan_offsets(
+    job: &str,
+    column: &str,
+    width: i64,
+    spans: &[PartitionSpan],
+) -> Result<Vec<Chunk>, PlanError> {
+    if width <= 0 {
+        return Err(PlanError::Overflow);
+    }
+    let mut out = Vec::new();
+    let mut spans: Vec<&PartitionSpan> = spans.iter().collect();
+    spans.sort_by_key(|s| s.partition);
+    for s in spans {
+        let base = i64::from(s.partition)
+            .checked_mul(POSITION_BASE)
+            .ok_or(PlanError::Overflow)?;
+        let mut lo = s.start.max(0);
+        for &end in &s.ends {
+            let end = end.min(POSITION_BASE);
+            while lo < end {
+                if out.len() >= MAX_CHUNKS {
+                    return Err(PlanError::TooManyChunks);
+                }
+                let grid = (lo / width + 1).saturating_mul(width);
+                let hi = grid.min(end);
+                let (l, h) = (RangeValue::Int(base + lo), RangeValue::Int(base + hi));
+                out.push(Chunk {
+                    index: out.len(),
+                    id: chunk_id(job, column, ChunkSize::Count(width), Some(l), Some(h)),
+                    lo: Some(l),
+                    hi: Some(h),
+                    value: None,
+                    bucket: None,
+                });
+                lo = hi;
+            }
+        }
+    }
+    check_unique(&out)?;
     Ok(out)
 }
 

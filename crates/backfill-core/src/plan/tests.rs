@@ -23,6 +23,8 @@ fn range(column: &str, chunk: ChunkSize, start: RangeValue, end: RangeValue) -> 
         calendar: Calendar::default(),
         naive_local: None,
         buckets: None,
+        start_earliest: false,
+        end_latest: false,
     }
 }
 
@@ -399,4 +401,64 @@ proptest! {
         assert_tiles(&chunks, s, e);
         prop_assert_eq!(chunks.len() as i64, (len + width - 1) / width);
     }
+}
+
+#[test]
+fn kafka_offset_chunks_sit_on_a_grid_per_partition_and_extend_without_moving() {
+    let span = |partition, start, ends: &[i64]| PartitionSpan {
+        partition,
+        start,
+        ends: ends.to_vec(),
+    };
+    let first = plan_offsets(
+        "j",
+        "_offset",
+        100,
+        &[span(1, 250, &[420]), span(0, 0, &[150])],
+    )
+    .expect("plan");
+    let bounds: Vec<(i32, i64, i64)> = first
+        .iter()
+        .map(|c| {
+            let (p, lo) = position_parts(c.lo.expect("lo").raw());
+            let (q, hi) = position_parts(c.hi.expect("hi").raw());
+            assert_eq!(p, q, "a chunk stays in one partition");
+            (p, lo, hi)
+        })
+        .collect();
+    assert_eq!(
+        bounds,
+        vec![
+            (0, 0, 100),
+            (0, 100, 150),
+            (1, 250, 300),
+            (1, 300, 400),
+            (1, 400, 420)
+        ]
+    );
+    // Extended later: the old chunks keep their ids, the first new chunk
+    // starts at the old end.
+    let later = plan_offsets(
+        "j",
+        "_offset",
+        100,
+        &[span(1, 250, &[420, 520]), span(0, 0, &[150])],
+    )
+    .expect("plan");
+    let ids: Vec<&str> = first.iter().map(|c| c.id.as_str()).collect();
+    for id in &ids {
+        assert!(later.iter().any(|c| c.id == *id), "chunk {id} kept");
+    }
+    let added: Vec<(i64, i64)> = later
+        .iter()
+        .filter(|c| !ids.contains(&c.id.as_str()))
+        .map(|c| {
+            (
+                position_parts(c.lo.expect("lo").raw()).1,
+                position_parts(c.hi.expect("hi").raw()).1,
+            )
+        })
+        .collect();
+    assert_eq!(added, vec![(420, 500), (500, 520)]);
+    assert!(plan_offsets("j", "_offset", 0, &[]).is_err());
 }

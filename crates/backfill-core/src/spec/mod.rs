@@ -3,6 +3,7 @@
 //! naming the file, line, column and key.
 
 mod engine;
+mod kafka;
 mod pgurl;
 mod postgres;
 mod quality;
@@ -22,6 +23,10 @@ use crate::interval::{
     Calendar, ChunkSize, RangeValue, ValueKind, parse_duration, parse_weekday, parse_zone,
 };
 pub use engine::{ConnectUrl, EngineKind, EngineSpec, SparkSpec, parse_connect_url};
+pub use kafka::{
+    KAFKA_DECODE_ERROR, KAFKA_KEY, KAFKA_OFFSET, KAFKA_PARTITION, KAFKA_TIMESTAMP, KafkaSasl,
+    KafkaSourceSpec, KafkaTls, KafkaValue,
+};
 pub use pgurl::{PgTls, SslMode, mask_url, split_tls, url_passwords};
 pub use postgres::{
     PgRelation, PgSourceSpec, PgTargetSpec, PgWriteMode, QualifiedName, quote_ident,
@@ -138,6 +143,7 @@ pub enum SourceFormat {
     Csv,
     Json,
     Postgres,
+    Kafka,
 }
 
 impl SourceFormat {
@@ -147,6 +153,7 @@ impl SourceFormat {
             SourceFormat::Csv => "csv",
             SourceFormat::Json => "json",
             SourceFormat::Postgres => "postgres",
+            SourceFormat::Kafka => "kafka",
         }
     }
 }
@@ -193,6 +200,8 @@ pub struct SourceSpec {
     pub columns: Vec<(String, ColumnType)>,
     /// Set exactly when `format = "postgres"` (then `path` is empty).
     pub postgres: Option<PgSourceSpec>,
+    /// Set exactly when `format = "kafka"`.
+    pub kafka: Option<KafkaSourceSpec>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -301,6 +310,14 @@ pub struct TargetSpec {
 }
 
 impl JobSpec {
+    /// Kafka offset chunks: the partition column that, with the range
+    /// column `_offset`, makes a chunk bound's position
+    /// ([`crate::plan::POSITION_BASE`]).
+    pub fn position_column(&self) -> Option<&'static str> {
+        let r = self.range.as_ref()?;
+        (self.source.format == SourceFormat::Kafka && r.column == KAFKA_OFFSET)
+            .then_some(KAFKA_PARTITION)
+    }
     /// The shared state lives in the PostgreSQL database the job writes
     /// to, so a chunk can commit and publish in one transaction.
     pub fn state_in_target_database(&self) -> bool {
@@ -613,10 +630,32 @@ fn read_job(
             postgres: None,
         }),
     };
-    let rules = match top.raw("rules") {
+    let mut rules = match top.raw("rules") {
         Some(raw) => quality::read_rules(d, env, raw, text),
         None => Vec::new(),
     };
+    if let Some(s) = source.as_ref().filter(|s| s.format == SourceFormat::Kafka) {
+        // Events whose value does not decode fail the built-in rule
+        // `decode` first, and go to the quarantine with their reason.
+        if let Some(r) = rules.iter().find(|r| r.name == "decode") {
+            let at = r.check_loc;
+            d.list.push(Diagnostic {
+                line: at.line,
+                column: at.column,
+                key: "rules".into(),
+                message: "the rule name \"decode\" is taken by a Kafka source's built-in rule (events that do not decode); rename this rule".into(),
+            });
+        }
+        rules.insert(
+            0,
+            RuleSpec {
+                name: "decode".into(),
+                check: format!("{} IS NULL", quote_ident(KAFKA_DECODE_ERROR)),
+                action: RuleAction::Quarantine,
+                check_loc: s.path_loc,
+            },
+        );
+    }
     let dedup = match section(d, top, "dedup", false) {
         Some(mut t) => quality::read_dedup(d, env, &mut t, text).map(Some),
         None => Some(None),

@@ -40,6 +40,12 @@ pub struct RangeSpec {
     pub naive_local: Option<bool>,
     /// `buckets`: each chunk split by a hash of a column.
     pub buckets: Option<Buckets>,
+    /// `start = "earliest"` (a Kafka source: each partition's first
+    /// offset still in the log when the plan was made).
+    pub start_earliest: bool,
+    /// `end = "latest"` (a Kafka source: each partition's end offset when
+    /// the plan was made).
+    pub end_latest: bool,
 }
 
 /// `[range] buckets = N` (with `bucket_column`, or on `column` alone).
@@ -187,7 +193,20 @@ pub(super) fn read_range(
         },
         _ => calendar,
     };
-    let start = range_value(d, env, t, "start", &values);
+    // Kafka offsets: the topic's own ends, resolved per partition at plan
+    // time.
+    let word = |t: &mut TableReader, key: &str, w: &str| {
+        t.raw(key)
+            .and_then(|v| v.get_ref().as_str())
+            .is_some_and(|s| s.trim().eq_ignore_ascii_case(w))
+    };
+    let start_earliest = word(t, "start", "earliest");
+    let end_latest = word(t, "end", "latest");
+    let start = if start_earliest {
+        None
+    } else {
+        range_value(d, env, t, "start", &values)
+    };
     let end_now = t
         .raw("end")
         .and_then(|v| {
@@ -196,7 +215,7 @@ pub(super) fn read_range(
                 .map(|s| s.trim().eq_ignore_ascii_case("now"))
         })
         .unwrap_or(false);
-    let end = if end_now {
+    let end = if end_now || end_latest {
         None
     } else {
         range_value(d, env, t, "end", &values)
@@ -522,5 +541,7 @@ pub(super) fn read_range(
         calendar,
         naive_local,
         buckets,
+        start_earliest,
+        end_latest,
     })
 }

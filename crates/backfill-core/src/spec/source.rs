@@ -143,6 +143,36 @@ pub(super) fn read_tables(
     out
 }
 
+/// `[source.columns]`: declared types of text fields.
+fn column_types(
+    d: &mut Diags,
+    env: Env,
+    columns: Option<TableReader>,
+    p: &str,
+) -> Vec<(String, ColumnType)> {
+    let mut column_types = Vec::new();
+    if let Some(mut cols) = columns {
+        let keys = cols.entry_names();
+        for key in &keys {
+            if let Some(ty) = cols.string(d, env, key) {
+                match ColumnType::parse(&ty.value) {
+                    Some(c) => column_types.push((key.clone(), c)),
+                    None => d.push(
+                        ty.span,
+                        &format!("{p}.columns.{key}"),
+                        format!(
+                            "\"{}\" is not a column type (expected timestamp, date, int, float, string or bool)",
+                            ty.shown
+                        ),
+                    ),
+                }
+            }
+        }
+        cols.finish(d, &[]);
+    }
+    column_types
+}
+
 fn is_identifier(s: &str) -> bool {
     let mut chars = s.chars();
     chars
@@ -181,6 +211,37 @@ fn read_files(
             compression: SourceCompression::None,
             columns: Vec::new(),
             postgres: Some(pg),
+            kafka: None,
+        });
+    }
+    if format
+        .as_ref()
+        .is_some_and(|f| f.value.eq_ignore_ascii_case("kafka"))
+    {
+        let span = t.raw_span("brokers").unwrap_or_else(|| t.span());
+        let columns = t.table(d, "columns");
+        let column_types = column_types(d, env, columns, p);
+        let kafka = kafka::read_source(d, env, t, p);
+        let known: Vec<&str> = ["format", "columns"]
+            .iter()
+            .chain(kafka::KEYS.iter())
+            .chain(extra)
+            .copied()
+            .collect();
+        t.finish(d, &known);
+        let kafka = kafka?;
+        return Some(SourceSpec {
+            format: SourceFormat::Kafka,
+            path: PathBuf::new(),
+            path_shown: format!("kafka topic {}", kafka.topic),
+            path_loc: loc(text, &span),
+            url: None,
+            has_header: false,
+            delimiter: b',',
+            compression: SourceCompression::None,
+            columns: column_types,
+            postgres: None,
+            kafka: Some(kafka),
         });
     }
     let path = t.string(d, env, "path");
@@ -206,7 +267,7 @@ fn read_files(
                     f.span,
                     &format!("{p}.format"),
                     format!(
-                        "\"{}\" is not a source format (expected parquet, csv, json or postgres)",
+                        "\"{}\" is not a source format (expected parquet, csv, json, postgres or kafka)",
                         f.shown
                     ),
                 );
@@ -218,7 +279,7 @@ fn read_files(
                 d.push(
                     t.span(),
                     &format!("{p}.format"),
-                    "missing (expected parquet, csv, json or postgres)",
+                    "missing (expected parquet, csv, json, postgres or kafka)",
                 );
             }
             None
@@ -271,26 +332,7 @@ fn read_files(
         }
         None => Some(b','),
     };
-    let mut column_types = Vec::new();
-    if let Some(mut cols) = columns {
-        let keys = cols.entry_names();
-        for key in &keys {
-            if let Some(ty) = cols.string(d, env, key) {
-                match ColumnType::parse(&ty.value) {
-                    Some(c) => column_types.push((key.clone(), c)),
-                    None => d.push(
-                        ty.span,
-                        &format!("{p}.columns.{key}"),
-                        format!(
-                            "\"{}\" is not a column type (expected timestamp, date, int, float, string or bool)",
-                            ty.shown
-                        ),
-                    ),
-                }
-            }
-        }
-        cols.finish(d, &[]);
-    }
+    let column_types = column_types(d, env, columns, p);
     let known: Vec<&str> = known.iter().chain(extra).copied().collect();
     t.finish(d, &known);
     let path = match path {
@@ -328,5 +370,6 @@ fn read_files(
         compression: compression?,
         columns: column_types,
         postgres: None,
+        kafka: None,
     })
 }

@@ -14,6 +14,8 @@ pub(crate) struct OpenJob {
     pub transformed: arrow::datatypes::SchemaRef,
     pub range: Option<RangeColumn>,
     pub chunks: Vec<Chunk>,
+    /// A Kafka job's offsets per partition, which its state records.
+    pub kafka_spans: Option<Vec<plan::PartitionSpan>>,
     pub config: SessionConfig,
     pub runtime: Arc<RuntimeEnv>,
     /// `[run] memory_limit`, resolved.
@@ -130,6 +132,7 @@ impl Backfill {
             lookups.tables.push((table.name.clone(), opened));
         }
         let schema = source.schema();
+        self.check_kafka(source.as_kafka().is_some())?;
         let range = match &self.spec.range {
             None => None,
             Some(r) => {
@@ -225,6 +228,7 @@ impl Backfill {
                     name: r.column.clone(),
                     data_type: field.data_type().clone(),
                     bucket,
+                    position: self.spec.position_column().map(str::to_string),
                 })
             }
         };
@@ -256,6 +260,16 @@ impl Backfill {
             }
         }
         let mut chunks = plan::plan(&self.spec.name, self.spec.range.as_ref())?;
+        let mut kafka_spans = None;
+        if let (Some(kafka), Some(r)) = (source.as_kafka(), self.spec.range.as_ref()) {
+            let spans = self.kafka_spans(kafka, r)?;
+            let width = match r.chunk {
+                backfill_core::interval::ChunkSize::Count(n) => n,
+                _ => plan::POSITION_BASE,
+            };
+            chunks = plan::plan_offsets(&self.spec.name, &r.column, width, &spans)?;
+            kafka_spans = Some(spans);
+        }
         if let Some(column) = hive_column {
             let values = source.partition_values();
             if values.is_empty() {
@@ -346,11 +360,126 @@ impl Backfill {
             transformed: out,
             range,
             chunks,
+            kafka_spans,
             config,
             runtime,
             memory,
             engine: opened.engine,
         })
+    }
+
+    /// What a Kafka source can do today, and `earliest`/`latest` bounds,
+    /// which only a Kafka source has.
+    fn check_kafka(&self, kafka: bool) -> Result<(), Error> {
+        use backfill_core::spec::{KAFKA_OFFSET, TargetFormat};
+        let Some(r) = &self.spec.range else {
+            return Ok(());
+        };
+        let fail =
+            |key: &str, message: &str| Err(self.job_error(r.column_loc, key, message.into()));
+        if !kafka {
+            if r.start_earliest || r.end_latest {
+                return fail(
+                    if r.start_earliest {
+                        "range.start"
+                    } else {
+                        "range.end"
+                    },
+                    "\"earliest\" and \"latest\" are a Kafka topic's offsets; give a value",
+                );
+            }
+            return Ok(());
+        }
+        if r.column != KAFKA_OFFSET {
+            return fail(
+                "range.column",
+                "a Kafka source is chunked by offsets for now: write column = \"_offset\" \
+                 (time chunks over _timestamp are not supported yet)",
+            );
+        }
+        if r.buckets.is_some() {
+            return fail(
+                "range.buckets",
+                "Kafka chunks are already one partition each: leave buckets out",
+            );
+        }
+        if r.partitions.is_some() {
+            return fail(
+                "range.partitions",
+                "a Kafka topic is chunked by offsets: leave partitions out",
+            );
+        }
+        if matches!(r.start, Some(RangeValue::Time(_)))
+            || matches!(r.end, Some(RangeValue::Time(_)))
+        {
+            return fail(
+                "range.start",
+                "bounds of Kafka offsets are offsets, \"earliest\" or \"latest\" (or end = \"now\")",
+            );
+        }
+        if r.start.is_none() && !r.start_earliest {
+            return fail("range.start", "missing: an offset, or \"earliest\"");
+        }
+        if self.spec.target.format == TargetFormat::Delta {
+            return Err(self.job_error(
+                self.spec.target.path_loc,
+                "target.format",
+                "a Delta target replaces a chunk by its range alone, and Kafka offsets repeat \
+                 across partitions: use a Parquet or PostgreSQL target for now"
+                    .into(),
+            ));
+        }
+        if self.spec.engine.kind != backfill_core::spec::EngineKind::Local {
+            return fail(
+                "engine.kind",
+                "a Kafka source runs on the local engine only",
+            );
+        }
+        Ok(())
+    }
+
+    /// The offsets a Kafka job's plan covers, per partition: as frozen by
+    /// its first run (recorded in the state), extended to each partition's
+    /// end now for `end = "now"`; the log's own ends for a plan not made
+    /// yet.
+    fn kafka_spans(
+        &self,
+        kafka: &source::kafka::KafkaSource,
+        r: &backfill_core::spec::RangeSpec,
+    ) -> Result<Vec<plan::PartitionSpan>, Error> {
+        let int = |v: Option<RangeValue>| match v {
+            Some(RangeValue::Int(i)) => Some(i),
+            _ => None,
+        };
+        let live = kafka.spans(int(r.start), int(r.end));
+        let fp = fingerprint(Some(r));
+        let frozen: Option<FrozenSpans> = match self.open_state_existing()? {
+            Some(state) => state
+                .note(NOTE_KAFKA_SPANS)?
+                .and_then(|v| serde_json::from_str::<FrozenSpans>(&v).ok())
+                .filter(|f| f.fingerprint == fp),
+            None => None,
+        };
+        let Some(frozen) = frozen else {
+            return Ok(live);
+        };
+        Ok(live
+            .into_iter()
+            .map(
+                |now| match frozen.spans.iter().find(|f| f.partition == now.partition) {
+                    Some(f) => {
+                        let mut span = f.clone();
+                        let last = span.ends.last().copied().unwrap_or(span.start);
+                        if r.end_now && now.ends[0] > last {
+                            span.ends.push(now.ends[0]);
+                        }
+                        span
+                    }
+                    // A partition added to the topic since.
+                    None => now,
+                },
+            )
+            .collect())
     }
 
     pub(crate) fn open_state(&self) -> Result<Arc<dyn StateStore>, Error> {
@@ -480,4 +609,15 @@ fn zone_fits(
         )),
         _ => Ok(()),
     }
+}
+
+/// The state note that freezes a Kafka plan's offsets.
+pub(crate) const NOTE_KAFKA_SPANS: &str = "kafka.spans";
+
+/// What [`NOTE_KAFKA_SPANS`] holds: the spans, and the range they were
+/// planned for (a changed range plans afresh).
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub(crate) struct FrozenSpans {
+    pub fingerprint: String,
+    pub spans: Vec<plan::PartitionSpan>,
 }

@@ -34,6 +34,15 @@ impl Backfill {
             job.chunks.len(),
             t.elapsed().as_secs_f64() * 1000.0
         );
+        if let Some(spans) = &job.kafka_spans {
+            let frozen = super::job::FrozenSpans {
+                fingerprint: fp.clone(),
+                spans: spans.clone(),
+            };
+            let text = serde_json::to_string(&frozen)
+                .map_err(|e| Error::Usage(format!("internal: recording the Kafka plan: {e}")))?;
+            state.set_note(super::job::NOTE_KAFKA_SPANS, &text)?;
+        }
         if !sync.retired.is_empty() {
             tracing::warn!(
                 "--replan retired {} chunk(s) of the previous plan; their files are removed",
@@ -43,7 +52,13 @@ impl Backfill {
         let pending_orphans = recover(&job, state.as_ref(), &mut summary.recovered).await?;
         self.check_schema(&job).await?;
         reconcile_footprint(&job).await?;
-        if let Some(range) = &job.range {
+        // Kafka rows always have an offset, and counting would read the
+        // whole topic.
+        if let Some(range) = job
+            .range
+            .as_ref()
+            .filter(|_| job.source.as_kafka().is_none())
+        {
             // Counted once per source change: without statistics (CSV,
             // JSON) it is a scan of the whole source. How the files are
             // parsed decides which values read as NULL, so it is part of

@@ -497,6 +497,7 @@ impl Sinks {
             )
             .with_versions(merge_versions(spec))
             .with_buckets(bucket_column)
+            .with_positions(spec.position_column())
             .for_job(&spec.name);
             let quarantine = PgSink::new(
                 &pg.url,

@@ -108,9 +108,9 @@ impl FileSource {
                     ".parquet",
                 )
             }
-            SourceFormat::Postgres => {
+            SourceFormat::Postgres | SourceFormat::Kafka => {
                 return Err(SourceError::Postgres(crate::pg::PgError::Invalid(
-                    "internal: a postgres source opened as files".into(),
+                    "internal: a database or Kafka source opened as files".into(),
                 )));
             }
             SourceFormat::Csv => (Arc::new(CsvFormat::default()), ".csv"),

@@ -3,6 +3,7 @@
 //! providers push down into their scans.
 
 mod files;
+pub mod kafka;
 pub mod postgres;
 
 use std::sync::Arc;
@@ -70,6 +71,8 @@ pub enum SourceError {
     Postgres(#[from] crate::pg::PgError),
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    Kafka(kafka::KafkaError),
     #[error("source.columns.{column}: no such column in source {shown} (columns: {available})")]
     UnknownColumn {
         shown: String,
@@ -83,6 +86,7 @@ impl SourceError {
     pub fn is_configuration(&self) -> bool {
         match self {
             SourceError::Postgres(e) => e.is_configuration(),
+            SourceError::Kafka(e) => e.is_configuration(),
             SourceError::Store(e) => matches!(e, crate::store::StoreError::Invalid { .. }),
             _ => matches!(
                 self,
@@ -120,6 +124,11 @@ pub trait Source: Send + Sync + std::fmt::Debug {
     fn describe(&self) -> String;
     /// Changes whenever the source's data may have changed.
     fn fingerprint(&self) -> String;
+
+    /// A Kafka source, which plans its own chunks (offset windows).
+    fn as_kafka(&self) -> Option<&kafka::KafkaSource> {
+        None
+    }
 
     /// The values of the Hive partition column it was opened with, sorted.
     fn partition_values(&self) -> Vec<String> {
@@ -162,6 +171,12 @@ pub async fn open(
         SourceFormat::Parquet | SourceFormat::Csv | SourceFormat::Json => {
             Ok(Arc::new(FileSource::open(spec, ctx, hive_column).await?))
         }
+        SourceFormat::Kafka if hive_column.is_some() => Err(SourceError::Kafka(
+            kafka::KafkaError::Invalid(
+                "range.partitions = \"source\" needs a Hive-partitioned file source; a Kafka topic is chunked by offsets or time".into(),
+            ),
+        )),
+        SourceFormat::Kafka => Ok(Arc::new(kafka::KafkaSource::open(spec).await?)),
         SourceFormat::Postgres if hive_column.is_some() => Err(SourceError::Postgres(
             crate::pg::PgError::Invalid(
                 "range.partitions = \"source\" needs a Hive-partitioned file source (column=value/ directories); list the values instead".into(),

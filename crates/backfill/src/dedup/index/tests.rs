@@ -58,6 +58,7 @@ async fn rows_outside_the_job_range_never_enter_the_index() {
         name: "r".into(),
         data_type: DataType::Int64,
         bucket: None,
+        position: None,
     };
     let place = crate::placement::ChunkOfUdf::new(&range, &chunks).expect("placement");
     // Key 1: versions at 5 and 15, and a better one at 25, past the

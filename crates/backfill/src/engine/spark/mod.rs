@@ -225,7 +225,10 @@ impl SparkJob {
             options.push("recursiveFileLookup 'true'".to_string());
         }
         let (using, schema) = match src.format {
-            SourceFormat::Parquet | SourceFormat::Postgres => ("parquet", None),
+            // A Kafka job is refused on Spark before it gets here.
+            SourceFormat::Parquet | SourceFormat::Postgres | SourceFormat::Kafka => {
+                ("parquet", None)
+            }
             SourceFormat::Csv => {
                 options.push(format!("header '{}'", src.has_header));
                 options.push(format!(

@@ -63,6 +63,9 @@ struct Inner {
     range_column: Option<String>,
     /// `[range] buckets`: the hashed column, part of a bucket chunk's slice.
     bucket_column: Option<String>,
+    /// Kafka offsets: chunk bounds are positions over this partition
+    /// column and the range column.
+    position_column: Option<String>,
     create: bool,
     checksum: bool,
     /// Staging tables of this target start with it.
@@ -105,6 +108,7 @@ impl PgSink {
                 slice,
                 range_column: range_column.map(str::to_string),
                 bucket_column: None,
+                position_column: None,
                 create,
                 checksum,
                 prefix: format!("_bf_{:08x}_", hash as u32),
@@ -125,7 +129,17 @@ impl PgSink {
         self
     }
 
+    /// Chunk bounds are Kafka positions over `column` (the partition) and
+    /// the range column (the offset).
+    pub fn with_positions(mut self, column: Option<&str>) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.position_column = column.map(str::to_string);
+        }
+        self
+    }
+
     /// A bucketed job's chunks are a range and a bucket of `column`.
+
     pub fn with_buckets(mut self, column: Option<&str>) -> Self {
         if let Some(inner) = Arc::get_mut(&mut self.inner) {
             inner.bucket_column = column.map(str::to_string);
@@ -331,6 +345,13 @@ impl Inner {
             .map_err(SinkError::read(format!("reading back {}", self.shown)))
     }
 
+    fn columns(&self) -> ChunkColumns {
+        ChunkColumns {
+            bucket: self.bucket_column.clone(),
+            position: self.position_column.clone(),
+        }
+    }
+
     fn slice_predicate(&self, chunk: &Chunk) -> Result<Option<String>, SinkError> {
         match &self.slice {
             Slice::Merge(_) => Ok(None),
@@ -340,9 +361,7 @@ impl Inner {
                 quote_literal(&chunk.id)
             ))),
             Slice::Range(None) => Ok(Some("true".into())),
-            Slice::Range(Some(col)) => {
-                range_predicate(col, chunk, self.bucket_column.as_deref()).map(Some)
-            }
+            Slice::Range(Some(col)) => range_predicate(col, chunk, &self.columns()).map(Some),
         }
     }
 
@@ -493,11 +512,7 @@ fn staged_rows(path: &str) -> Option<u64> {
 
 /// `col >= lo AND col < hi` for the chunk's bounds
 /// ([`crate::predicate::postgres`]).
-fn range_predicate(
-    col: &str,
-    chunk: &Chunk,
-    bucket_column: Option<&str>,
-) -> Result<String, SinkError> {
+fn range_predicate(col: &str, chunk: &Chunk, more: &ChunkColumns) -> Result<String, SinkError> {
     if chunk.index == usize::MAX {
         // Recovery of a chunk the current plan does not know: its bounds are
         // lost, and guessing could delete rows.
@@ -506,11 +521,27 @@ fn range_predicate(
             staged: "(bounds unknown)".into(),
         });
     }
+    let column = match &more.position {
+        // Kafka: the position of (partition, offset), as the plan counts.
+        Some(p) => format!(
+            "({}::bigint * {} + {})",
+            quote_ident(p),
+            backfill_core::plan::POSITION_BASE,
+            quote_ident(col)
+        ),
+        None => quote_ident(col),
+    };
     Ok(crate::predicate::postgres(
-        &quote_ident(col),
+        &column,
         chunk,
-        bucket_column.map(quote_ident).as_deref(),
+        more.bucket.as_deref().map(quote_ident).as_deref(),
     ))
+}
+
+/// The columns besides the range column that say which rows a chunk holds.
+pub(crate) struct ChunkColumns {
+    pub bucket: Option<String>,
+    pub position: Option<String>,
 }
 
 #[async_trait]

@@ -20,9 +20,7 @@ impl ReadBack for PgSink {
         }
         // A merged chunk owns no slice, but its rows lie in its range.
         let predicate = match (&inner.slice, &inner.range_column) {
-            (Slice::Merge(_), Some(col)) => {
-                range_predicate(col, chunk, inner.bucket_column.as_deref())?
-            }
+            (Slice::Merge(_), Some(col)) => range_predicate(col, chunk, &inner.columns())?,
             (Slice::Merge(_), None) => "true".to_string(),
             _ => inner
                 .slice_predicate(chunk)?

@@ -1,0 +1,247 @@
+//! Kafka events as Arrow rows: the value decoded (JSON, text or bytes)
+//! beside the event's partition, offset, timestamp and key.
+
+use std::sync::Arc;
+
+use arrow::array::{
+    ArrayRef, BinaryBuilder, Int32Builder, Int64Builder, RecordBatch, StringBuilder,
+    TimestampMillisecondBuilder, UInt32Array, new_null_array,
+};
+use arrow::compute::take;
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use backfill_core::spec::{
+    ColumnType, KAFKA_DECODE_ERROR, KAFKA_KEY, KAFKA_OFFSET, KAFKA_PARTITION, KAFKA_TIMESTAMP,
+    KafkaValue,
+};
+use datafusion::error::Result as DfResult;
+use rskafka::record::RecordAndOffset;
+
+use super::{KafkaError, Shared};
+use crate::source::SourceError;
+
+/// The longest an error message quotes of an event that did not decode.
+const PREVIEW: usize = 120;
+
+/// The JSON fields' columns: inferred from `sample`, with the declared
+/// types of `[source.columns]` over them (a declared field need not be in
+/// the sample). Fields named like the Kafka columns are left out.
+pub(super) fn json_schema(
+    sample: &[serde_json::Value],
+    declared: &[(String, ColumnType)],
+    shown: &str,
+) -> Result<SchemaRef, SourceError> {
+    let inferred = arrow_json::reader::infer_json_schema_from_iterator(sample.iter().map(Ok))
+        .map_err(|e| {
+            KafkaError::Invalid(format!("{shown}: cannot infer the JSON fields' types: {e}"))
+        })?;
+    let reserved = [
+        KAFKA_PARTITION,
+        KAFKA_OFFSET,
+        KAFKA_TIMESTAMP,
+        KAFKA_KEY,
+        KAFKA_DECODE_ERROR,
+    ];
+    let mut fields: Vec<Field> = inferred
+        .fields()
+        .iter()
+        .filter(|f| !reserved.contains(&f.name().as_str()))
+        .map(|f| f.as_ref().clone().with_nullable(true))
+        .collect();
+    for (name, ty) in declared {
+        if reserved.contains(&name.as_str()) {
+            return Err(KafkaError::Invalid(format!(
+                "source.columns.{name}: {name} is a column every Kafka row has; it cannot be declared"
+            ))
+            .into());
+        }
+        let dt = match ty {
+            ColumnType::Timestamp => DataType::Timestamp(TimeUnit::Microsecond, None),
+            ColumnType::Date => DataType::Date32,
+            ColumnType::Int64 => DataType::Int64,
+            ColumnType::Float64 => DataType::Float64,
+            ColumnType::Utf8 => DataType::Utf8,
+            ColumnType::Boolean => DataType::Boolean,
+        };
+        match fields.iter_mut().find(|f| f.name() == name) {
+            Some(f) => *f = Field::new(name, dt, true),
+            None => fields.push(Field::new(name, dt, true)),
+        }
+    }
+    Ok(Arc::new(Schema::new(fields)))
+}
+
+/// Events as rows of the source's schema. A value that does not decode
+/// leaves its columns NULL and says why in `_decode_error`.
+pub(super) fn decode(shared: &Shared, rows: &[(i32, RecordAndOffset)]) -> DfResult<RecordBatch> {
+    let n = rows.len();
+    let mut partition = Int32Builder::with_capacity(n);
+    let mut offset = Int64Builder::with_capacity(n);
+    let mut timestamp = TimestampMillisecondBuilder::with_capacity(n).with_timezone("UTC");
+    let mut key = StringBuilder::with_capacity(n, n * 16);
+    let mut errors: Vec<Option<String>> = vec![None; n];
+    for (i, (p, r)) in rows.iter().enumerate() {
+        partition.append_value(*p);
+        offset.append_value(r.offset);
+        timestamp.append_value(r.record.timestamp.timestamp_millis());
+        match r.record.key.as_deref().map(std::str::from_utf8) {
+            None => key.append_null(),
+            Some(Ok(k)) => key.append_value(k),
+            Some(Err(_)) => {
+                key.append_null();
+                errors[i] = Some("the key is not UTF-8 text".into());
+            }
+        }
+    }
+    let mut columns: Vec<ArrayRef> = vec![
+        Arc::new(partition.finish()),
+        Arc::new(offset.finish()),
+        Arc::new(timestamp.finish()),
+        Arc::new(key.finish()),
+    ];
+    let values = rows.iter().map(|(_, r)| r.record.value.as_deref());
+    match shared.spec.value {
+        KafkaValue::Bytes => {
+            let mut b = BinaryBuilder::with_capacity(n, 0);
+            for v in values {
+                b.append_option(v);
+            }
+            columns.push(Arc::new(b.finish()));
+        }
+        KafkaValue::String => {
+            let mut b = StringBuilder::with_capacity(n, 0);
+            for (i, v) in values.enumerate() {
+                match v.map(std::str::from_utf8) {
+                    None => b.append_null(),
+                    Some(Ok(s)) => b.append_value(s),
+                    Some(Err(_)) => {
+                        b.append_null();
+                        errors[i].get_or_insert_with(|| {
+                            format!(
+                                "the value is not UTF-8 text: {}",
+                                preview(v.unwrap_or_default())
+                            )
+                        });
+                    }
+                }
+            }
+            columns.push(Arc::new(b.finish()));
+        }
+        KafkaValue::Json => {
+            columns.extend(decode_json(&shared.value_schema, rows, &mut errors)?);
+        }
+    }
+    let mut e = StringBuilder::with_capacity(n, 0);
+    for x in &errors {
+        e.append_option(x.as_deref());
+    }
+    columns.push(Arc::new(e.finish()));
+    Ok(RecordBatch::try_new(shared.schema.clone(), columns)?)
+}
+
+/// The JSON values' columns. Each value is parsed on its own, so one bad
+/// event costs only its row; a type that does not fit a column (text for
+/// a number) is found by decoding the batch again event by event.
+fn decode_json(
+    schema: &SchemaRef,
+    rows: &[(i32, RecordAndOffset)],
+    errors: &mut [Option<String>],
+) -> DfResult<Vec<ArrayRef>> {
+    let n = rows.len();
+    let mut objects: Vec<serde_json::Map<String, serde_json::Value>> = Vec::with_capacity(n);
+    // Row of each decoded object; NULL where the value did not decode (or
+    // is a tombstone, which keeps its columns NULL without an error).
+    let mut at: Vec<Option<u32>> = vec![None; n];
+    for (i, (_, r)) in rows.iter().enumerate() {
+        let Some(v) = r.record.value.as_deref() else {
+            continue;
+        };
+        match serde_json::from_slice::<serde_json::Value>(v) {
+            Ok(serde_json::Value::Object(o)) => {
+                at[i] = Some(objects.len() as u32);
+                objects.push(o);
+            }
+            Ok(other) => {
+                errors[i].get_or_insert_with(|| {
+                    format!(
+                        "the value is JSON but not an object: {}",
+                        preview(other.to_string().as_bytes())
+                    )
+                });
+            }
+            Err(e) => {
+                errors[i]
+                    .get_or_insert_with(|| format!("the value is not JSON ({e}): {}", preview(v)));
+            }
+        }
+    }
+    let decoder = || {
+        arrow_json::ReaderBuilder::new(schema.clone())
+            .with_coerce_primitive(true)
+            .build_decoder()
+    };
+    let decoded = {
+        let mut d = decoder()?;
+        d.serialize(&objects).and_then(|()| d.flush())
+    };
+    let batch = match decoded {
+        Ok(b) => b,
+        Err(_) => {
+            // Find the events whose fields do not fit, and leave them out.
+            let mut keep = Vec::with_capacity(objects.len());
+            for (i, (_, r)) in rows.iter().enumerate() {
+                let Some(j) = at[i] else { continue };
+                let mut d = decoder()?;
+                match d
+                    .serialize(std::slice::from_ref(&objects[j as usize]))
+                    .and_then(|()| d.flush())
+                {
+                    Ok(_) => keep.push(j as usize),
+                    Err(e) => {
+                        at[i] = None;
+                        errors[i].get_or_insert_with(|| {
+                            format!(
+                                "a field does not fit its column ({e}): {}",
+                                preview(r.record.value.as_deref().unwrap_or_default())
+                            )
+                        });
+                    }
+                }
+            }
+            let kept: Vec<&serde_json::Map<String, serde_json::Value>> =
+                keep.iter().map(|&j| &objects[j]).collect();
+            // Renumber the rows that stay.
+            let mut k = 0u32;
+            for slot in at.iter_mut() {
+                if slot.is_some() {
+                    *slot = Some(k);
+                    k += 1;
+                }
+            }
+            let mut d = decoder()?;
+            d.serialize(&kept)?;
+            d.flush()?
+        }
+    };
+    let Some(batch) = batch else {
+        return Ok(schema
+            .fields()
+            .iter()
+            .map(|f| new_null_array(f.data_type(), n))
+            .collect());
+    };
+    let take_rows: UInt32Array = at.into_iter().collect();
+    batch
+        .columns()
+        .iter()
+        .map(|c| Ok(take(c.as_ref(), &take_rows, None)?))
+        .collect()
+}
+
+fn preview(v: &[u8]) -> String {
+    let text = String::from_utf8_lossy(&v[..v.len().min(PREVIEW)]);
+    if v.len() > PREVIEW {
+        format!("{text}…")
+    } else {
+        text.into_owned()
+    }
+}
