@@ -338,6 +338,10 @@ impl Backfill {
 
     /// Incremental jobs re-run their last committed chunks.
     fn lookback(&self) -> Option<u32> {
+        // Kafka offset windows never receive late events.
+        if self.spec.position_column().is_some() {
+            return None;
+        }
         let r = self.spec.range.as_ref()?;
         r.extend_to.map(|_| r.lookback)
     }

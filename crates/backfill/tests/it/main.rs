@@ -14,6 +14,7 @@ mod evolution;
 mod gaps;
 mod harness;
 mod identity;
+mod kafka;
 mod lookups;
 mod memory;
 mod model;

@@ -25,15 +25,70 @@ const PREVIEW: usize = 120;
 /// The JSON fields' columns: inferred from `sample`, with the declared
 /// types of `[source.columns]` over them (a declared field need not be in
 /// the sample). Fields named like the Kafka columns are left out.
+/// Each top-level field's type by what most of the sample's values are,
+/// so a few bad events (`"amount": "lots"`) do not turn a column of
+/// numbers into text; they fail to decode instead. Nested values take
+/// arrow-json's inference over the values of the winning kind.
+fn infer(sample: &[serde_json::Value]) -> Result<Schema, arrow::error::ArrowError> {
+    use serde_json::Value;
+    // Per field, in first-seen order: counts of int, float, bool, string,
+    // and the nested values.
+    let mut order: Vec<String> = Vec::new();
+    let mut tallies: std::collections::HashMap<String, ([usize; 4], Vec<&Value>)> =
+        std::collections::HashMap::new();
+    for object in sample.iter().filter_map(Value::as_object) {
+        for (k, v) in object {
+            let entry = tallies.entry(k.clone()).or_insert_with(|| {
+                order.push(k.clone());
+                ([0; 4], Vec::new())
+            });
+            match v {
+                Value::Number(n) if n.is_i64() || n.is_u64() => entry.0[0] += 1,
+                Value::Number(_) => entry.0[1] += 1,
+                Value::Bool(_) => entry.0[2] += 1,
+                Value::String(_) => entry.0[3] += 1,
+                Value::Object(_) | Value::Array(_) => entry.1.push(v),
+                Value::Null => {}
+            }
+        }
+    }
+    let mut fields = Vec::with_capacity(order.len());
+    for name in order {
+        let (counts, nested) = &tallies[&name];
+        let numbers = counts[0] + counts[1];
+        let best = numbers.max(counts[2]).max(counts[3]);
+        let data_type = if nested.len() > best {
+            let objects: Vec<Value> = nested
+                .iter()
+                .map(|v| serde_json::json!({ "v": v }))
+                .collect();
+            let schema =
+                arrow_json::reader::infer_json_schema_from_iterator(objects.iter().map(Ok))?;
+            schema.field(0).data_type().clone()
+        } else if best == 0 || counts[3] == best {
+            DataType::Utf8
+        } else if numbers == best {
+            if counts[1] > 0 {
+                DataType::Float64
+            } else {
+                DataType::Int64
+            }
+        } else {
+            DataType::Boolean
+        };
+        fields.push(Field::new(name, data_type, true));
+    }
+    Ok(Schema::new(fields))
+}
+
 pub(super) fn json_schema(
     sample: &[serde_json::Value],
     declared: &[(String, ColumnType)],
     shown: &str,
 ) -> Result<SchemaRef, SourceError> {
-    let inferred = arrow_json::reader::infer_json_schema_from_iterator(sample.iter().map(Ok))
-        .map_err(|e| {
-            KafkaError::Invalid(format!("{shown}: cannot infer the JSON fields' types: {e}"))
-        })?;
+    let inferred = infer(sample).map_err(|e| {
+        KafkaError::Invalid(format!("{shown}: cannot infer the JSON fields' types: {e}"))
+    })?;
     let reserved = [
         KAFKA_PARTITION,
         KAFKA_OFFSET,

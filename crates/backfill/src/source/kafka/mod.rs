@@ -229,10 +229,11 @@ impl KafkaSource {
                 .get_offset(OffsetAt::Latest)
                 .await
                 .map_err(|e| read_error(k, e))?;
+            let latest = confirm_end(&pc, k, earliest, latest.max(earliest)).await?;
             offsets.push(PartitionOffsets {
                 partition: p,
                 earliest,
-                latest: latest.max(earliest),
+                latest,
             });
             clients.insert(p, pc);
         }
@@ -311,6 +312,48 @@ impl KafkaSource {
             })
             .collect()
     }
+}
+
+/// The partition's end offset, checked by reading there: some brokers
+/// (tansu 0.6) answer ListOffsets with the last record batch's base offset
+/// plus one, short of the batch's other records. On Kafka the fetch finds
+/// nothing and the answer stands.
+async fn confirm_end(
+    pc: &PartitionClient,
+    k: &KafkaSourceSpec,
+    earliest: i64,
+    listed: i64,
+) -> Result<i64, KafkaError> {
+    if listed <= earliest {
+        return Ok(listed);
+    }
+    let mut end = listed;
+    // From the last offset it names: tansu finds batches by their base
+    // offset, so a fetch past one's base offset finds nothing.
+    let mut at = listed - 1;
+    // Bounded: a topic written faster than it is read keeps moving.
+    for _ in 0..1000 {
+        let records = match pc.fetch_records(at, 1..FETCH_BYTES, 100).await {
+            Ok((records, _)) => records,
+            Err(e) if answered_nothing(&e) => break,
+            Err(e) => return Err(read_error(k, e)),
+        };
+        match records.last() {
+            Some(r) if r.offset >= end => {
+                end = r.offset + 1;
+                at = end;
+            }
+            _ => break,
+        }
+    }
+    Ok(end)
+}
+
+/// tansu 0.6 answers a fetch at the end of a partition with no topic at
+/// all, which rskafka reports as an invalid response; Kafka answers with
+/// the topic and no records.
+fn answered_nothing(e: &rskafka::client::error::Error) -> bool {
+    matches!(e, rskafka::client::error::Error::InvalidResponse(m) if m.contains("single topic in response, got 0"))
 }
 
 async fn connect(k: &KafkaSourceSpec) -> Result<Client, KafkaError> {
@@ -627,6 +670,17 @@ struct Reader {
     done: bool,
 }
 
+/// Where reading a window starts, given the partition's first offset
+/// still in the log: a chunk's window must be whole (else `Err` with that
+/// offset), a scan of everything starts where the log does.
+fn start_of(w: &Window, earliest: i64) -> Result<i64, i64> {
+    if w.exact && w.lo < earliest {
+        Err(earliest)
+    } else {
+        Ok(w.lo.max(earliest))
+    }
+}
+
 fn ext(e: KafkaError) -> DataFusionError {
     DataFusionError::External(Box::new(e))
 }
@@ -681,15 +735,14 @@ impl Reader {
                         .get_offset(OffsetAt::Earliest)
                         .await
                         .map_err(|e| ext(read_error(&self.shared.spec, e)))?;
-                    if w.exact && w.lo < earliest {
-                        return Err(ext(KafkaError::Gone {
+                    start_of(&w, earliest).map_err(|earliest| {
+                        ext(KafkaError::Gone {
                             topic: self.shared.spec.topic.clone(),
                             partition: w.partition,
                             lo: w.lo,
                             earliest,
-                        }));
-                    }
-                    w.lo.max(earliest)
+                        })
+                    })?
                 }
             };
             if next >= w.hi {
@@ -697,10 +750,13 @@ impl Reader {
                 self.next = None;
                 continue;
             }
-            let (records, high_watermark) = pc
-                .fetch_records(next, 1..FETCH_BYTES, 500)
-                .await
-                .map_err(|e| ext(read_error(&self.shared.spec, e)))?;
+            let (records, high_watermark) = match pc.fetch_records(next, 1..FETCH_BYTES, 500).await
+            {
+                Ok(answer) => answer,
+                // Nothing at or past `next` (see `answered_nothing`).
+                Err(e) if answered_nothing(&e) => (Vec::new(), next),
+                Err(e) => return Err(ext(read_error(&self.shared.spec, e))),
+            };
             match records.last().map(|r| r.offset) {
                 Some(last) => {
                     self.next = Some(last + 1);
@@ -736,5 +792,39 @@ impl Reader {
 impl From<KafkaError> for SourceError {
     fn from(e: KafkaError) -> Self {
         SourceError::Kafka(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_chunk_window_the_log_has_partly_forgotten_is_refused_a_whole_scan_is_not() {
+        // tansu cannot move a log's start (no DeleteRecords), so the
+        // integration tests reach only the recreated-topic case.
+        let chunk = Window {
+            partition: 0,
+            lo: 100,
+            hi: 200,
+            exact: true,
+        };
+        assert_eq!(start_of(&chunk, 0), Ok(100));
+        assert_eq!(start_of(&chunk, 100), Ok(100));
+        assert_eq!(start_of(&chunk, 101), Err(101));
+        assert_eq!(start_of(&chunk, 500), Err(500));
+        let everything = Window {
+            exact: false,
+            ..chunk
+        };
+        assert_eq!(start_of(&everything, 150), Ok(150));
+        let gone = KafkaError::Gone {
+            topic: "t".into(),
+            partition: 0,
+            lo: 100,
+            earliest: 150,
+        };
+        assert!(gone.to_string().contains("no longer in the log"));
+        assert_eq!(gone.class(), ErrorClass::Permanent);
     }
 }

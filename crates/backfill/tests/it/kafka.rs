@@ -1,0 +1,483 @@
+//! Kafka replays (issue 23) against a real Kafka-protocol broker: tansu,
+//! started per test on a random loopback port with in-memory storage, fed
+//! by rskafka. The oracle is DuckDB over the same events written as NDJSON
+//! (the value as text), deciding on its own which values decode.
+
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rskafka::client::partition::{Compression, PartitionClient, UnknownTopicHandling};
+use rskafka::client::{Client, ClientBuilder};
+use rskafka::record::Record;
+
+use crate::harness::*;
+
+/// A tansu broker on loopback, killed on drop.
+pub struct Broker {
+    child: Child,
+    pub address: String,
+    rt: tokio::runtime::Runtime,
+    client: Arc<Client>,
+}
+
+/// Where the tansu binary is: `BACKFILL_TEST_TANSU`, which `scripts/test.sh`
+/// sets after installing it (`scripts/tansu.sh`).
+fn tansu() -> String {
+    std::env::var("BACKFILL_TEST_TANSU").unwrap_or_else(|_| {
+        panic!(
+            "BACKFILL_TEST_TANSU is not set: run the suite through scripts/test.sh, which installs \
+             the tansu broker (scripts/tansu.sh prints its path)"
+        )
+    })
+}
+
+impl Broker {
+    pub fn start() -> Broker {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        Broker::start_on(port)
+    }
+
+    /// Stops the broker and starts an empty one at the same address: every
+    /// topic is gone (its storage is in memory).
+    pub fn restart(self) -> Broker {
+        let port: u16 = self
+            .address
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse().ok())
+            .expect("port");
+        drop(self);
+        Broker::start_on(port)
+    }
+
+    fn start_on(port: u16) -> Broker {
+        let url = format!("tcp://127.0.0.1:{port}");
+        // tansu listens on 0.0.0.0 unless told: always loopback here.
+        let mut child = Command::new(tansu())
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+                "--storage-engine",
+                "memory://tansu/",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start tansu");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("tansu exited before listening: {status}");
+            }
+            assert!(Instant::now() < deadline, "tansu did not start in 30 s");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let address = format!("127.0.0.1:{port}");
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let client = rt
+            .block_on(ClientBuilder::new(vec![address.clone()]).build())
+            .expect("connect to tansu");
+        Broker {
+            child,
+            address,
+            rt,
+            client: Arc::new(client),
+        }
+    }
+
+    pub fn create_topic(&self, name: &str, partitions: i32) {
+        let controller = self.client.controller_client().expect("controller");
+        self.rt
+            .block_on(controller.create_topic(name, partitions, 1, 5_000))
+            .expect("create topic");
+    }
+
+    fn partition(&self, topic: &str, partition: i32) -> PartitionClient {
+        self.rt
+            .block_on(
+                self.client
+                    .partition_client(topic, partition, UnknownTopicHandling::Retry),
+            )
+            .expect("partition client")
+    }
+
+    /// Produces `events` to one partition in batches of `batch` (several
+    /// events per record batch, as producers send them); their offsets.
+    pub fn produce(&self, topic: &str, partition: i32, events: &[Event], batch: usize) -> Vec<i64> {
+        let pc = self.partition(topic, partition);
+        let mut offsets = Vec::new();
+        for group in events.chunks(batch.max(1)) {
+            let records = group
+                .iter()
+                .map(|e| Record {
+                    key: e.key.clone().map(String::into_bytes),
+                    value: e.value.clone(),
+                    headers: Default::default(),
+                    timestamp: chrono::DateTime::from_timestamp_millis(e.timestamp_ms)
+                        .expect("timestamp"),
+                })
+                .collect();
+            offsets.extend(
+                self.rt
+                    .block_on(pc.produce(records, Compression::NoCompression))
+                    .expect("produce"),
+            );
+        }
+        offsets
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub key: Option<String>,
+    pub value: Option<Vec<u8>>,
+    pub timestamp_ms: i64,
+}
+
+/// `n` payment events of `partition`, some of which do not decode: not
+/// JSON, JSON but not an object, an amount that is not a number.
+fn payments(partition: i32, n: usize, first_id: i64) -> Vec<Event> {
+    (0..n)
+        .map(|i| {
+            let id = first_id + i as i64;
+            let value = match i % 23 {
+                5 => b"{not json".to_vec(),
+                11 => b"[1, 2, 3]".to_vec(),
+                17 => format!(r#"{{"id": {id}, "customer": "c{}", "amount": "lots"}}"#, i % 5)
+                    .into_bytes(),
+                _ => format!(
+                    r#"{{"id": {id}, "customer": "c{}", "amount": {}.{}, "partition_hint": {partition}}}"#,
+                    i % 5,
+                    (i * 37) % 1000,
+                    i % 10
+                )
+                .into_bytes(),
+            };
+            Event {
+                // As a key-hashing producer would: a key lives in one
+                // partition.
+                key: Some(format!("k{}-p{partition}", i % 7)),
+                value: Some(value),
+                timestamp_ms: 1_700_000_000_000 + (i as i64) * 1000,
+            }
+        })
+        .collect()
+}
+
+/// The events as DuckDB reads them: one NDJSON line per event with its
+/// partition, offset, key and value (as text).
+fn write_events(dir: &std::path::Path, events: &[(i32, i64, Event)]) -> String {
+    let path = dir.join("events.ndjson");
+    let mut text = String::new();
+    for (p, o, e) in events {
+        let line = serde_json::json!({
+            "partition": p,
+            "off": o,
+            "key": e.key,
+            "value": e.value.as_ref().map(|v| String::from_utf8_lossy(v).into_owned()),
+        });
+        text.push_str(&line.to_string());
+        text.push('\n');
+    }
+    std::fs::write(&path, text).expect("write events");
+    path.display().to_string()
+}
+
+/// DuckDB's verdict over the events file: per partition, the events whose
+/// value is a JSON object with a numeric (or missing) amount, their count,
+/// sum of ids and of amounts; and the count of the others.
+fn oracle(events: &str) -> (Vec<Vec<serde_json::Value>>, i64) {
+    let good = format!(
+        "(SELECT partition, off, key, value FROM read_json('{events}', columns = {{partition: 'INTEGER', off: 'BIGINT', key: 'VARCHAR', value: 'VARCHAR'}}) \
+          WHERE json_valid(value) AND json_type(value) = 'OBJECT' \
+            AND coalesce(json_type(value, '$.amount') IN ('DOUBLE', 'UBIGINT', 'BIGINT'), true))"
+    );
+    let per_partition = duckdb(&format!(
+        "SELECT partition, count(*), sum(CAST(json_extract(value, '$.id') AS BIGINT)), \
+                round(sum(CAST(json_extract(value, '$.amount') AS DOUBLE)), 4) \
+         FROM {good} GROUP BY partition ORDER BY partition"
+    ));
+    let all = duckdb(&format!("SELECT count(*) FROM read_json('{events}')"));
+    let bad = int(&all[0][0]) - per_partition.iter().map(|r| int(&r[1])).sum::<i64>();
+    (per_partition, bad)
+}
+
+fn target_per_partition(dir: &std::path::Path) -> Vec<Vec<serde_json::Value>> {
+    duckdb(&format!(
+        "SELECT _partition, count(*), sum(id), round(sum(amount), 4) \
+         FROM read_parquet('{}/warehouse/**/*.parquet') GROUP BY _partition ORDER BY _partition",
+        dir.display()
+    ))
+}
+
+fn quarantined(dir: &std::path::Path) -> Vec<Vec<serde_json::Value>> {
+    duckdb(&format!(
+        "SELECT count(*), count(DISTINCT _decode_error IS NOT NULL) FROM read_parquet('{}/quarantine/**/*.parquet')",
+        dir.display()
+    ))
+}
+
+fn job(broker: &Broker, topic: &str, chunk: i64, extra: &str) -> String {
+    format!(
+        r#"[job]
+name = "replay"
+
+[source]
+format = "kafka"
+brokers = ["{}"]
+topic = "{topic}"
+value = "json"
+
+[range]
+column = "_offset"
+start = "earliest"
+end = "latest"
+chunk = {chunk}
+
+[target]
+format = "parquet"
+path = "warehouse"
+
+[quarantine]
+path = "quarantine"
+
+[run]
+parallelism = 3
+retry_backoff = "10ms"
+{extra}"#,
+        broker.address
+    )
+}
+
+struct Replay {
+    demo: Demo,
+    broker: Broker,
+    topic: String,
+    produced: Vec<(i32, i64, Event)>,
+}
+
+impl Replay {
+    /// A topic of `partitions` with `n` events each, produced in batches of
+    /// 10, and a job over it in chunks of `chunk` offsets.
+    fn new(partitions: i32, n: usize, chunk: i64, extra: &str) -> Replay {
+        let broker = Broker::start();
+        let topic = "payments".to_string();
+        broker.create_topic(&topic, partitions);
+        let demo = Demo {
+            dir: tempfile::tempdir().expect("temp dir"),
+        };
+        let mut replay = Replay {
+            demo,
+            broker,
+            topic,
+            produced: Vec::new(),
+        };
+        for p in 0..partitions {
+            replay.produce(p, &payments(p, n, i64::from(p) * 100_000));
+        }
+        std::fs::write(
+            replay.demo.job(),
+            job(&replay.broker, &replay.topic, chunk, extra),
+        )
+        .expect("write job");
+        replay
+    }
+
+    fn produce(&mut self, partition: i32, events: &[Event]) {
+        let offsets = self.broker.produce(&self.topic, partition, events, 10);
+        assert_eq!(offsets.len(), events.len(), "one offset per event");
+        self.produced.extend(
+            offsets
+                .into_iter()
+                .zip(events)
+                .map(|(o, e)| (partition, o, e.clone())),
+        );
+    }
+
+    fn check_against_oracle(&self) {
+        let events = write_events(self.demo.path(), &self.produced);
+        let (expected, bad) = oracle(&events);
+        assert_eq!(target_per_partition(self.demo.path()), expected);
+        let q = quarantined(self.demo.path());
+        assert_eq!(
+            int(&q[0][0]),
+            bad,
+            "every event that does not decode is quarantined"
+        );
+    }
+}
+
+#[test]
+fn a_topic_replays_into_parquet_exactly_with_bad_events_quarantined() {
+    let replay = Replay::new(3, 120, 25, "");
+    let out = replay.demo.run_ok(&[]);
+    let log = text(&out);
+    replay.check_against_oracle();
+    // Chunks are windows of one partition: 120 offsets in 25s is 5 each.
+    let status = replay.demo.status_json();
+    let chunks = status["chunks"].as_array().expect("chunks");
+    assert_eq!(chunks.len(), 15, "{log}");
+    // A second run reads nothing again; the target is unchanged.
+    replay.demo.run_ok(&[]);
+    replay.check_against_oracle();
+    // validate agrees: every chunk's events are in the target.
+    let out = replay.demo.run(&["validate", &replay.demo.job_str()]);
+    assert_eq!(code(&out), 0, "validate: {}", text(&out));
+}
+
+#[test]
+fn a_replay_killed_at_each_step_of_the_commit_protocol_resumes_exactly() {
+    for fp in [
+        "after_write:4",
+        "after_commit:4",
+        "after_publish:4",
+        "read:sleep=300",
+    ] {
+        let replay = Replay::new(2, 90, 20, "");
+        let job = replay.demo.job_str();
+        if fp.starts_with("read:sleep") {
+            // kill -9 while chunks are being read and written.
+            replay
+                .demo
+                .run_killed_after(&[("BACKFILL_FAILPOINTS", fp)], 700);
+        } else {
+            let out = replay
+                .demo
+                .run_env(&["run", &job], &[("BACKFILL_FAILPOINTS", fp)]);
+            assert_eq!(
+                out.status.code(),
+                None,
+                "{fp}: should have aborted:\n{}",
+                text(&out)
+            );
+        }
+        let out = replay.demo.run(&["run", &job]);
+        assert_eq!(code(&out), 0, "{fp}: resume:\n{}", text(&out));
+        replay.check_against_oracle();
+        let out = replay.demo.run(&["validate", &job]);
+        assert_eq!(code(&out), 0, "{fp}: validate:\n{}", text(&out));
+    }
+}
+
+#[test]
+fn dedup_by_key_keeps_the_latest_offset_like_a_compacted_topic() {
+    let replay = Replay::new(
+        3,
+        60,
+        16,
+        "\n[dedup]\nkeys = [\"_key\"]\norder_by = [\"_offset DESC\"]\nscope = \"global\"\n",
+    );
+    replay.demo.run_ok(&[]);
+    let events = write_events(replay.demo.path(), &replay.produced);
+    let expected = duckdb(&format!(
+        "SELECT count(*), sum(CAST(json_extract(value, '$.id') AS BIGINT)) FROM ( \
+           SELECT *, row_number() OVER (PARTITION BY key ORDER BY off DESC) AS rn \
+           FROM read_json('{events}', columns = {{partition: 'INTEGER', off: 'BIGINT', key: 'VARCHAR', value: 'VARCHAR'}}) \
+           WHERE json_valid(value) AND json_type(value) = 'OBJECT' \
+             AND coalesce(json_type(value, '$.amount') IN ('DOUBLE', 'UBIGINT', 'BIGINT'), true)) \
+         WHERE rn = 1"
+    ));
+    let got = duckdb(&format!(
+        "SELECT count(*), sum(id) FROM read_parquet('{}/warehouse/**/*.parquet')",
+        replay.demo.path().display()
+    ));
+    assert_eq!(got, expected);
+    assert_eq!(int(&got[0][0]), 21, "7 keys in each of 3 partitions");
+}
+
+#[test]
+fn end_now_extends_the_plan_to_new_events_and_keeps_committed_chunks() {
+    let mut replay = Replay::new(2, 45, 20, "");
+    replay
+        .demo
+        .edit_job(|s| s.replace("end = \"latest\"", "end = \"now\""));
+    replay.demo.run_ok(&[]);
+    let before = replay.demo.status_json()["chunks"]
+        .as_array()
+        .expect("chunks")
+        .clone();
+    // 45 offsets in 20s: [0,20) [20,40) [40,45) per partition.
+    assert_eq!(before.len(), 6);
+    replay.produce(0, &payments(0, 30, 500_000));
+    replay.produce(1, &payments(1, 3, 600_000));
+    replay.demo.run_ok(&[]);
+    replay.check_against_oracle();
+    let after = replay.demo.status_json()["chunks"]
+        .as_array()
+        .expect("chunks")
+        .clone();
+    for c in &before {
+        let same = after
+            .iter()
+            .find(|a| a["id"] == c["id"])
+            .expect("chunk kept");
+        assert_eq!(same["lo"], c["lo"]);
+        assert_eq!(same["hi"], c["hi"]);
+        assert_eq!(
+            same["attempts"], c["attempts"],
+            "a committed chunk is not re-read"
+        );
+    }
+    // Partition 0 grew by [45,60) [60,75); partition 1 by [45,48).
+    assert_eq!(after.len(), 9);
+}
+
+#[test]
+fn offsets_the_log_no_longer_holds_are_refused_not_replaced_with_fewer_rows() {
+    let mut replay = Replay::new(1, 50, 10, "");
+    replay.demo.run_ok(&[]);
+    let before = target_per_partition(replay.demo.path());
+    // The topic is recreated (tansu 0.6 has no DeleteRecords to move the
+    // log's start, and keeps its storage in memory): now 25 events.
+    replay.broker = replay.broker.restart();
+    replay.broker.create_topic(&replay.topic, 1);
+    let fewer = payments(0, 25, 0);
+    replay.broker.produce(&replay.topic, 0, &fewer, 10);
+    let job = replay.demo.job_str();
+    let out = replay.demo.run(&["reset", &job, "--all"]);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    let out = replay.demo.run(&["run", &job]);
+    assert_ne!(
+        code(&out),
+        0,
+        "chunks past the log's end must fail:\n{}",
+        text(&out)
+    );
+    assert!(
+        text(&out).contains("recreated or truncated"),
+        "{}",
+        text(&out)
+    );
+    // The same events at the same offsets: the chunks the log still holds
+    // ran again to the same rows, and the others kept theirs.
+    assert_eq!(target_per_partition(replay.demo.path()), before);
+    let status = replay.demo.status_json();
+    let failed = status["chunks"]
+        .as_array()
+        .expect("chunks")
+        .iter()
+        .filter(|c| c["status"] == "failed")
+        .count();
+    assert_eq!(
+        failed, 3,
+        "[20,30) is cut short, [30,40) and [40,50) are gone"
+    );
+}
