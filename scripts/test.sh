@@ -5,7 +5,8 @@
 # Connect server of the Spark engine tests) if needed, installs protoc and
 # Java when missing, starts a throwaway
 # PostgreSQL on loopback (installing the server if it is missing; stopped on
-# exit, even on failure), then cargo test.
+# exit, even on failure), installs the tansu Kafka broker the Kafka tests
+# start, then cargo test.
 # Extra arguments go to `cargo test` (e.g. `scripts/test.sh crash`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,6 +19,9 @@ if ! "$VENV/bin/python" -c "import duckdb, pyarrow, deltalake, moto.server, pysp
 fi
 export BACKFILL_TEST_PYTHON="$VENV/bin/python"
 scripts/deps.sh
+# The Kafka-protocol broker the Kafka tests start, one per test, on loopback.
+BACKFILL_TEST_TANSU="$(scripts/tansu.sh)"
+export BACKFILL_TEST_TANSU
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/backfill-target}"
 # Snapshots are compared, never rewritten, when CI=true. A test binary
 # that cargo reuses from a build in another checkout sharing the target
