@@ -137,6 +137,13 @@ fn cases() -> Vec<Case> {
             ),
             0,
         ),
+        case("kafka_broker_not_host_port", Job::Text("[source]\nformat = \"kafka\"\nbrokers = [\"localhost\"]\ntopic = \"t\"\n[range]\ncolumn = \"_offset\"\nstart = \"earliest\"\nend = \"latest\"\nchunk = 1000\n[target]\npath = \"out\"\n", &[]), 2),
+        case("kafka_unknown_value_format", Job::Text("[source]\nformat = \"kafka\"\nbrokers = [\"127.0.0.1:9\"]\ntopic = \"t\"\nvalue = \"avro\"\n[target]\npath = \"out\"\n", &[]), 2),
+        case("kafka_sasl_without_password", Job::Text("[source]\nformat = \"kafka\"\nbrokers = [\"127.0.0.1:9\"]\ntopic = \"t\"\nsasl_mechanism = \"SCRAM-SHA-512\"\nsasl_username = \"me\"\n[target]\npath = \"out\"\n", &[]), 2),
+        case("kafka_unknown_sasl_mechanism", Job::Text("[source]\nformat = \"kafka\"\nbrokers = [\"127.0.0.1:9\"]\ntopic = \"t\"\nsasl_mechanism = \"GSSAPI\"\nsasl_username = \"me\"\nsasl_password = \"hunter2-not-shown\"\n[target]\npath = \"out\"\n", &[]), 2),
+        case("kafka_tls_cert_without_key", Job::Text("[source]\nformat = \"kafka\"\nbrokers = [\"127.0.0.1:9\"]\ntopic = \"t\"\ntls_cert = \"client.pem\"\n[target]\npath = \"out\"\n", &[]), 2),
+        case("kafka_path_key", Job::Text("[source]\nformat = \"kafka\"\nbrokers = [\"127.0.0.1:9\"]\ntopic = \"t\"\npath = \"in/\"\n[target]\npath = \"out\"\n", &[]), 2),
+        case("earliest_on_a_file_source", Job::Demo(|s| s.replace("start = \"2023-01-01\"", "start = \"earliest\"")), 2),
         case("rule_not_sql", Job::Demo(|s| s.replace("check = \"amount > 0\"", "check = \"amount >>> 0\"")), 2),
         case("rule_not_boolean", Job::Demo(|s| s.replace("check = \"amount > 0\"", "check = \"amount + 1\"")), 2),
         case(

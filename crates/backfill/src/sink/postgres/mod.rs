@@ -139,7 +139,6 @@ impl PgSink {
     }
 
     /// A bucketed job's chunks are a range and a bucket of `column`.
-
     pub fn with_buckets(mut self, column: Option<&str>) -> Self {
         if let Some(inner) = Arc::get_mut(&mut self.inner) {
             inner.bucket_column = column.map(str::to_string);
