@@ -338,9 +338,12 @@ fn a_topic_replays_into_parquet_exactly_with_bad_events_quarantined() {
     // A second run reads nothing again; the target is unchanged.
     replay.demo.run_ok(&[]);
     replay.check_against_oracle();
-    // validate agrees: every chunk's events are in the target.
-    let out = replay.demo.run(&["validate", &replay.demo.job_str()]);
-    assert_eq!(code(&out), 0, "validate: {}", text(&out));
+    // validate agrees: every chunk's events are in the target; plan shows
+    // the frozen plan. (`gaps` looks for missing periods of time ranges.)
+    for command in ["validate", "plan"] {
+        let out = replay.demo.run(&[command, &replay.demo.job_str()]);
+        assert_eq!(code(&out), 0, "{command}: {}", text(&out));
+    }
 }
 
 #[test]
