@@ -51,6 +51,12 @@ pub struct KafkaSourceSpec {
     pub value: KafkaValue,
     pub sasl: Option<KafkaSasl>,
     pub tls: Option<KafkaTls>,
+    /// `out_of_order`, for `[range] column = "_timestamp"`: how much
+    /// older, in milliseconds, an event may be than one before it in its
+    /// partition (producers' clocks, retries). A time chunk reads from
+    /// where the events pass its start less this, to where they pass its
+    /// end plus this, and keeps the rows inside it.
+    pub out_of_order_ms: i64,
 }
 
 /// The columns every Kafka row carries besides its value's.
@@ -80,6 +86,7 @@ pub(super) fn read_source(
     let tls_ca = t.string(d, env, "tls_ca");
     let tls_cert = t.string(d, env, "tls_cert");
     let tls_key = t.string(d, env, "tls_key");
+    let out_of_order = t.string(d, env, "out_of_order");
     let brokers = match brokers {
         Some(b) if b.is_empty() => {
             d.push(t.span(), &key("brokers"), "must name at least one broker");
@@ -248,6 +255,16 @@ pub(super) fn read_source(
     } else {
         None
     };
+    let out_of_order_ms = match out_of_order {
+        None => Some(0),
+        Some(o) => match crate::interval::parse_duration(&o.value) {
+            Ok(dur) => Some(dur.as_millis().min(i64::MAX as u128) as i64),
+            Err(e) => {
+                d.push(o.span, &key("out_of_order"), e.replace(&o.value, &o.shown));
+                None
+            }
+        },
+    };
     Some(KafkaSourceSpec {
         brokers: brokers?,
         topic: topic?,
@@ -255,11 +272,12 @@ pub(super) fn read_source(
         value: value?,
         sasl: sasl?,
         tls,
+        out_of_order_ms: out_of_order_ms?,
     })
 }
 
 /// The keys a Kafka `[source]` reads besides `format` and `columns`.
-pub(super) const KEYS: [&str; 11] = [
+pub(super) const KEYS: [&str; 12] = [
     "brokers",
     "topic",
     "partitions",
@@ -271,4 +289,5 @@ pub(super) const KEYS: [&str; 11] = [
     "tls_ca",
     "tls_cert",
     "tls_key",
+    "out_of_order",
 ];

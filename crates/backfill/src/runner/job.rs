@@ -261,7 +261,13 @@ impl Backfill {
         }
         let mut chunks = plan::plan(&self.spec.name, self.spec.range.as_ref())?;
         let mut kafka_spans = None;
-        if let (Some(kafka), Some(r)) = (source.as_kafka(), self.spec.range.as_ref()) {
+        if let (Some(kafka), Some(r)) = (
+            source.as_kafka(),
+            self.spec
+                .range
+                .as_ref()
+                .filter(|_| self.spec.position_column().is_some()),
+        ) {
             let spans = self.kafka_spans(kafka, r)?;
             let width = match r.chunk {
                 backfill_core::interval::ChunkSize::Count(n) => n,
@@ -390,11 +396,34 @@ impl Backfill {
             }
             return Ok(());
         }
+        if r.column == backfill_core::spec::KAFKA_TIMESTAMP {
+            // Time chunks: a plan like any time range's, each chunk's
+            // offsets found from the events' timestamps.
+            if r.start_earliest || r.end_latest {
+                return fail(
+                    "range.start",
+                    "a range over _timestamp takes times (end may be \"now\"); \"earliest\" and \"latest\" are offsets",
+                );
+            }
+            if r.buckets.is_some() || r.partitions.is_some() {
+                return fail(
+                    "range.column",
+                    "time chunks of a Kafka topic take no buckets or partitions",
+                );
+            }
+            if self.spec.engine.kind != backfill_core::spec::EngineKind::Local {
+                return fail(
+                    "engine.kind",
+                    "a Kafka source runs on the local engine only",
+                );
+            }
+            return Ok(());
+        }
         if r.column != KAFKA_OFFSET {
             return fail(
                 "range.column",
-                "a Kafka source is chunked by offsets for now: write column = \"_offset\" \
-                 (time chunks over _timestamp are not supported yet)",
+                "a Kafka topic is chunked by \"_offset\" (offset windows of each partition) or \
+                 \"_timestamp\" (time chunks)",
             );
         }
         if r.buckets.is_some() {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use async_trait::async_trait;
-use backfill_core::spec::{KAFKA_OFFSET, KAFKA_PARTITION};
+use backfill_core::spec::{KAFKA_OFFSET, KAFKA_PARTITION, KAFKA_TIMESTAMP};
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::ScalarValue;
 use datafusion::datasource::TableType;
@@ -21,6 +21,9 @@ use rskafka::record::RecordAndOffset;
 
 use super::decode::decode;
 use super::{FETCH_BYTES, KafkaError, Shared, answered_nothing, partition_client, read_error};
+
+/// Bytes asked for when only one event's timestamp is wanted.
+const PROBE_BYTES: i32 = 64 << 10;
 
 /// A window of one partition's offsets to read: `[lo, hi)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,12 +40,30 @@ pub(super) struct KafkaTable {
     pub(super) shared: Arc<Shared>,
 }
 
+/// A partition's client, made once per source.
+async fn client(shared: &Shared, partition: i32) -> DfResult<Arc<PartitionClient>> {
+    let mut clients = shared.clients.lock().await;
+    if let Some(c) = clients.get(&partition) {
+        return Ok(c.clone());
+    }
+    let c = Arc::new(
+        partition_client(&shared.client, &shared.spec, partition)
+            .await
+            .map_err(ext)?,
+    );
+    clients.insert(partition, c.clone());
+    Ok(c)
+}
+
 /// What the pushed-down filters say about the rows wanted.
 #[derive(Default)]
 struct Wanted {
     partition: Option<i32>,
     lo: Option<i64>,
     hi: Option<i64>,
+    /// `_timestamp` bounds, in milliseconds: `[from, until)`.
+    from: Option<i64>,
+    until: Option<i64>,
 }
 
 impl Wanted {
@@ -58,6 +79,17 @@ impl Wanted {
         let (Expr::Column(c), Expr::Literal(v, _)) = (left.as_ref(), right.as_ref()) else {
             return false;
         };
+        if c.name == KAFKA_TIMESTAMP {
+            let Some(ms) = millis_of(v) else { return false };
+            match op {
+                Operator::GtEq => self.from = Some(self.from.map_or(ms, |f| f.max(ms))),
+                Operator::Gt => self.from = Some(self.from.map_or(ms + 1, |f| f.max(ms + 1))),
+                Operator::Lt => self.until = Some(self.until.map_or(ms, |u| u.min(ms))),
+                Operator::LtEq => self.until = Some(self.until.map_or(ms + 1, |u| u.min(ms + 1))),
+                _ => return false,
+            }
+            return true;
+        }
         let Some(v) = int_of(v) else { return false };
         match (c.name.as_str(), op) {
             (KAFKA_PARTITION, Operator::Eq) => match i32::try_from(v) {
@@ -86,6 +118,18 @@ impl Wanted {
             _ => false,
         }
     }
+}
+
+/// A timestamp literal in whole milliseconds, rounded so that `>=` and
+/// `<` keep every row the literal's own precision would.
+fn millis_of(v: &ScalarValue) -> Option<i64> {
+    Some(match v {
+        ScalarValue::TimestampSecond(Some(t), _) => t.checked_mul(1000)?,
+        ScalarValue::TimestampMillisecond(Some(t), _) => *t,
+        ScalarValue::TimestampMicrosecond(Some(t), _) => t.div_euclid(1000),
+        ScalarValue::TimestampNanosecond(Some(t), _) => t.div_euclid(1_000_000),
+        _ => return None,
+    })
 }
 
 fn int_of(v: &ScalarValue) -> Option<i64> {
@@ -136,7 +180,7 @@ impl TableProvider for KafkaTable {
             wanted.add(f);
         }
         let exact = wanted.partition.is_some() && wanted.lo.is_some() && wanted.hi.is_some();
-        let windows: Vec<Window> = self
+        let mut windows: Vec<Window> = self
             .shared
             .offsets
             .iter()
@@ -157,6 +201,13 @@ impl TableProvider for KafkaTable {
             })
             .filter(|w| w.lo < w.hi)
             .collect();
+        if !exact && (wanted.from.is_some() || wanted.until.is_some()) {
+            for w in &mut windows {
+                let (lo, hi) = time_window(&self.shared, w, wanted.from, wanted.until).await?;
+                (w.lo, w.hi) = (lo, hi);
+            }
+            windows.retain(|w| w.lo < w.hi);
+        }
         let indices: Vec<usize> = match projection {
             Some(p) => p.clone(),
             None => (0..self.shared.schema.fields().len()).collect(),
@@ -221,6 +272,98 @@ struct Reader {
     done: bool,
 }
 
+/// The offsets within `w` that hold every event of `[from, until)` (ms),
+/// found by bisecting on the events' own timestamps rather than asking
+/// the broker (tansu 0.6 looks up by append time, not CreateTime). With
+/// the source's allowance `A` (`out_of_order`), an event is never more
+/// than `A` older than one before it in the partition, so: if the event
+/// before offset `s` is older than `from - A`, every event before `s` is
+/// older than `from`; if the first event at or after `e` is at least
+/// `until + A`, every event from `e` on is at least `until`. DataFusion
+/// filters the window's rows by time on top.
+///
+/// A chunk (both bounds) is refused when the log has forgotten events
+/// that could be in it: the partition's log starts after offset 0, and
+/// its first kept event is less than `A` older than `from` or newer.
+async fn time_window(
+    shared: &Shared,
+    w: &Window,
+    from: Option<i64>,
+    until: Option<i64>,
+) -> DfResult<(i64, i64)> {
+    let pc = client(shared, w.partition).await?;
+    let allowance = shared.spec.out_of_order_ms;
+    let earliest = pc
+        .get_offset(OffsetAt::Earliest)
+        .await
+        .map_err(|e| ext(read_error(&shared.spec, e)))?;
+    let lo = w.lo.max(earliest);
+    if let (Some(from), Some(_)) = (from, until)
+        && earliest > 0
+        && let Some((_, first)) = event_at(shared, &pc, earliest, w.hi).await?
+        && from <= first.saturating_add(allowance)
+    {
+        return Err(ext(KafkaError::Gone {
+            topic: shared.spec.topic.clone(),
+            partition: w.partition,
+            lo: 0,
+            earliest,
+        }));
+    }
+    let start = match from {
+        Some(t) => first_at_least(shared, &pc, lo, w.hi, t.saturating_sub(allowance)).await?,
+        None => lo,
+    };
+    let end = match until {
+        Some(t) => first_at_least(shared, &pc, start, w.hi, t.saturating_add(allowance)).await?,
+        None => w.hi,
+    };
+    Ok((start, end))
+}
+
+/// The first event at or after `offset` and before `hi`: its offset and
+/// timestamp (ms).
+async fn event_at(
+    shared: &Shared,
+    pc: &PartitionClient,
+    offset: i64,
+    hi: i64,
+) -> DfResult<Option<(i64, i64)>> {
+    let records = match pc.fetch_records(offset, 1..PROBE_BYTES, 100).await {
+        Ok((records, _)) => records,
+        Err(e) if answered_nothing(&e) => Vec::new(),
+        Err(e) => return Err(ext(read_error(&shared.spec, e))),
+    };
+    Ok(records
+        .iter()
+        .find(|r| r.offset >= offset)
+        .filter(|r| r.offset < hi)
+        .map(|r| (r.offset, r.record.timestamp.timestamp_millis())))
+}
+
+/// Bisects `[lo, hi)` for an offset `s` such that the event before `s`
+/// (if any in the range) is older than `target` and the first event at
+/// or after `s` (if any) is not: `hi` when no event reaches `target`.
+async fn first_at_least(
+    shared: &Shared,
+    pc: &PartitionClient,
+    lo: i64,
+    hi: i64,
+    target: i64,
+) -> DfResult<i64> {
+    let (mut l, mut h) = (lo, hi);
+    while l < h {
+        let mid = l + (h - l) / 2;
+        match event_at(shared, pc, mid, h).await? {
+            // Offsets [mid, at) are holes: starting at mid is starting at
+            // the event.
+            Some((at, ts)) if ts < target => l = at + 1,
+            _ => h = mid,
+        }
+    }
+    Ok(l)
+}
+
 /// Where reading a window starts, given the partition's first offset
 /// still in the log: a chunk's window must be whole (else `Err` with that
 /// offset), a scan of everything starts where the log does.
@@ -251,20 +394,6 @@ impl Reader {
         }
     }
 
-    async fn client(&self, partition: i32) -> DfResult<Arc<PartitionClient>> {
-        let mut clients = self.shared.clients.lock().await;
-        if let Some(c) = clients.get(&partition) {
-            return Ok(c.clone());
-        }
-        let c = Arc::new(
-            partition_client(&self.shared.client, &self.shared.spec, partition)
-                .await
-                .map_err(ext)?,
-        );
-        clients.insert(partition, c.clone());
-        Ok(c)
-    }
-
     /// Up to a batch of the windows' events, window after window.
     async fn fill(&mut self) -> DfResult<Option<RecordBatch>> {
         let mut rows: Vec<(i32, RecordAndOffset)> = Vec::with_capacity(self.batch_size);
@@ -277,7 +406,7 @@ impl Reader {
                 rows.extend(self.pending.drain(..take).map(|r| (w.partition, r)));
                 continue;
             }
-            let pc = self.client(w.partition).await?;
+            let pc = client(&self.shared, w.partition).await?;
             let next = match self.next {
                 Some(n) => n,
                 None => {
