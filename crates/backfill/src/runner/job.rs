@@ -107,9 +107,10 @@ impl Backfill {
         let source = source::open(&self.spec.source, &ctx, hive_column)
             .await
             .map_err(|e| {
-                let key = match self.spec.source.postgres {
-                    Some(_) => "source.url",
-                    None => "source.path",
+                let key = match (&self.spec.source.postgres, &self.spec.source.kafka) {
+                    (Some(_), _) => "source.url",
+                    (_, Some(_)) => "source.brokers",
+                    _ => "source.path",
                 };
                 self.source_error(self.spec.source.path_loc, key, e)
             })?;

@@ -19,7 +19,8 @@ pub struct Broker {
     child: Child,
     pub address: String,
     rt: tokio::runtime::Runtime,
-    client: Arc<Client>,
+    /// For producing; none on a broker that asks for a login.
+    client: Option<Arc<Client>>,
 }
 
 /// Where the tansu binary is: `BACKFILL_TEST_TANSU`, which `scripts/test.sh`
@@ -35,38 +36,44 @@ fn tansu() -> String {
 
 impl Broker {
     pub fn start() -> Broker {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
-        Broker::start_on(port)
+        Broker::start_on(free_port(), &Tansu::default())
     }
 
     /// Stops the broker and starts an empty one at the same address: every
     /// topic is gone (its storage is in memory).
     pub fn restart(self) -> Broker {
-        let port: u16 = self
-            .address
-            .rsplit_once(':')
-            .and_then(|(_, p)| p.parse().ok())
-            .expect("port");
+        let port = self.port();
         drop(self);
-        Broker::start_on(port)
+        Broker::start_on(port, &Tansu::default())
     }
 
-    fn start_on(port: u16) -> Broker {
+    fn port(&self) -> u16 {
+        self.address
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse().ok())
+            .expect("port")
+    }
+
+    fn start_on(port: u16, how: &Tansu) -> Broker {
         let url = format!("tcp://127.0.0.1:{port}");
         // tansu listens on 0.0.0.0 unless told: always loopback here.
-        let mut child = Command::new(tansu())
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-                "--storage-engine",
-                "memory://tansu/",
-            ])
+        let mut cmd = Command::new(tansu());
+        cmd.args([
+            "broker",
+            "--listener-url",
+            &url,
+            "--advertised-listener-url",
+            &url,
+            "--storage-engine",
+            &how.storage,
+        ]);
+        if how.sasl.is_some() {
+            cmd.arg("--authentication");
+        }
+        for (k, v) in &how.env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -85,19 +92,32 @@ impl Broker {
             .enable_all()
             .build()
             .expect("runtime");
-        let client = rt
-            .block_on(ClientBuilder::new(vec![address.clone()]).build())
-            .expect("connect to tansu");
+        let mut builder = ClientBuilder::new(vec![address.clone()]);
+        if let Some((user, password)) = &how.sasl {
+            builder = builder.sasl_config(rskafka::client::SaslConfig::ScramSha512(
+                rskafka::client::Credentials::new(user.clone(), password.clone()),
+            ));
+        }
+        // A broker that asks for a login gets no producing client here.
+        let client = how
+            .sasl
+            .is_none()
+            .then(|| rt.block_on(builder.build()).expect("connect to tansu"))
+            .map(Arc::new);
         Broker {
             child,
             address,
             rt,
-            client: Arc::new(client),
+            client,
         }
     }
 
+    fn client(&self) -> &Client {
+        self.client.as_deref().expect("a broker with a client")
+    }
+
     pub fn create_topic(&self, name: &str, partitions: i32) {
-        let controller = self.client.controller_client().expect("controller");
+        let controller = self.client().controller_client().expect("controller");
         self.rt
             .block_on(controller.create_topic(name, partitions, 1, 5_000))
             .expect("create topic");
@@ -106,7 +126,7 @@ impl Broker {
     fn partition(&self, topic: &str, partition: i32) -> PartitionClient {
         self.rt
             .block_on(
-                self.client
+                self.client()
                     .partition_client(topic, partition, UnknownTopicHandling::Retry),
             )
             .expect("partition client")
@@ -136,6 +156,31 @@ impl Broker {
         }
         offsets
     }
+}
+
+/// How to start tansu: its storage, its environment, and SASL (a user the
+/// broker's clients log in as).
+struct Tansu {
+    storage: String,
+    env: Vec<(&'static str, String)>,
+    sasl: Option<(String, String)>,
+}
+
+impl Default for Tansu {
+    fn default() -> Self {
+        Tansu {
+            storage: "memory://tansu/".into(),
+            env: Vec::new(),
+            sasl: None,
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
 }
 
 impl Drop for Broker {
@@ -599,5 +644,46 @@ fn time_chunks_over_out_of_order_timestamps_hold_exactly_their_events() {
     assert_ne!(
         got, expected,
         "an allowance of 1 ms should miss late events"
+    );
+}
+
+#[test]
+fn a_login_the_broker_refuses_fails_at_the_brokers_key_without_showing_the_password() {
+    // tansu with --authentication runs the SCRAM exchange; users it knows
+    // live in persistent storage, which could not be made to work here
+    // (S3 storage under moto forgets them), so the broker knows no one:
+    // what is shown is the refusal, not a successful login.
+    let how = Tansu {
+        sasl: Some(("nobody".into(), String::new())),
+        ..Tansu::default()
+    };
+    let broker = Broker::start_on(free_port(), &how);
+    let demo = Demo {
+        dir: tempfile::tempdir().expect("temp dir"),
+    };
+    let password = "pw-7e1c0c2b-not-to-be-printed";
+    let sasl = "sasl_mechanism = \"SCRAM-SHA-512\"\nsasl_username = \"alice\"\nsasl_password = \"${KAFKA_PW}\"\nvalue = \"json\"";
+    std::fs::write(
+        demo.job(),
+        job(&broker, "payments", 16, "").replace("value = \"json\"", sasl),
+    )
+    .expect("write job");
+    let started = Instant::now();
+    let out = demo.run_env(&["run", &demo.job_str()], &[("KAFKA_PW", password)]);
+    let shown = text(&out);
+    assert_eq!(
+        code(&out),
+        2,
+        "a refused login is the job file's to fix: {shown}"
+    );
+    assert!(shown.contains("source.brokers"), "{shown}");
+    assert!(
+        shown.contains("unknown user"),
+        "the broker's reason: {shown}"
+    );
+    assert!(!shown.contains(password), "{shown}");
+    assert!(
+        started.elapsed() < Duration::from_secs(90),
+        "a refused login is not retried for long"
     );
 }
