@@ -488,6 +488,8 @@ pub fn validate_text(r: &crate::validate::ValidateReport) -> String {
                 (c.recorded_dropped.unwrap_or(0) + c.recorded_duplicates.unwrap_or(0)).to_string(),
                 if c.problems.is_empty() {
                     "ok".into()
+                } else if c.source_forgotten.is_some() {
+                    "SOURCE GONE".into()
                 } else {
                     "MISMATCH".into()
                 },
@@ -585,17 +587,31 @@ pub fn validate_text(r: &crate::validate::ValidateReport) -> String {
             }
         );
     } else {
-        let _ = writeln!(
-            out,
-            "{}: MISMATCH in {bad} of {} chunks{}",
-            r.job,
-            r.chunks.len(),
-            if bad_groups > 0 {
-                format!(" and {bad_groups} groups")
-            } else {
-                String::new()
-            }
-        );
+        let gone = r
+            .chunks
+            .iter()
+            .filter(|c| c.source_forgotten.is_some())
+            .count();
+        let mismatched = bad - gone;
+        let mut parts = Vec::new();
+        if mismatched > 0 || bad_groups > 0 {
+            parts.push(format!(
+                "MISMATCH in {mismatched} of {} chunks{}",
+                r.chunks.len(),
+                if bad_groups > 0 {
+                    format!(" and {bad_groups} groups")
+                } else {
+                    String::new()
+                }
+            ));
+        }
+        if gone > 0 {
+            parts.push(format!(
+                "{gone} of {} chunks cannot be checked: the source no longer holds their offsets",
+                r.chunks.len()
+            ));
+        }
+        let _ = writeln!(out, "{}: {}", r.job, parts.join("; "));
     }
     out
 }

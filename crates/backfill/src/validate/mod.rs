@@ -86,6 +86,11 @@ pub struct ChunkCheck {
     /// `[validate] sum` columns: (expected, actual) over target rows.
     pub sums: BTreeMap<String, (f64, f64)>,
     pub problems: Vec<String>,
+    /// A Kafka source no longer holds the chunk's offsets (retention, a
+    /// recreated topic): the source side cannot be read, which is not the
+    /// same as rows missing from the target.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source_forgotten: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -242,6 +247,9 @@ impl Backfill {
         }
         let ok = checks.iter().all(|c| c.problems.is_empty()) && groups.values().all(|g| g.ok);
         let null_range_rows = match &job.range {
+            // Kafka rows always have offsets and timestamps; counting
+            // would read the whole topic.
+            Some(_) if job.source.as_kafka().is_some() => 0,
             Some(r) => local::count_null_range(&job.source, r, &job.config, &job.runtime)
                 .await
                 .map_err(|source| crate::source::SourceError::Read {
@@ -259,6 +267,55 @@ impl Backfill {
             null_range_rows,
             ok,
         })
+    }
+}
+
+/// Why the source can no longer give a chunk's rows, if that is what `e`
+/// says (a Kafka log that forgot the chunk's offsets).
+fn forgotten(e: &ChunkError) -> Option<String> {
+    use crate::source::kafka::KafkaError;
+    let ChunkError::Query(q) = e else {
+        return None;
+    };
+    match q.find_root() {
+        datafusion::error::DataFusionError::External(inner) => inner
+            .downcast_ref::<KafkaError>()
+            .filter(|k| matches!(k, KafkaError::Gone { .. } | KafkaError::Truncated { .. }))
+            .map(ToString::to_string),
+        _ => None,
+    }
+}
+
+/// The check of a chunk whose source offsets are gone: what the ledger
+/// recorded, and the reason in place of a comparison.
+fn forgotten_check(chunk: &Chunk, record: Option<&ChunkRecord>, why: String) -> ChunkCheck {
+    let m = record.and_then(|r| r.metrics.as_ref());
+    ChunkCheck {
+        index: chunk.index,
+        id: chunk.id.clone(),
+        bounds: chunk.bounds(),
+        status: record.map_or(ChunkStatus::Pending, |r| r.status),
+        source_rows: 0,
+        expected_rows_in: 0,
+        expected_target: 0,
+        expected_quarantined: 0,
+        expected_removed: 0,
+        expected_checksum: String::new(),
+        target_rows: 0,
+        unaccounted_rows: 0,
+        target_checksum: String::new(),
+        quarantined_rows: 0,
+        recorded_rows_read: m.map(|m| m.rows_read),
+        recorded_written: m.map(|m| m.rows_written),
+        recorded_quarantined: m.map(|m| m.rows_quarantined),
+        recorded_dropped: m.map(|m| m.rows_dropped),
+        recorded_duplicates: m.map(|m| m.duplicates),
+        recorded_checksum: m.map(|m| hex(m.checksum)),
+        sums: BTreeMap::new(),
+        problems: vec![format!(
+            "cannot be checked, the source no longer holds it: {why}"
+        )],
+        source_forgotten: Some(why),
     }
 }
 
@@ -312,7 +369,12 @@ async fn check_chunk(
             Err(ChunkError::RuleFailed { .. } | ChunkError::TooManyRejected { .. }) => {
                 ExecStats::default()
             }
-            Err(e) => return Err(Error::Usage(format!("validating chunk {}: {e}", chunk.id))),
+            Err(e) => {
+                if let Some(why) = forgotten(&e) {
+                    return Ok((forgotten_check(chunk, record, why), BTreeMap::new()));
+                }
+                return Err(Error::Usage(format!("validating chunk {}: {e}", chunk.id)));
+            }
         };
 
     let mut actual = Measure::new(parts, &opts.group_by, sums, Some(version));
@@ -533,6 +595,7 @@ async fn check_chunk(
             recorded_checksum: m.as_ref().map(|m| hex(m.checksum)),
             sums: sum_pairs,
             problems,
+            source_forgotten: None,
         },
         per_group,
     ))

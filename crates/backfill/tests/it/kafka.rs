@@ -529,6 +529,14 @@ fn offsets_the_log_no_longer_holds_are_refused_not_replaced_with_fewer_rows() {
         failed, 3,
         "[20,30) is cut short, [30,40) and [40,50) are gone"
     );
+    // validate tells the chunks the log forgot from rows missing from the
+    // target.
+    let out = replay.demo.run(&["validate", &job]);
+    let shown = text(&out);
+    assert_ne!(code(&out), 0, "{shown}");
+    assert_eq!(shown.matches("SOURCE GONE").count(), 3, "{shown}");
+    assert!(!shown.contains("MISMATCH"), "{shown}");
+    assert!(shown.contains("the source no longer holds it"), "{shown}");
 }
 
 #[test]
