@@ -13,6 +13,7 @@
 #   bench/run.sh --state        # checkpointing cost: plan and state store over 87,648 hourly chunks
 #   bench/run.sh --postgres [--rows N]   # PostgreSQL replace/merge against COPY (default 1M rows)
 #   bench/run.sh --memory [--rows N]     # peak RSS under [run] memory_limit: a change log, 10,000 partitions (default 1M rows)
+#   bench/run.sh --kafka [--rows N]      # Kafka replay from a local tansu broker against a Python consumer (default 5M events)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,6 +24,7 @@ SCALE=
 STATE=
 POSTGRES=
 MEMORY=
+KAFKA=
 ROWS_SET=
 EXTRA=()
 FEATURES=
@@ -37,6 +39,7 @@ while [ $# -gt 0 ]; do
     --state) STATE=1; shift ;;
     --postgres) POSTGRES=1; shift ;;
     --memory) MEMORY=1; shift ;;
+    --kafka) KAFKA=1; shift ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -82,6 +85,13 @@ if [ -n "$MEMORY" ]; then
   [ -n "$ROWS_SET" ] || ROWS=1000000
   exec "$VENV/bin/python" bench/memory.py --rows "$ROWS" --bin "$BIN" --python "$VENV/bin/python" \
     --work "$WORK" --results "$RESULTS"
+fi
+if [ -n "$KAFKA" ]; then
+  [ -n "$ROWS_SET" ] || ROWS=5000000
+  "$VENV/bin/python" -c "import kafka, pyarrow" 2>/dev/null \
+    || "$VENV/bin/pip" install --quiet --disable-pip-version-check kafka-python==2.2.15 pyarrow==26.0.1
+  exec "$VENV/bin/python" bench/kafka.py --rows "$ROWS" --repeat "$REPEAT" --bin "$BIN" \
+    --tansu "$(scripts/tansu.sh)" --python "$VENV/bin/python" --work "$WORK" --results "$RESULTS"
 fi
 if [ -n "$STATE" ]; then
   exec "$VENV/bin/python" bench/state.py --bin "$BIN" --work "$WORK" --results "$RESULTS"
