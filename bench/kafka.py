@@ -9,13 +9,14 @@ each other with DuckDB. Invoked by bench/run.sh --kafka; see the README.
 
 import argparse
 import json
-import os
 import shutil
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from bench import measure  # the same child-process timing as the main bench
 
 PARTITIONS = 4
 REGIONS = ["eu", "us", "apac", "latam", "mea", "na", "sa", "oc"]
@@ -119,18 +120,6 @@ def free_port() -> int:
     port = s.getsockname()[1]
     s.close()
     return port
-
-
-def measure(cmd, env=None):
-    """Runs cmd; returns (seconds, peak RSS in MiB)."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - start
-    err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-    if os.waitstatus_to_exitcode(status) != 0:
-        sys.exit(f"failed: {' '.join(map(str, cmd))}\n{err[-4000:]}")
-    return wall, usage.ru_maxrss / 1024
 
 
 def summary(py: str, out: Path) -> list:

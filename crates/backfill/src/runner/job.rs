@@ -397,6 +397,12 @@ impl Backfill {
             }
             return Ok(());
         }
+        if self.spec.engine.kind != backfill_core::spec::EngineKind::Local {
+            return fail(
+                "engine.kind",
+                "a Kafka source runs on the local engine only",
+            );
+        }
         if r.column == backfill_core::spec::KAFKA_TIMESTAMP {
             // Time chunks: a plan like any time range's, each chunk's
             // offsets found from the events' timestamps.
@@ -410,12 +416,6 @@ impl Backfill {
                 return fail(
                     "range.column",
                     "time chunks of a Kafka topic take no buckets or partitions",
-                );
-            }
-            if self.spec.engine.kind != backfill_core::spec::EngineKind::Local {
-                return fail(
-                    "engine.kind",
-                    "a Kafka source runs on the local engine only",
                 );
             }
             return Ok(());
@@ -458,12 +458,6 @@ impl Backfill {
                  across partitions: use a Parquet or PostgreSQL target for now"
                     .into(),
             ));
-        }
-        if self.spec.engine.kind != backfill_core::spec::EngineKind::Local {
-            return fail(
-                "engine.kind",
-                "a Kafka source runs on the local engine only",
-            );
         }
         Ok(())
     }

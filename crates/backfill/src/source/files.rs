@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
-use backfill_core::spec::{ColumnType, SourceCompression, SourceFormat, SourceSpec};
+use backfill_core::spec::{SourceCompression, SourceFormat, SourceSpec};
 use datafusion::catalog::TableProvider;
 use datafusion::config::TableParquetOptions;
 use datafusion::datasource::file_format::FileFormat;
@@ -586,14 +586,7 @@ fn apply_overrides(
                     .join(", "),
             });
         };
-        let dt = match ty {
-            ColumnType::Timestamp => DataType::Timestamp(TimeUnit::Microsecond, None),
-            ColumnType::Date => DataType::Date32,
-            ColumnType::Int64 => DataType::Int64,
-            ColumnType::Float64 => DataType::Float64,
-            ColumnType::Utf8 => DataType::Utf8,
-            ColumnType::Boolean => DataType::Boolean,
-        };
+        let dt = crate::source::declared_type(*ty);
         *field = Field::new(name, dt, true);
     }
     Ok(Arc::new(Schema::new(fields)))

@@ -16,6 +16,20 @@ use datafusion::prelude::SessionContext;
 
 pub use files::FileSource;
 
+/// The Arrow type a declared column type (`[source.columns]`) reads as.
+pub(crate) fn declared_type(ty: backfill_core::spec::ColumnType) -> arrow::datatypes::DataType {
+    use arrow::datatypes::{DataType, TimeUnit};
+    use backfill_core::spec::ColumnType;
+    match ty {
+        ColumnType::Timestamp => DataType::Timestamp(TimeUnit::Microsecond, None),
+        ColumnType::Date => DataType::Date32,
+        ColumnType::Int64 => DataType::Int64,
+        ColumnType::Float64 => DataType::Float64,
+        ColumnType::Utf8 => DataType::Utf8,
+        ColumnType::Boolean => DataType::Boolean,
+    }
+}
+
 /// What a transform can use besides the source: the lookup tables
 /// (`[[tables]]`), each name with its rows, and `local_time()` in the job's
 /// zone (`[range] timezone`).

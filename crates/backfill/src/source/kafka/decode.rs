@@ -8,7 +8,7 @@ use arrow::array::{
     TimestampMillisecondBuilder, UInt32Array, new_null_array,
 };
 use arrow::compute::take;
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use backfill_core::spec::{
     ColumnType, KAFKA_DECODE_ERROR, KAFKA_KEY, KAFKA_OFFSET, KAFKA_PARTITION, KAFKA_TIMESTAMP,
     KafkaValue,
@@ -109,14 +109,7 @@ pub(super) fn json_schema(
             ))
             .into());
         }
-        let dt = match ty {
-            ColumnType::Timestamp => DataType::Timestamp(TimeUnit::Microsecond, None),
-            ColumnType::Date => DataType::Date32,
-            ColumnType::Int64 => DataType::Int64,
-            ColumnType::Float64 => DataType::Float64,
-            ColumnType::Utf8 => DataType::Utf8,
-            ColumnType::Boolean => DataType::Boolean,
-        };
+        let dt = crate::source::declared_type(*ty);
         match fields.iter_mut().find(|f| f.name() == name) {
             Some(f) => *f = Field::new(name, dt, true),
             None => fields.push(Field::new(name, dt, true)),

@@ -245,10 +245,7 @@ impl KafkaSource {
                     let end = o.latest.min(o.earliest.saturating_add(SAMPLE as i64));
                     let mut next = o.earliest;
                     while next < end && sample.len() < SAMPLE * offsets.len() {
-                        let (records, _) = pc
-                            .fetch_records(next, 1..FETCH_BYTES, 100)
-                            .await
-                            .map_err(|e| read_error(k, e))?;
+                        let (records, _) = fetch(pc, k, next, FETCH_BYTES, 100).await?;
                         let Some(last) = records.last() else { break };
                         next = last.offset + 1;
                         for r in records.iter().filter(|r| r.offset < end) {
@@ -325,11 +322,7 @@ async fn confirm_end(
     let mut at = listed - 1;
     // Bounded: a topic written faster than it is read keeps moving.
     for _ in 0..1000 {
-        let records = match pc.fetch_records(at, 1..FETCH_BYTES, 100).await {
-            Ok((records, _)) => records,
-            Err(e) if answered_nothing(&e) => break,
-            Err(e) => return Err(read_error(k, e)),
-        };
+        let (records, _) = fetch(pc, k, at, FETCH_BYTES, 100).await?;
         match records.last() {
             Some(r) if r.offset >= end => {
                 end = r.offset + 1;
@@ -341,11 +334,27 @@ async fn confirm_end(
     Ok(end)
 }
 
-/// tansu 0.6 answers a fetch at the end of a partition with no topic at
-/// all, which rskafka reports as an invalid response; Kafka answers with
-/// the topic and no records.
-fn answered_nothing(e: &rskafka::client::error::Error) -> bool {
-    matches!(e, rskafka::client::error::Error::InvalidResponse(m) if m.contains("single topic in response, got 0"))
+/// The events at and after `offset` (up to about `max_bytes`) and the
+/// partition's high watermark. tansu 0.6 answers a fetch at the end of a
+/// partition with no topic at all, which rskafka reports as an invalid
+/// response: read as no events, the watermark at `offset` (Kafka answers
+/// with the topic and no records).
+async fn fetch(
+    pc: &PartitionClient,
+    k: &KafkaSourceSpec,
+    offset: i64,
+    max_bytes: i32,
+    max_wait_ms: i32,
+) -> Result<(Vec<rskafka::record::RecordAndOffset>, i64), KafkaError> {
+    match pc.fetch_records(offset, 1..max_bytes, max_wait_ms).await {
+        Ok(answer) => Ok(answer),
+        Err(rskafka::client::error::Error::InvalidResponse(m))
+            if m.contains("single topic in response, got 0") =>
+        {
+            Ok((Vec::new(), offset))
+        }
+        Err(e) => Err(read_error(k, e)),
+    }
 }
 
 async fn connect(k: &KafkaSourceSpec) -> Result<Client, KafkaError> {

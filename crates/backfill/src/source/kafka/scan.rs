@@ -20,7 +20,7 @@ use rskafka::client::partition::{OffsetAt, PartitionClient};
 use rskafka::record::RecordAndOffset;
 
 use super::decode::decode;
-use super::{FETCH_BYTES, KafkaError, Shared, answered_nothing, partition_client, read_error};
+use super::{FETCH_BYTES, KafkaError, Shared, fetch, partition_client, read_error};
 
 /// Bytes asked for when only one event's timestamp is wanted.
 const PROBE_BYTES: i32 = 64 << 10;
@@ -329,11 +329,9 @@ async fn event_at(
     offset: i64,
     hi: i64,
 ) -> DfResult<Option<(i64, i64)>> {
-    let records = match pc.fetch_records(offset, 1..PROBE_BYTES, 100).await {
-        Ok((records, _)) => records,
-        Err(e) if answered_nothing(&e) => Vec::new(),
-        Err(e) => return Err(ext(read_error(&shared.spec, e))),
-    };
+    let (records, _) = fetch(pc, &shared.spec, offset, PROBE_BYTES, 100)
+        .await
+        .map_err(ext)?;
     Ok(records
         .iter()
         .find(|r| r.offset >= offset)
@@ -430,13 +428,9 @@ impl Reader {
                 self.next = None;
                 continue;
             }
-            let (records, high_watermark) = match pc.fetch_records(next, 1..FETCH_BYTES, 500).await
-            {
-                Ok(answer) => answer,
-                // Nothing at or past `next` (see `answered_nothing`).
-                Err(e) if answered_nothing(&e) => (Vec::new(), next),
-                Err(e) => return Err(ext(read_error(&self.shared.spec, e))),
-            };
+            let (records, high_watermark) = fetch(&pc, &self.shared.spec, next, FETCH_BYTES, 500)
+                .await
+                .map_err(ext)?;
             match records.last().map(|r| r.offset) {
                 Some(last) => {
                     self.next = Some(last + 1);
