@@ -186,10 +186,74 @@ pub(super) fn decode(shared: &Shared, rows: &[(i32, RecordAndOffset)]) -> DfResu
     Ok(RecordBatch::try_new(shared.schema.clone(), columns)?)
 }
 
-/// The JSON values' columns. Each value is parsed on its own, so one bad
-/// event costs only its row; a type that does not fit a column (text for
-/// a number) is found by decoding the batch again event by event.
+/// The JSON values' columns. Most batches are all good and are parsed
+/// straight from their bytes in one pass; a batch with a bad event is
+/// parsed again value by value, so one bad event costs only its row.
 fn decode_json(
+    schema: &SchemaRef,
+    rows: &[(i32, RecordAndOffset)],
+    errors: &mut [Option<String>],
+) -> DfResult<Vec<ArrayRef>> {
+    if let Some(columns) = decode_json_whole(schema, rows) {
+        return Ok(columns);
+    }
+    decode_json_each(schema, rows, errors)
+}
+
+/// The batch's values through arrow-json's tape decoder, which parses
+/// bytes into columns without building a JSON tree per event. `None`
+/// unless every value is exactly one JSON object whose fields fit their
+/// columns: then the event-by-event path says which events are bad and
+/// why. A tombstone (no value) is decoded as `{}`, a row of NULLs.
+fn decode_json_whole(schema: &SchemaRef, rows: &[(i32, RecordAndOffset)]) -> Option<Vec<ArrayRef>> {
+    let mut d = arrow_json::ReaderBuilder::new(schema.clone())
+        .with_coerce_primitive(true)
+        // Never stop early: one call per event must take the whole value.
+        .with_batch_size(rows.len() + 1)
+        .build_decoder()
+        .ok()?;
+    for (_, r) in rows {
+        let v = r.record.value.as_deref().unwrap_or(b"{}");
+        // Only an object is a row: the decoder would take `null` or `5`
+        // as one too. Values concatenated must also not run into each
+        // other, hence one whole value per call and a row count check.
+        if v.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return None;
+        }
+        let before = d.len();
+        let used = d.decode(v).ok()?;
+        if used != v.len() || d.has_partial_record() || d.len() != before + 1 {
+            return None;
+        }
+    }
+    let batch = d.flush().ok()??;
+    // A number too large for a double (`1e400`) is not JSON to serde, the
+    // event-by-event path, but infinity to the tape decoder; JSON has no
+    // other way to write infinity.
+    if batch.num_rows() != rows.len() || batch.columns().iter().any(|c| has_infinity(&c.to_data()))
+    {
+        return None;
+    }
+    Some(batch.columns().to_vec())
+}
+
+fn has_infinity(data: &arrow::array::ArrayData) -> bool {
+    let found = match data.data_type() {
+        DataType::Float64 => arrow::array::Float64Array::from(data.clone())
+            .iter()
+            .any(|v| v.is_some_and(f64::is_infinite)),
+        DataType::Float32 => arrow::array::Float32Array::from(data.clone())
+            .iter()
+            .any(|v| v.is_some_and(f32::is_infinite)),
+        _ => false,
+    };
+    found || data.child_data().iter().any(has_infinity)
+}
+
+/// The JSON values' columns, each value parsed on its own; a type that
+/// does not fit a column (text for a number) is found by decoding the
+/// batch again event by event.
+fn decode_json_each(
     schema: &SchemaRef,
     rows: &[(i32, RecordAndOffset)],
     errors: &mut [Option<String>],
@@ -291,5 +355,101 @@ fn preview(v: &[u8]) -> String {
         format!("{text}…")
     } else {
         text.into_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use rskafka::record::Record;
+
+    /// Values a topic can hold: good objects, and each way a value can be
+    /// bad, including halves that are one good object when concatenated.
+    const VALUES: &[Option<&[u8]>] = &[
+        Some(br#"{"a": 1, "b": "x", "x": 2.5}"#),
+        Some(br#"  {"b": "only b"}  "#),
+        Some(br#"{"a": 7, "extra": [1, 2], "x": 3}"#),
+        Some(br#"{"a": "lots"}"#),
+        Some(br#"{"a": 1.5}"#),
+        Some(br#"{"a": 1, "a": 2}"#),
+        Some(br#"{"a":"#),
+        Some(br#"1}"#),
+        Some(br#"{"b": "y"} {"b": "z"}"#),
+        Some(b"null"),
+        Some(b"5"),
+        Some(b"[1, 2]"),
+        Some(b""),
+        Some(b"   "),
+        Some(b"{\"b\": \"\xff\"}"),
+        Some(br#"{"b": "\ud800"}"#),
+        Some(br#"{"x": 1e400}"#),
+        Some(br#"{"x": -1e400, "a": 3}"#),
+        Some(br#"{"a": 99999999999999999999}"#),
+        Some(br#"{"a": -0, "x": 1e308}"#),
+        None,
+    ];
+
+    fn rows(picks: &[usize]) -> Vec<(i32, RecordAndOffset)> {
+        picks
+            .iter()
+            .enumerate()
+            .map(|(i, &k)| {
+                let record = Record {
+                    key: None,
+                    value: VALUES[k].map(<[u8]>::to_vec),
+                    headers: Default::default(),
+                    timestamp: chrono::DateTime::UNIX_EPOCH,
+                };
+                (
+                    0,
+                    RecordAndOffset {
+                        record,
+                        offset: i as i64,
+                    },
+                )
+            })
+            .collect()
+    }
+
+    proptest! {
+        /// The one-pass path gives what the event-by-event path gives, or
+        /// steps aside: no batch decodes differently for being whole.
+        #[test]
+        fn a_batch_decodes_the_same_whole_or_event_by_event(
+            picks in proptest::collection::vec(0..VALUES.len(), 0..12),
+        ) {
+            let schema: SchemaRef = Arc::new(Schema::new(vec![
+                Field::new("a", DataType::Int64, true),
+                Field::new("b", DataType::Utf8, true),
+                Field::new("x", DataType::Float64, true),
+            ]));
+            let rows = rows(&picks);
+            let mut errors_whole = vec![None; rows.len()];
+            let mut errors_each = vec![None; rows.len()];
+            let whole = decode_json(&schema, &rows, &mut errors_whole).unwrap();
+            let each = decode_json_each(&schema, &rows, &mut errors_each).unwrap();
+            prop_assert_eq!(&errors_whole, &errors_each);
+            prop_assert_eq!(whole.len(), each.len());
+            for (w, e) in whole.iter().zip(&each) {
+                prop_assert_eq!(w.to_data(), e.to_data());
+            }
+        }
+    }
+
+    #[test]
+    fn good_batches_take_the_one_pass_path_and_bad_ones_do_not() {
+        let schema: SchemaRef = Arc::new(Schema::new(vec![
+            Field::new("a", DataType::Int64, true),
+            Field::new("b", DataType::Utf8, true),
+        ]));
+        let tombstone = VALUES.len() - 1;
+        assert!(decode_json_whole(&schema, &rows(&[0, 1, 2, tombstone])).is_some());
+        for bad in [3, 6, 8, 9, 12, 14] {
+            assert!(
+                decode_json_whole(&schema, &rows(&[0, bad])).is_none(),
+                "{bad}"
+            );
+        }
     }
 }
