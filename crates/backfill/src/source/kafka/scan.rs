@@ -1,6 +1,7 @@
 //! Reading a Kafka source as a DataFusion table: the chunk predicate
 //! becomes fetches of one partition's offset window.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use arrow::array::RecordBatch;
@@ -18,6 +19,7 @@ use datafusion::physical_plan::streaming::{PartitionStream, StreamingTableExec};
 use datafusion::physical_plan::{ExecutionPlan, SendableRecordBatchStream};
 use rskafka::client::partition::{OffsetAt, PartitionClient};
 use rskafka::record::RecordAndOffset;
+use tokio::task::JoinHandle;
 
 use super::decode::decode;
 use super::{FETCH_BYTES, KafkaError, Shared, fetch, partition_client, read_error};
@@ -249,7 +251,8 @@ impl PartitionStream for KafkaPartition {
             windows: self.windows.clone(),
             at: 0,
             next: None,
-            pending: Vec::new(),
+            pending: VecDeque::new(),
+            ahead: None,
             indices: self.indices.clone(),
             batch_size: ctx.session_config().batch_size().max(1),
             done: false,
@@ -266,7 +269,9 @@ struct Reader {
     at: usize,
     next: Option<i64>,
     /// Fetched events not yet handed on, in offset order.
-    pending: Vec<RecordAndOffset>,
+    pending: VecDeque<RecordAndOffset>,
+    /// The next fetch, already under way while this one is decoded.
+    ahead: Option<Ahead>,
     indices: Vec<usize>,
     batch_size: usize,
     done: bool,
@@ -377,7 +382,58 @@ fn ext(e: KafkaError) -> DataFusionError {
     DataFusionError::External(Box::new(e))
 }
 
+/// A fetch started before it is needed, so that the broker's and the
+/// network's time overlaps decoding: the reader asks for the events after
+/// the ones it has just received.
+struct Ahead {
+    partition: i32,
+    offset: i64,
+    task: JoinHandle<Result<(Vec<RecordAndOffset>, i64), KafkaError>>,
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        if let Some(a) = self.ahead.take() {
+            a.task.abort();
+        }
+    }
+}
+
 impl Reader {
+    /// The events at `offset` of `partition` (and the partition's high
+    /// watermark): the fetch started ahead if it is for them, else a new one.
+    async fn fetch(
+        &mut self,
+        pc: &PartitionClient,
+        partition: i32,
+        offset: i64,
+    ) -> DfResult<(Vec<RecordAndOffset>, i64)> {
+        if let Some(a) = self.ahead.take() {
+            if (a.partition, a.offset) == (partition, offset) {
+                return a
+                    .task
+                    .await
+                    .map_err(|e| DataFusionError::External(Box::new(e)))?
+                    .map_err(ext);
+            }
+            a.task.abort();
+        }
+        fetch(pc, &self.shared.spec, offset, FETCH_BYTES, 500)
+            .await
+            .map_err(ext)
+    }
+
+    fn fetch_ahead(&mut self, pc: Arc<PartitionClient>, partition: i32, offset: i64) {
+        let shared = self.shared.clone();
+        let task =
+            tokio::spawn(async move { fetch(&pc, &shared.spec, offset, FETCH_BYTES, 500).await });
+        self.ahead = Some(Ahead {
+            partition,
+            offset,
+            task,
+        });
+    }
+
     async fn next_batch(mut self) -> Option<(DfResult<RecordBatch>, Reader)> {
         if self.done {
             return None;
@@ -428,12 +484,13 @@ impl Reader {
                 self.next = None;
                 continue;
             }
-            let (records, high_watermark) = fetch(&pc, &self.shared.spec, next, FETCH_BYTES, 500)
-                .await
-                .map_err(ext)?;
+            let (records, high_watermark) = self.fetch(&pc, w.partition, next).await?;
             match records.last().map(|r| r.offset) {
                 Some(last) => {
                     self.next = Some(last + 1);
+                    if last + 1 < w.hi {
+                        self.fetch_ahead(pc.clone(), w.partition, last + 1);
+                    }
                     self.pending
                         .extend(records.into_iter().filter(|r| r.offset < w.hi));
                 }
