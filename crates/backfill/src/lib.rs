@@ -51,7 +51,9 @@ pub use backfill_core::failpoint;
 pub use cancel::Cancel;
 pub use error::{ChunkError, EngineError, Error};
 pub use progress::ProgressMode;
-pub use runner::{Backfill, FailedChunk, PlannedChunk, Recovery, RunOptions, RunSummary};
+pub use runner::{
+    Backfill, FailedChunk, Plan, PlannedChunk, PlannedPartition, Recovery, RunOptions, RunSummary,
+};
 /// The row checksum `validate` compares, for tools that check a target
 /// independently.
 pub use sink::checksum;

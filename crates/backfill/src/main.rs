@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::Context;
-use backfill::core::interval::{Calendar, RangeValue, ValueKind};
+use backfill::core::interval::RangeValue;
 use backfill::core::spec::EXAMPLE_JOB;
 use backfill::demo::{self, DemoManifest};
 use backfill::gaps::{Cadence, GapOptions};
@@ -379,59 +379,23 @@ fn load(job: &Path) -> anyhow::Result<Backfill> {
     Ok(Backfill::from_file(job)?)
 }
 
-/// The calendar bounds are shown in: the zone for instants, none for
-/// naive readings declared local (they are shown as written).
-fn calendar_of(job: &Backfill) -> Calendar {
-    job.spec()
-        .range
-        .as_ref()
-        .map(|r| r.plan_calendar())
-        .unwrap_or_default()
-}
-
-/// A `--from`/`--to` value, as a value of the range: dates and naive times
-/// in the job's zone (`[range] timezone`).
-fn parse_bound(
-    flag: &str,
-    text: &str,
-    kind: Option<ValueKind>,
-    calendar: &Calendar,
-) -> Result<RangeValue, Error> {
-    let parsed = match kind {
-        Some(ValueKind::Time) => calendar.parse_time(text).map(RangeValue::Time),
-        Some(ValueKind::Int) => text
-            .replace('_', "")
-            .parse::<i64>()
-            .map(RangeValue::Int)
-            .map_err(|_| format!("\"{text}\" is not an integer")),
-        None => RangeValue::parse(text),
-    };
-    parsed.map_err(|e| Error::Usage(format!("{flag}: {e}")))
+/// How bounds are shown: instants in the job's zone (naive readings
+/// declared local are shown as written), Kafka positions as partition and
+/// offset.
+fn shown_of(job: &Backfill) -> report::Shown {
+    report::Shown {
+        cal: job
+            .spec()
+            .range
+            .as_ref()
+            .map(|r| r.plan_calendar())
+            .unwrap_or_default(),
+        positions: job.spec().position_column().is_some(),
+    }
 }
 
 fn window(job: &Backfill, w: &Window) -> Result<(Option<RangeValue>, Option<RangeValue>), Error> {
-    let kind = job.spec().range.as_ref().and_then(|r| r.kind());
-    let calendar = job
-        .spec()
-        .range
-        .as_ref()
-        .map(|r| r.plan_calendar())
-        .unwrap_or_default();
-    if (w.from.is_some() || w.to.is_some()) && job.spec().range.is_none() {
-        return Err(Error::Usage(
-            "--from/--to need a [range] in the job file; this job is one full-load chunk".into(),
-        ));
-    }
-    let from = w
-        .from
-        .as_deref()
-        .map(|t| parse_bound("--from", t, kind, &calendar))
-        .transpose()?;
-    let to =
-        w.to.as_deref()
-            .map(|t| parse_bound("--to", t, kind, &calendar))
-            .transpose()?;
-    Ok((from, to))
+    job.window(w.from.as_deref(), w.to.as_deref(), ["--from", "--to"])
 }
 
 fn cmd_init(path: &Path, force: bool) -> anyhow::Result<ExitStatus> {
@@ -453,12 +417,13 @@ fn cmd_init(path: &Path, force: bool) -> anyhow::Result<ExitStatus> {
 
 async fn cmd_plan(job: &Path, json: bool) -> anyhow::Result<ExitStatus> {
     let bf = load(job)?;
-    let chunks = bf.plan().await?;
+    let plan = bf.plan_in_full().await?;
     if json {
         let out = report::PlanJson {
             job: &bf.spec().name,
-            chunks: &chunks,
-            total: chunks.len(),
+            chunks: &plan.chunks,
+            partitions: &plan.partitions,
+            total: plan.chunks.len(),
         };
         emit(&format!(
             "{}\n",
@@ -467,8 +432,8 @@ async fn cmd_plan(job: &Path, json: bool) -> anyhow::Result<ExitStatus> {
     } else {
         emit(&redact(&report::plan_text(
             &bf.spec().name,
-            &chunks,
-            &calendar_of(&bf),
+            &plan,
+            &shown_of(&bf),
         )));
     }
     Ok(ExitStatus::Ok)
@@ -489,6 +454,7 @@ async fn cmd_run(a: RunArgs, progress: ProgressMode) -> anyhow::Result<ExitStatu
         only_failed: a.only_failed,
         progress,
         cancel: Some(cancel_on_signals()),
+        on_chunk: None,
     };
     let summary = bf.run_with(opts).await?;
     if a.json {
@@ -526,7 +492,7 @@ fn cmd_status(job: &Path, json: bool) -> anyhow::Result<ExitStatus> {
             &bf.spec().name,
             &records,
             ordered,
-            &calendar_of(&bf),
+            &shown_of(&bf),
         )));
     }
     Ok(ExitStatus::Ok)

@@ -2,8 +2,8 @@
 //! lines otherwise. Log lines written while a bar is shown go above it.
 
 use std::io::{IsTerminal, Write};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use backfill_core::ChunkMetrics;
@@ -42,7 +42,36 @@ impl Write for BarAwareStderr {
     }
 }
 
+/// What a run reports as each chunk ends, for a caller's own display (the
+/// Python package's callback and notebook bar).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ChunkEvent {
+    /// Chunks ended so far in this run, this one included, of `total`.
+    pub done: usize,
+    pub total: usize,
+    pub id: String,
+    pub bounds: String,
+    /// `committed`, `failed`, or `taken` (another process runs it).
+    pub state: &'static str,
+    pub rows_read: u64,
+    pub rows_written: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// A caller's callback for [`ChunkEvent`]s. It is called on the run's own
+/// tasks, so it must return at once (hand the event on, do not block).
+#[derive(Clone)]
+pub struct OnChunk(pub Arc<dyn Fn(ChunkEvent) + Send + Sync>);
+
+impl std::fmt::Debug for OnChunk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OnChunk(..)")
+    }
+}
+
 pub struct Progress {
+    on_chunk: Option<OnChunk>,
     bar: Option<ProgressBar>,
     log: bool,
     total: usize,
@@ -73,12 +102,40 @@ impl Progress {
             bar
         });
         Progress {
+            on_chunk: None,
             bar,
             log: mode != ProgressMode::Quiet,
             total,
             done: AtomicUsize::new(0),
             rows: AtomicU64::new(0),
             start: Instant::now(),
+        }
+    }
+
+    pub fn with_callback(mut self, on_chunk: Option<OnChunk>) -> Progress {
+        self.on_chunk = on_chunk;
+        self
+    }
+
+    fn tell(
+        &self,
+        done: usize,
+        chunk: &Chunk,
+        state: &'static str,
+        m: Option<&ChunkMetrics>,
+        error: Option<&str>,
+    ) {
+        if let Some(OnChunk(f)) = &self.on_chunk {
+            f(ChunkEvent {
+                done,
+                total: self.total,
+                id: chunk.id.clone(),
+                bounds: chunk.bounds(),
+                state,
+                rows_read: m.map_or(0, |m| m.rows_read),
+                rows_written: m.map_or(0, |m| m.rows_written),
+                error: error.map(str::to_string),
+            });
         }
     }
 
@@ -89,6 +146,7 @@ impl Progress {
     pub fn committed(&self, chunk: &Chunk, m: &ChunkMetrics) {
         let done = self.done.fetch_add(1, Ordering::Relaxed) + 1;
         self.rows.fetch_add(m.rows_read, Ordering::Relaxed);
+        self.tell(done, chunk, "committed", Some(m), None);
         if let Some(bar) = &self.bar {
             bar.inc(1);
             bar.set_message(format!("{} rows/s", human_count(self.rate() as u64)));
@@ -107,7 +165,8 @@ impl Progress {
     }
 
     pub fn failed(&self, chunk: &Chunk, error: &str) {
-        self.done.fetch_add(1, Ordering::Relaxed);
+        let done = self.done.fetch_add(1, Ordering::Relaxed) + 1;
+        self.tell(done, chunk, "failed", None, Some(error));
         if let Some(bar) = &self.bar {
             bar.inc(1);
         }
@@ -115,7 +174,8 @@ impl Progress {
     }
 
     pub fn taken(&self, chunk: &Chunk) {
-        self.done.fetch_add(1, Ordering::Relaxed);
+        let done = self.done.fetch_add(1, Ordering::Relaxed) + 1;
+        self.tell(done, chunk, "taken", None, None);
         if let Some(bar) = &self.bar {
             bar.inc(1);
         }

@@ -9,13 +9,27 @@ use backfill_core::state::{ChunkRecord, ChunkStatus, RuleCount};
 use serde::Serialize;
 
 use crate::progress::{human_bytes, human_count};
-use crate::runner::{PlannedChunk, RunSummary};
+use crate::runner::{Plan, PlannedChunk, PlannedPartition, RunSummary};
 
-/// A bound for people: in the job's zone (`[range] timezone`) with its
-/// offset, else as the range writes it.
-fn bound(v: Option<RangeValue>, cal: &Calendar) -> String {
+/// How bounds are written for people.
+#[derive(Debug, Clone, Default)]
+pub struct Shown {
+    /// Instants in the job's zone (`[range] timezone`).
+    pub cal: Calendar,
+    /// Kafka offset chunks: a bound is a position, written
+    /// `p<partition>@<offset>`.
+    pub positions: bool,
+}
+
+/// A bound for people: in the job's zone with its offset, a Kafka position
+/// as partition and offset, else as the range writes it.
+fn bound(v: Option<RangeValue>, shown: &Shown) -> String {
     match v {
-        Some(RangeValue::Time(us)) if cal.zone.is_some() => cal.format(us),
+        Some(RangeValue::Time(us)) if shown.cal.zone.is_some() => shown.cal.format(us),
+        Some(RangeValue::Int(i)) if shown.positions => {
+            let (p, offset) = backfill_core::plan::position_parts(i);
+            format!("p{p}@{offset}")
+        }
         Some(v) => v.to_string(),
         None => "-".to_string(),
     }
@@ -25,11 +39,11 @@ fn bound(v: Option<RangeValue>, cal: &Calendar) -> String {
 fn upper(
     v: Option<RangeValue>,
     bucket: Option<backfill_core::plan::Bucket>,
-    cal: &Calendar,
+    shown: &Shown,
 ) -> String {
     match bucket {
-        Some(b) => format!("{} (bucket {}/{})", bound(v, cal), b.index, b.of),
-        None => bound(v, cal),
+        Some(b) => format!("{} (bucket {}/{})", bound(v, shown), b.index, b.of),
+        None => bound(v, shown),
     }
 }
 
@@ -69,7 +83,8 @@ pub(crate) fn table(header: &[&str], rows: &[Vec<String>], right: &[bool]) -> St
     out
 }
 
-pub fn plan_text(job: &str, chunks: &[PlannedChunk], cal: &Calendar) -> String {
+pub fn plan_text(job: &str, plan: &Plan, shown: &Shown) -> String {
+    let chunks = &plan.chunks;
     let estimated = chunks.iter().any(|c| c.estimate.is_some());
     let rows: Vec<Vec<String>> = chunks
         .iter()
@@ -77,8 +92,8 @@ pub fn plan_text(job: &str, chunks: &[PlannedChunk], cal: &Calendar) -> String {
             let mut row = vec![
                 c.chunk.index.to_string(),
                 c.chunk.id.clone(),
-                bound(c.chunk.lo, cal),
-                upper(c.chunk.hi, c.chunk.bucket, cal),
+                bound(c.chunk.lo, shown),
+                upper(c.chunk.hi, c.chunk.bucket, shown),
                 c.status.to_string(),
             ];
             if estimated {
@@ -134,6 +149,26 @@ pub fn plan_text(job: &str, chunks: &[PlannedChunk], cal: &Calendar) -> String {
             human_bytes(bytes)
         );
     }
+    if !plan.partitions.is_empty() {
+        let rows: Vec<Vec<String>> = plan
+            .partitions
+            .iter()
+            .map(|p| {
+                vec![
+                    p.partition.to_string(),
+                    p.earliest.to_string(),
+                    p.latest.to_string(),
+                    format!("{}..{}", p.planned_start, p.planned_end),
+                ]
+            })
+            .collect();
+        out.push('\n');
+        out.push_str(&table(
+            &["partition", "earliest", "latest", "planned"],
+            &rows,
+            &[true, true, true, false],
+        ));
+    }
     out
 }
 
@@ -141,6 +176,8 @@ pub fn plan_text(job: &str, chunks: &[PlannedChunk], cal: &Calendar) -> String {
 pub struct PlanJson<'a> {
     pub job: &'a str,
     pub chunks: &'a [PlannedChunk],
+    #[serde(skip_serializing_if = "<[PlannedPartition]>::is_empty")]
+    pub partitions: &'a [PlannedPartition],
     pub total: usize,
 }
 
@@ -213,7 +250,7 @@ pub struct StatusJson<'a> {
     pub watermark: Option<RangeValue>,
 }
 
-pub fn status_text(job: &str, records: &[ChunkRecord], ordered: bool, cal: &Calendar) -> String {
+pub fn status_text(job: &str, records: &[ChunkRecord], ordered: bool, shown: &Shown) -> String {
     let rows: Vec<Vec<String>> = records
         .iter()
         .map(|r| {
@@ -227,8 +264,8 @@ pub fn status_text(job: &str, records: &[ChunkRecord], ordered: bool, cal: &Cale
             vec![
                 r.index.to_string(),
                 r.id.clone(),
-                bound(r.lo, cal),
-                upper(r.hi, r.bucket, cal),
+                bound(r.lo, shown),
+                upper(r.hi, r.bucket, shown),
                 r.status.to_string(),
                 r.attempts.to_string(),
                 num(m.rows_read),
@@ -300,7 +337,7 @@ pub fn status_text(job: &str, records: &[ChunkRecord], ordered: bool, cal: &Cale
                 let _ = writeln!(
                     out,
                     "watermark: {} (every chunk below it is committed)",
-                    bound(Some(w), cal)
+                    bound(Some(w), shown)
                 );
             }
             None if ordered => {

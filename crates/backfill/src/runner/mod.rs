@@ -13,7 +13,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use backfill_core::interval::RangeValue;
+use backfill_core::interval::{RangeValue, ValueKind};
 use backfill_core::plan::{self, Chunk};
 use backfill_core::retry::RetryPolicy;
 use backfill_core::spec::JobSpec;
@@ -84,6 +84,8 @@ pub struct RunOptions {
     /// Stops the run cleanly when cancelled (the CLI cancels on Ctrl-C and
     /// SIGTERM); `None`: runs to the end.
     pub cancel: Option<crate::Cancel>,
+    /// Told as each chunk ends.
+    pub on_chunk: Option<crate::progress::OnChunk>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -178,6 +180,28 @@ pub struct PlannedChunk {
     pub overwrites: Option<u64>,
 }
 
+/// A Kafka partition in a plan: the offsets the log holds now and the
+/// offsets the plan covers (frozen by the first run, extended by each run
+/// of an `end = "now"` job).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PlannedPartition {
+    pub partition: i32,
+    /// The first offset still in the log.
+    pub earliest: i64,
+    /// The offset the next event will get.
+    pub latest: i64,
+    pub planned_start: i64,
+    pub planned_end: i64,
+}
+
+/// `plan` in full: the chunks, and a Kafka job's partitions.
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    pub chunks: Vec<PlannedChunk>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub partitions: Vec<PlannedPartition>,
+}
+
 impl Backfill {
     /// Reads and checks a job file (no I/O beyond reading it).
     pub fn from_file(path: impl AsRef<Path>) -> Result<Backfill, Error> {
@@ -197,7 +221,29 @@ impl Backfill {
     /// The chunks with their current status (pending where the state store
     /// has no record yet). Checks the job against the source.
     pub async fn plan(&self) -> Result<Vec<PlannedChunk>, Error> {
+        Ok(self.plan_in_full().await?.chunks)
+    }
+
+    /// [`Backfill::plan`], with a Kafka job's offsets per partition.
+    pub async fn plan_in_full(&self) -> Result<Plan, Error> {
         let job = self.open().await?;
+        let partitions = match (job.source.as_kafka(), &job.kafka_spans) {
+            (Some(kafka), Some(spans)) => kafka
+                .offsets()
+                .iter()
+                .filter_map(|o| {
+                    let span = spans.iter().find(|s| s.partition == o.partition)?;
+                    Some(PlannedPartition {
+                        partition: o.partition,
+                        earliest: o.earliest,
+                        latest: o.latest,
+                        planned_start: span.start,
+                        planned_end: span.ends.last().copied().unwrap_or(span.start),
+                    })
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
         let known: BTreeMap<String, ChunkRecord> = match self.open_state_existing()? {
             Some(s) => s.chunks()?.into_iter().map(|c| (c.id.clone(), c)).collect(),
             None => BTreeMap::new(),
@@ -206,33 +252,69 @@ impl Backfill {
             Some(range) => job.source.estimate(range, &job.chunks).await?,
             None => None,
         };
-        Ok(job
-            .chunks
-            .into_iter()
-            .enumerate()
-            .map(|(i, c)| {
-                let record = known.get(&c.id);
-                PlannedChunk {
-                    status: record.map_or(ChunkStatus::Pending, |r| r.status),
-                    overwrites: record
-                        .filter(|r| r.status == ChunkStatus::Committed)
-                        .and_then(|r| r.metrics.as_ref())
-                        .map(|m| m.rows_written),
-                    // A bucket holds about its share of the window's rows
-                    // (it reads the whole window's bytes).
-                    estimate: estimates
-                        .as_ref()
-                        .and_then(|e| e.get(i).copied())
-                        .map(|mut e| {
-                            if let Some(b) = c.bucket {
-                                e.rows = e.rows.div_ceil(u64::from(b.of));
-                            }
-                            e
-                        }),
-                    chunk: c,
-                }
-            })
-            .collect())
+        let chunks =
+            job.chunks
+                .into_iter()
+                .enumerate()
+                .map(|(i, c)| {
+                    let record = known.get(&c.id);
+                    PlannedChunk {
+                        status: record.map_or(ChunkStatus::Pending, |r| r.status),
+                        overwrites: record
+                            .filter(|r| r.status == ChunkStatus::Committed)
+                            .and_then(|r| r.metrics.as_ref())
+                            .map(|m| m.rows_written),
+                        // A bucket holds about its share of the window's rows
+                        // (it reads the whole window's bytes).
+                        estimate: estimates.as_ref().and_then(|e| e.get(i).copied()).map(
+                            |mut e| {
+                                if let Some(b) = c.bucket {
+                                    e.rows = e.rows.div_ceil(u64::from(b.of));
+                                }
+                                e
+                            },
+                        ),
+                        chunk: c,
+                    }
+                })
+                .collect();
+        Ok(Plan { chunks, partitions })
+    }
+
+    /// `from` and `to` as values of the range: dates and naive times in
+    /// the job's zone (`[range] timezone`), integers for sequence ranges.
+    /// `names` are what errors call them (the CLI's `--from`/`--to`).
+    pub fn window(
+        &self,
+        from: Option<&str>,
+        to: Option<&str>,
+        names: [&str; 2],
+    ) -> Result<(Option<RangeValue>, Option<RangeValue>), Error> {
+        let range = self.spec.range.as_ref();
+        if (from.is_some() || to.is_some()) && range.is_none() {
+            return Err(Error::Usage(format!(
+                "{}/{} need a [range] in the job file; this job is one full-load chunk",
+                names[0], names[1]
+            )));
+        }
+        let kind = range.and_then(|r| r.kind());
+        let calendar = range.map(|r| r.plan_calendar()).unwrap_or_default();
+        let parse = |name: &str, text: &str| {
+            let parsed = match kind {
+                Some(ValueKind::Time) => calendar.parse_time(text).map(RangeValue::Time),
+                Some(ValueKind::Int) => text
+                    .replace('_', "")
+                    .parse::<i64>()
+                    .map(RangeValue::Int)
+                    .map_err(|_| format!("\"{text}\" is not an integer")),
+                None => RangeValue::parse(text),
+            };
+            parsed.map_err(|e| Error::Usage(format!("{name}: {e}")))
+        };
+        Ok((
+            from.map(|t| parse(names[0], t)).transpose()?,
+            to.map(|t| parse(names[1], t)).transpose()?,
+        ))
     }
 
     /// Per-chunk state from the state store; chunks of a job that never ran

@@ -255,7 +255,9 @@ impl Backfill {
         };
         let run_id = state.begin_run(&std::env::args().collect::<Vec<_>>().join(" "))?;
         let cancel_rx = opts.cancel.clone().unwrap_or_default().subscribe();
-        let progress = Arc::new(Progress::new(opts.progress, selected.len()));
+        let progress = Arc::new(
+            Progress::new(opts.progress, selected.len()).with_callback(opts.on_chunk.clone()),
+        );
         let shared = Arc::new(Shared {
             job: job.clone(),
             state: state.clone(),

@@ -10,14 +10,30 @@ async fn run_plan_and_status_through_the_library() {
     let job = Backfill::from_file(demo.job()).unwrap();
     let plan = job.plan().await.unwrap();
     assert_eq!(plan.len(), 12);
+    let events = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = events.clone();
     let summary = job
         .run_with(RunOptions {
             parallelism: Some(3),
+            on_chunk: Some(backfill::progress::OnChunk(std::sync::Arc::new(move |e| {
+                seen.lock().unwrap().push(e)
+            }))),
             ..Default::default()
         })
         .await
         .unwrap();
     assert_eq!(summary.committed, 12);
+    // The callback hears of each chunk as it ends, each counted once.
+    let events = events.lock().unwrap().clone();
+    let mut done: Vec<usize> = events.iter().map(|e| e.done).collect();
+    done.sort_unstable();
+    assert_eq!(done, (1..=12).collect::<Vec<_>>());
+    assert!(
+        events
+            .iter()
+            .all(|e| e.state == "committed" && e.total == 12)
+    );
+    assert_eq!(events.iter().map(|e| e.rows_read).sum::<u64>(), 1_000);
     assert!(summary.failed.is_empty());
     assert_eq!(summary.rows_read, 1_000);
     let again = job.run().await.unwrap();

@@ -1,201 +1,12 @@
 //! Kafka replays (issue 23) against a real Kafka-protocol broker: tansu,
 //! started per test on a random loopback port with in-memory storage, fed
-//! by rskafka. The oracle is DuckDB over the same events written as NDJSON
-//! (the value as text), deciding on its own which values decode.
+//! by rskafka (the broker is in `harness/kafka.rs`). The oracle is DuckDB
+//! over the same events written as NDJSON (the value as text), deciding on
+//! its own which values decode.
 
-use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rskafka::client::partition::{Compression, PartitionClient, UnknownTopicHandling};
-use rskafka::client::{Client, ClientBuilder};
-use rskafka::record::Record;
-
 use crate::harness::*;
-
-/// A tansu broker on loopback, killed on drop.
-pub struct Broker {
-    child: Child,
-    pub address: String,
-    rt: tokio::runtime::Runtime,
-    /// For producing; none on a broker that asks for a login.
-    client: Option<Arc<Client>>,
-}
-
-/// Where the tansu binary is: `BACKFILL_TEST_TANSU`, which `scripts/test.sh`
-/// sets after installing it (`scripts/tansu.sh`).
-fn tansu() -> String {
-    std::env::var("BACKFILL_TEST_TANSU").unwrap_or_else(|_| {
-        panic!(
-            "BACKFILL_TEST_TANSU is not set: run the suite through scripts/test.sh, which installs \
-             the tansu broker (scripts/tansu.sh prints its path)"
-        )
-    })
-}
-
-impl Broker {
-    pub fn start() -> Broker {
-        Broker::start_on(free_port(), &Tansu::default())
-    }
-
-    /// Stops the broker and starts an empty one at the same address: every
-    /// topic is gone (its storage is in memory).
-    pub fn restart(self) -> Broker {
-        let port = self.port();
-        drop(self);
-        Broker::start_on(port, &Tansu::default())
-    }
-
-    fn port(&self) -> u16 {
-        self.address
-            .rsplit_once(':')
-            .and_then(|(_, p)| p.parse().ok())
-            .expect("port")
-    }
-
-    fn start_on(port: u16, how: &Tansu) -> Broker {
-        let url = format!("tcp://127.0.0.1:{port}");
-        // tansu listens on 0.0.0.0 unless told: always loopback here.
-        let mut cmd = Command::new(tansu());
-        cmd.args([
-            "broker",
-            "--listener-url",
-            &url,
-            "--advertised-listener-url",
-            &url,
-            "--storage-engine",
-            &how.storage,
-        ]);
-        if how.sasl.is_some() {
-            cmd.arg("--authentication");
-        }
-        for (k, v) in &how.env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start tansu");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!("tansu exited before listening: {status}");
-            }
-            assert!(Instant::now() < deadline, "tansu did not start in 30 s");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let address = format!("127.0.0.1:{port}");
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .expect("runtime");
-        let mut builder = ClientBuilder::new(vec![address.clone()]);
-        if let Some((user, password)) = &how.sasl {
-            builder = builder.sasl_config(rskafka::client::SaslConfig::ScramSha512(
-                rskafka::client::Credentials::new(user.clone(), password.clone()),
-            ));
-        }
-        // A broker that asks for a login gets no producing client here.
-        let client = how
-            .sasl
-            .is_none()
-            .then(|| rt.block_on(builder.build()).expect("connect to tansu"))
-            .map(Arc::new);
-        Broker {
-            child,
-            address,
-            rt,
-            client,
-        }
-    }
-
-    fn client(&self) -> &Client {
-        self.client.as_deref().expect("a broker with a client")
-    }
-
-    pub fn create_topic(&self, name: &str, partitions: i32) {
-        let controller = self.client().controller_client().expect("controller");
-        self.rt
-            .block_on(controller.create_topic(name, partitions, 1, 5_000))
-            .expect("create topic");
-    }
-
-    fn partition(&self, topic: &str, partition: i32) -> PartitionClient {
-        self.rt
-            .block_on(
-                self.client()
-                    .partition_client(topic, partition, UnknownTopicHandling::Retry),
-            )
-            .expect("partition client")
-    }
-
-    /// Produces `events` to one partition in batches of `batch` (several
-    /// events per record batch, as producers send them); their offsets.
-    pub fn produce(&self, topic: &str, partition: i32, events: &[Event], batch: usize) -> Vec<i64> {
-        let pc = self.partition(topic, partition);
-        let mut offsets = Vec::new();
-        for group in events.chunks(batch.max(1)) {
-            let records = group
-                .iter()
-                .map(|e| Record {
-                    key: e.key.clone().map(String::into_bytes),
-                    value: e.value.clone(),
-                    headers: Default::default(),
-                    timestamp: chrono::DateTime::from_timestamp_millis(e.timestamp_ms)
-                        .expect("timestamp"),
-                })
-                .collect();
-            offsets.extend(
-                self.rt
-                    .block_on(pc.produce(records, Compression::NoCompression))
-                    .expect("produce"),
-            );
-        }
-        offsets
-    }
-}
-
-/// How to start tansu: its storage, its environment, and SASL (a user the
-/// broker's clients log in as).
-struct Tansu {
-    storage: String,
-    env: Vec<(&'static str, String)>,
-    sasl: Option<(String, String)>,
-}
-
-impl Default for Tansu {
-    fn default() -> Self {
-        Tansu {
-            storage: "memory://tansu/".into(),
-            env: Vec::new(),
-            sasl: None,
-        }
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct Event {
-    pub key: Option<String>,
-    pub value: Option<Vec<u8>>,
-    pub timestamp_ms: i64,
-}
 
 /// `n` payment events of `partition`, some of which do not decode: not
 /// JSON, JSON but not an object, an amount that is not a number.
@@ -324,7 +135,10 @@ impl Replay {
     /// A topic of `partitions` with `n` events each, produced in batches of
     /// 10, and a job over it in chunks of `chunk` offsets.
     fn new(partitions: i32, n: usize, chunk: i64, extra: &str) -> Replay {
-        let broker = Broker::start();
+        Replay::on(Broker::start(), partitions, n, chunk, extra)
+    }
+
+    fn on(broker: Broker, partitions: i32, n: usize, chunk: i64, extra: &str) -> Replay {
         let topic = "payments".to_string();
         broker.create_topic(&topic, partitions);
         let demo = Demo {
@@ -390,6 +204,43 @@ fn a_topic_replays_into_parquet_exactly_with_bad_events_quarantined() {
         let out = replay.demo.run(&[command, &replay.demo.job_str()]);
         assert_eq!(code(&out), 0, "{command}: {}", text(&out));
     }
+    // The plan shows each partition's offsets in the log and in the plan,
+    // bounds as partition and offset, and each chunk's rows: the offsets
+    // in its window (no holes here).
+    let plan = replay.demo.run(&["plan", "--json", &replay.demo.job_str()]);
+    let plan: serde_json::Value = serde_json::from_str(&stdout(&plan)).expect("plan json");
+    let partitions: Vec<(i64, i64, i64, i64, i64)> = plan["partitions"]
+        .as_array()
+        .expect("partitions")
+        .iter()
+        .map(|p| {
+            let f = |k: &str| p[k].as_i64().expect(k);
+            (
+                f("partition"),
+                f("earliest"),
+                f("latest"),
+                f("planned_start"),
+                f("planned_end"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        partitions,
+        (0..3).map(|p| (p, 0, 120, 0, 120)).collect::<Vec<_>>()
+    );
+    let rows: Vec<i64> = plan["chunks"]
+        .as_array()
+        .expect("chunks")
+        .iter()
+        .map(|c| c["estimate"]["rows"].as_i64().expect("rows"))
+        .collect();
+    assert_eq!(rows, [25, 25, 25, 25, 20].repeat(3));
+    let plan = stdout(&replay.demo.run(&["plan", &replay.demo.job_str()]));
+    assert!(plan.contains("p1@25") && plan.contains("p2@120"), "{plan}");
+    assert!(
+        plan.contains("earliest") && plan.contains("0..120"),
+        "{plan}"
+    );
 }
 
 #[test]
@@ -694,4 +545,59 @@ fn a_login_the_broker_refuses_fails_at_the_brokers_key_without_showing_the_passw
         started.elapsed() < Duration::from_secs(90),
         "a refused login is not retried for long"
     );
+}
+
+/// TLS as managed clusters speak it (MSK, Confluent Cloud): the broker's
+/// certificate checked against the CA given, and a client certificate.
+/// tansu's own TLS cannot be used here (its `--cert` and `--key` refuse
+/// to be given together), so the TLS listener is socat's, in front of
+/// tansu, with the test CA's certificate for localhost (from
+/// `scripts/pg.sh`); tansu advertises it, so every connection is TLS.
+#[test]
+fn a_broker_behind_tls_is_replayed_with_a_client_certificate_and_a_wrong_ca_is_refused() {
+    let how = Tansu {
+        tls: true,
+        ..Tansu::default()
+    };
+    let t = crate::postgres::tls::tls_dir();
+    let t = t.display();
+    let tls = |ca: &str, client: bool| {
+        let mut keys = format!("tls_ca = \"{t}/{ca}.crt\"\n");
+        if client {
+            keys += &format!("tls_cert = \"{t}/client.crt\"\ntls_key = \"{t}/client.key\"\n");
+        }
+        keys + "value = \"json\""
+    };
+    let replay = Replay::on(Broker::start_on(free_port(), &how), 2, 60, 25, "");
+    let job = std::fs::read_to_string(replay.demo.job()).expect("job");
+    assert!(job.contains("localhost:"), "{job}");
+    std::fs::write(
+        replay.demo.job(),
+        job.replace("value = \"json\"", &tls("ca", true)),
+    )
+    .expect("write job");
+    let out = replay.demo.run_ok(&[]);
+    replay.check_against_oracle();
+    let out = text(&out);
+    assert!(!out.contains("client.key"), "{out}");
+
+    // A CA that did not sign the broker's certificate, and no client
+    // certificate: both refused at the brokers' key, in seconds.
+    for (ca, client, reason) in [("other-ca", true, "certificate"), ("ca", false, "")] {
+        let demo = Demo {
+            dir: tempfile::tempdir().expect("temp dir"),
+        };
+        std::fs::write(
+            demo.job(),
+            job.replace("value = \"json\"", &tls(ca, client)),
+        )
+        .expect("write job");
+        let started = Instant::now();
+        let out = demo.run(&["plan", &demo.job_str()]);
+        let shown = text(&out);
+        assert_ne!(code(&out), 0, "{shown}");
+        assert!(shown.contains("source.brokers"), "{shown}");
+        assert!(shown.contains(reason), "{shown}");
+        assert!(started.elapsed() < Duration::from_secs(90), "{shown}");
+    }
 }

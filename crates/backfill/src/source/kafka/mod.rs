@@ -124,7 +124,14 @@ impl KafkaError {
 fn transient(e: &rskafka::client::error::Error) -> bool {
     use rskafka::client::error::Error as E;
     match e {
-        E::Connection(c) => !format!("{c:?}").contains("Sasl"),
+        // A refused login or certificate is the job's to fix: retrying
+        // cannot help.
+        E::Connection(c) => {
+            let c = format!("{c:?}");
+            !["Sasl", "certificate", "Certificate", "AlertReceived"]
+                .iter()
+                .any(|m| c.contains(m))
+        }
         E::Request(_) | E::RetryFailed(_) | E::Timeout => true,
         E::ServerError { protocol_error, .. } => !matches!(
             protocol_error,
@@ -286,6 +293,11 @@ impl KafkaSource {
                 schema: Arc::new(Schema::new(fields)),
             }),
         })
+    }
+
+    /// Each partition's offsets as seen when the source was opened.
+    pub fn offsets(&self) -> &[PartitionOffsets] {
+        &self.shared.offsets
     }
 
     /// The spans a new plan covers: from each partition's first kept

@@ -6,11 +6,13 @@ use std::process::{Command, Output};
 
 mod dedup;
 mod delta;
+mod kafka;
 mod postgres;
 mod quality;
 
 pub use dedup::*;
 pub use delta::*;
+pub use kafka::*;
 pub use postgres::*;
 pub use quality::*;
 

@@ -12,7 +12,7 @@ use crate::harness::*;
 mod secrets;
 mod state;
 mod target;
-mod tls;
+pub(crate) mod tls;
 
 #[test]
 fn postgres_source_to_parquet_matches_duckdb() {

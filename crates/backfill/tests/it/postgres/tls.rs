@@ -12,7 +12,7 @@ use super::*;
 
 const TLS_PASSWORD: &str = "tls-secret-5f3a";
 
-fn tls_dir() -> PathBuf {
+pub(crate) fn tls_dir() -> PathBuf {
     PathBuf::from(std::env::var("BACKFILL_TEST_PG_TLS").unwrap_or_else(|_| {
         panic!("BACKFILL_TEST_PG_TLS is not set: scripts/pg.sh makes the test certificates")
     }))
