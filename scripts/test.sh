@@ -6,7 +6,8 @@
 # Java when missing, starts a throwaway
 # PostgreSQL on loopback (installing the server if it is missing; stopped on
 # exit, even on failure), installs the tansu Kafka broker the Kafka tests
-# start, then cargo test.
+# start, then cargo test; then builds the Python package (python/) into
+# its own virtualenv and runs its pytest suite.
 # Extra arguments go to `cargo test` (e.g. `scripts/test.sh crash`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -39,7 +40,14 @@ if [ -z "${BACKFILL_TEST_PG_URL:-}" ]; then
   eval "$(scripts/pg.sh start)"
   pg_dir="$BACKFILL_TEST_PG_DIR"
 fi
-cargo test --workspace --locked --features backfill/spark "$@" 2>&1 | tee "$log"
+# The engine's crates (the workspace's default members; the Python
+# extension module is built below, by maturin).
+cargo test --locked --features backfill/spark "$@" 2>&1 | tee "$log"
+
+# The Python package, when no filter was given (or BACKFILL_SKIP_PYTHON=1).
+if [ "$#" -eq 0 ] && [ -z "${BACKFILL_SKIP_PYTHON:-}" ]; then
+  scripts/python.sh 2>&1 | tee -a "$log"
+fi
 
 # The whole suite also fuzzes the job-file parser briefly (skipped when a
 # filter was given, or with BACKFILL_SKIP_FUZZ=1).
@@ -48,4 +56,7 @@ if [ "$#" -eq 0 ] && [ -z "${BACKFILL_SKIP_FUZZ:-}" ]; then
 fi
 
 # One closing line over all test binaries.
-awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
+# pytest's summary line ("12 passed, 1 failed in 9.1s") counts too.
+awk '/^test result:/ { p += $4; f += $6 }
+     /^[=]* *[0-9]+ (passed|failed)/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
