@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/backfill-target}"
 VENV="${BACKFILL_PY_VENV:-$HOME/.cache/backfill-py-venv}"
-if ! "$VENV/bin/python" -c "import duckdb, pyarrow, pytest, tqdm" 2>/dev/null; then
+if ! "$VENV/bin/python" -c "import duckdb, pyarrow, pytest, tqdm, airflow, dagster" 2>/dev/null; then
   echo "creating the Python package's test virtualenv in $VENV" >&2
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install --quiet --disable-pip-version-check -r python/tests/requirements.txt

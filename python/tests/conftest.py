@@ -25,9 +25,11 @@ class Demo:
     def target(self, sub="warehouse/transactions"):
         return f"{self.path}/{sub}/**/*.parquet"
 
-    def expected(self, where="TRUE", dedup=True):
+    def expected(self, where="TRUE", dedup=True, window=None):
         """DuckDB's answer for the demo job: rows in range passing the
-        rules, one per transaction_id (the latest), as (count, sum)."""
+        rules, one per transaction_id (the latest over the whole range), as
+        (count, sum); `window` (from, to) keeps the winners in it, the part
+        of the target its chunks hold."""
         ruled = (
             f"SELECT *, {RULES_CASE} AS rule FROM read_parquet('{self.source}') "
             "WHERE created_at >= TIMESTAMP '2023-01-01' AND created_at < TIMESTAMP '2024-01-01' "
@@ -36,10 +38,13 @@ class Demo:
         if not dedup:
             sql = f"SELECT count(*), round(sum(amount), 2) FROM ({ruled}) WHERE rule IS NULL"
         else:
+            kept = "TRUE"
+            if window is not None:
+                kept = f"created_at >= TIMESTAMP '{window[0]}' AND created_at < TIMESTAMP '{window[1]}'"
             sql = (
                 "SELECT count(*), round(sum(amount), 2) FROM ("
                 f"SELECT *, row_number() OVER (PARTITION BY transaction_id ORDER BY {ORDER}) AS rn "
-                f"FROM ({ruled}) WHERE rule IS NULL) WHERE rn = 1"
+                f"FROM ({ruled}) WHERE rule IS NULL) WHERE rn = 1 AND {kept}"
             )
         return query(sql)[0]
 
