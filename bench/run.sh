@@ -14,6 +14,7 @@
 #   bench/run.sh --postgres [--rows N]   # PostgreSQL replace/merge against COPY (default 1M rows)
 #   bench/run.sh --memory [--rows N]     # peak RSS under [run] memory_limit: a change log, 10,000 partitions (default 1M rows)
 #   bench/run.sh --kafka [--rows N]      # Kafka replay from a local tansu broker against a Python consumer (default 5M events)
+#   bench/run.sh --python [--rows N] [--repeat K]  # the demo job through the Python package against the CLI, K alternating pairs (default 1M rows, 5 pairs)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,13 +26,15 @@ STATE=
 POSTGRES=
 MEMORY=
 KAFKA=
+PYMODE=
 ROWS_SET=
+REPEAT_SET=
 EXTRA=()
 FEATURES=
 while [ $# -gt 0 ]; do
   case "$1" in
     --rows) ROWS="$2"; ROWS_SET=1; shift 2 ;;
-    --repeat) REPEAT="$2"; shift 2 ;;
+    --repeat) REPEAT="$2"; REPEAT_SET=1; shift 2 ;;
     --with-spark) EXTRA+=(--with-spark); shift ;;
     --spark-engine) EXTRA+=(--spark-engine); FEATURES=spark; shift ;;
     --smoke) SMOKE=1; ROWS=100000; REPEAT=1; shift ;;
@@ -40,6 +43,8 @@ while [ $# -gt 0 ]; do
     --postgres) POSTGRES=1; shift ;;
     --memory) MEMORY=1; shift ;;
     --kafka) KAFKA=1; shift ;;
+    # The Python module always has the Spark engine; the CLI is built alike.
+    --python) PYMODE=1; FEATURES=spark; shift ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -92,6 +97,19 @@ if [ -n "$KAFKA" ]; then
     || "$VENV/bin/pip" install --quiet --disable-pip-version-check kafka-python==2.2.15 pyarrow==26.0.1
   exec "$VENV/bin/python" bench/kafka.py --rows "$ROWS" --repeat "$REPEAT" --bin "$BIN" \
     --tansu "$(scripts/tansu.sh)" --python "$VENV/bin/python" --work "$WORK" --results "$RESULTS"
+fi
+if [ -n "$PYMODE" ]; then
+  [ -n "$ROWS_SET" ] || ROWS=1000000
+  PAIRS=5
+  [ -z "$REPEAT_SET" ] || PAIRS="$REPEAT"
+  PROFILE=release
+  [ -z "$SMOKE" ] || PROFILE=dev
+  PYVENV="${BACKFILL_BENCH_PY_VENV:-$HOME/.cache/backfill-bench-py-venv}"
+  [ -x "$PYVENV/bin/python" ] || python3 -m venv "$PYVENV"
+  MATURIN_PEP517_ARGS="--profile $PROFILE" "$PYVENV/bin/pip" install --quiet \
+    --disable-pip-version-check --force-reinstall --no-deps ./python
+  exec "$VENV/bin/python" bench/python.py --rows "$ROWS" --pairs "$PAIRS" --bin "$BIN" \
+    --python "$PYVENV/bin/python" --work "$WORK" --results "$RESULTS" --profile "$PROFILE"
 fi
 if [ -n "$STATE" ]; then
   exec "$VENV/bin/python" bench/state.py --bin "$BIN" --work "$WORK" --results "$RESULTS"
