@@ -87,13 +87,16 @@ impl Job {
 
     fn status_json(&self, py: Python<'_>) -> PyResult<String> {
         let bf = self.bf.clone();
-        let records = py.detach(move || bf.status()).map_err(to_py)?;
-        json(&records)
+        let records = py.detach(move || bf.status());
+        let _ = crate::log::flush(py);
+        json(&records.map_err(to_py)?)
     }
 
     fn status_stream(&self, py: Python<'_>) -> PyResult<ArrowStream> {
         let bf = self.bf.clone();
-        let records = py.detach(move || bf.status()).map_err(to_py)?;
+        let records = py.detach(move || bf.status());
+        let _ = crate::log::flush(py);
+        let records = records.map_err(to_py)?;
         tables::status(&records, self.bf.spec().position_column().is_some())
     }
 
@@ -242,7 +245,9 @@ impl Job {
             .window(from_.as_deref(), to.as_deref(), ["from_", "to"])
             .map_err(to_py)?;
         let bf = self.bf.clone();
-        py.detach(move || bf.reset(from, to)).map_err(to_py)
+        let n = py.detach(move || bf.reset(from, to));
+        let _ = crate::log::flush(py);
+        n.map_err(to_py)
     }
 
     fn __repr__(&self) -> String {

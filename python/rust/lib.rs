@@ -16,6 +16,7 @@ use pyo3::prelude::*;
 
 mod errors;
 mod job;
+mod log;
 mod tables;
 
 create_exception!(
@@ -95,6 +96,8 @@ where
                 tokio::time::timeout(Duration::from_millis(100), &mut handle).await
             })
         });
+        // logging's handlers report their own failures; nothing to stop for.
+        let _ = log::flush(py);
         if let Some(rx) = events {
             while let Ok(e) = rx.try_recv() {
                 // A callback that raises stops the run like Ctrl-C does.
@@ -170,6 +173,7 @@ fn demo(py: Python<'_>, dir: std::path::PathBuf, rows: u64, seed: u64) -> PyResu
 #[pymodule]
 fn _engine(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
+    log::install();
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add("BackfillError", py.get_type::<BackfillError>())?;
     m.add("SpecError", py.get_type::<SpecError>())?;

@@ -1,5 +1,6 @@
 """The direct API over the demo job, against DuckDB on the source."""
 
+import logging
 import signal
 import subprocess
 import sys
@@ -148,15 +149,19 @@ def test_bad_arguments_raise_usage_errors_and_secrets_are_never_shown(demo, monk
     assert secret not in str(e.value)
 
 
-def test_failed_chunks_raise_with_the_run_result(demo):
+def test_failed_chunks_raise_with_the_run_result_and_are_logged(demo, caplog):
     text = Path(demo.job).read_text().replace('action = "quarantine"', 'action = "fail"', 1)
     Path(demo.job).write_text(
         text.replace('check = "transaction_id IS NOT NULL"', 'check = "transaction_id < 0"')
     )
     job = Job.from_toml(demo.job)
-    with pytest.raises(ChunkFailures) as e:
-        job.run()
+    with caplog.at_level(logging.WARNING, logger="backfill"):
+        with pytest.raises(ChunkFailures) as e:
+            job.run()
     assert e.value.result.failed and e.value.result.committed < 53
+    # The engine's log reaches Python's logging, under "backfill".
+    failed = [r for r in caplog.records if r.name == "backfill" and "failed" in r.getMessage()]
+    assert failed and failed[0].levelno == logging.ERROR, caplog.records
     result = job.run(check=False)
     assert not result.ok
 
